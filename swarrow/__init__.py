@@ -1,0 +1,60 @@
+"""swarrow: consume RabbitMQ messages through a composable stack of processors."""
+
+from swarrow.broker import DEFAULT_URL, Broker, QueueInfo, mask_url, open_broker
+from swarrow.callback import AsyncCallback, Callback, CallbackProcessor, SyncCallback
+from swarrow.consumer import Consumer
+from swarrow.control import ConsumerControl, StopReason
+from swarrow.errors import (
+    BrokerUnavailableError,
+    ConfigurationError,
+    PermanentError,
+    PublishError,
+    RetryLater,
+    StopConsumer,
+    SwarrowError,
+    TimeLimitExceeded,
+)
+from swarrow.memory import MemoryBroker, MemoryMessageProvider, MemoryPublisher
+from swarrow.message import Headers, Message
+from swarrow.processor import HasLifespan, Processor
+from swarrow.provider import MessageProvider
+from swarrow.publisher import Publisher
+from swarrow.stack import BuiltStack, Layer, Stack
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_URL",
+    "AsyncCallback",
+    "Broker",
+    "BrokerUnavailableError",
+    "BuiltStack",
+    "Callback",
+    "CallbackProcessor",
+    "ConfigurationError",
+    "Consumer",
+    "ConsumerControl",
+    "HasLifespan",
+    "Headers",
+    "Layer",
+    "MemoryBroker",
+    "MemoryMessageProvider",
+    "MemoryPublisher",
+    "Message",
+    "MessageProvider",
+    "PermanentError",
+    "Processor",
+    "PublishError",
+    "Publisher",
+    "QueueInfo",
+    "RetryLater",
+    "Stack",
+    "StopConsumer",
+    "StopReason",
+    "SwarrowError",
+    "SyncCallback",
+    "TimeLimitExceeded",
+    "__version__",
+    "mask_url",
+    "open_broker",
+]

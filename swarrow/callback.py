@@ -1,0 +1,78 @@
+"""Adapts a user function, async or sync, into the innermost processor."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeAlias
+
+import anyio
+import anyio.to_thread
+
+from swarrow.control import ConsumerControl
+from swarrow.errors import StopConsumer
+from swarrow.message import Message
+
+__all__ = ["AsyncCallback", "Callback", "CallbackProcessor", "SyncCallback"]
+
+AsyncCallback: TypeAlias = Callable[[Message], Awaitable[bool | None]]
+SyncCallback: TypeAlias = Callable[[Message], bool | None]
+Callback: TypeAlias = AsyncCallback | SyncCallback
+
+
+def _is_async(callback: Callable[..., Any]) -> bool:
+    target: Any = callback
+    while isinstance(target, functools.partial):
+        target = target.func
+    return inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
+        getattr(target, "__call__", None)  # noqa: B004 - an instance with `async def __call__`
+    )
+
+
+class CallbackProcessor:
+    """Call the user's function: awaited if async, in a worker thread if sync.
+
+    Returning `False` stops the consumer after this message; `None` or anything else keeps going.
+    `StopConsumer` raised by the function finishes the message normally, then stops.
+    Sync functions run on a thread limiter sized to the consumer's concurrency, so threads never
+    outnumber in-flight messages.
+    """
+
+    def __init__(self, callback: Callback, /) -> None:
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, got {callback!r}")
+        self.callback = callback
+        self.is_async = _is_async(callback)
+        self._limiter: anyio.CapacityLimiter | None = None
+        self._control: ConsumerControl | None = None
+
+    @asynccontextmanager
+    async def lifespan(self, control: ConsumerControl) -> AsyncIterator[None]:
+        """Size the thread limiter to the consumer's concurrency and keep the stop handle."""
+        self._control = control
+        if not self.is_async:
+            self._limiter = anyio.CapacityLimiter(max(1, control.concurrency))
+        try:
+            yield
+        finally:
+            self._control = None
+
+    async def __call__(self, message: Message, /) -> bool:
+        try:
+            if self.is_async:
+                result = await self.callback(message)  # type: ignore[misc]
+            else:
+                result = await anyio.to_thread.run_sync(self.callback, message, limiter=self._limiter)
+                if inspect.isawaitable(result):
+                    result = await result
+        except StopConsumer as stop:
+            if self._control is not None:
+                self._control.stop("callback", str(stop) or "the callback raised StopConsumer")
+            return False
+        if result is False:
+            if self._control is not None:
+                self._control.stop("callback", "the callback returned False")
+            return False
+        return True

@@ -1,0 +1,141 @@
+"""The consumer loop: at most `concurrency` messages in flight, one stop path for every reason."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import anyio
+
+from swarrow.callback import Callback
+from swarrow.control import ConsumerControl, StopReason
+from swarrow.errors import ConfigurationError
+from swarrow.processor import Processor
+from swarrow.provider import MessageProvider
+from swarrow.stack import BuiltStack, Stack
+
+__all__ = ["Consumer"]
+
+logger = logging.getLogger(__name__)
+
+
+class Consumer:
+    """Runs each delivery of `provider` through `stack`, `concurrency` at a time.
+
+    Concurrency comes from `concurrency` long-lived worker tasks that take buffered deliveries
+    without awaiting (a task per message costs ten times a whole stack). Every stop — a processor
+    returning False, `control.stop()`, `StopConsumer`, the provider closing, an exception escaping
+    the stack — takes the same path: stop taking deliveries, let in-flight messages finish within
+    `grace_period` seconds, cancel the rest (left unacked, so the broker redelivers them), leave the
+    lifespans, close the provider.
+    """
+
+    def __init__(
+        self,
+        provider: MessageProvider,
+        stack: Stack | Callback,
+        *,
+        concurrency: int = 1,
+        grace_period: float = 30.0,
+    ) -> None:
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigurationError(f"concurrency must be an integer >= 1, got {concurrency!r}")
+        if not grace_period >= 0 or math.isinf(grace_period):
+            raise ConfigurationError(f"grace_period must be a finite number of seconds >= 0, got {grace_period!r}")
+        prefetch = provider.prefetch
+        if prefetch and prefetch < concurrency:
+            raise ConfigurationError(
+                f"prefetch ({prefetch}) must be >= concurrency ({concurrency}): "
+                "workers beyond the prefetch window would never get a message"
+            )
+        self.provider = provider
+        self.stack = stack if isinstance(stack, Stack) else Stack(callback=stack)
+        self.concurrency = concurrency
+        self.grace_period = grace_period
+        self.control = ConsumerControl(queue_name=provider.queue_name, concurrency=concurrency)
+        self._crash: BaseException | None = None
+        self._started = False
+
+    @property
+    def in_flight(self) -> int:
+        """Messages currently inside the stack."""
+        return self.control.in_flight
+
+    async def run(self) -> StopReason:
+        """Consume until something asks to stop; return why. Re-raises an exception that escaped the stack."""
+        if self._started:
+            raise RuntimeError("a Consumer runs once; build a new one to consume again")
+        self._started = True
+        control = self.control
+        control._bind()
+        built = self.stack.build()
+        try:
+            async with built.lifespan(control):
+                if not control.stop_requested:
+                    await self.provider.start()
+                    await self._consume(built, control)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.provider.close()
+        if self._crash is not None:
+            raise self._crash
+        assert control.reason is not None
+        logger.info("consumer of %s stopped: %s", control.queue_name, control.reason,
+                    extra={"queue": control.queue_name, "stop_reason": control.reason.code})
+        return control.reason
+
+    async def _consume(self, built: BuiltStack, control: ConsumerControl) -> None:
+        idle = anyio.Event()
+        async with anyio.create_task_group() as workers:
+            for _ in range(self.concurrency):
+                workers.start_soon(self._work, built.processor, control, idle)
+            await control.wait_stop_requested()
+            await self.provider.stop_consuming()
+            if control.in_flight and not control.stop_now_requested:
+                logger.info("draining %d in-flight message(s) from %s (grace period %.1fs)",
+                            control.in_flight, control.queue_name, self.grace_period)
+                with anyio.move_on_after(self.grace_period):
+                    async with anyio.create_task_group() as drain:
+                        drain.start_soon(_cancel_when, control, drain.cancel_scope)
+                        await idle.wait()
+                        drain.cancel_scope.cancel()
+            if control.in_flight:
+                logger.warning("cancelling %d in-flight message(s) from %s; the broker will redeliver them",
+                               control.in_flight, control.queue_name)
+            workers.cancel_scope.cancel()
+
+    async def _work(self, processor: Processor, control: ConsumerControl, idle: anyio.Event) -> None:
+        provider = self.provider
+        while not control.stop_requested:
+            message = provider.receive_nowait()
+            if message is None:
+                message = await provider.receive()
+                if message is None:
+                    control.stop("provider_closed", "the provider stopped delivering")
+                    break
+            if control.stop_requested:
+                break  # not started: left unsettled, so it goes back to the queue
+            control.in_flight += 1
+            try:
+                keep_going = await processor(message)
+            except Exception as exc:
+                if self._crash is None:
+                    self._crash = exc
+                logger.exception("an exception escaped the processor stack on %s; stopping",
+                                 control.queue_name, extra={"queue": control.queue_name,
+                                                            "message_id": message.message_id})
+                control.stop("crashed", f"{type(exc).__name__}: {exc}")
+                keep_going = True
+            finally:
+                control.in_flight -= 1
+                if control.stop_requested and control.in_flight == 0:
+                    idle.set()
+            if not keep_going:
+                control.stop("processor", "a processor returned False")
+        if control.in_flight == 0:
+            idle.set()
+
+
+async def _cancel_when(control: ConsumerControl, scope: anyio.CancelScope) -> None:
+    await control.wait_stop_now_requested()
+    scope.cancel()

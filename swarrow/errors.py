@@ -1,0 +1,53 @@
+"""The exception tree: one root, a few documented leaves."""
+
+from __future__ import annotations
+
+__all__ = [
+    "BrokerUnavailableError",
+    "ConfigurationError",
+    "PermanentError",
+    "PublishError",
+    "RetryLater",
+    "StopConsumer",
+    "SwarrowError",
+    "TimeLimitExceeded",
+]
+
+
+class SwarrowError(Exception):
+    """Root of every error swarrow raises on purpose."""
+
+
+class ConfigurationError(SwarrowError):
+    """Raised when options, topology or a URL cannot work as given (the message names the culprit)."""
+
+
+class BrokerUnavailableError(SwarrowError):
+    """Raised when the broker cannot be reached or refuses the credentials (URL shown masked)."""
+
+
+class PublishError(SwarrowError):
+    """Raised when the broker nacks a publish, returns it as unroutable, or the channel dies first."""
+
+
+class PermanentError(SwarrowError):
+    """Raised by a callback for a failure no retry can fix: the message goes to the dead-letter queue now."""
+
+
+class RetryLater(SwarrowError):  # noqa: N818 - a control-flow signal, not an error report
+    """Raised by a callback to have the message retried later without spending an attempt."""
+
+    def __init__(self, delay: float | None = None, reason: str = "") -> None:
+        if delay is not None and delay < 0:
+            raise ValueError(f"RetryLater delay must be >= 0 seconds, got {delay!r}")
+        super().__init__(reason or f"retry later (delay={delay!r})")
+        self.delay = delay
+        self.reason = reason
+
+
+class StopConsumer(SwarrowError):  # noqa: N818 - a control-flow signal, not an error report
+    """Raised by a callback to finish this message normally, then stop the consumer."""
+
+
+class TimeLimitExceeded(SwarrowError):  # noqa: N818 - mirrors the name users know from dramatiq and Celery
+    """Raised when a message ran past the time limit; outer layers treat it as a failure."""
