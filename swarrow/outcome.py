@@ -1,0 +1,53 @@
+"""What became of the message being processed, told by the settling layers to the observing ones.
+
+Ack, retry and the poison guard record the outcome; metrics and logger, further out, read it.
+A context variable fits because each consumer worker is one long-lived task handling one message
+at a time, and setting it costs about a tenth of a microsecond.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import Final, Literal, TypeAlias
+
+__all__ = [
+    "ACKED",
+    "DEAD_LETTERED",
+    "FAILED",
+    "OUTCOMES",
+    "REJECTED",
+    "REQUEUED",
+    "RETRIED",
+    "Outcome",
+    "get_outcome",
+    "record_outcome",
+    "reset_outcome",
+]
+
+Outcome: TypeAlias = Literal["acked", "requeued", "rejected", "retried", "dead_lettered", "failed"]
+
+ACKED: Final = "acked"
+REQUEUED: Final = "requeued"
+REJECTED: Final = "rejected"
+RETRIED: Final = "retried"
+DEAD_LETTERED: Final = "dead_lettered"
+FAILED: Final = "failed"
+OUTCOMES: Final[tuple[Outcome, ...]] = (ACKED, REQUEUED, REJECTED, RETRIED, DEAD_LETTERED, FAILED)
+
+_outcome: ContextVar[Outcome | None] = ContextVar("swarrow_outcome", default=None)
+
+
+def reset_outcome() -> None:
+    """Forget the previous message's outcome; called by the outermost observing layer."""
+    _outcome.set(None)
+
+
+def record_outcome(outcome: Outcome, *, overwrite: bool = False) -> None:
+    """Record what happened; the innermost decision wins unless `overwrite` (ack after a retry stays 'retried')."""
+    if overwrite or _outcome.get() is None:
+        _outcome.set(outcome)
+
+
+def get_outcome() -> Outcome | None:
+    """The outcome recorded for the current message, or None if no layer settled it."""
+    return _outcome.get()
