@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import anyio
 
+from swarrow._validate import require_int
 from swarrow.broker import QueueInfo
 from swarrow.errors import ConfigurationError, PublishError
 from swarrow.message import Message
@@ -156,7 +157,9 @@ class MemoryBroker:
     def declare_exchange(self, name: str, type: str = "direct") -> None:
         """Declare a `direct` or `fanout` exchange."""
         if type not in ("direct", "fanout"):
-            raise ConfigurationError(f"the in-memory broker supports direct and fanout exchanges, not {type!r}")
+            raise ConfigurationError(
+                f"the in-memory broker supports direct and fanout exchanges, not {type!r}"
+            )
         existing = self._exchanges.get(name)
         if existing is not None and existing.type != type:
             raise ConfigurationError(f"exchange {name!r} exists with type {existing.type!r}, not {type!r}")
@@ -262,10 +265,17 @@ class MemoryBroker:
                 deaths.insert(0, death)
                 break
         else:
-            deaths.insert(0, {
-                "count": 1, "reason": reason, "queue": queue.name, "time": datetime.now(UTC),
-                "exchange": message.exchange, "routing-keys": [message.routing_key],
-            })
+            deaths.insert(
+                0,
+                {
+                    "count": 1,
+                    "reason": reason,
+                    "queue": queue.name,
+                    "time": datetime.now(UTC),
+                    "exchange": message.exchange,
+                    "routing-keys": [message.routing_key],
+                },
+            )
         headers["x-death"] = deaths
         headers.setdefault("x-first-death-queue", queue.name)
         headers.setdefault("x-first-death-reason", reason)
@@ -312,10 +322,14 @@ class MemoryBroker:
         if self._changed is None:
             self._changed = anyio.Event()
         event = self._changed
+        self._expire(time.monotonic())
+        if event.is_set():
+            return
         due = self._next_expiry()
         timeout = math.inf if due is None else max(0.0, due - time.monotonic()) + 0.001
         with anyio.move_on_after(timeout):
             await event.wait()
+        self._expire(time.monotonic())
 
     # -- makers ---------------------------------------------------------------------------------
 
@@ -332,8 +346,10 @@ class MemoryMessageProvider:
     """Consumes one queue of a `MemoryBroker` like an AMQP consumer on its own channel."""
 
     def __init__(self, broker: MemoryBroker, queue: str, *, prefetch: int = 100) -> None:
-        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
-            raise ConfigurationError(f"prefetch must be an integer >= 1, got {prefetch!r}")
+        try:
+            require_int("prefetch", prefetch)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
         self.broker = broker
         self._queue_name = queue
         self._prefetch = prefetch
@@ -402,10 +418,25 @@ class MemoryMessageProvider:
         if queue.quorum and entry.delivery_count:
             headers = {**headers, "x-delivery-count": entry.delivery_count}
         return Message(
-            message.body, headers, message.content_type, message.content_encoding, message.delivery_mode,
-            message.priority, message.correlation_id, message.reply_to, message.expiration,
-            message.message_id, message.timestamp, message.type, message.user_id, message.app_id,
-            tag, self._consumer_tag, entry.redelivered, message.exchange, message.routing_key,
+            message.body,
+            headers,
+            message.content_type,
+            message.content_encoding,
+            message.delivery_mode,
+            message.priority,
+            message.correlation_id,
+            message.reply_to,
+            message.expiration,
+            message.message_id,
+            message.timestamp,
+            message.type,
+            message.user_id,
+            message.app_id,
+            tag,
+            self._consumer_tag,
+            entry.redelivered,
+            message.exchange,
+            message.routing_key,
             self._queue_name,
         )
 
@@ -427,11 +458,18 @@ class MemoryMessageProvider:
 
     def _settle(self, message: Message) -> _Entry | None:
         tag = message.delivery_tag
-        entry = self._unacked.pop(tag, None) if tag is not None and message.consumer_tag == self._consumer_tag else None
+        entry = (
+            self._unacked.pop(tag, None)
+            if tag is not None and message.consumer_tag == self._consumer_tag
+            else None
+        )
         if entry is None:
             self.unknown_settlements += 1
-            logger.error("settlement of unknown delivery tag %s on %s dropped (already settled or stale)",
-                         message.delivery_tag, self._queue_name)
+            logger.error(
+                "settlement of unknown delivery tag %s on %s dropped (already settled or stale)",
+                message.delivery_tag,
+                self._queue_name,
+            )
         return entry
 
     async def ack(self, message: Message) -> None:
