@@ -121,8 +121,8 @@ class MemoryBroker:
         if existing is not None:
             if existing.arguments != args or existing.durable != durable:
                 raise ConfigurationError(
-                    f"queue {name!r} exists with arguments {existing.arguments!r} (durable={existing.durable}), "
-                    f"not {args!r} (durable={durable}): delete it or declare it as it is"
+                    f"queue {name!r} exists with arguments {existing.arguments!r} "
+                    f"(durable={existing.durable}), not {args!r} (durable={durable}): delete it or declare it as it is"
                 )
             return QueueInfo(name, False, len(existing.ready), existing.consumers)
         self._queues[name] = _Queue(name, durable, args)

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from swarrow import (
@@ -112,7 +113,7 @@ async def test_nothing_unprocessed_is_acked_when_stopping_early() -> None:
     processed: set[int] = set()
 
     async def handle(message: Message) -> bool:
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         processed.add(int(message.body))
         return len(processed) < 10
 

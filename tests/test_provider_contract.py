@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from swarrow import Broker, ConfigurationError, Message, MessageProvider, PublishError
@@ -236,7 +237,7 @@ async def test_stop_consuming_ends_receive_and_messages(broker: Broker, queue_na
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
             tg.start_soon(wait_one)
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
             await provider.stop_consuming()
     assert results == [None]
     assert not provider.is_consuming
