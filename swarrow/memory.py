@@ -122,7 +122,8 @@ class MemoryBroker:
             if existing.arguments != args or existing.durable != durable:
                 raise ConfigurationError(
                     f"queue {name!r} exists with arguments {existing.arguments!r} "
-                    f"(durable={existing.durable}), not {args!r} (durable={durable}): delete it or declare it as it is"
+                    f"(durable={existing.durable}), not {args!r} (durable={durable}): "
+                    "delete it or declare it as it is"
                 )
             return QueueInfo(name, False, len(existing.ready), existing.consumers)
         self._queues[name] = _Queue(name, durable, args)
