@@ -498,7 +498,7 @@ class MemoryMessageProvider:
         if self._consuming:
             self._consuming = False
             queue = self.broker._queues.get(self._queue_name)
-            if queue is not None:
+            if queue is not None and queue.consumers > 0:
                 queue.consumers -= 1
             self.broker._notify()
 

@@ -1,0 +1,132 @@
+"""In-memory broker specifics beyond the shared contract: quorum counting, limits, exchanges, TTLs."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from swarrow import ConfigurationError, MemoryBroker, Message, PublishError, open_broker
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_quorum_queue_counts_deliveries_and_dead_letters_past_the_limit() -> None:
+    broker = MemoryBroker()
+    broker.declare_queue_nowait("q.dead")
+    broker.declare_queue_nowait(
+        "q",
+        arguments={
+            "x-queue-type": "quorum",
+            "x-delivery-limit": 2,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": "q.dead",
+        },
+    )
+    broker.publish_nowait(Message(b"poison", message_id="p"), "q")
+    provider = broker.provider("q")
+    await provider.start()
+    counts = []
+    for _ in range(3):
+        message = provider.receive_nowait()
+        assert message is not None
+        counts.append(message.headers.get("x-delivery-count", 0))
+        await provider.reject(message, requeue=True)
+    assert counts == [0, 1, 2]
+    assert provider.receive_nowait() is None
+    dead = broker.get_nowait("q.dead")
+    assert dead is not None
+    assert dead.headers["x-death"][0]["reason"] == "delivery_limit"
+
+
+async def test_per_message_expiration_dead_letters() -> None:
+    broker = MemoryBroker()
+    broker.declare_queue_nowait("target")
+    broker.declare_queue_nowait(
+        "wait", arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "target"}
+    )
+    broker.publish_nowait(Message(b"x", expiration="50"), "wait")
+    provider = broker.provider("target")
+    await provider.start()
+    with anyio.fail_after(5):
+        message = await provider.receive()
+    assert message is not None
+    assert message.headers["x-death"][0]["reason"] == "expired"
+    assert message.expiration is None
+
+
+async def test_repeated_dead_lettering_counts_in_one_x_death_entry() -> None:
+    broker = MemoryBroker()
+    broker.declare_queue_nowait(
+        "q", arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "q"}
+    )
+    broker.publish_nowait(Message(b"x"), "q")
+    provider = broker.provider("q")
+    await provider.start()
+    for expected in (1, 2, 3):
+        message = provider.receive_nowait()
+        assert message is not None
+        if expected > 1:
+            assert message.headers["x-death"][0]["count"] == expected - 1
+        await provider.reject(message)
+    assert broker.message_count("q") == 1
+
+
+async def test_direct_and_fanout_exchanges_route_to_bound_queues() -> None:
+    broker = MemoryBroker()
+    for name in ("a", "b"):
+        broker.declare_queue_nowait(name)
+    broker.declare_exchange("events", "fanout")
+    broker.declare_exchange("orders", "direct")
+    broker.bind_queue("a", "events")
+    broker.bind_queue("b", "events")
+    broker.bind_queue("a", "orders", "created")
+    assert broker.publish_nowait(Message(b"1"), "", "events") == 2
+    assert broker.publish_nowait(Message(b"2"), "created", "orders") == 1
+    assert broker.publish_nowait(Message(b"3"), "deleted", "orders") == 0
+    with pytest.raises(PublishError, match="unroutable"):
+        broker.publish_nowait(Message(b"4"), "deleted", "orders", mandatory=True)
+    with pytest.raises(PublishError, match="does not exist"):
+        broker.publish_nowait(Message(b"5"), "x", "missing-exchange")
+    assert (broker.message_count("a"), broker.message_count("b")) == (2, 1)
+    with pytest.raises(ConfigurationError):
+        broker.declare_exchange("events", "direct")
+
+
+async def test_simulated_nack_fails_the_next_publish_only() -> None:
+    broker = MemoryBroker()
+    broker.declare_queue_nowait("q")
+    publisher = broker.publisher()
+    broker.fail_next_publishes(1)
+    with pytest.raises(PublishError, match="nacked"):
+        await publisher.publish(Message(b"x"), "q")
+    await publisher.publish(Message(b"y"), "q")
+    assert broker.message_count("q") == 1
+
+
+async def test_deleted_queue_drops_settlements_and_consumer_resumes_when_it_returns() -> None:
+    broker = MemoryBroker()
+    broker.declare_queue_nowait("q")
+    broker.publish_nowait(Message(b"old"), "q")
+    provider = broker.provider("q")
+    await provider.start()
+    old = provider.receive_nowait()
+    assert old is not None
+    await broker.delete_queue("q")
+    assert not provider.is_consuming
+    broker.declare_queue_nowait("q")
+    broker.publish_nowait(Message(b"new"), "q")
+    assert provider.is_consuming
+    with anyio.fail_after(2):
+        new = await provider.receive()
+    assert new is not None and new.body == b"new"
+    await provider.ack(new)
+    await provider.close()
+
+
+def test_memory_urls_name_process_wide_brokers() -> None:
+    first = open_broker("memory://shared")
+    assert first is open_broker("memory://shared")
+    assert first is not open_broker("memory://other")
+    assert open_broker("memory://").url == "memory://default"
+    with pytest.raises(ConfigurationError, match="unsupported broker URL"):
+        open_broker("redis://localhost")
