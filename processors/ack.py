@@ -1,0 +1,43 @@
+"""Settle each delivery once: ack after the inner layers return, reject when they raise."""
+
+from __future__ import annotations
+
+from swarrow.message import Message
+from swarrow.outcome import ACKED, REJECTED, REQUEUED, record_outcome
+from swarrow.processor import Processor
+from swarrow.provider import MessageProvider
+
+__all__ = ["AckProcessor"]
+
+
+class AckProcessor:
+    """Ack once the inner processor returns (even False); reject and re-raise when it raises.
+
+    The reject requeues when `requeue_on_error` is set or when the exception carries a truthy
+    `requeue` attribute (`RepublishFailed` from the retry layer does: its copy was not confirmed,
+    so dropping or dead-lettering the original would lose it). Rejects use `basic.reject`, which
+    quorum queues count in `x-delivery-count`. A failing ack is never followed by a reject: one
+    delivery, one settlement.
+    """
+
+    def __init__(
+        self, inner: Processor, /, *, provider: MessageProvider, requeue_on_error: bool = False
+    ) -> None:
+        if not isinstance(requeue_on_error, bool):
+            raise ValueError(f"requeue_on_error must be a bool, got {requeue_on_error!r}")
+        self.inner = inner
+        self.provider = provider
+        self.requeue_on_error = requeue_on_error
+
+    async def __call__(self, message: Message, /) -> bool:
+        try:
+            keep_going = await self.inner(message)
+        except Exception as exc:
+            requeue = self.requeue_on_error or bool(getattr(exc, "requeue", False))
+            await self.provider.reject(message, requeue=requeue)
+            record_outcome(REQUEUED if requeue else REJECTED)
+            raise
+        # Outside the try: if the ack itself fails, rejecting too would settle the delivery twice.
+        await self.provider.ack(message)
+        record_outcome(ACKED)
+        return keep_going

@@ -1,0 +1,94 @@
+"""Poison guard: a message delivered too many times goes to the dead-letter queue instead of the callback."""
+
+from __future__ import annotations
+
+import logging
+
+from processors.retry import RepublishFailed
+from swarrow._validate import require_int
+from swarrow.message import Message
+from swarrow.outcome import DEAD_LETTERED, record_outcome
+from swarrow.processor import Processor
+from swarrow.publisher import Publisher
+from swarrow.topology import (
+    RETRY_ATTEMPT_HEADER,
+    dead_letter_headers,
+    dead_letter_queue_name,
+    header_count,
+    republish_copy,
+)
+
+__all__ = ["DeliveryLimitProcessor", "count_deliveries"]
+
+logger = logging.getLogger(__name__)
+
+ERROR_TYPE = "swarrow.DeliveryLimitExceeded"
+
+
+def count_deliveries(message: Message) -> int:
+    """How many times this message has been delivered, this delivery included (the largest of the clues).
+
+    Reads: `x-delivery-count` + 1 (quorum queues count returns there); the `count` of every `x-death`
+    entry whose `queue` is this queue, any reason, summed, + 1 (each is a delivery that was rejected,
+    expired or dropped, then came back through a DLX loop); `x-swarrow-attempt` + 1 (broker-delayed
+    retries); 2 when `redelivered` else 1. A header that is not a sane count (not an int, a bool,
+    negative, above a million) is ignored.
+    """
+    headers = message.headers
+    count = 2 if message.redelivered else 1
+    for name in ("x-delivery-count", RETRY_ATTEMPT_HEADER):
+        value = header_count(headers.get(name))
+        if value is not None and value + 1 > count:
+            count = value + 1
+    return max(count, _deaths_here(message) + 1)
+
+
+def _deaths_here(message: Message) -> int:
+    deaths = message.headers.get("x-death")
+    if not isinstance(deaths, list | tuple):
+        return 0
+    queue = message.queue
+    return sum(
+        header_count(d.get("count")) or 0 for d in deaths if isinstance(d, dict) and d.get("queue") == queue
+    )
+
+
+class DeliveryLimitProcessor:
+    """Dead-letter a message delivered more than `max_deliveries` times without calling the inner layers.
+
+    The copy goes to `Q.dead` with the error headers (type `swarrow.DeliveryLimitExceeded`) once the
+    publisher confirmed it; the outer ack then acks the original. Place it inside ack and outside
+    retry, with `max_deliveries` above the retry attempts + 1 so that retries run their course.
+    """
+
+    def __init__(self, inner: Processor, /, *, publisher: Publisher, max_deliveries: int) -> None:
+        require_int("max_deliveries", max_deliveries)
+        self.inner = inner
+        self.publisher = publisher
+        self.max_deliveries = max_deliveries
+
+    async def __call__(self, message: Message, /) -> bool:
+        deliveries = count_deliveries(message)
+        if deliveries <= self.max_deliveries:
+            return await self.inner(message)
+        h = message.headers
+        reason = (
+            f"delivered {deliveries} times, more than max_deliveries={self.max_deliveries} "
+            f"(x-delivery-count={h.get('x-delivery-count')!r}, x-death count here={_deaths_here(message)}, "
+            f"{RETRY_ATTEMPT_HEADER}={h.get(RETRY_ATTEMPT_HEADER)!r}, redelivered={message.redelivered})"
+        )
+        headers = dead_letter_headers(ERROR_TYPE, reason, attempts=deliveries, queue=message.queue)
+        queue = dead_letter_queue_name(message.queue)
+        extra = {"queue": message.queue, "message_id": message.message_id, "attempt": deliveries}
+        try:
+            await self.publisher.publish(republish_copy(message, headers), queue)
+        except Exception as exc:
+            logger.error("dead-lettering poison message %s to %s failed (%s); requeueing it",
+                         message.message_id, queue, exc, extra=extra)  # fmt: skip
+            raise RepublishFailed(
+                f"copy of {message.message_id!r} to {queue!r} not confirmed: {exc}"
+            ) from exc
+        record_outcome(DEAD_LETTERED)
+        logger.error("poison message %s dead-lettered to %s: %s", message.message_id, queue, reason,
+                     extra={**extra, "error_type": ERROR_TYPE})  # fmt: skip
+        return True

@@ -1,0 +1,145 @@
+"""Retry later by the broker: republish a failed message to a TTL queue, or dead-letter it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from swarrow._validate import require_int, require_seconds
+from swarrow.errors import ConfigurationError, PermanentError, RetryLater, StopConsumer, SwarrowError
+from swarrow.message import Message
+from swarrow.outcome import DEAD_LETTERED, RETRIED, record_outcome
+from swarrow.processor import Processor
+from swarrow.publisher import Publisher
+from swarrow.topology import (
+    RETRY_ATTEMPT_HEADER,
+    RetryTopology,
+    dead_letter_headers,
+    dead_letter_queue_name,
+    exponential_delays,
+    qualified_name,
+    republish_copy,
+    retry_queue_name,
+)
+
+__all__ = ["RepublishFailed", "RetryProcessor"]
+
+logger = logging.getLogger(__name__)
+
+
+def _require_exception_types(name: str, value: object) -> None:
+    valid = isinstance(value, tuple) and all(isinstance(t, type) and issubclass(t, Exception) for t in value)
+    if not valid:
+        raise ValueError(f"{name} must be a tuple of exception classes, got {value!r}")
+
+
+class RepublishFailed(SwarrowError):
+    """Raised when a retry or dead-letter copy was not confirmed; `requeue` makes AckProcessor requeue."""
+
+    requeue = True
+
+
+class RetryProcessor:
+    """On failure, publish a copy to `Q.retry.k` (the broker delays it); the outer ack acks the original.
+
+    `attempts` broker-delayed retries (so the callback runs at most attempts + 1 times), waiting
+    `delays[k-1]` seconds before retry k. Past them, for `PermanentError`, a `give_up_on` type or an
+    exception outside `retry_on`: a copy with error headers goes to `Q.dead` (dead_letter=True), or
+    the exception is re-raised so the outer ack rejects it to the broker's DLX (dead_letter=False).
+    `RetryLater(delay)` goes through the retry queue nearest its delay without spending an attempt.
+    The copy is always confirmed before the original is acked; if publishing fails, `RepublishFailed`
+    makes the outer ack requeue the original. Declare the queues with `topology(queue).declare(broker)`.
+    """
+
+    def __init__(
+        self,
+        inner: Processor,
+        /,
+        *,
+        publisher: Publisher,
+        attempts: int = 3,
+        delays: Sequence[float] | None = None,
+        dead_letter: bool = True,
+        retry_on: tuple[type[Exception], ...] = (Exception,),
+        give_up_on: tuple[type[Exception], ...] = (),
+        quorum: bool = False,
+    ) -> None:
+        require_int("attempts", attempts)
+        delays = exponential_delays(attempts) if delays is None else tuple(delays)
+        if len(delays) != attempts:
+            raise ValueError(f"delays must hold one delay per attempt ({attempts}), got {list(delays)!r}")
+        for delay in delays:
+            require_seconds("delay", delay)
+        _require_exception_types("retry_on", retry_on)
+        _require_exception_types("give_up_on", give_up_on)
+        self.inner = inner
+        self.publisher = publisher
+        self.attempts = attempts
+        self.delays: tuple[float, ...] = tuple(float(d) for d in delays)
+        self.dead_letter = dead_letter
+        self.retry_on = retry_on
+        self.give_up_on = give_up_on
+        self.quorum = quorum
+
+    def topology(self, queue: str) -> RetryTopology:
+        """The queues this processor publishes to for `queue`, ready to `declare(broker)`."""
+        return RetryTopology(queue, self.delays, quorum=self.quorum)
+
+    async def __call__(self, message: Message, /) -> bool:
+        try:
+            return await self.inner(message)
+        except StopConsumer:
+            raise
+        except RetryLater as later:
+            target = self._queue_for(later.delay)
+            await self._publish(message, republish_copy(message, {}), retry_queue_name(message.queue, target))
+            record_outcome(RETRIED)
+            return True
+        except Exception as exc:
+            raw = message.headers.get(RETRY_ATTEMPT_HEADER)
+            # Garbage (not an int, negative) counts as no attempt yet; too many as exhausted.
+            seen = raw if isinstance(raw, int) and not isinstance(raw, bool) and raw > 0 else 0
+            attempt = min(seen, self.attempts) + 1
+            queue = message.queue
+            extra = {"queue": queue, "message_id": message.message_id, "attempt": attempt}
+            give_up = isinstance(exc, PermanentError | self.give_up_on) or not isinstance(exc, self.retry_on)
+            if not give_up and attempt <= self.attempts:
+                copy = republish_copy(message, {RETRY_ATTEMPT_HEADER: attempt})
+                await self._publish(message, copy, retry_queue_name(message.queue, attempt))
+                record_outcome(RETRIED)
+                logger.warning("message %s failed (%s); retry %d of %d", message.message_id,
+                               type(exc).__name__, attempt, self.attempts, extra=extra)  # fmt: skip
+                return True
+            if not self.dead_letter:
+                raise
+            # attempt = calls made so far: the first delivery plus the retries it went through.
+            headers = dead_letter_headers(qualified_name(exc), str(exc), attempts=attempt, queue=queue)
+            dead = dead_letter_queue_name(message.queue)
+            await self._publish(message, republish_copy(message, headers), dead)
+            record_outcome(DEAD_LETTERED)
+            extra["error_type"] = type(exc).__name__
+            logger.error("message %s dead-lettered after %d call(s): %s: %s", message.message_id,
+                         attempt, type(exc).__name__, exc, extra=extra)  # fmt: skip
+            return True
+
+    def _queue_for(self, delay: float | None) -> int:
+        """The retry queue (1-based) with the smallest delay >= `delay`, else the longest; None: the first."""
+        if delay is None:
+            return 1
+        for attempt, queued in enumerate(self.delays, start=1):
+            if queued >= delay:
+                return attempt
+        return len(self.delays)
+
+    async def _publish(self, original: Message, copy: Message, queue: str) -> None:
+        if not original.queue:
+            raise ConfigurationError("cannot retry a message without a queue name (message.queue is empty)")
+        try:
+            await self.publisher.publish(copy, queue)
+        except Exception as exc:
+            logger.error("republishing message %s to %s failed (%s); requeueing the original",
+                         original.message_id, queue, exc,
+                         extra={"queue": original.queue, "message_id": original.message_id})  # fmt: skip
+            raise RepublishFailed(
+                f"copy of {original.message_id!r} to {queue!r} not confirmed: {exc}"
+            ) from exc

@@ -1,0 +1,142 @@
+"""The retry topology: per-attempt TTL queues that dead-letter back, and a dead-letter queue.
+
+For queue `Q` with delays d1…dn: `Q.retry.k` holds a copy for `d_k` seconds (`x-message-ttl`), then
+RabbitMQ dead-letters it back to `Q` through the default exchange; `Q.dead` keeps what gave up.
+The broker does the waiting, so a worker never holds a delayed message (no `consumer_timeout`).
+Quorum queues (RabbitMQ >= 3.10) support `x-message-ttl`, so the same layout works for them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from swarrow._validate import require_int, require_seconds
+from swarrow.broker import Broker, QueueInfo
+from swarrow.message import Message
+
+__all__ = [
+    "ATTEMPTS_HEADER",
+    "ERROR_MESSAGE_HEADER",
+    "ERROR_TYPE_HEADER",
+    "FAILED_AT_HEADER",
+    "MAX_ERROR_MESSAGE",
+    "ORIGINAL_QUEUE_HEADER",
+    "RETRY_ATTEMPT_HEADER",
+    "RetryTopology",
+    "dead_letter_headers",
+    "dead_letter_queue_name",
+    "exponential_delays",
+    "header_count",
+    "qualified_name",
+    "republish_copy",
+    "retry_queue_name",
+]
+
+RETRY_ATTEMPT_HEADER: Final = "x-swarrow-attempt"
+ERROR_TYPE_HEADER: Final = "x-swarrow-error-type"
+ERROR_MESSAGE_HEADER: Final = "x-swarrow-error-message"
+ATTEMPTS_HEADER: Final = "x-swarrow-attempts"
+FAILED_AT_HEADER: Final = "x-swarrow-failed-at"
+ORIGINAL_QUEUE_HEADER: Final = "x-swarrow-original-queue"
+MAX_ERROR_MESSAGE: Final = 1000
+# Broker-managed headers that would lie on a fresh copy (a quorum queue only sets it when > 0).
+_STALE_ON_COPY: Final = frozenset({"x-delivery-count"})
+
+
+def retry_queue_name(queue: str, attempt: int) -> str:
+    """The queue holding copies of `queue`'s messages for retry number `attempt` (1-based)."""
+    return f"{queue}.retry.{attempt}"
+
+
+def dead_letter_queue_name(queue: str) -> str:
+    """The queue keeping the messages of `queue` that gave up."""
+    return f"{queue}.dead"
+
+
+def exponential_delays(
+    attempts: int, initial: float = 1.0, factor: float = 2.0, cap: float = 960.0
+) -> tuple[float, ...]:
+    """`attempts` delays in seconds: initial, initial·factor, … each capped at `cap` (1, 2, 4, 8 … 960)."""
+    require_int("attempts", attempts)
+    require_seconds("initial", initial)
+    require_seconds("cap", cap)
+    if not math.isfinite(factor) or factor < 1:
+        raise ValueError(f"factor must be a finite number >= 1, got {factor!r}")
+    return tuple(min(initial * factor**k, cap) for k in range(attempts))
+
+
+def header_count(value: object, limit: int = 1_000_000) -> int | None:
+    """A count read from a header, or None for garbage (not an int, a bool, negative, above `limit`)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= limit:
+        return value
+    return None
+
+
+def qualified_name(error: type[BaseException] | BaseException) -> str:
+    """`module.QualName` of an exception class (builtins unprefixed), for the error-type header."""
+    cls = error if isinstance(error, type) else type(error)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def dead_letter_headers(error_type: str, error_message: str, *, attempts: int, queue: str) -> dict[str, Any]:
+    """The headers a dead-lettered copy carries: why, how many tries, when, and from where."""
+    return {
+        ERROR_TYPE_HEADER: error_type,
+        ERROR_MESSAGE_HEADER: error_message[:MAX_ERROR_MESSAGE],
+        ATTEMPTS_HEADER: attempts,
+        FAILED_AT_HEADER: datetime.now(UTC).isoformat(),
+        ORIGINAL_QUEUE_HEADER: queue,
+    }
+
+
+def republish_copy(message: Message, headers: Mapping[str, Any]) -> Message:
+    """A copy for republishing with `headers` merged in, minus broker-managed counts that would go stale."""
+    merged = {k: v for k, v in message.headers.items() if k not in _STALE_ON_COPY}
+    merged.update(headers)
+    return message.for_publishing().replace(headers=merged)
+
+
+class RetryTopology:
+    """Declares `queue`, its `queue.retry.k` TTL queues (one per delay) and `queue.dead`, idempotently.
+
+    Declaring again with the same options is a no-op; with other delays or queue type it raises
+    `ConfigurationError` (RabbitMQ refuses to change a queue's arguments: delete the retry queues first).
+    """
+
+    def __init__(self, queue: str, delays: Sequence[float], *, quorum: bool = False) -> None:
+        if not queue:
+            raise ValueError("queue must be a non-empty queue name")
+        if not delays:
+            raise ValueError(f"delays must list at least one delay in seconds, got {delays!r}")
+        for delay in delays:
+            require_seconds("delay", delay)
+            if round(delay * 1000) < 1:
+                raise ValueError(f"delays must be at least 1 ms (TTLs are whole milliseconds), got {delay!r}")
+        self.queue = queue
+        self.delays = tuple(float(d) for d in delays)
+        self.quorum = quorum
+
+    def queues(self) -> list[tuple[str, dict[str, Any]]]:
+        """Every queue to declare, in order, with its arguments."""
+        base: dict[str, Any] = {"x-queue-type": "quorum"} if self.quorum else {}
+        planned = [(self.queue, dict(base))]
+        for attempt, delay in enumerate(self.delays, start=1):
+            arguments = {
+                **base,
+                "x-message-ttl": round(delay * 1000),
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": self.queue,
+            }
+            planned.append((retry_queue_name(self.queue, attempt), arguments))
+        planned.append((dead_letter_queue_name(self.queue), dict(base)))
+        return planned
+
+    async def declare(self, broker: Broker) -> list[QueueInfo]:
+        """Declare every queue (durable); `ConfigurationError` if one exists with other arguments."""
+        return [await broker.declare_queue(name, arguments=args or None) for name, args in self.queues()]
+
+    def __repr__(self) -> str:
+        return f"RetryTopology({self.queue!r}, {list(self.delays)!r}, quorum={self.quorum})"
