@@ -1,0 +1,132 @@
+"""Prometheus metrics for every message, and the `/metrics` · `/healthz` · `/readyz` endpoint for the run."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from time import perf_counter
+
+import anyio
+import anyio.to_thread
+from prometheus_client import CollectorRegistry
+
+from swarrow import ConsumerControl, Message, MessageProvider, Processor
+from swarrow._validate import require_seconds
+from swarrow.metrics import HealthState, MetricsServer, QueueMetrics, SwarrowMetrics
+from swarrow.outcome import FAILED, get_outcome, record_outcome, reset_outcome
+
+__all__ = ["MetricsProcessor"]
+
+logger = logging.getLogger(__name__)
+
+
+class MetricsProcessor:
+    """Count, time and gauge each message by the outcome the settling layers recorded.
+
+    `registry=None` uses prometheus-client's global registry (see `SwarrowMetrics`). With `address`,
+    the lifespan serves `/metrics`, `/healthz` and `/readyz` there and stops it with the consumer;
+    a port in use raises `ConfigurationError`. `provider` makes `/readyz` and `swarrow_consumer_up`
+    follow `provider.is_consuming`; without it they only say "running and not stopping".
+    `/healthz` fails once the event loop missed heartbeats for `liveness_timeout` seconds.
+    A message no settling layer recorded an outcome for (no ack layer in the stack) is counted as
+    received and timed, but not in `swarrow_messages_processed_total`: that counter never guesses.
+    """
+
+    def __init__(
+        self,
+        inner: Processor,
+        /,
+        *,
+        registry: CollectorRegistry | None = None,
+        provider: MessageProvider | None = None,
+        address: tuple[str, int] | None = None,
+        liveness_timeout: float = 10.0,
+        heartbeat_interval: float = 1.0,
+    ) -> None:
+        self.heartbeat_interval = require_seconds("heartbeat_interval", heartbeat_interval)
+        if liveness_timeout <= heartbeat_interval:
+            raise ValueError(
+                f"liveness_timeout must be > heartbeat_interval ({heartbeat_interval!r}), "
+                f"got {liveness_timeout!r}"
+            )
+        self.inner = inner
+        self.provider = provider
+        self.metrics = SwarrowMetrics.for_registry(registry)
+        self.health = HealthState(stale_after=liveness_timeout)
+        self.server = (
+            None
+            if address is None
+            else MetricsServer(address[0], address[1], registry=self.metrics.registry, health=self.health)
+        )
+        self._bound: QueueMetrics | None = None
+        self._warned_no_outcome = False
+
+    @asynccontextmanager
+    async def lifespan(self, control: ConsumerControl) -> AsyncIterator[None]:
+        """Bind the queue's children, serve the endpoint, beat the heartbeat; record the stop at the end."""
+        bound = self._bound = self.metrics.for_queue(control.queue_name)
+        provider = self.provider
+        ready: Callable[[], bool]
+        if provider is not None:
+            ready = lambda: provider.is_consuming and not control.stop_requested  # noqa: E731
+        else:
+            ready = lambda: not control.stop_requested  # noqa: E731
+        health = self.health
+        health.ready = ready
+        health.stopped = None
+        health.beat()
+        if self.server is not None:
+            self.server.start()
+        try:
+            async with anyio.create_task_group() as background:
+                background.start_soon(self._heartbeat, bound, ready)
+                try:
+                    yield
+                finally:
+                    background.cancel_scope.cancel()
+        finally:
+            code = control.reason.code if control.reason is not None else "crashed"
+            bound.consumer_up.set(0)
+            bound.stopped(code)
+            health.stop(code)
+            if self.server is not None:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self.server.stop)
+
+    async def _heartbeat(self, bound: QueueMetrics, ready: Callable[[], bool]) -> None:
+        # Runs on the event loop, so a blocked loop stops the beat and `/healthz` notices.
+        health, up, interval = self.health, bound.consumer_up, self.heartbeat_interval
+        while True:
+            health.beat()
+            up.set(1 if ready() else 0)
+            await anyio.sleep(interval)
+
+    async def __call__(self, message: Message, /) -> bool:
+        bound = self._bound
+        if bound is None:  # used without a consumer (no lifespan): bind on the first message
+            bound = self._bound = self.metrics.for_queue(message.queue)
+        bound.received.inc()
+        in_flight = bound.in_flight
+        in_flight.inc()
+        reset_outcome()
+        start = perf_counter()
+        try:
+            return await self.inner(message)
+        except Exception:
+            record_outcome(FAILED)  # only if no settling layer recorded one
+            raise
+        finally:
+            bound.duration.observe(perf_counter() - start)
+            in_flight.dec()
+            outcome = get_outcome()
+            if outcome is not None:
+                bound.processed[outcome].inc()
+            elif not self._warned_no_outcome:
+                self._warned_no_outcome = True
+                logger.warning(
+                    "no layer recorded an outcome for messages of %s (is there an ack layer inside metrics?);"
+                    " swarrow_messages_processed_total will not count them",
+                    bound.queue,
+                    extra={"queue": bound.queue, "message_id": message.message_id},
+                )
