@@ -1,0 +1,133 @@
+"""The recommended stack, in the one order that keeps limits, failures and acks correct."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from processors.ack import AckProcessor
+from processors.delivery_limit import DeliveryLimitProcessor
+from processors.exception_catcher import ExceptionCatcherProcessor
+from processors.logger import LoggerProcessor
+from processors.max_messages import MaxMessagesProcessor
+from processors.max_runtime import MaxRuntimeProcessor
+from processors.memory_limit import MemoryLimitProcessor
+from processors.metrics import MetricsProcessor
+from processors.retry import RetryProcessor
+from processors.signal_handler import SignalHandlerProcessor
+from processors.stop_when_idle import StopWhenIdleProcessor
+from processors.time_limit import TimeLimitProcessor
+from swarrow.errors import ConfigurationError
+from swarrow.provider import MessageProvider
+from swarrow.publisher import Publisher
+from swarrow.stack import Layer
+
+__all__ = ["default_stack"]
+
+
+def _int(name: str, value: object, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigurationError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _positive(name: str, value: object, unit: str = "seconds") -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise ConfigurationError(f"{name} must be a finite number of {unit} > 0, got {value!r}")
+
+
+def default_stack(
+    *,
+    provider: MessageProvider,
+    publisher: Publisher | None = None,
+    signals: bool = True,
+    max_runtime: float | None = None,
+    max_messages: int | None = None,
+    memory_limit: float | None = None,
+    metrics: bool = False,
+    registry: CollectorRegistry | None = None,
+    log: bool = True,
+    log_body: bool = False,
+    catch: bool = True,
+    requeue_on_error: bool = False,
+    delivery_limit: int | None = None,
+    retry: bool = True,
+    retry_attempts: int = 3,
+    retry_delays: Sequence[float] | None = None,
+    quorum: bool = False,
+    time_limit: float | None = None,
+    stop_when_idle: float | None = None,
+) -> list[Layer[Any]]:
+    """Layers for `Stack(*layers, callback=...)`, outermost first; disabled ones (None / False) are left out.
+
+    Order: signal_handler → max_runtime → max_messages → memory_limit → stop_when_idle → metrics →
+    logger → exception_catcher → ack → delivery_limit → retry → time_limit. Limits sit outside the
+    exception catcher so they count finished messages only; ack sits outside retry so the original
+    is acked once its retry copy is confirmed. Raises `ConfigurationError` for an option that cannot work.
+    """
+    if max_runtime is not None:
+        _positive("max_runtime", max_runtime)
+    if max_messages is not None:
+        _int("max_messages", max_messages)
+    if memory_limit is not None:
+        _positive("memory_limit", memory_limit, "megabytes")
+    if delivery_limit is not None:
+        _int("delivery_limit", delivery_limit)
+    if time_limit is not None:
+        _positive("time_limit", time_limit)
+    if stop_when_idle is not None:
+        _positive("stop_when_idle", stop_when_idle)
+    if retry:
+        _int("retry_attempts", retry_attempts)
+        if retry_delays is not None:
+            if len(retry_delays) != retry_attempts:
+                raise ConfigurationError(
+                    f"retry_delays must hold one delay per retry attempt ({retry_attempts}), "
+                    f"got {list(retry_delays)!r}"
+                )
+            for delay in retry_delays:
+                _positive("each of retry_delays", delay)
+    missing = [name for name, on in (("retry", retry), ("delivery_limit", delivery_limit)) if on]
+    if missing and publisher is None:
+        raise ConfigurationError(
+            f"{' and '.join(missing)} republish messages and need a publisher: pass "
+            "publisher=broker.publisher(), or disable them (retry=False, delivery_limit=None)"
+        )
+
+    layers: list[Layer[Any]] = []
+    if signals:
+        layers.append(Layer(SignalHandlerProcessor))
+    if max_runtime is not None:
+        layers.append(Layer(MaxRuntimeProcessor, seconds=max_runtime))
+    if max_messages is not None:
+        layers.append(Layer(MaxMessagesProcessor, limit=max_messages))
+    if memory_limit is not None:
+        layers.append(Layer(MemoryLimitProcessor, megabytes=memory_limit))
+    if stop_when_idle is not None:
+        layers.append(Layer(StopWhenIdleProcessor, seconds=stop_when_idle))
+    if metrics:
+        layers.append(Layer(MetricsProcessor, registry=registry))
+    if log:
+        layers.append(Layer(LoggerProcessor, log_body=log_body))
+    if catch:
+        layers.append(Layer(ExceptionCatcherProcessor))
+    layers.append(Layer(AckProcessor, provider=provider, requeue_on_error=requeue_on_error))
+    if delivery_limit is not None:
+        assert publisher is not None
+        layers.append(Layer(DeliveryLimitProcessor, publisher=publisher, max_deliveries=delivery_limit))
+    if retry:
+        assert publisher is not None
+        layers.append(
+            Layer(
+                RetryProcessor,
+                publisher=publisher,
+                attempts=retry_attempts,
+                delays=retry_delays,
+                quorum=quorum,
+            )
+        )
+    if time_limit is not None:
+        layers.append(Layer(TimeLimitProcessor, seconds=time_limit))
+    return layers

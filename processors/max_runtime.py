@@ -1,0 +1,67 @@
+"""Stop the worker after a wall-clock lifetime, even while the queue is idle."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+
+from swarrow._validate import require_seconds
+from swarrow.control import ConsumerControl
+from swarrow.message import Message
+from swarrow.processor import Processor
+
+__all__ = ["MaxRuntimeProcessor"]
+
+logger = logging.getLogger(__name__)
+
+
+class MaxRuntimeProcessor:
+    """Stop once `seconds` have passed since the consumer started (swarrot's MaxExecutionTime).
+
+    A background task stops an idle consumer at the deadline; a busy one is told after the message
+    that crossed it, once the inner layers (ack) returned, so nothing is redelivered (swarrot PR #228).
+    """
+
+    def __init__(self, inner: Processor, /, *, seconds: float) -> None:
+        self.inner = inner
+        self.seconds = require_seconds("seconds", seconds)
+        self._deadline = time.monotonic() + self.seconds
+        self._control: ConsumerControl | None = None
+
+    @asynccontextmanager
+    async def lifespan(self, control: ConsumerControl) -> AsyncIterator[None]:
+        """Start the clock and watch the deadline while the consumer runs."""
+        self._control = control
+        self._deadline = time.monotonic() + self.seconds
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._watch, control)
+                try:
+                    yield
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            self._control = None
+
+    async def _watch(self, control: ConsumerControl) -> None:
+        await anyio.sleep(max(0.0, self._deadline - time.monotonic()))
+        self._stop(control)
+
+    def _stop(self, control: ConsumerControl | None) -> None:
+        if control is not None and not control.stop_requested:
+            logger.info(
+                "max runtime of %gs reached: stopping", self.seconds, extra={"queue": control.queue_name}
+            )
+        if control is not None:
+            control.stop("max_runtime", f"ran for the max runtime of {self.seconds:g}s")
+
+    async def __call__(self, message: Message, /) -> bool:
+        keep_going = await self.inner(message)
+        if time.monotonic() < self._deadline:
+            return keep_going
+        self._stop(self._control)
+        return False
