@@ -79,6 +79,7 @@ class RetryProcessor:
         self.dead_letter = dead_letter
         self.retry_on = retry_on
         self.give_up_on = give_up_on
+        self._give_up: tuple[type[Exception], ...] = (PermanentError, *give_up_on)
         self.quorum = quorum
 
     def topology(self, queue: str) -> RetryTopology:
@@ -102,7 +103,7 @@ class RetryProcessor:
             attempt = min(seen, self.attempts) + 1
             queue = message.queue
             extra = {"queue": queue, "message_id": message.message_id, "attempt": attempt}
-            give_up = isinstance(exc, PermanentError | self.give_up_on) or not isinstance(exc, self.retry_on)
+            give_up = isinstance(exc, self._give_up) or not isinstance(exc, self.retry_on)
             if not give_up and attempt <= self.attempts:
                 copy = republish_copy(message, {RETRY_ATTEMPT_HEADER: attempt})
                 await self._publish(message, copy, retry_queue_name(message.queue, attempt))

@@ -1,0 +1,85 @@
+"""One structured log record per message: where it came from, how long it took, what became of it."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from swarrow._validate import require_int
+from swarrow.message import Message
+from swarrow.outcome import FAILED, get_outcome, reset_outcome
+from swarrow.processor import Processor
+from swarrow.topology import RETRY_ATTEMPT_HEADER, header_count
+
+__all__ = ["LoggerProcessor"]
+
+_logger = logging.getLogger(__name__)
+
+_FORMAT = "message %s from %s %s in %.3fs (attempt %d)"
+_FORMAT_BODY = "message %s from %s %s in %.3fs (attempt %d) body=%r"
+
+
+class LoggerProcessor:
+    """Log each message once, after the inner layers, with `extra` fields a JSON formatter turns into keys.
+
+    Fields: queue, message_id, routing_key, redelivered, attempt (the `x-swarrow-attempt` header, 0
+    when absent or not a sane count), duration (seconds), outcome (what ack / retry / delivery_limit
+    recorded; `processed` when none did, `failed` when an exception passes through, which is logged at
+    ERROR with `error_type` and re-raised). The body is logged only with `log_body=True`, cut to
+    `max_body` bytes.
+    """
+
+    def __init__(
+        self,
+        inner: Processor,
+        /,
+        *,
+        logger: logging.Logger | None = None,
+        level: int = logging.INFO,
+        log_body: bool = False,
+        max_body: int = 1024,
+    ) -> None:
+        require_int("level", level, minimum=0)
+        require_int("max_body", max_body, minimum=0)
+        if logger is not None and not isinstance(logger, logging.Logger):
+            raise ValueError(f"logger must be a logging.Logger or None, got {logger!r}")
+        self.inner = inner
+        self.logger = logger if logger is not None else _logger
+        self.level = level
+        self.log_body = log_body
+        self.max_body = max_body
+        self._format = _FORMAT_BODY if log_body else _FORMAT
+
+    async def __call__(self, message: Message, /) -> bool:
+        reset_outcome()
+        start = time.perf_counter()
+        try:
+            keep_going = await self.inner(message)
+        except Exception as exc:
+            if self.logger.isEnabledFor(logging.ERROR):
+                self._log(max(self.level, logging.ERROR), message, start, get_outcome() or FAILED, exc)
+            raise
+        if self.logger.isEnabledFor(self.level):
+            self._log(self.level, message, start, get_outcome() or "processed", None)
+        return keep_going
+
+    def _log(self, level: int, message: Message, start: float, outcome: str, exc: Exception | None) -> None:
+        duration = time.perf_counter() - start
+        attempt = header_count(message.headers.get(RETRY_ATTEMPT_HEADER)) or 0
+        extra = {
+            "queue": message.queue,
+            "message_id": message.message_id,
+            "routing_key": message.routing_key,
+            "redelivered": message.redelivered,
+            "attempt": attempt,
+            "duration": duration,
+            "outcome": outcome,
+        }
+        args: tuple[object, ...] = (message.message_id, message.queue, outcome, duration, attempt)
+        if exc is not None:
+            extra["error_type"] = type(exc).__name__
+        if self.log_body:
+            body = message.body[: self.max_body].decode("utf-8", errors="replace")
+            extra["body"] = body
+            args = (*args, body)
+        self.logger.log(level, self._format, *args, extra=extra)

@@ -1,0 +1,80 @@
+"""Logging set-up for workers: readable text for people, one JSON object per line for collectors."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import IO, Any, Final, Literal
+
+__all__ = ["STANDARD_FIELDS", "JsonFormatter", "configure_logging"]
+
+# The `extra` fields swarrow's own log calls use, emitted first and in this order.
+STANDARD_FIELDS: Final = (
+    "queue",
+    "message_id",
+    "routing_key",
+    "redelivered",
+    "attempt",
+    "duration",
+    "outcome",
+    "stop_reason",
+    "error_type",
+)
+# Attributes every LogRecord has: anything else on a record came from `extra=`.
+_RECORD_ATTRIBUTES: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+_TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time (ISO-8601 UTC), level, logger, message, extra fields, exc_info."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = record.__dict__
+        for key in STANDARD_FIELDS:
+            if key in fields:
+                entry[key] = fields[key]
+        for key, value in fields.items():
+            if key not in _RECORD_ATTRIBUTES and key not in entry:
+                entry[key] = value
+        if record.exc_info:
+            entry["exc_info"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack_info"] = self.formatStack(record.stack_info)
+        # `default=str`: an odd extra value (a datetime, bytes) is shown, never a reason to drop the line.
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def configure_logging(
+    level: int | str = "INFO", fmt: Literal["text", "json"] = "text", stream: IO[str] | None = None
+) -> logging.Handler:
+    """Send the root logger's records at `level` and above to `stream` (stderr) as text or JSON lines.
+
+    Idempotent: calling it again replaces the handler it installed before and leaves others alone.
+    """
+    if fmt not in ("text", "json"):
+        raise ValueError(f"fmt must be 'text' or 'json', got {fmt!r}")
+    resolved = logging.getLevelName(level.upper()) if isinstance(level, str) else level
+    if isinstance(resolved, bool) or not isinstance(resolved, int):
+        raise ValueError(f"level must be a logging level such as 'INFO' or logging.DEBUG, got {level!r}")
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(_TEXT_FORMAT))
+    handler._swarrow = True  # type: ignore[attr-defined]  # marks the handler a later call replaces
+    root = logging.getLogger()
+    for previous in [h for h in root.handlers if getattr(h, "_swarrow", False)]:
+        root.removeHandler(previous)
+        previous.close()
+    root.addHandler(handler)
+    root.setLevel(resolved)
+    return handler
