@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from swarrow.logs import JsonFormatter, configure_logging
+
+
+@pytest.fixture
+def restore_root() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
+
+
+def _record(**extra: object) -> logging.LogRecord:
+    record = logging.LogRecord("swarrow.x", logging.WARNING, __file__, 1, "hello %s", ("world",), None)
+    record.__dict__.update(extra)
+    return record
+
+
+def test_json_formatter_emits_one_object_with_the_standard_fields() -> None:
+    line = JsonFormatter().format(
+        _record(queue="q", message_id="m", outcome="acked", duration=0.25, stop_reason="signal", custom=1)
+    )
+    assert "\n" not in line
+    entry = json.loads(line)
+    assert entry["message"] == "hello world"
+    assert entry["level"] == "WARNING" and entry["logger"] == "swarrow.x"
+    assert entry["time"].endswith("+00:00") and "T" in entry["time"]
+    assert entry["queue"] == "q" and entry["outcome"] == "acked" and entry["duration"] == 0.25
+    assert entry["stop_reason"] == "signal" and entry["custom"] == 1
+    assert "args" not in entry and "msg" not in entry
+
+
+def test_json_formatter_includes_the_traceback_as_a_string() -> None:
+    try:
+        raise ValueError("bad")
+    except ValueError:
+        record = logging.LogRecord(
+            "x", logging.ERROR, __file__, 1, "failed", (), exc_info=__import__("sys").exc_info()
+        )
+    entry = json.loads(JsonFormatter().format(record))
+    assert "ValueError: bad" in entry["exc_info"]
+
+
+def test_configure_logging_json_to_a_stream(restore_root: None) -> None:
+    stream = io.StringIO()
+    configure_logging("DEBUG", "json", stream)
+    logging.getLogger("swarrow.test").debug("x=%d", 5, extra={"queue": "q"})
+    entry = json.loads(stream.getvalue().splitlines()[-1])
+    assert entry["message"] == "x=5" and entry["queue"] == "q" and entry["level"] == "DEBUG"
+
+
+def test_configure_logging_is_idempotent(restore_root: None) -> None:
+    first, second = io.StringIO(), io.StringIO()
+    configure_logging("INFO", "text", first)
+    handler = configure_logging("INFO", "text", second)
+    ours = [h for h in logging.getLogger().handlers if getattr(h, "_swarrow", False)]
+    assert ours == [handler]
+    logging.getLogger("swarrow.test").info("once")
+    assert first.getvalue() == ""
+    assert second.getvalue().count("once") == 1
+    assert "INFO swarrow.test: once" in second.getvalue()
+
+
+def test_configure_logging_sets_the_level(restore_root: None) -> None:
+    stream = io.StringIO()
+    configure_logging(logging.WARNING, "text", stream)
+    logging.getLogger("swarrow.test").info("hidden")
+    assert stream.getvalue() == ""
+
+
+@pytest.mark.parametrize(("level", "fmt"), [("LOUD", "text"), ("INFO", "xml")])
+def test_configure_logging_rejects_bad_options(level: str, fmt: str, restore_root: None) -> None:
+    with pytest.raises(ValueError):
+        configure_logging(level, fmt)  # type: ignore[arg-type]

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from swarrow import ConfigurationError, MemoryBroker, Message
+from swarrow.topology import (
+    RetryTopology,
+    dead_letter_headers,
+    dead_letter_queue_name,
+    exponential_delays,
+    header_count,
+    qualified_name,
+    retry_queue_name,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+def test_queue_names() -> None:
+    assert retry_queue_name("orders", 2) == "orders.retry.2"
+    assert dead_letter_queue_name("orders") == "orders.dead"
+
+
+def test_exponential_delays_double_and_cap() -> None:
+    assert exponential_delays(4) == (1.0, 2.0, 4.0, 8.0)
+    assert exponential_delays(12)[-1] == 960.0
+    assert exponential_delays(3, initial=0.5, factor=3) == (0.5, 1.5, 4.5)
+    with pytest.raises(ValueError):
+        exponential_delays(0)
+    with pytest.raises(ValueError):
+        exponential_delays(2, factor=0.5)
+
+
+def test_queue_arguments_classic_and_quorum() -> None:
+    classic = dict(RetryTopology("q", (0.2, 1.5)).queues())
+    assert list(classic) == ["q", "q.retry.1", "q.retry.2", "q.dead"]
+    assert classic["q"] == {} and classic["q.dead"] == {}
+    assert classic["q.retry.2"] == {
+        "x-message-ttl": 1500,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": "q",
+    }
+    quorum = dict(RetryTopology("q", (0.2,), quorum=True).queues())
+    assert all(args["x-queue-type"] == "quorum" for args in quorum.values())
+
+
+async def test_declare_is_idempotent_and_refuses_other_delays() -> None:
+    broker = MemoryBroker()
+    first = await RetryTopology("q", (0.1, 0.2)).declare(broker)
+    assert [info.created for info in first] == [True, True, True, True]
+    again = await RetryTopology("q", (0.1, 0.2)).declare(broker)
+    assert [info.created for info in again] == [False, False, False, False]
+    with pytest.raises(ConfigurationError):
+        await RetryTopology("q", (0.1, 0.3)).declare(broker)
+
+
+async def test_a_retry_queue_delivers_back_after_its_ttl() -> None:
+    broker = MemoryBroker()
+    await RetryTopology("q", (0.01,)).declare(broker)
+    broker.publish_nowait(Message(b"later"), "q.retry.1")
+    provider = broker.provider("q")
+    await provider.start()
+    with anyio.fail_after(1):
+        message = await provider.receive()
+    assert message is not None and message.body == b"later"
+
+
+@pytest.mark.parametrize("delays", [(), (0,), (-1,), (0.0001,)])
+def test_rejects_bad_delays(delays: tuple[float, ...]) -> None:
+    with pytest.raises(ValueError):
+        RetryTopology("q", delays)
+
+
+def test_header_count_and_names() -> None:
+    assert header_count(3) == 3
+    assert [header_count(v) for v in ("3", -1, True, 2.0, 10**9)] == [None] * 5
+    assert qualified_name(ValueError) == "ValueError"
+    assert qualified_name(ConfigurationError("x")) == "swarrow.errors.ConfigurationError"
+    headers = dead_letter_headers("T", "m" * 2000, attempts=4, queue="q")
+    assert len(headers["x-swarrow-error-message"]) == 1000
+    assert headers["x-swarrow-attempts"] == 4 and headers["x-swarrow-original-queue"] == "q"
