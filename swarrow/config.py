@@ -1,0 +1,247 @@
+"""`swarrow.toml`: named consumers for `swarrow consume --config swarrow.toml NAME`.
+
+```toml
+[connection]
+url = "amqp://app:secret@rabbitmq:5672/"
+
+[logging]
+level = "INFO"
+format = "json"
+
+[consumers.emails]
+queue = "emails"
+callable = "myapp.handlers:send_email"
+prefetch = 50
+concurrency = 10
+
+[consumers.emails.limits]
+max_messages = 10000
+memory_limit = "512MiB"
+
+[consumers.emails.retry]
+delays = "5s,1m,10m"
+```
+
+Every value is checked when the file is read, and an unknown key is an error naming the key, its
+table and the file (a typo must not silently fall back to a default). The values come back keyed
+by the `swarrow consume` option they set, so the CLI can layer flags over them.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from swarrow.errors import ConfigurationError
+from swarrow.units import parse_delays, parse_duration, parse_megabytes
+
+__all__ = ["LOG_FORMATS", "LOG_LEVELS", "ConsumerConfig", "SwarrowConfig", "load_config"]
+
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS: Final = ("text", "json")
+
+Converter = Callable[[Any], Any]
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"expected an integer >= 1, got {value!r}")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _duration(value: Any) -> float:
+    return parse_duration(_scalar(value))
+
+
+def _grace(value: Any) -> float:
+    return parse_duration(_scalar(value), allow_zero=True)
+
+
+def _megabytes(value: Any) -> float:
+    return parse_megabytes(_scalar(value))
+
+
+def _scalar(value: Any) -> str | float:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f"expected a string or a number, got {value!r}")
+    return value
+
+
+def _delays(value: Any) -> tuple[float, ...]:
+    if isinstance(value, list):
+        return parse_delays([_scalar(item) for item in value])
+    return parse_delays(_scalar(value))
+
+
+def _metrics_addr(value: Any) -> tuple[str, int]:
+    from swarrow.metrics import parse_metrics_addr
+
+    return parse_metrics_addr(_str(value))
+
+
+def _log_level(value: Any) -> str:
+    level = _str(value).upper()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    return level
+
+
+def _log_format(value: Any) -> str:
+    fmt = _str(value).lower()
+    if fmt not in LOG_FORMATS:
+        raise ValueError(f"expected one of {', '.join(LOG_FORMATS)}, got {value!r}")
+    return fmt
+
+
+# table → {key: (consume option it sets, converter)}; "" is the consumer's own table.
+_CONSUMER_SCHEMA: Final[Mapping[str, Mapping[str, tuple[str, Converter]]]] = {
+    "": {
+        "queue": ("queue", _str),
+        "callable": ("callable", _str),
+        "url": ("url", _str),
+        "prefetch": ("prefetch", _int),
+        "concurrency": ("concurrency", _int),
+        "grace_period": ("grace_period", _grace),
+        "declare": ("declare", _bool),
+        "quorum": ("quorum", _bool),
+        "uvloop": ("uvloop", _bool),
+    },
+    "limits": {
+        "max_messages": ("max_messages", _int),
+        "max_runtime": ("max_runtime", _duration),
+        "memory_limit": ("memory_limit", _megabytes),
+        "time_limit": ("time_limit", _duration),
+        "stop_when_idle": ("stop_when_idle", _duration),
+    },
+    "retry": {
+        "enabled": ("retry", _bool),
+        "attempts": ("retry_attempts", _int),
+        "delays": ("retry_delays", _delays),
+    },
+    "ack": {"requeue_on_error": ("requeue_on_error", _bool)},
+    "exception_catcher": {"enabled": ("catch", _bool)},
+    "logger": {"enabled": ("log", _bool), "log_body": ("log_body", _bool)},
+    "signal_handler": {"enabled": ("signals", _bool)},
+    "delivery_limit": {"max_deliveries": ("delivery_limit", _int)},
+    "metrics": {"addr": ("metrics_addr", _metrics_addr)},
+    "logging": {"level": ("log_level", _log_level), "format": ("log_format", _log_format)},
+}
+_TOP_SCHEMA: Final[Mapping[str, Mapping[str, tuple[str, Converter]]]] = {
+    "connection": {"url": ("url", _str)},
+    "logging": _CONSUMER_SCHEMA["logging"],
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerConfig:
+    """One `[consumers.NAME]` table, resolved: `values` maps `swarrow consume` option names to values."""
+
+    name: str
+    source: str
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SwarrowConfig:
+    """A whole `swarrow.toml`: shared values (connection, logging) and the named consumers."""
+
+    source: str
+    shared: Mapping[str, Any]
+    consumers: Mapping[str, ConsumerConfig]
+
+    def consumer(self, name: str | None) -> ConsumerConfig:
+        """The named consumer; with no name, the only one. ConfigurationError listing the names otherwise."""
+        names = ", ".join(sorted(self.consumers)) or "none"
+        if name is None:
+            if len(self.consumers) == 1:
+                return next(iter(self.consumers.values()))
+            raise ConfigurationError(f"name the consumer to run: {self.source} defines {names}")
+        try:
+            return self.consumers[name]
+        except KeyError:
+            raise ConfigurationError(f"no consumer {name!r} in {self.source} (it defines: {names})") from None
+
+
+def _read_table(
+    table: Any, schema: Mapping[str, Mapping[str, tuple[str, Converter]]], where: str, source: str
+) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise ConfigurationError(f"[{where}] of {source} must be a table, got {table!r}")
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key in schema and key != "":
+            sub = f"{where}.{key}"
+            if not isinstance(value, dict):
+                raise ConfigurationError(f"{key!r} in [{where}] of {source} must be a table [{sub}]")
+            for sub_key, sub_value in value.items():
+                _set(values, schema[key], sub_key, sub_value, sub, source)
+        else:
+            _set(values, schema.get("", {}), key, value, where, source)
+    return values
+
+
+def _set(
+    values: dict[str, Any],
+    schema: Mapping[str, tuple[str, Converter]],
+    key: str,
+    value: Any,
+    where: str,
+    source: str,
+) -> None:
+    if key not in schema:
+        known = ", ".join(sorted(schema))
+        raise ConfigurationError(f"unknown key {key!r} in [{where}] of {source} (known keys: {known})")
+    option, convert = schema[key]
+    try:
+        values[option] = convert(value)
+    except ValueError as exc:
+        raise ConfigurationError(f"invalid value for {key!r} in [{where}] of {source}: {exc}") from None
+
+
+def load_config(path: str | Path) -> SwarrowConfig:
+    """Read and check a `swarrow.toml`; ConfigurationError naming the file (and key) on any problem."""
+    source = str(path)
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {source}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"{source} is not valid TOML: {exc}") from None
+    shared: dict[str, Any] = {}
+    consumers: dict[str, ConsumerConfig] = {}
+    for key, value in data.items():
+        if key in _TOP_SCHEMA:
+            shared.update(_read_table(value, {"": _TOP_SCHEMA[key]}, key, source))
+        elif key == "consumers":
+            if not isinstance(value, dict):
+                raise ConfigurationError(
+                    f"[consumers] of {source} must be a table of [consumers.NAME] tables"
+                )
+            for name, table in value.items():
+                where = f"consumers.{name}"
+                own = _read_table(table, _CONSUMER_SCHEMA, where, source)
+                consumers[name] = ConsumerConfig(name, source, own)
+        else:
+            known = ", ".join(sorted([*_TOP_SCHEMA, "consumers"]))
+            raise ConfigurationError(
+                f"unknown key {key!r} at the top level of {source} (known keys: {known})"
+            )
+    # Shared tables may come after the consumer tables in the file: merge once everything is read.
+    consumers = {n: ConsumerConfig(n, source, {**shared, **c.values}) for n, c in consumers.items()}
+    return SwarrowConfig(source, shared, consumers)

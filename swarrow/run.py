@@ -1,0 +1,228 @@
+"""One call for the common case: connect, check or declare the queues, build the default stack, consume.
+
+```python
+import swarrow
+
+def handle(message: swarrow.Message) -> None: ...
+
+swarrow.run(handle, queue="emails", max_messages=10_000, concurrency=10)
+```
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import anyio
+
+from swarrow.broker import DEFAULT_URL, Broker, open_broker
+from swarrow.callback import Callback
+from swarrow.consumer import Consumer
+from swarrow.control import StopReason
+from swarrow.errors import ConfigurationError
+from swarrow.provider import MessageProvider
+from swarrow.publisher import Publisher
+from swarrow.stack import LayerLike, Stack
+from swarrow.topology import RetryTopology, dead_letter_queue_name, exponential_delays, retry_queue_name
+
+__all__ = ["Processors", "consume", "prepare_queues", "resolve_url", "retry_delays", "run"]
+
+logger = logging.getLogger(__name__)
+
+Processors = Sequence[LayerLike] | Callable[[MessageProvider, Publisher], Sequence[LayerLike]]
+
+
+def resolve_url(url: str | None) -> str:
+    """`url`, else `$SWARROW_URL`, else the local default broker."""
+    return url or os.environ.get("SWARROW_URL") or DEFAULT_URL
+
+
+def retry_delays(attempts: int = 3, delays: Sequence[float] | None = None) -> tuple[float, ...]:
+    """The delays the retry layer will use: `delays` as given, else exponential (1, 2, 4 … s)."""
+    return tuple(delays) if delays is not None else exponential_delays(attempts)
+
+
+async def prepare_queues(
+    broker: Broker,
+    queue: str,
+    *,
+    declare: bool = False,
+    retry: bool = True,
+    delays: Sequence[float] = (),
+    quorum: bool = False,
+) -> None:
+    """Declare the queue (and its retry topology), or check it exists, failing with what to run.
+
+    Checking up front turns "the retry copy was unroutable" on the first failure, minutes into a
+    run, into an error at start naming the missing queue and the command that creates it.
+    """
+    if declare:
+        if retry and delays:
+            await RetryTopology(queue, delays, quorum=quorum).declare(broker)
+        else:
+            await broker.declare_queue(queue, arguments={"x-queue-type": "quorum"} if quorum else None)
+        return
+    hint = "pass --declare (declare=True)"
+    if broker.url.startswith("memory://"):
+        hint += "; the in-memory broker starts empty in every process"
+    if await broker.inspect_queue(queue) is None:
+        raise ConfigurationError(
+            f"queue {queue!r} does not exist on {broker.url}: create it with "
+            f"`swarrow declare --queue {queue}`, or {hint}"
+        )
+    if retry and delays:
+        names = [retry_queue_name(queue, k) for k in range(1, len(delays) + 1)]
+        names.append(dead_letter_queue_name(queue))
+        missing = [name for name in names if await broker.inspect_queue(name) is None]
+        if missing:
+            spelled = ",".join(f"{round(d * 1000)}ms" for d in delays)
+            raise ConfigurationError(
+                f"retry queue(s) {', '.join(repr(m) for m in missing)} missing on {broker.url}: create them "
+                f"with `swarrow declare --queue {queue} --retry-delays {spelled}`, or {hint}, "
+                "or turn retries off (--no-retry)"
+            )
+
+
+def _with_metrics_endpoint(
+    layers: list[Any], provider: MessageProvider, address: tuple[str, int] | None
+) -> list[Any]:
+    # default_stack builds MetricsProcessor without the endpoint options: add them to that one layer.
+    from processors.metrics import MetricsProcessor
+    from swarrow.stack import Layer
+
+    rebuilt: list[Any] = []
+    for layer in layers:
+        if isinstance(layer, Layer) and layer.factory is MetricsProcessor:
+            layer = Layer(MetricsProcessor, **{**layer.kwargs, "provider": provider, "address": address})
+        rebuilt.append(layer)
+    return rebuilt
+
+
+async def consume(
+    callback: Callback,
+    *,
+    queue: str,
+    url: str | None = None,
+    processors: Processors | None = None,
+    prefetch: int = 100,
+    concurrency: int = 1,
+    grace_period: float = 30.0,
+    declare: bool = False,
+    metrics_address: tuple[str, int] | None = None,
+    **default_stack_options: Any,
+) -> StopReason:
+    """Consume `queue` until a limit, a signal or the callback stops it; return why (async form of `run`).
+
+    `processors`: the layers to use, or `(provider, publisher) -> layers`; None builds
+    `default_stack(provider=..., publisher=..., **default_stack_options)`. `metrics_address`
+    (host, port) serves `/metrics` and health there (implies `metrics=True`).
+    """
+    if not callable(callback):
+        raise TypeError(f"callback must be callable, got {callback!r}")
+    if not queue:
+        raise ConfigurationError("a queue name is required")
+    if processors is not None and default_stack_options:
+        raise TypeError(
+            f"{sorted(default_stack_options)} configure the default stack: pass them to "
+            "processors.default_stack(...) yourself when you give `processors`"
+        )
+    if prefetch < concurrency:
+        raise ConfigurationError(f"prefetch ({prefetch}) must be >= concurrency ({concurrency})")
+    retry = processors is None and bool(default_stack_options.get("retry", True))
+    delays = (
+        retry_delays(
+            default_stack_options.get("retry_attempts", 3), default_stack_options.get("retry_delays")
+        )
+        if retry
+        else ()
+    )
+    broker = open_broker(resolve_url(url))
+    try:
+        await broker.connect()
+        await prepare_queues(
+            broker,
+            queue,
+            declare=declare,
+            retry=retry,
+            delays=delays,
+            quorum=bool(default_stack_options.get("quorum", False)),
+        )
+        provider = broker.provider(queue, prefetch=prefetch)
+        publisher = broker.publisher()
+        layers: Sequence[LayerLike]
+        if processors is None:
+            from processors.defaults import default_stack
+
+            if metrics_address is not None:
+                default_stack_options["metrics"] = True
+            if retry:
+                default_stack_options["retry_attempts"] = len(delays)
+                default_stack_options["retry_delays"] = delays
+            layers = default_stack(provider=provider, publisher=publisher, **default_stack_options)
+            if metrics_address is not None:
+                layers = _with_metrics_endpoint(list(layers), provider, metrics_address)
+        elif callable(processors):
+            layers = processors(provider, publisher)
+        else:
+            layers = processors
+        consumer = Consumer(
+            provider, Stack(*layers, callback=callback), concurrency=concurrency, grace_period=grace_period
+        )
+        logger.info(
+            "consuming %s on %s (prefetch %d, concurrency %d)",
+            queue,
+            broker.url,
+            prefetch,
+            concurrency,
+            extra={"queue": queue},
+        )
+        return await consumer.run()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await broker.close()
+
+
+def run(
+    callback: Callback,
+    *,
+    queue: str,
+    url: str | None = None,
+    processors: Processors | None = None,
+    prefetch: int = 100,
+    concurrency: int = 1,
+    grace_period: float = 30.0,
+    declare: bool = False,
+    metrics_address: tuple[str, int] | None = None,
+    **default_stack_options: Any,
+) -> StopReason:
+    """Consume `queue` with the default stack (or `processors`) until something stops it; return why.
+
+    Blocking: starts its own event loop (asyncio, with uvloop when installed). See `consume`.
+    """
+    try:
+        import uvloop  # noqa: F401
+
+        backend_options = {"use_uvloop": True}
+    except ImportError:
+        backend_options = {}
+    return anyio.run(
+        functools.partial(
+            consume,
+            callback,
+            queue=queue,
+            url=url,
+            processors=processors,
+            prefetch=prefetch,
+            concurrency=concurrency,
+            grace_period=grace_period,
+            declare=declare,
+            metrics_address=metrics_address,
+            **default_stack_options,
+        ),
+        backend="asyncio",
+        backend_options=backend_options,
+    )

@@ -1,0 +1,49 @@
+"""Importable callables for the CLI tests: `tests.cli_callbacks:ok`, `:slow`, `:boom`, `:record`."""
+
+from __future__ import annotations
+
+import os
+
+import anyio
+
+from swarrow import Message
+
+__all__ = ["boom", "not_callable", "ok", "record", "slow", "slow_record"]
+
+not_callable = 42
+
+
+def ok(message: Message) -> None:
+    """Accept every message."""
+
+
+def boom(message: Message) -> None:
+    """Fail every message."""
+    raise ValueError(f"boom on {message.message_id}")
+
+
+def _append(message: Message) -> None:
+    path = os.environ.get("SWARROW_TEST_RECORD")
+    if path:
+        with open(path, "a", encoding="utf-8") as file:
+            file.write(f"{message.message_id}\n")
+
+
+def record(message: Message) -> None:
+    """Append the message id to the file named by $SWARROW_TEST_RECORD."""
+    _append(message)
+
+
+async def slow(message: Message) -> None:
+    """Take $SWARROW_TEST_SLOW seconds (default 1) per message."""
+    await anyio.sleep(float(os.environ.get("SWARROW_TEST_SLOW", "1")))
+
+
+async def slow_record(message: Message) -> None:
+    """Announce the start (a `started` line), take $SWARROW_TEST_SLOW seconds, then record the id."""
+    path = os.environ.get("SWARROW_TEST_RECORD")
+    if path:
+        with open(path + ".started", "a", encoding="utf-8") as file:
+            file.write(f"{message.message_id}\n")
+    await anyio.sleep(float(os.environ.get("SWARROW_TEST_SLOW", "1")))
+    _append(message)
