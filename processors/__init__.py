@@ -11,7 +11,7 @@ from processors.max_messages import MaxMessagesProcessor
 from processors.max_runtime import MaxRuntimeProcessor
 from processors.memory_limit import MemoryLimitProcessor
 from processors.metrics import MetricsProcessor
-from processors.retry import RetryProcessor
+from processors.retry import RepublishFailed, RetryProcessor
 from processors.signal_handler import SignalHandlerProcessor
 from processors.stop_when_idle import StopWhenIdleProcessor
 from processors.time_limit import TimeLimitProcessor
@@ -27,6 +27,7 @@ __all__ = [
     "MaxRuntimeProcessor",
     "MemoryLimitProcessor",
     "MetricsProcessor",
+    "RepublishFailed",
     "RetryProcessor",
     "SignalHandlerProcessor",
     "StopWhenIdleProcessor",

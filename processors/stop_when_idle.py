@@ -49,9 +49,7 @@ class StopWhenIdleProcessor:
                 break
             # Wake exactly when the idle period would end; a message in flight pushes it back.
             await anyio.sleep(seconds - idle_for if idle_for < seconds else seconds)
-        logger.info(
-            "no message for %gs: stopping", seconds, extra={"queue": control.queue_name}
-        )
+        logger.info("no message for %gs: stopping", seconds, extra={"queue": control.queue_name})
         control.stop("idle", f"no message for {seconds:g}s")
 
     async def __call__(self, message: Message, /) -> bool:

@@ -31,7 +31,9 @@ async def test_stops_a_leaking_callback_once_rss_reaches_the_limit() -> None:
         leak.append(bytearray(b"\xff") * (8 * MIB))  # written, so every page is resident
 
     stack = Stack(
-        Layer(MemoryLimitProcessor, megabytes=limit_mb), Layer(AckProcessor, provider=provider), callback=handle
+        Layer(MemoryLimitProcessor, megabytes=limit_mb),
+        Layer(AckProcessor, provider=provider),
+        callback=handle,
     )
     try:
         with anyio.fail_after(5):

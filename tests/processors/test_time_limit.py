@@ -1,4 +1,4 @@
-"""TimeLimitProcessor: a hanging async callback is freed, fails as TimeLimitExceeded, and consuming goes on."""
+"""TimeLimitProcessor: a hanging async callback is freed, fails as TimeLimitExceeded, consuming goes on."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ async def test_raises_time_limit_exceeded_chained_to_the_timeout() -> None:
         return True
 
     processor = TimeLimitProcessor(CallbackProcessor(hang), seconds=0.05)
-    with anyio.fail_after(2), pytest.raises(TimeLimitExceeded, match="0.05s") as caught:
+    with anyio.fail_after(2), pytest.raises(TimeLimitExceeded, match=r"0\.05s") as caught:
         await processor(Message(message_id="m1"))
     assert isinstance(caught.value.__cause__, TimeoutError)
     assert processor.timeouts == 1
@@ -125,5 +125,5 @@ def test_rejects_bad_options(seconds: object, exit_on_timeout: object) -> None:
     async def inner(message: Message) -> bool:
         return True
 
-    with pytest.raises(ValueError, match="seconds|exit_on_timeout"):
+    with pytest.raises(ValueError, match=r"seconds|exit_on_timeout"):
         TimeLimitProcessor(inner, seconds=seconds, exit_on_timeout=exit_on_timeout)  # type: ignore[arg-type]

@@ -1,0 +1,83 @@
+"""Keep `swarrow.__all__` honest: sorted, importable, and re-exporting what the top level promises."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+from types import ModuleType
+
+import swarrow
+
+# Modules whose whole `__all__` is the top-level API (`from swarrow import ...`).
+REEXPORTED = {
+    "broker",
+    "callback",
+    "consumer",
+    "control",
+    "errors",
+    "memory",
+    "message",
+    "processor",
+    "provider",
+    "publisher",
+    "stack",
+}
+# Modules used by their own name (`from swarrow.topology import ...`): not re-exported wholesale.
+SUBMODULE_API = {"amqp", "cli", "config", "logs", "metrics", "outcome", "run", "topology", "units"}
+
+
+def _ruff_sort_key(name: str) -> tuple[int, list[int | str]]:
+    # RUF022's "isort-style" order: SCREAMING_CASE, then CamelCase, then the rest; natural within each.
+    kind = 0 if name.isupper() and len(name) > 1 else 1 if name[:1].isupper() else 2
+    return kind, [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _public_modules() -> dict[str, ModuleType]:
+    return {
+        info.name: importlib.import_module(f"swarrow.{info.name}")
+        for info in pkgutil.iter_modules(swarrow.__path__)
+        if not info.name.startswith("_")
+    }
+
+
+def test_all_is_sorted_and_unique() -> None:
+    assert swarrow.__all__ == sorted(swarrow.__all__, key=_ruff_sort_key)
+    assert len(set(swarrow.__all__)) == len(swarrow.__all__)
+
+
+def test_every_exported_name_is_importable() -> None:
+    for name in swarrow.__all__:
+        assert hasattr(swarrow, name), name
+
+
+def test_every_public_module_is_classified_and_declares_real_names() -> None:
+    modules = _public_modules()
+    unclassified = set(modules) - REEXPORTED - SUBMODULE_API
+    assert not unclassified, f"classify in this test (REEXPORTED or SUBMODULE_API): {sorted(unclassified)}"
+    assert set(modules) >= REEXPORTED
+    for name, module in modules.items():
+        exported = getattr(module, "__all__", None)
+        assert exported is not None, f"swarrow.{name} has no __all__"
+        for attr in exported:
+            assert hasattr(module, attr), f"swarrow.{name}.__all__ lists missing {attr!r}"
+
+
+def test_reexported_modules_are_exported_whole_and_unshadowed() -> None:
+    modules = _public_modules()
+    for name in REEXPORTED:
+        module = modules[name]
+        for attr in module.__all__:
+            assert attr in swarrow.__all__, f"swarrow.{name}.{attr} missing from swarrow.__all__"
+            assert getattr(swarrow, attr) is getattr(module, attr), f"swarrow.{attr} shadows swarrow.{name}"
+
+
+def test_every_top_level_name_comes_from_a_public_module() -> None:
+    modules = list(_public_modules().values())
+    for attr in swarrow.__all__:
+        if attr == "__version__":
+            continue
+        owners = [module for module in modules if attr in module.__all__]
+        assert owners, f"swarrow.{attr} is not in any public module's __all__"
+        assert any(getattr(swarrow, attr) is getattr(owner, attr) for owner in owners), attr
+    assert isinstance(swarrow.__version__, str)
