@@ -35,8 +35,9 @@ class TimeLimitProcessor:
     """Cancel the inner layers after `seconds` and raise `TimeLimitExceeded` (a failure for the outer layers).
 
     Async callbacks are cancelled at their next await. A sync callback runs in a thread that Python
-    cannot kill: its wait is not abandoned, so the limit is only enforced when the thread returns
-    (the message then fails as timed out). `exit_on_timeout=True` also stops the consumer at once
+    cannot kill: it stops early only if it calls `anyio.from_thread.check_cancelled()` now and then;
+    otherwise the limit is enforced when the thread returns (the message then fails as timed out),
+    and a thread that never returns holds its worker. `exit_on_timeout=True` also stops the consumer at once
     (`stop_now`) after a timeout, so a supervisor replaces a process whose callback may have left
     bad state behind. Opt-in: the cancel scope costs ~20 µs per message.
     """
@@ -67,21 +68,21 @@ class TimeLimitProcessor:
         except TimeoutError as exc:
             if not scope.cancelled_caught:
                 raise  # the callback's own TimeoutError, not ours
-            raise self._timed_out(message) from exc
+            raise self._timed_out(message, late=False) from exc
         if scope.cancel_called:  # a sync callback that could not be interrupted returned late
-            raise self._timed_out(message)
+            raise self._timed_out(message, late=True)
         return keep_going
 
-    def _timed_out(self, message: Message) -> TimeLimitExceeded:
+    def _timed_out(self, message: Message, *, late: bool) -> TimeLimitExceeded:
         self.timeouts += 1
         error = TimeLimitExceeded(
-            f"message {message.message_id or message.delivery_tag} from {message.queue!r} "
+            f"message {message.message_id or message.delivery_tag!r} from {message.queue!r} "
             f"ran past the time limit of {self.seconds:g}s"
         )
         logger.warning(
             "%s%s",
             error,
-            " (sync callback: its thread could not be interrupted)" if self.in_thread else "",
+            " (its sync callback could not be interrupted and finished late)" if late else "",
             extra={"queue": message.queue, "message_id": message.message_id},
         )
         if self.exit_on_timeout and self._control is not None:

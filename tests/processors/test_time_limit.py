@@ -6,6 +6,7 @@ import threading
 import time
 
 import anyio
+import anyio.from_thread
 import pytest
 
 from processors.ack import AckProcessor
@@ -96,6 +97,23 @@ async def test_sync_callback_overrunning_fails_when_its_thread_returns() -> None
             with pytest.raises(TimeLimitExceeded):
                 await processor(Message())
     assert time.monotonic() - started >= 0.15  # the wait was not abandoned
+
+
+async def test_sync_callback_checking_for_cancellation_is_interrupted() -> None:
+    iterations = 0
+
+    def cooperative(message: Message) -> None:
+        nonlocal iterations
+        for _ in range(500):  # 5 s if never interrupted
+            iterations += 1
+            time.sleep(0.01)
+            anyio.from_thread.check_cancelled()
+
+    processor = TimeLimitProcessor(CallbackProcessor(cooperative), seconds=0.05)
+    with anyio.fail_after(3), pytest.raises(TimeLimitExceeded) as caught:
+        await processor(Message())
+    assert isinstance(caught.value.__cause__, TimeoutError)
+    assert iterations < 100
 
 
 async def test_exit_on_timeout_stops_the_consumer_now() -> None:
