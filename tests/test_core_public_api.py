@@ -24,7 +24,7 @@ REEXPORTED = {
     "stack",
 }
 # Modules used by their own name (`from swarrow.topology import ...`): not re-exported wholesale.
-SUBMODULE_API = {"amqp", "cli", "config", "logs", "metrics", "outcome", "run", "topology", "units"}
+SUBMODULE_API = {"amqp", "cli", "config", "logs", "metrics", "outcome", "pool", "run", "topology", "units"}
 
 
 def _ruff_sort_key(name: str) -> tuple[int, list[int | str]]:
