@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import socket
+import subprocess
 import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter
@@ -15,6 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from swarrow.errors import ConfigurationError
 from swarrow.metrics import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
     DURATION_BUCKETS,
     HealthState,
     MetricsServer,
@@ -311,3 +317,39 @@ def test_parse_metrics_addr(text: str, expected: tuple[str, int]) -> None:
 def test_parse_metrics_addr_rejects_with_the_value(text: str) -> None:
     with pytest.raises(ValueError, match="invalid metrics address"):
         parse_metrics_addr(text)
+
+
+# --- examples/ ----------------------------------------------------------------------------------------------
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def dashboard_queries() -> list[str]:
+    dashboard = json.loads((EXAMPLES / "grafana-dashboard.json").read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+def test_dashboard_queries_use_exactly_the_exposed_metric_names(registry: CollectorRegistry) -> None:
+    SwarrowMetrics(registry).for_queue("q").stopped("signal")  # stop children exist only after a stop
+    exposed = {sample.name for family in registry.collect() for sample in family.samples}
+    used = {name for expr in dashboard_queries() for name in re.findall(r"\b(?:swarrow|process)_\w+", expr)}
+    assert used, "the dashboard queries no metric"
+    assert used <= exposed, used - exposed
+    swarrow_families = {
+        f"{family.name}" for family in registry.collect() if family.name.startswith("swarrow_")
+    }
+    covered = {family for family in swarrow_families if any(name.startswith(family) for name in used)}
+    assert covered == swarrow_families  # every family has a panel
+
+
+def test_prometheus_example_scrapes_the_default_address() -> None:
+    text = (EXAMPLES / "prometheus.yml").read_text()
+    assert "job_name: swarrow" in text
+    assert f"{DEFAULT_HOST}:{DEFAULT_PORT}" in text
+    promtool = shutil.which("promtool")
+    if promtool is not None:
+        check = subprocess.run(
+            [promtool, "check", "config", str(EXAMPLES / "prometheus.yml")], capture_output=True, timeout=30
+        )
+        assert check.returncode == 0, check.stdout + check.stderr

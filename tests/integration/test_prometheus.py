@@ -97,6 +97,11 @@ def prometheus_binary() -> str:
     return found
 
 
+def dashboard_queries() -> list[str]:
+    dashboard = json.loads((ROOT / "examples" / "grafana-dashboard.json").read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -234,6 +239,23 @@ async def test_prometheus_scrapes_every_processed_message(
     assert value('up{job="swarrow"}') == 1
     rss = value('process_resident_memory_bytes{job="swarrow"}')
     assert rss is not None and rss > 0
+
+    # every query of the example dashboard is valid PromQL and finds data (no stop happened yet);
+    # rate() needs two samples in its window, so wait for a few scrapes first
+    samples = f'count_over_time(swarrow_consumer_up{{queue="{queue_name}"}}[1m])'
+    with anyio.fail_after(10):
+        while (await anyio.to_thread.run_sync(scalar, api, samples) or 0) < 3:
+            await anyio.sleep(0.25)
+    for expr in dashboard_queries():
+        promql = (
+            expr.replace("$queue", queue_name).replace("$job", "swarrow").replace("$__rate_interval", "1m")
+        )
+        status, body = await anyio.to_thread.run_sync(
+            http_get, f"{api}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
+        )
+        assert status == 200, (promql, body)
+        if "swarrow_consumer_stops_total" not in promql:
+            assert json.loads(body)["data"]["result"], f"no data for {promql}"
 
     assert await anyio.to_thread.run_sync(stop, consumer) == 0, tail(consumer_log)
     log = tail(consumer_log)
