@@ -27,9 +27,8 @@ import anyio
 import anyio.to_thread
 import pytest
 from aio_pika.abc import AbstractConnection
-from pamqp.commands import Basic
-
 from callbacks import PROCESSED_LOG_ENV, STARTED_LOG_ENV, read_log
+from pamqp.commands import Basic
 
 REPO = Path(__file__).resolve().parents[2]
 RABBITMQ_NODE = os.environ.get("SWARROW_TEST_NODE", "rabbit@localhost")
@@ -105,10 +104,15 @@ def format_table(rows: Sequence[Accounting]) -> list[str]:
     widths = [max(len(str(c[i])) for c in [_COLUMNS, *cells]) for i in range(len(_COLUMNS))]
 
     def line(values: Sequence[object]) -> str:
-        parts = [str(v).ljust(w) if i == 0 else str(v).rjust(w) for i, (v, w) in enumerate(zip(values, widths))]
+        parts = [
+            str(v).ljust(w) if i == 0 else str(v).rjust(w)
+            for i, (v, w) in enumerate(zip(values, widths, strict=True))
+        ]
         return "| " + " | ".join(parts) + " |"
 
-    rule = "|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|"
+    rule = (
+        "|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|"
+    )
     return [line(_COLUMNS), rule, *(line(c) for c in cells)]
 
 
@@ -145,9 +149,7 @@ async def wait_until(
 
 def rabbitmqctl(*args: str, timeout: float = 60) -> str:
     """Run rabbitmqctl against the test node; raise with its output when it fails."""
-    done = subprocess.run(
-        [*RABBITMQCTL, *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
+    done = subprocess.run([*RABBITMQCTL, *args], capture_output=True, text=True, timeout=timeout, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
     return done.stdout
@@ -201,7 +203,9 @@ class Worker:
         try:
             return await anyio.to_thread.run_sync(self.process.wait, timeout)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"worker {self.args} still running after {timeout:g}s; output:\n{self.output()[-3000:]}")
+            pytest.fail(
+                f"worker {self.args} still running after {timeout:g}s; output:\n{self.output()[-3000:]}"
+            )
 
     def kill(self) -> None:
         """SIGKILL if still running, then reap."""
@@ -234,7 +238,11 @@ class Chaos:
         self.processed_log = directory / "processed.log"
         self.started_log = directory / "started.log"
         self.workers: list[Worker] = []
-        self.queues: set[str] = {queue, self.dead, *(f"{queue}.retry.{k}" for k in range(1, MAX_RETRY_QUEUES + 1))}
+        self.queues: set[str] = {
+            queue,
+            self.dead,
+            *(f"{queue}.retry.{k}" for k in range(1, MAX_RETRY_QUEUES + 1)),
+        }
         self._connection: AbstractConnection | None = None
         self._started = time.monotonic()
 
@@ -269,6 +277,19 @@ class Chaos:
         await channel.declare_queue(name, durable=durable, arguments=arguments)
         await channel.close()
         return name
+
+    async def declare_topology(self, delays: Sequence[float], *, quorum: bool = False) -> None:
+        """Declare Q, Q.retry.k and Q.dead the way `swarrow declare` does (swarrow's own topology code)."""
+        from swarrow.amqp import AmqpBroker
+        from swarrow.topology import RetryTopology
+
+        topology = RetryTopology(self.queue, delays, quorum=quorum)
+        self.queues.update(name for name, _ in topology.queues())
+        broker = AmqpBroker(self.url)
+        try:
+            await topology.declare(broker)
+        finally:
+            await broker.close()
 
     async def delete(self, name: str) -> None:
         connection = await self.connection()
@@ -365,7 +386,9 @@ class Chaos:
         async def no_consumers() -> bool:
             return (await self.counts())[1] <= 0
 
-        await wait_until(no_consumers, timeout=consumers_gone_within, what=f"no consumer left on {self.queue}")
+        await wait_until(
+            no_consumers, timeout=consumers_gone_within, what=f"no consumer left on {self.queue}"
+        )
         remaining: list[str] = []
         for name in sorted(n for n in self.queues if n.startswith(f"{self.queue}.retry.")):
             remaining += [d.message_id for d in await self.drain(name)]

@@ -7,8 +7,8 @@ import time
 from typing import TYPE_CHECKING
 
 import pytest
-
 from callbacks import Recorder
+
 from processors import default_stack
 from swarrow import Consumer, Stack
 from swarrow.amqp import AmqpBroker
@@ -51,9 +51,10 @@ async def test_every_id_is_accounted_for_under_load_with_random_failures(chaos: 
             if len(recorder.done) == MESSAGES:
                 return True
             # Four failures in a row (1e-8 each) would dead-letter a message: count those too.
-            return len(recorder.done) > MESSAGES - 100 and len(recorder.done) + await chaos.ready(
-                chaos.dead
-            ) >= MESSAGES
+            return (
+                len(recorder.done) > MESSAGES - 100
+                and len(recorder.done) + await chaos.ready(chaos.dead) >= MESSAGES
+            )
 
         started = time.monotonic()
         reason = await chaos.run_until(
