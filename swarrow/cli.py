@@ -490,8 +490,7 @@ _CONSUME_EPILOG = (
     "--grace-period",
     section="Lifecycle",
     type=_Duration(allow_zero=True),
-    default=30.0,
-    show_default="30s",
+    default="30s",
     help="On stop, let in-flight messages finish this long; the rest are redelivered.",
 )
 @option(

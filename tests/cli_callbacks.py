@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import anyio
 
@@ -39,11 +40,11 @@ async def slow(message: Message) -> None:
     await anyio.sleep(float(os.environ.get("SWARROW_TEST_SLOW", "1")))
 
 
-async def slow_record(message: Message) -> None:
-    """Announce the start (a `started` line), take $SWARROW_TEST_SLOW seconds, then record the id."""
+def slow_record(message: Message) -> None:
+    """Announce the start (a `.started` file line), take $SWARROW_TEST_SLOW seconds, then record the id."""
     path = os.environ.get("SWARROW_TEST_RECORD")
     if path:
         with open(path + ".started", "a", encoding="utf-8") as file:
             file.write(f"{message.message_id}\n")
-    await anyio.sleep(float(os.environ.get("SWARROW_TEST_SLOW", "1")))
+    time.sleep(float(os.environ.get("SWARROW_TEST_SLOW", "1")))
     _append(message)
