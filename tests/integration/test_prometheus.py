@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -169,7 +170,17 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
             stop(process)
 
 
+def cli_available() -> bool:
+    try:
+        import swarrow.cli  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("launcher", ["cli", "script"])
 async def test_prometheus_scrapes_every_processed_message(
+    launcher: str,
     amqp_url: str,
     amqp_broker: AmqpBroker,
     queue_name: str,
@@ -181,15 +192,27 @@ async def test_prometheus_scrapes_every_processed_message(
     metrics_port, prometheus_port = free_port(), free_port()
 
     consumer_log = tmp_path / "consumer.log"
-    script = tmp_path / "consumer.py"
-    script.write_text(CONSUMER)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    consumer = spawn(
-        [sys.executable, str(script), amqp_url, queue_name, str(metrics_port)],
-        consumer_log,
-        cwd=ROOT,
-        env=env,
-    )
+    if launcher == "cli":
+        # `swarrow consume` with the default stack (signals, metrics, logger, catcher, ack), as documented
+        if not cli_available() and os.environ.get("CI") != "true":
+            pytest.skip("swarrow.cli is not there yet")
+        (tmp_path / "handler.py").write_text("def handle(message):\n    return None\n")
+        args = [
+            sys.executable, "-m", "swarrow", "consume", "handler:handle",
+            "--queue", queue_name, "--url", amqp_url, "--no-retry",
+            "--metrics-addr", f"127.0.0.1:{metrics_port}",
+        ]  # fmt: skip
+        consumer = spawn(args, consumer_log, cwd=tmp_path, env=env)
+    else:
+        script = tmp_path / "consumer.py"
+        script.write_text(CONSUMER)
+        consumer = spawn(
+            [sys.executable, str(script), amqp_url, queue_name, str(metrics_port)],
+            consumer_log,
+            cwd=ROOT,
+            env=env,
+        )
     processes.append(consumer)
 
     config = tmp_path / "prometheus.yml"
@@ -259,6 +282,6 @@ async def test_prometheus_scrapes_every_processed_message(
 
     assert await anyio.to_thread.run_sync(stop, consumer) == 0, tail(consumer_log)
     log = tail(consumer_log)
-    assert "stopped: signal" in log, log
+    assert re.search(r"stopped:? \(?signal", log), log  # the stop reason, logged (CLI) or printed (script)
     assert "Traceback" not in log, log
     assert http_get(f"http://127.0.0.1:{metrics_port}/metrics")[0] == 0  # the endpoint stopped with it
