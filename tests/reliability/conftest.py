@@ -26,7 +26,7 @@ import aiormq
 import anyio
 import anyio.to_thread
 import pytest
-from aio_pika.abc import AbstractConnection
+from aio_pika.abc import AbstractChannel, AbstractConnection
 from callbacks import PROCESSED_LOG_ENV, STARTED_LOG_ENV, read_log
 from pamqp.commands import Basic
 
@@ -249,20 +249,28 @@ class Chaos:
     # --- the harness's own connection ----------------------------------------------------------------------
     async def connection(self) -> AbstractConnection:
         """The harness connection, reopened if a broker restart closed it."""
-        if self._connection is None or self._connection.is_closed:
-            self._connection = await aio_pika.connect(self.url, timeout=10)
-        return self._connection
+        connection = self._connection
+        if connection is None or connection.is_closed or connection.transport is None:
+            self._connection = connection = await aio_pika.connect(self.url, timeout=10)
+        return connection
+
+    async def channel(self, *, publisher_confirms: bool = False) -> AbstractChannel:
+        """A fresh channel, reconnecting once if the connection died under us (a broker restart)."""
+        try:
+            return await (await self.connection()).channel(publisher_confirms=publisher_confirms)
+        except (RuntimeError, ConnectionError, aiormq.exceptions.AMQPError):
+            self._connection = None
+            return await (await self.connection()).channel(publisher_confirms=publisher_confirms)
 
     async def close(self) -> None:
         for worker in self.workers:
             worker.kill()
         try:
             with anyio.fail_after(30):
-                connection = await self.connection()
-                channel = await connection.channel()
+                channel = await self.channel()
                 for name in sorted(self.queues):
                     await channel.queue_delete(name)
-                await connection.close()
+                await (await self.connection()).close()
         finally:
             self._connection = None
 
@@ -272,8 +280,7 @@ class Chaos:
         """Declare a queue of this scenario (deleted afterwards); returns its name."""
         name = name or self.queue
         self.queues.add(name)
-        connection = await self.connection()
-        channel = await connection.channel()
+        channel = await self.channel()
         await channel.declare_queue(name, durable=durable, arguments=arguments)
         await channel.close()
         return name
@@ -292,15 +299,13 @@ class Chaos:
             await broker.close()
 
     async def delete(self, name: str) -> None:
-        connection = await self.connection()
-        channel = await connection.channel()
+        channel = await self.channel()
         await channel.queue_delete(name)
         await channel.close()
 
     async def counts(self, name: str | None = None) -> tuple[int, int]:
         """(ready messages, consumers) of a queue; (-1, -1) when it does not exist."""
-        connection = await self.connection()
-        channel = await connection.channel()
+        channel = await self.channel()
         try:
             queue = await channel.declare_queue(name or self.queue, passive=True)
         except aiormq.exceptions.ChannelNotFoundEntity:
@@ -326,8 +331,7 @@ class Chaos:
     ) -> None:
         """Publish one message per id, `window` publishes awaiting their confirm at once; all confirmed."""
         routing_key = queue or self.queue
-        connection = await self.connection()
-        channel = await connection.channel(publisher_confirms=True)
+        channel = await self.channel(publisher_confirms=True)
         underlay = await channel.get_underlay_channel()
         pending: Iterator[str] = iter(ids)
         delivery_mode = 2 if persistent else 1
@@ -356,8 +360,7 @@ class Chaos:
     # --- draining ------------------------------------------------------------------------------------------
     async def drain(self, name: str) -> list[Drained]:
         """Take every ready message out of `name` with basic.get (exact: an empty get means empty)."""
-        connection = await self.connection()
-        channel = await connection.channel()
+        channel = await self.channel()
         try:
             queue = await channel.declare_queue(name, passive=True)
         except aiormq.exceptions.ChannelNotFoundEntity:
