@@ -588,3 +588,18 @@ def test_publish_to_an_unreachable_broker_exits_4() -> None:
     result = invoke("publish", "--url", "amqp://guest:pw1234@127.0.0.1:1/", "-q", "q", "--body", "x")
     assert result.exit_code == EXIT_BROKER
     assert "pw1234" not in result.output and "***" in result.output
+
+
+def test_metrics_addr_in_use_exits_2(memory: tuple[str, MemoryBroker]) -> None:
+    import socket
+
+    url, broker = memory
+    fill(broker, "jobs", 1)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = invoke("consume", "tests.cli_callbacks:ok", "--url", url, "-q", "jobs",
+                        "--metrics-addr", f"127.0.0.1:{port}", "--max-messages", "1", *FAST)  # fmt: skip
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert f"cannot listen on 127.0.0.1:{port}" in result.output
