@@ -25,7 +25,7 @@ import pytest
 from swarrow import Message
 from swarrow.amqp import AmqpBroker
 
-pytestmark = [pytest.mark.integration, pytest.mark.prometheus, pytest.mark.anyio]
+pytestmark = [pytest.mark.integration, pytest.mark.prometheus, pytest.mark.slow, pytest.mark.anyio]
 
 ROOT = Path(__file__).resolve().parents[2]
 MESSAGES = 50
