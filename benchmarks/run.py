@@ -1,0 +1,217 @@
+"""Entry point of `make bench` / `make bench-quick`: every benchmark, one table, results in benchmarks/results/.
+
+    python benchmarks/run.py [--quick] [--messages N] [--runs R] [--prefetch 10,100,1000]
+                             [--concurrency 1,10,100] [--only e2e,layers,memory,publish]
+
+End to end (against RabbitMQ): each cell fills a fresh queue with N persistent ~100-byte messages
+(publisher confirms), then one worker process consumes and acks them all. Runs alternate
+(raw, swarrow, raw, swarrow …) so machine drift hits both sides; the table shows the median, min–max
+and the ratio of medians against raw aio-pika (per-message ack, same prefetch) and raw aiormq
+(multiple=True acks every 100, prefetch 1000).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import RESULTS, ROOT, URL, delete_queue, fill_queue, queue_depth, unique_queue
+
+PY = sys.executable
+
+
+@dataclass
+class Variant:
+    """One consumer configuration measured end to end."""
+
+    key: str
+    label: str
+    script: str
+    args: list[str]
+    prefetch: int
+    concurrency: int | None = None
+    uvloop: bool = False
+    rates: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.rates) if self.rates else float("nan")
+
+
+def parse_list(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def build_variants(prefetches: list[int], concurrencies: list[int], quick: bool) -> list[Variant]:
+    """Raw baselines first in each prefetch group, then swarrow (b) and (c) at each concurrency."""
+    variants: list[Variant] = []
+    for p in prefetches:
+        variants.append(Variant(f"aiopika/p{p}", "raw aio-pika, ack each", "raw_aiopika.py", [], p))
+        for kind, name in (("callback", "(b) swarrow ack+callback"), ("default", "(c) swarrow default stack")):
+            for c in concurrencies:
+                if c > p:
+                    continue  # the consumer refuses concurrency > prefetch
+                variants.append(
+                    Variant(f"{kind}/p{p}/c{c}", name, "swarrow_consumer.py", ["--stack", kind], p, c)
+                )
+        if p == 1000:
+            variants.append(
+                Variant("aiormq/p1000/single", "raw aiormq, ack each", "raw_aiormq.py", ["--ack-every", "1"], p)
+            )
+            variants.append(
+                Variant("aiormq/p1000/m100", "raw aiormq, multiple every 100", "raw_aiormq.py", ["--ack-every", "100"], p)
+            )
+            variants.append(Variant("aiopika/p1000/uv", "raw aio-pika, ack each", "raw_aiopika.py", [], p, uvloop=True))
+            uv_concurrency = [c for c in (concurrencies if quick else [10]) if c <= p]
+            for c in uv_concurrency:
+                variants.append(
+                    Variant(
+                        f"default/p{p}/c{c}/uv", "(c) swarrow default stack", "swarrow_consumer.py",
+                        ["--stack", "default"], p, c, uvloop=True,
+                    )
+                )
+    return variants
+
+
+async def one_run(variant: Variant, messages: int, timeout: float) -> None:
+    queue = unique_queue(variant.key.replace("/", "."))
+    try:
+        await fill_queue(URL, queue, messages)
+        cmd = [PY, os.path.join(ROOT, variant.script), "--url", URL, "--queue", queue,
+               "--messages", str(messages), "--prefetch", str(variant.prefetch), *variant.args]
+        if variant.concurrency is not None:
+            cmd += ["--concurrency", str(variant.concurrency)]
+        if variant.uvloop:
+            cmd.append("--uvloop")
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT
+        )
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            variant.errors.append(f"timed out after {timeout:.0f}s")
+            return
+        if proc.returncode != 0:
+            variant.errors.append(err.decode(errors="replace").strip().splitlines()[-1][:200])
+            return
+        result = json.loads(out.decode().strip().splitlines()[-1])
+        left = await queue_depth(URL, queue)
+        if left:
+            variant.errors.append(f"{left} messages left unacked in the queue")
+        variant.rates.append(result["rate"])
+    finally:
+        await delete_queue(URL, queue)
+
+
+def fmt_rate(x: float) -> str:
+    return "—" if x != x else f"{x:,.0f}"
+
+
+def e2e_table(variants: list[Variant]) -> list[str]:
+    by_key = {v.key: v for v in variants}
+    aiormq = by_key.get("aiormq/p1000/m100")
+    lines = [
+        "| consumer | prefetch | concurrency | loop | msg/s median | min–max | × raw aio-pika | × raw aiormq m100 |",
+        "|---|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for v in variants:
+        raw = by_key.get(f"aiopika/p{v.prefetch}")
+        lo_hi = f"{fmt_rate(min(v.rates))}–{fmt_rate(max(v.rates))}" if v.rates else "—"
+        vs_raw = f"{v.median / raw.median:.2f}×" if raw and raw.rates and v.rates else "—"
+        if v.uvloop and v.script == "swarrow_consumer.py":
+            uv_raw = by_key.get(f"aiopika/p{v.prefetch}/uv")
+            if uv_raw and uv_raw.rates and v.rates:
+                vs_raw += f" ({v.median / uv_raw.median:.2f}× uv)"
+        vs_mq = f"{v.median / aiormq.median:.2f}×" if aiormq and aiormq.rates and v.rates else "—"
+        conc = "—" if v.concurrency is None else str(v.concurrency)
+        loop = "uvloop" if v.uvloop else "asyncio"
+        note = f" ⚠ {'; '.join(sorted(set(v.errors)))}" if v.errors else ""
+        lines.append(
+            f"| {v.label}{note} | {v.prefetch} | {conc} | {loop} | {fmt_rate(v.median)} | {lo_hi} | {vs_raw} | {vs_mq} |"
+        )
+    return lines
+
+
+def run_script(args: list[str], timeout: float) -> dict[str, Any]:
+    out = subprocess.run([PY, *args], capture_output=True, timeout=timeout, cwd=ROOT, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr.decode(errors="replace").strip()[-2000:])
+    return json.loads(out.stdout.decode().strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="N=5,000, 1 run, prefetch 1000, concurrency 10")
+    parser.add_argument("--messages", type=int)
+    parser.add_argument("--runs", type=int)
+    parser.add_argument("--prefetch", type=parse_list)
+    parser.add_argument("--concurrency", type=parse_list)
+    parser.add_argument("--only", default="e2e,layers,memory,publish")
+    parser.add_argument("--soak-messages", type=int)
+    args = parser.parse_args()
+    quick = args.quick
+    messages = args.messages or (5_000 if quick else 50_000)
+    runs = args.runs or (1 if quick else 3)
+    prefetches = args.prefetch or ([1000] if quick else [10, 100, 1000])
+    concurrencies = args.concurrency or ([10] if quick else [1, 10, 100])
+    soak = args.soak_messages or (100_000 if quick else 1_000_000)
+    results_soak = soak
+    parts = set(args.only.split(","))
+    os.makedirs(RESULTS, exist_ok=True)
+    started = time.perf_counter()
+    when = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    load = os.getloadavg()[0]
+    header = (
+        f"swarrow benchmarks — {when} — {os.cpu_count()} cores, {platform.python_implementation()} "
+        f"{platform.python_version()}, load {load:.2f} at start — N={messages:,}, {runs} run(s) — "
+        f"`{' '.join(['python', 'benchmarks/run.py', *sys.argv[1:]])}`"
+    )
+    print(header, flush=True)
+    if load >= 1.0:
+        print(f"warning: load average {load:.2f} >= 1.0: other work is running, figures are noisy", flush=True)
+    report: list[str] = [header, ""]
+    results: dict[str, Any] = {"date": when, "cores": os.cpu_count(), "messages": messages, "runs": runs, "soak": results_soak}
+
+    if "e2e" in parts:
+        variants = build_variants(prefetches, concurrencies, quick)
+        timeout = max(60.0, messages / 500)
+        for r in range(runs):
+            for v in variants:
+                asyncio.run(one_run(v, messages, timeout))
+                print(f"  run {r + 1}/{runs} {v.key}: {fmt_rate(v.rates[-1]) if v.rates else v.errors[-1]}", flush=True)
+        table = e2e_table(variants)
+        report += ["End to end against RabbitMQ (msg/s consumed and acked):", "", *table, ""]
+        results["e2e"] = [
+            {"key": v.key, "label": v.label, "prefetch": v.prefetch, "concurrency": v.concurrency,
+             "uvloop": v.uvloop, "rates": v.rates, "median": v.median, "errors": v.errors}
+            for v in variants
+        ]
+
+    report.append(f"total time {time.perf_counter() - started:.0f} s")
+    text = "\n".join(report)
+    print()
+    print(text)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    with open(os.path.join(RESULTS, f"bench-{stamp}.md"), "w") as f:
+        f.write(text + "\n")
+    with open(os.path.join(RESULTS, f"bench-{stamp}.json"), "w") as f:
+        json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
