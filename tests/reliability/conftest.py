@@ -144,7 +144,9 @@ async def wait_until(
             if result:
                 return
             await anyio.sleep(interval)
-    pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
+    # AssertionError, not pytest.fail(): that is a BaseException, which anyio's test runner does not
+    # survive inside a task group (the fixtures' teardown would then never run).
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
 def rabbitmqctl(*args: str, timeout: float = 60) -> str:
@@ -203,9 +205,9 @@ class Worker:
         try:
             return await anyio.to_thread.run_sync(self.process.wait, timeout)
         except subprocess.TimeoutExpired:
-            pytest.fail(
+            raise AssertionError(
                 f"worker {self.args} still running after {timeout:g}s; output:\n{self.output()[-3000:]}"
-            )
+            ) from None
 
     def kill(self) -> None:
         """SIGKILL if still running, then reap."""
@@ -244,6 +246,7 @@ class Chaos:
             *(f"{queue}.retry.{k}" for k in range(1, MAX_RETRY_QUEUES + 1)),
         }
         self._connection: AbstractConnection | None = None
+        self._brokers: list[Any] = []
         self._started = time.monotonic()
 
     # --- the harness's own connection ----------------------------------------------------------------------
@@ -265,6 +268,9 @@ class Chaos:
     async def close(self) -> None:
         for worker in self.workers:
             worker.kill()
+        for broker in self._brokers:
+            with anyio.move_on_after(10, shield=True):
+                await broker.close()
         try:
             with anyio.fail_after(30):
                 channel = await self.channel()
@@ -409,6 +415,27 @@ class Chaos:
         assert_nothing_lost(row, published, [*processed, *dead_ids, *remaining])
         return row, dead
 
+    def broker(self) -> Any:
+        """A swarrow `AmqpBroker` for the code under test, named after the queue (see `close_connection`)."""
+        from swarrow.amqp import AmqpBroker
+
+        broker = AmqpBroker(self.url, reconnect_interval=0.5, connection_name=self.connection_name)
+        self._brokers.append(broker)
+        return broker
+
+    @property
+    def connection_name(self) -> str:
+        return f"swarrow-test-{self.queue}"
+
+    def close_connection(self, name: str | None = None) -> int:
+        """Have the broker close our swarrow connections (`connection_name`), as a network drop would."""
+        name = name or self.connection_name
+        listing = rabbitmqctl("list_connections", "pid", "client_properties", "-q", "--no-table-headers")
+        pids = [line.split("\t", 1)[0] for line in listing.splitlines() if name in line]
+        for pid in pids:
+            rabbitmqctl("close_connection", pid, "swarrow reliability test: simulated connection drop")
+        return len(pids)
+
     # --- in-process consumers -----------------------------------------------------------------------------
     async def run_until(
         self,
@@ -430,7 +457,7 @@ class Chaos:
 
         async def finished() -> bool:
             if reasons:
-                pytest.fail(f"the consumer stopped by itself ({reasons[0]}) before {what}")
+                raise AssertionError(f"the consumer stopped by itself ({reasons[0]}) before {what}")
             result = done()
             return result if isinstance(result, bool) else await result
 
