@@ -297,10 +297,10 @@ class WorkerPool:
     """Keeps `workers` processes running `command`, recycles them, and serves one endpoint for all.
 
     `command` is a full argv (normally `sys.executable -m swarrow consume …`). Each worker gets
-    `SWARROW_POOL_WORKER` (its slot), `SWARROW_POOL_DIR` (where it writes its status file) and
-    `PROMETHEUS_MULTIPROC_DIR` (where its metric values go) in its environment. With
-    `metrics_address`, the supervisor serves `/metrics` (every worker, summed), `/healthz`,
-    `/readyz` and `/status` (JSON) there. `run()` returns the pool's exit code.
+    `SWARROW_POOL_WORKER` (its slot) and `SWARROW_POOL_DIR` (where it writes its status file) in its
+    environment. With `metrics_address`, workers also get `PROMETHEUS_MULTIPROC_DIR` (where their
+    metric values go) and the supervisor serves `/metrics` (every worker, summed, dead ones included),
+    `/healthz`, `/readyz` and `/status` (JSON) there. `run()` returns the pool's exit code.
     """
 
     def __init__(
@@ -394,6 +394,8 @@ class WorkerPool:
         self.directory = Path(tempfile.mkdtemp(prefix="swarrow-pool-")) if base is None else base
         self.status_dir = self.directory / "status"
         self.status_dir.mkdir(parents=True, exist_ok=True)
+        if self.metrics_address is None:
+            return  # no endpoint: workers keep their metrics off (an unread directory would only grow)
         given = self.env.get(MULTIPROC_DIR_ENV)
         self.metrics_dir = Path(given) if given else self.directory / "metrics"
         removed = clean_multiproc_dir(self.metrics_dir)
@@ -496,7 +498,9 @@ class WorkerPool:
         env = dict(self.env)
         env[POOL_WORKER_ENV] = str(slot.index)
         env[POOL_DIR_ENV] = str(self.status_dir)
-        env[MULTIPROC_DIR_ENV] = str(self.metrics_dir)
+        if self.metrics_address is not None:
+            # Before the worker imports prometheus-client: its values then go to files we can sum.
+            env[MULTIPROC_DIR_ENV] = str(self.metrics_dir)
         try:
             process = await anyio.open_process(
                 self.command,
@@ -548,10 +552,13 @@ class WorkerPool:
         slot.history.append(info)
         del slot.history[:-20]
         del self._live[pid]
-        try:
-            await anyio.to_thread.run_sync(compact_dead_process, self.metrics_dir, pid, self._metrics_lock)
-        except Exception:  # bookkeeping only: a stale file must not take the pool down
-            logger.exception("could not fold the metric files of worker pid %d", pid)
+        if self.metrics_address is not None:
+            try:
+                await anyio.to_thread.run_sync(
+                    compact_dead_process, self.metrics_dir, pid, self._metrics_lock
+                )
+            except Exception:  # bookkeeping only: a stale file must not take the pool down
+                logger.exception("could not fold the metric files of worker pid %d", pid)
         status_path(self.status_dir, pid).unlink(missing_ok=True)
         worker.exited.set()
         self._refresh()
