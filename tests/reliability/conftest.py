@@ -363,6 +363,21 @@ class Chaos:
         await channel.close()
         assert not nacked, f"the broker did not confirm {len(nacked)} publish(es), e.g. {nacked[:5]}"
 
+    async def publish_one(
+        self, message_id: str, body: bytes, headers: dict[str, Any] | None = None, *, queue: str | None = None
+    ) -> None:
+        """Publish one message with its own body and headers (malformed input), confirmed."""
+        channel = await self.channel(publisher_confirms=True)
+        underlay = await channel.get_underlay_channel()
+        confirmation = await underlay.basic_publish(
+            body,
+            routing_key=queue or self.queue,
+            properties=aiormq.spec.Basic.Properties(message_id=message_id, delivery_mode=2, headers=headers),
+            mandatory=True,
+        )
+        await channel.close()
+        assert isinstance(confirmation, Basic.Ack), f"the broker did not confirm {message_id}"
+
     # --- draining ------------------------------------------------------------------------------------------
     async def drain(self, name: str) -> list[Drained]:
         """Take every ready message out of `name` with basic.get (exact: an empty get means empty)."""
