@@ -19,6 +19,7 @@ from swarrow.message import Headers, Message
 from swarrow.processor import HasLifespan, Processor
 from swarrow.provider import MessageProvider
 from swarrow.publisher import Publisher
+from swarrow.runner import consume, run
 from swarrow.stack import BuiltStack, Layer, Stack
 
 __version__ = "0.1.0"
@@ -55,6 +56,8 @@ __all__ = [
     "SyncCallback",
     "TimeLimitExceeded",
     "__version__",
+    "consume",
     "mask_url",
     "open_broker",
+    "run",
 ]

@@ -238,27 +238,10 @@ def import_callable(spec: str) -> Callable[..., Any]:
     return obj  # type: ignore[no-any-return]
 
 
-class _NoTracebackBelowDebug(logging.Filter):
-    """Keep crash log lines to one line unless --log-level DEBUG asked for tracebacks."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and not logging.getLogger().isEnabledFor(logging.DEBUG):
-            exc = record.exc_info[1]
-            if exc is not None:
-                record.msg = f"{record.msg} ({type(exc).__name__}: {exc})"
-            record.exc_info = None
-            record.exc_text = None
-        return True
-
-
 def _configure_logging(level: str, fmt: str) -> None:
     from swarrow.logs import configure_logging
 
     configure_logging(level, "json" if fmt == "json" else "text")
-    for name in ("swarrow.consumer",):
-        target = logging.getLogger(name)
-        if not any(isinstance(f, _NoTracebackBelowDebug) for f in target.filters):
-            target.addFilter(_NoTracebackBelowDebug())
 
 
 def _run(fn: Callable[[], Any], *, use_uvloop: bool = True) -> Any:
@@ -512,7 +495,7 @@ def consume(ctx: click.Context, /, target: str | None, config_path: str | None, 
     settings = _consume_settings(ctx, target, config_path, params)
     _configure_logging(settings["log_level"], settings["log_format"])
     callback = import_callable(settings["callable"])
-    from swarrow.run import consume as consume_async
+    from swarrow.runner import consume as consume_async
 
     url = settings["url"]
     logger.info("swarrow %s: consuming %s from %s", __version__, settings["queue"], mask_url(url))

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-import math
 
 import anyio
 
+from swarrow._validate import require_int, require_seconds
 from swarrow.callback import Callback
 from swarrow.control import ConsumerControl, StopReason
 from swarrow.errors import ConfigurationError
@@ -38,10 +38,11 @@ class Consumer:
         concurrency: int = 1,
         grace_period: float = 30.0,
     ) -> None:
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ConfigurationError(f"concurrency must be an integer >= 1, got {concurrency!r}")
-        if not grace_period >= 0 or math.isinf(grace_period):
-            raise ConfigurationError(f"grace_period must be a finite number of seconds >= 0, got {grace_period!r}")
+        try:
+            require_int("concurrency", concurrency)
+            require_seconds("grace_period", grace_period, allow_zero=True)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
         prefetch = provider.prefetch
         if prefetch and prefetch < concurrency:
             raise ConfigurationError(
@@ -80,8 +81,12 @@ class Consumer:
         if self._crash is not None:
             raise self._crash
         assert control.reason is not None
-        logger.info("consumer of %s stopped: %s", control.queue_name, control.reason,
-                    extra={"queue": control.queue_name, "stop_reason": control.reason.code})
+        logger.info(
+            "consumer of %s stopped: %s",
+            control.queue_name,
+            control.reason,
+            extra={"queue": control.queue_name, "stop_reason": control.reason.code},
+        )
         return control.reason
 
     async def _consume(self, built: BuiltStack, control: ConsumerControl) -> None:
@@ -92,16 +97,23 @@ class Consumer:
             await control.wait_stop_requested()
             await self.provider.stop_consuming()
             if control.in_flight and not control.stop_now_requested:
-                logger.info("draining %d in-flight message(s) from %s (grace period %.1fs)",
-                            control.in_flight, control.queue_name, self.grace_period)
+                logger.info(
+                    "draining %d in-flight message(s) from %s (grace period %.1fs)",
+                    control.in_flight,
+                    control.queue_name,
+                    self.grace_period,
+                )
                 with anyio.move_on_after(self.grace_period):
                     async with anyio.create_task_group() as drain:
                         drain.start_soon(_cancel_when, control, drain.cancel_scope)
                         await idle.wait()
                         drain.cancel_scope.cancel()
             if control.in_flight:
-                logger.warning("cancelling %d in-flight message(s) from %s; the broker will redeliver them",
-                               control.in_flight, control.queue_name)
+                logger.warning(
+                    "cancelling %d in-flight message(s) from %s; the broker will redeliver them",
+                    control.in_flight,
+                    control.queue_name,
+                )
             workers.cancel_scope.cancel()
 
     async def _work(self, processor: Processor, control: ConsumerControl, idle: anyio.Event) -> None:
@@ -113,7 +125,7 @@ class Consumer:
                 if message is None:
                     control.stop("provider_closed", "the provider stopped delivering")
                     break
-            if control.stop_requested:
+            if control.is_stopping():
                 break  # not started: left unsettled, so it goes back to the queue
             control.in_flight += 1
             try:
@@ -121,14 +133,18 @@ class Consumer:
             except Exception as exc:
                 if self._crash is None:
                     self._crash = exc
-                logger.exception("an exception escaped the processor stack on %s; stopping",
-                                 control.queue_name, extra={"queue": control.queue_name,
-                                                            "message_id": message.message_id})
+                logger.error(
+                    "an exception escaped the processor stack on %s; stopping: %r",
+                    control.queue_name,
+                    exc,
+                    exc_info=logger.isEnabledFor(logging.DEBUG),
+                    extra={"queue": control.queue_name, "message_id": message.message_id},
+                )
                 control.stop("crashed", f"{type(exc).__name__}: {exc}")
                 keep_going = True
             finally:
                 control.in_flight -= 1
-                if control.stop_requested and control.in_flight == 0:
+                if control.in_flight == 0 and control.is_stopping():
                     idle.set()
             if not keep_going:
                 control.stop("processor", "a processor returned False")

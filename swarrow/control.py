@@ -48,6 +48,10 @@ class ConsumerControl:
         if self.stop_now_requested:
             self._stop_now_event.set()
 
+    def is_stopping(self) -> bool:
+        """True once any stop was asked for (a call, so type checkers never assume it unchanged)."""
+        return self.stop_requested
+
     def stop(self, code: str, detail: str = "") -> None:
         """Ask for a graceful stop: finish in-flight messages, take no new ones."""
         if self.reason is None:
@@ -59,7 +63,9 @@ class ConsumerControl:
     def stop_now(self, code: str, detail: str = "") -> None:
         """Ask for an immediate stop: in-flight messages are cancelled and left for redelivery."""
         if self.reason is None or not self.reason.immediate:
-            self.reason = StopReason(code, detail or (self.reason.detail if self.reason else ""), immediate=True)
+            self.reason = StopReason(
+                code, detail or (self.reason.detail if self.reason else ""), immediate=True
+            )
         self.stop(code, detail)
         self.stop_now_requested = True
         if self._stop_now_event is not None:

@@ -14,7 +14,7 @@ import anyio
 from swarrow.broker import Broker, open_broker
 from swarrow.errors import BrokerUnavailableError, PermanentError
 from swarrow.message import Message
-from swarrow.run import consume, resolve_url
+from swarrow.runner import consume, resolve_url
 from swarrow.topology import RETRY_ATTEMPT_HEADER, RetryTopology
 
 __all__ = ["main"]

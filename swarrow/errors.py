@@ -34,7 +34,7 @@ class PermanentError(SwarrowError):
     """Raised by a callback for a failure no retry can fix: the message goes to the dead-letter queue now."""
 
 
-class RetryLater(SwarrowError):  # noqa: N818 - a control-flow signal, not an error report
+class RetryLater(SwarrowError):  # a control-flow signal, not an error report
     """Raised by a callback to have the message retried later without spending an attempt."""
 
     def __init__(self, delay: float | None = None, reason: str = "") -> None:
@@ -45,9 +45,9 @@ class RetryLater(SwarrowError):  # noqa: N818 - a control-flow signal, not an er
         self.reason = reason
 
 
-class StopConsumer(SwarrowError):  # noqa: N818 - a control-flow signal, not an error report
+class StopConsumer(SwarrowError):  # a control-flow signal, not an error report
     """Raised by a callback to finish this message normally, then stop the consumer."""
 
 
-class TimeLimitExceeded(SwarrowError):  # noqa: N818 - mirrors the name users know from dramatiq and Celery
+class TimeLimitExceeded(SwarrowError):  # mirrors the name users know from dramatiq and Celery
     """Raised when a message ran past the time limit; outer layers treat it as a failure."""

@@ -75,7 +75,9 @@ class Stack:
     def __init__(self, *layers: LayerLike, callback: Callback) -> None:
         for layer in layers:
             if not callable(layer) and not isinstance(layer, Layer):
-                raise TypeError(f"a stack layer must be a Layer or a callable taking the inner processor, got {layer!r}")
+                raise TypeError(
+                    f"a stack layer must be a Layer or a callable taking the inner processor, got {layer!r}"
+                )
         self.layers: tuple[LayerLike, ...] = layers
         self.callback = callback
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import pytest
@@ -66,9 +66,9 @@ async def amqp_broker(amqp_url: str, queue_name: str) -> AsyncIterator[AmqpBroke
 
 
 @pytest.fixture
-def memory_broker() -> Iterator[MemoryBroker]:
+def memory_broker() -> MemoryBroker:
     """A fresh in-memory broker."""
-    yield MemoryBroker("test")
+    return MemoryBroker("test")
 
 
 @pytest.fixture(params=["memory", pytest.param("amqp", marks=pytest.mark.integration)])

@@ -8,7 +8,7 @@ import pytest
 
 from processors.ack import AckProcessor
 from swarrow import ConfigurationError, Layer, MemoryBroker, Message, MessageProvider, Publisher
-from swarrow.run import consume, resolve_url, run
+from swarrow.runner import consume, resolve_url, run
 
 
 def fresh() -> tuple[str, MemoryBroker]:
