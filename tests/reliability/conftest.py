@@ -495,9 +495,19 @@ class Chaos:
         env.update(extra)
         return env
 
-    def consume(self, callback: str, *options: str, env: dict[str, str] | None = None) -> Worker:
+    def consume(
+        self, callback: str, *options: str, env: dict[str, str] | None = None, url: str | None = None
+    ) -> Worker:
         """Start `swarrow consume tests.reliability.callbacks:<callback> --queue Q --url URL <options>`."""
-        args = ["consume", f"{CALLBACKS}:{callback}", "--queue", self.queue, "--url", self.url, *options]
+        args = [
+            "consume",
+            f"{CALLBACKS}:{callback}",
+            "--queue",
+            self.queue,
+            "--url",
+            url or self.url,
+            *options,
+        ]
         worker = Worker(args, env or self.worker_env(), self.directory, f"worker{len(self.workers)}")
         self.workers.append(worker)
         return worker
