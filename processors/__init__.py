@@ -11,6 +11,7 @@ from processors.max_messages import MaxMessagesProcessor
 from processors.max_runtime import MaxRuntimeProcessor
 from processors.memory_limit import MemoryLimitProcessor
 from processors.metrics import MetricsProcessor
+from processors.pool_status import PoolStatusProcessor
 from processors.retry import RepublishFailed, RetryProcessor
 from processors.signal_handler import SignalHandlerProcessor
 from processors.stop_when_idle import StopWhenIdleProcessor
@@ -27,6 +28,7 @@ __all__ = [
     "MaxRuntimeProcessor",
     "MemoryLimitProcessor",
     "MetricsProcessor",
+    "PoolStatusProcessor",
     "RepublishFailed",
     "RetryProcessor",
     "SignalHandlerProcessor",

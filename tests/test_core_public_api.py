@@ -24,7 +24,20 @@ REEXPORTED = {
     "stack",
 }
 # Modules used by their own name (`from swarrow.topology import ...`): not re-exported wholesale.
-SUBMODULE_API = {"amqp", "cli", "config", "logs", "metrics", "outcome", "pool", "run", "topology", "units"}
+# `swarrow.runner` is only partly re-exported (`run`, `consume`): the top level picks by name.
+SUBMODULE_API = {
+    "amqp",
+    "cli",
+    "config",
+    "demo",
+    "logs",
+    "metrics",
+    "outcome",
+    "pool",
+    "runner",
+    "topology",
+    "units",
+}
 
 
 def _ruff_sort_key(name: str) -> tuple[int, list[int | str]]:
