@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.anyio]
 
 DELAYS = (0.1,)
+PREFETCH = 20
 
 
 def fails_first_time(recorder: Recorder, calls: Counter[str]) -> object:
@@ -112,7 +113,7 @@ async def test_connection_drop_between_republish_and_ack_redelivers_the_original
     await chaos.publish(published)
     broker = chaos.broker()
     recorder, calls = Recorder(), Counter[str]()
-    provider = broker.provider(chaos.queue, prefetch=20)
+    provider = broker.provider(chaos.queue, prefetch=PREFETCH)
     layers = default_stack(provider=provider, publisher=broker.publisher(), signals=False, log=False,
                            retry_attempts=len(DELAYS), retry_delays=DELAYS)  # fmt: skip
     ack = next(i for i, layer in enumerate(layers) if getattr(layer, "factory", None) is AckProcessor)
@@ -139,4 +140,6 @@ async def test_connection_drop_between_republish_and_ack_redelivers_the_original
     )
     assert row.processed == len(published) and row.dead == 0
     assert len(dropper[0].dropped) == 3
-    assert row.duplicates <= 3, "only the three messages whose ack was dropped may run twice"
+    # Each dropped original comes back (at least 3 duplicates). Acks are coalesced, so work finished
+    # just before a drop may have its ack lost too: never more than the unacked deliveries (prefetch).
+    assert 3 <= row.duplicates <= 3 * PREFETCH, row
