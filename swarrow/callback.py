@@ -64,7 +64,11 @@ class CallbackProcessor:
             if self.is_async:
                 result = await self.callback(message)  # type: ignore[misc]
             else:
-                result = await anyio.to_thread.run_sync(self.callback, message, limiter=self._limiter)
+                # Abandoned on cancellation (time limit, immediate stop, grace period over): Python
+                # cannot kill a thread, but the worker slot and the stop path must not wait for it.
+                result = await anyio.to_thread.run_sync(
+                    self.callback, message, limiter=self._limiter, abandon_on_cancel=True
+                )
                 if inspect.isawaitable(result):
                     result = await result
         except StopConsumer as stop:

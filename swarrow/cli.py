@@ -11,6 +11,7 @@ import importlib
 import logging
 import os
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -155,8 +156,16 @@ class GroupedOption(click.Option):
         self.section = section
 
 
+RAW_ARGS: Final = "swarrow.raw_args"
+
+
 class ManCommand(click.Command):
     """A command whose `--help` lists options under section headings, man-page style."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # Kept as typed: a `--workers` supervisor re-runs the same command line for each worker.
+        ctx.meta[RAW_ARGS] = list(args)
+        return super().parse_args(ctx, args)
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         sections: dict[str, list[tuple[str, str]]] = {}
@@ -388,6 +397,22 @@ _CONSUME_EPILOG = (
     help="Messages processed at the same time.",
 )
 @option(
+    "--workers",
+    section="Concurrency",
+    type=click.IntRange(min=1),
+    default=1,
+    help="Worker processes. N > 1: a supervisor keeps N consumers (each its own connection) alive, "
+    "replaces one that hit a limit at once and one that crashed with backoff; SIGHUP replaces them "
+    "one at a time; --metrics-addr then serves the whole pool, plus /status.",
+)
+@option(
+    "--restart-backoff-max",
+    section="Concurrency",
+    type=_Duration(),
+    default="30s",
+    help="With --workers: longest wait before restarting a crashed worker (1s, 2s, 4s … up to this).",
+)
+@option(
     "--uvloop/--no-uvloop", section="Concurrency", default=True, help="Run on uvloop when it is installed."
 )
 @option(
@@ -494,6 +519,11 @@ def consume(ctx: click.Context, /, target: str | None, config_path: str | None, 
     """Consume (the help text is _CONSUME_HELP)."""
     settings = _consume_settings(ctx, target, config_path, params)
     _configure_logging(settings["log_level"], settings["log_format"])
+    from swarrow._pool_status import pool_worker_env
+
+    pool_worker = pool_worker_env()
+    if settings["workers"] > 1 and pool_worker is None:
+        ctx.exit(_supervise(ctx, settings))
     callback = import_callable(settings["callable"])
     from swarrow.runner import consume as consume_async
 
@@ -509,6 +539,12 @@ def consume(ctx: click.Context, /, target: str | None, config_path: str | None, 
     if settings["retry"]:
         stack_options["retry_delays"] = settings["retry_delays"]
         stack_options["retry_attempts"] = len(settings["retry_delays"])
+    metrics_address = settings["metrics_addr"]
+    run_options: dict[str, Any] = stack_options
+    if pool_worker is not None:
+        # A pool worker: its supervisor serves the metrics (summed over the pool) and checked the queues.
+        metrics_address = None
+        run_options = {"processors": _pool_worker_layers(pool_worker, stack_options)}
     try:
         reason: StopReason = _run(
             functools.partial(
@@ -520,14 +556,93 @@ def consume(ctx: click.Context, /, target: str | None, config_path: str | None, 
                 concurrency=settings["concurrency"],
                 grace_period=settings["grace_period"],
                 declare=settings["declare"],
-                metrics_address=settings["metrics_addr"],
-                **stack_options,
+                metrics_address=metrics_address,
+                **run_options,
             ),
             use_uvloop=settings["uvloop"],
         )
     except Exception as exc:
         _fail(exc)
     logger.info("stopped (%s); exiting 0", reason)
+    _exit_now_if_threads_hang(0)
+
+
+def _exit_now_if_threads_hang(code: int) -> None:
+    """Exit without joining callback threads abandoned by a time limit or a stop: they may never return."""
+    workers = [t for t in threading.enumerate() if t.name == "AnyIO worker thread"]
+    for thread in workers:
+        thread.join(timeout=0.5)  # idle ones are being told to exit; a busy one is what we look for
+    hung = [t for t in workers if t.is_alive()]
+    if hung:
+        logger.warning(
+            "%d sync callback thread(s) still running after the stop; exiting without them", len(hung)
+        )
+        logging.shutdown()
+        os._exit(code)
+
+
+def _pool_worker_layers(pool: Any, stack_options: dict[str, Any]) -> Callable[..., list[Any]]:
+    """The default stack of a pool worker, under a layer reporting to the supervisor."""
+    from processors.defaults import default_stack
+    from processors.pool_status import PoolStatusProcessor
+    from swarrow._pool_status import MULTIPROC_DIR_ENV
+    from swarrow.stack import Layer
+
+    options = dict(stack_options, metrics=bool(os.environ.get(MULTIPROC_DIR_ENV)))
+
+    def layers(provider: Any, publisher: Any) -> list[Any]:
+        # Outermost: it counts every message and, leaving last, reports the final stop reason.
+        status = Layer(PoolStatusProcessor, directory=pool.directory, slot=pool.slot, provider=provider)
+        return [status, *default_stack(provider=provider, publisher=publisher, **options)]
+
+    return layers
+
+
+def _supervise(ctx: click.Context, settings: dict[str, Any]) -> int:
+    """Run `--workers N`: check the queues once, then supervise N copies of this command."""
+    from swarrow.pool import Backoff, WorkerPool, default_command, strip_options
+    from swarrow.runner import prepare_queues
+
+    url = settings["url"]
+
+    async def check() -> None:
+        # Once here rather than N times in the workers (who then skip the retry-queue check): a
+        # missing queue or an unreachable broker is exit 2 or 4 before any worker starts.
+        async with _connected(url) as broker:
+            await prepare_queues(
+                broker,
+                settings["queue"],
+                declare=settings["declare"],
+                retry=settings["retry"],
+                delays=settings["retry_delays"] if settings["retry"] else (),
+                quorum=settings["quorum"],
+            )
+
+    if not url.startswith("memory://"):
+        try:
+            _run(check, use_uvloop=False)
+        except Exception as exc:
+            _fail(exc)
+    pool_only = {"--workers": True, "--metrics-addr": True, "--restart-backoff-max": True}
+    args = strip_options(ctx.meta.get(RAW_ARGS, sys.argv[2:]), pool_only)
+    try:
+        pool = WorkerPool(
+            default_command(args),
+            workers=settings["workers"],
+            metrics_address=settings["metrics_addr"],
+            grace_period=settings["grace_period"],
+            backoff=Backoff(maximum=max(1.0, settings["restart_backoff_max"])),
+        )
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    logger.info(
+        "swarrow %s: supervising %d workers consuming %s from %s",
+        __version__,
+        settings["workers"],
+        settings["queue"],
+        mask_url(url),
+    )
+    return pool.run_sync()
 
 
 def _consume_settings(
