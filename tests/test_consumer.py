@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
+import anyio.to_thread
 import anyio.lowlevel
 import pytest
 
@@ -301,3 +302,29 @@ async def test_a_consumer_runs_once() -> None:
     await consumer.run()
     with pytest.raises(RuntimeError, match="once"):
         await consumer.run()
+
+
+async def test_a_hung_sync_callback_does_not_block_an_immediate_stop() -> None:
+    broker, provider = _setup(1)
+    entered = threading.Event()
+    release = threading.Event()
+
+    def handle(message: Message) -> None:
+        entered.set()
+        release.wait(10)  # a thread Python cannot interrupt
+
+    consumer = Consumer(provider, Stack(Layer(Ack, provider=provider), callback=handle), grace_period=0.1)
+
+    async def stop_when_entered() -> None:
+        await anyio.to_thread.run_sync(entered.wait, 5)
+        consumer.control.stop("test")
+
+    try:
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(stop_when_entered)
+                await consumer.run()
+    finally:
+        release.set()
+    assert provider.acked == []
+    assert broker.message_count("q") == 1  # abandoned, unacked: redelivered
