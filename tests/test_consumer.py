@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
-import anyio.to_thread
 import anyio.lowlevel
+import anyio.to_thread
 import pytest
 
 from swarrow import (
