@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -459,7 +459,7 @@ class Chaos:
         *,
         timeout: float,
         what: str,
-        during: Callable[[], Awaitable[None]] | None = None,
+        during: Callable[[], Coroutine[Any, Any, None]] | None = None,
     ) -> Any:
         """Run a `swarrow.Consumer` until `done()`, then stop it gracefully; returns its StopReason.
 

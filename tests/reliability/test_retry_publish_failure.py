@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.to_thread
 import pytest
-from callbacks import Recorder
+from callbacks import AsyncCallback, Recorder
 
 from processors import AckProcessor, default_stack
 from swarrow import Consumer, Message, MessageProvider, Processor, Stack
@@ -31,7 +31,7 @@ DELAYS = (0.1,)
 PREFETCH = 20
 
 
-def fails_first_time(recorder: Recorder, calls: Counter[str]) -> object:
+def fails_first_time(recorder: Recorder, calls: Counter[str]) -> AsyncCallback:
     """The original delivery fails; its retry copy (it carries the attempt header) succeeds."""
 
     async def callback(message: Message) -> None:
@@ -57,7 +57,7 @@ async def test_original_is_requeued_not_lost_while_the_retry_queue_is_missing(ch
     stack = Stack(
         *default_stack(provider=provider, publisher=broker.publisher(), signals=False, log=False,
                        retry_attempts=len(DELAYS), retry_delays=DELAYS),
-        callback=fails_first_time(recorder, calls),  # type: ignore[arg-type]
+        callback=fails_first_time(recorder, calls),
     )  # fmt: skip
     consumer = Consumer(provider, stack, concurrency=4)
 
@@ -125,7 +125,7 @@ async def test_connection_drop_between_republish_and_ack_redelivers_the_original
 
     stack = Stack(
         *layers[: ack + 1], drop_layer, *layers[ack + 1 :], callback=fails_first_time(recorder, calls)
-    )  # type: ignore[arg-type]
+    )
     consumer = Consumer(provider, stack, concurrency=1)
     reason = await chaos.run_until(
         consumer,
