@@ -63,6 +63,7 @@ async def consume(
     concurrency: int,
     ack_batch_size: int | None,
     ack_flush_ms: float | None,
+    task_per_delivery: bool = False,
 ) -> dict[str, Any]:
     broker = AmqpBroker(url)
     await broker.connect()
@@ -72,6 +73,7 @@ async def consume(
     if ack_flush_ms is not None:
         options["ack_flush_interval"] = ack_flush_ms / 1000.0
     provider = broker.provider(queue, prefetch=prefetch, **options)
+    provider.fast_delivery = not task_per_delivery
     publisher = broker.publisher()
     count = 0
 
@@ -109,6 +111,7 @@ def main() -> None:
     parser.add_argument("--ack-batch-size", type=int)
     parser.add_argument("--ack-flush-ms", type=float)
     parser.add_argument("--uvloop", action="store_true")
+    parser.add_argument("--task-per-delivery", action="store_true", help="aiormq's task per delivery (A/B check)")
     parser.add_argument("--log-file", default=os.path.join(RESULTS, "consumer.log"))
     parser.add_argument("--profile", help="write a cProfile summary of the run to this file")
     args = parser.parse_args()
@@ -128,6 +131,7 @@ def main() -> None:
             concurrency=args.concurrency,
             ack_batch_size=args.ack_batch_size,
             ack_flush_ms=args.ack_flush_ms,
+            task_per_delivery=args.task_per_delivery,
         )
 
     async def go() -> dict[str, Any]:

@@ -22,6 +22,7 @@ import aiormq.abc
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from pamqp.commands import Basic
 
+from swarrow._validate import require_int, require_seconds
 from swarrow.broker import DEFAULT_URL, QueueInfo, mask_url
 from swarrow.errors import BrokerUnavailableError, ConfigurationError, PublishError
 from swarrow.message import Message
@@ -32,8 +33,13 @@ logger = logging.getLogger(__name__)
 
 _EMPTY: dict[str, Any] = {}
 # Errors meaning "the channel or connection is gone": settlements for it are dropped, not raised.
-_CHANNEL_GONE = (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, ConnectionError,
-                 asyncio.TimeoutError, RuntimeError)
+_CHANNEL_GONE = (
+    aiormq.exceptions.AMQPError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    ConnectionError,
+    asyncio.TimeoutError,
+    RuntimeError,
+)
 
 
 def _scrub(text: str, url: str) -> str:
@@ -76,8 +82,10 @@ class AmqpBroker:
     @property
     def is_connected(self) -> bool:
         """True while the underlying connection is open."""
-        return self._connection is not None and not self._connection.is_closed and bool(
-            self._connection.connected.is_set()
+        return (
+            self._connection is not None
+            and not self._connection.is_closed
+            and bool(self._connection.connected.is_set())
         )
 
     async def connect(self) -> None:
@@ -87,15 +95,17 @@ class AmqpBroker:
     async def _connect(self) -> AbstractRobustConnection:
         async with self._lock:
             if self._connection is None:
-                options: dict[str, Any] = {"reconnect_interval": self.reconnect_interval,
-                                           "client_properties": {"connection_name": self.connection_name}}
+                options: dict[str, Any] = {
+                    "reconnect_interval": self.reconnect_interval,
+                    "client_properties": {"connection_name": self.connection_name},
+                }
                 if self.ssl_context is not None:
                     options["ssl_context"] = self.ssl_context
                 try:
                     self._connection = await aio_pika.connect_robust(
                         self._url, timeout=self.connect_timeout, **options
                     )
-                except (OSError, aiormq.exceptions.AMQPError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
                     detail = _scrub(str(exc) or type(exc).__name__, self._url)
                     raise BrokerUnavailableError(f"cannot connect to {self.url}: {detail}") from None
             return self._connection
@@ -110,9 +120,22 @@ class AmqpBroker:
         channel: aiormq.abc.AbstractChannel = await transport.connection.channel(publisher_confirms=False)
         return channel
 
-    def provider(self, queue: str, *, prefetch: int = 100) -> AmqpMessageProvider:
-        """A provider consuming `queue` on its own channel."""
-        return AmqpMessageProvider(self, queue, prefetch=prefetch)
+    def provider(
+        self,
+        queue: str,
+        *,
+        prefetch: int = 100,
+        ack_batch_size: int | None = None,
+        ack_flush_interval: float = 0.02,
+    ) -> AmqpMessageProvider:
+        """A provider consuming `queue` on its own channel (see `AmqpMessageProvider` for ack coalescing)."""
+        return AmqpMessageProvider(
+            self,
+            queue,
+            prefetch=prefetch,
+            ack_batch_size=ack_batch_size,
+            ack_flush_interval=ack_flush_interval,
+        )
 
     def publisher(self) -> AmqpPublisher:
         """A publisher with confirms on its own channel."""
@@ -178,11 +201,19 @@ class AmqpBroker:
 
 def _properties(message: Message) -> aiormq.spec.Basic.Properties:
     return aiormq.spec.Basic.Properties(
-        content_type=message.content_type, content_encoding=message.content_encoding,
-        headers=dict(message.headers) if message.headers else None, delivery_mode=message.delivery_mode,
-        priority=message.priority, correlation_id=message.correlation_id, reply_to=message.reply_to,
-        expiration=message.expiration, message_id=message.message_id, timestamp=message.timestamp,
-        message_type=message.type, user_id=message.user_id, app_id=message.app_id,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        headers=dict(message.headers) if message.headers else None,
+        delivery_mode=message.delivery_mode,
+        priority=message.priority,
+        correlation_id=message.correlation_id,
+        reply_to=message.reply_to,
+        expiration=message.expiration,
+        message_id=message.message_id,
+        timestamp=message.timestamp,
+        message_type=message.type,
+        user_id=message.user_id,
+        app_id=message.app_id,
     )
 
 
@@ -214,8 +245,12 @@ class AmqpPublisher:
         try:
             channel = await self._underlay()
             confirmation = await channel.basic_publish(
-                message.body, exchange=exchange, routing_key=routing_key, properties=_properties(message),
-                mandatory=mandatory, timeout=self.confirm_timeout,
+                message.body,
+                exchange=exchange,
+                routing_key=routing_key,
+                properties=_properties(message),
+                mandatory=mandatory,
+                timeout=self.confirm_timeout,
             )
         except aiormq.exceptions.PublishError:
             raise PublishError(f"message returned as unroutable ({where}): no queue is bound there") from None
@@ -233,6 +268,79 @@ class AmqpPublisher:
             await channel.close()
 
 
+class _AckTracker:
+    """Which delivery tags of one channel one `basic.ack(multiple=True)` may cover.
+
+    A multiple ack settles every unsettled tag up to its own, including deliveries still buffered
+    or in flight, so it may only name the highest tag of the *contiguous* prefix of delivered tags
+    that are finished or already settled by their own frame; and it must name a finished tag (one
+    settled singly is unknown to the broker: 406). Pure bookkeeping: the provider writes the frames.
+    """
+
+    __slots__ = ("_finished", "_pending", "_single")
+
+    def __init__(self) -> None:
+        self._pending: deque[int] = deque()  # delivered, not yet covered by a written frame; in tag order
+        self._finished: set[int] = set()  # acked by the application, frame not written yet
+        self._single: set[int] = set()  # settled by their own frame (reject, fallback ack)
+
+    def delivered(self, tag: int) -> None:
+        """Record a delivery (tags arrive in increasing order on a channel)."""
+        self._pending.append(tag)
+
+    def is_open(self, tag: int) -> bool:
+        """True when `tag` was delivered and nothing settled it yet (guards against double settlement)."""
+        pending = self._pending
+        return (
+            bool(pending)
+            and pending[0] <= tag <= pending[-1]
+            and tag not in self._finished
+            and tag not in self._single
+        )
+
+    def finish(self, tag: int) -> None:
+        """The application acked `tag`; its ack waits for the next multiple ack."""
+        self._finished.add(tag)
+
+    def settle_single(self, tag: int) -> None:
+        """`tag` is being settled by its own frame (a reject, or a fallback single ack)."""
+        self._finished.discard(tag)
+        self._single.add(tag)
+
+    @property
+    def finished(self) -> int:
+        """Acked by the application and not written yet."""
+        return len(self._finished)
+
+    @property
+    def outstanding(self) -> int:
+        """Delivered and not yet covered by a written frame."""
+        return len(self._pending)
+
+    def take_prefix(self) -> int | None:
+        """Drop the settled prefix; return its highest finished tag (for multiple=True), or None."""
+        pending, finished, single = self._pending, self._finished, self._single
+        last = None
+        while pending:
+            tag = pending[0]
+            if tag in finished:
+                finished.remove(tag)
+                last = tag
+            elif tag in single:
+                single.remove(tag)
+            else:
+                break
+            pending.popleft()
+        return last
+
+    def take_blocked(self) -> list[int]:
+        """Finished tags stuck behind an unfinished one: to be acked singly, marked as such."""
+        blocked = sorted(self._finished)
+        self._single.update(blocked)
+        self._finished.clear()
+        return blocked
+
+
 class AmqpMessageProvider:
     """Consumes one RabbitMQ queue (push mode, `prefetch` unsettled at most).
 
@@ -240,19 +348,49 @@ class AmqpMessageProvider:
     `basic.cancel` such as a deleted queue (this re-consumes once the queue exists again). Deliveries
     buffered or in flight from a channel that died are never settled on the new one: their consumer
     tag is no longer live, so the settlement is logged and dropped and the broker redelivers them.
+
+    Acks are coalesced: `ack()` records the delivery, and one `basic.ack(multiple=True)` covers the
+    finished prefix every `ack_batch_size` acks or `ack_flush_interval` seconds, and always before a
+    reject, a stop and a close. At-least-once holds: a crash before a flush only redelivers.
+    Default batch: min(100, prefetch // 2); `ack_batch_size=1` acks every message on its own.
     """
 
-    def __init__(self, broker: AmqpBroker | str, queue: str, *, prefetch: int = 100) -> None:
-        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
-            raise ConfigurationError(f"prefetch must be an integer >= 1, got {prefetch!r}")
+    def __init__(
+        self,
+        broker: AmqpBroker | str,
+        queue: str,
+        *,
+        prefetch: int = 100,
+        ack_batch_size: int | None = None,
+        ack_flush_interval: float = 0.02,
+    ) -> None:
+        try:
+            require_int("prefetch", prefetch)
+            if ack_batch_size is not None:
+                require_int("ack_batch_size", ack_batch_size)
+            require_seconds("ack_flush_interval", ack_flush_interval)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
         if not queue:
             raise ConfigurationError("a queue name is required")
         self._owns_broker = isinstance(broker, str)
         self.broker = AmqpBroker(broker) if isinstance(broker, str) else broker
         self._queue_name = queue
         self._prefetch = prefetch
+        self.ack_batch_size = (
+            ack_batch_size if ack_batch_size is not None else max(1, min(100, prefetch // 2))
+        )
+        self.ack_flush_interval = float(ack_flush_interval)
+        # Past this many finished acks stuck behind a slow head, ack them singly: they hold prefetch slots.
+        self._fallback_after = max(self.ack_batch_size, prefetch // 2)
+        self._coalesce = self.ack_batch_size > 1
+        self._tracker = _AckTracker()
+        self._since_flush = 0
+        self._settle_lock = asyncio.Lock()
+        self._flush_due: asyncio.Event | None = None
+        self._flusher: asyncio.Task[None] | None = None
         self._buffer: deque[Message] = deque()
-        self._wakeup: asyncio.Event | None = None
+        self._waiters: deque[asyncio.Future[None]] = deque()
         self._channel: AbstractRobustChannel | None = None
         self._underlay: aiormq.abc.AbstractChannel | None = None
         self._consumer_tag: str | None = None
@@ -261,6 +399,7 @@ class AmqpMessageProvider:
         self._closed = False
         self._recovery: asyncio.Task[None] | None = None
         self.stale_settlements = 0
+        self.fast_delivery = True
 
     @property
     def queue_name(self) -> str:
@@ -276,8 +415,13 @@ class AmqpMessageProvider:
     def is_consuming(self) -> bool:
         """True while the channel is open and our consumer is registered."""
         underlay = self._underlay
-        return (self._wanted and self._consumer_tag is not None and underlay is not None
-                and not underlay.is_closed and self.broker.is_connected)
+        return (
+            self._wanted
+            and self._consumer_tag is not None
+            and underlay is not None
+            and not underlay.is_closed
+            and self.broker.is_connected
+        )
 
     async def start(self) -> None:
         """Connect, open a channel with the prefetch, and consume; `ConfigurationError` if no such queue."""
@@ -297,7 +441,13 @@ class AmqpMessageProvider:
         await self._channel.set_qos(prefetch_count=self._prefetch)
         self._channel.reopen_callbacks.add(self._on_reopen)
         self._wanted = True
+        self._start_flusher()
         await self._consume()
+
+    def _start_flusher(self) -> None:
+        if self._coalesce and self._flusher is None:
+            self._flush_due = asyncio.Event()
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_periodically(self._flush_due))
 
     async def _consume(self) -> None:
         assert self._channel is not None
@@ -305,33 +455,103 @@ class AmqpMessageProvider:
         if underlay is not self._underlay:
             # A new channel: its delivery tags restart at 1, so nothing from the old one may be settled.
             dropped = len(self._buffer)
+            unflushed = self._tracker.finished
             self._buffer.clear()
             self._live_tags.clear()
+            self._tracker = _AckTracker()
+            self._since_flush = 0
             self._underlay = underlay
             underlay.on_consumer_cancel_callbacks.add(self._on_cancel)
-            if dropped:
-                logger.warning("dropped %d buffered deliveries of a closed channel on %s; the broker redelivers them",
-                               dropped, self._queue_name)
+            if self.fast_delivery:
+                self._install_fast_delivery(underlay)
+            if dropped or unflushed:
+                self.stale_settlements += unflushed
+                logger.warning(
+                    "dropped %d buffered deliveries and %d unflushed acks of a closed channel on %s; "
+                    "the broker redelivers them",
+                    dropped,
+                    unflushed,
+                    self._queue_name,
+                    extra={"queue": self._queue_name},
+                )
         tag = f"swarrow.{self._queue_name}.{uuid.uuid4().hex[:12]}"
         self._live_tags.add(tag)
         await underlay.basic_consume(self._queue_name, self._on_delivery, consumer_tag=tag)
         self._consumer_tag = tag
-        logger.info("consuming %s (prefetch %d)", self._queue_name, self._prefetch,
-                    extra={"queue": self._queue_name})
+        logger.info(
+            "consuming %s (prefetch %d, ack batch %d)",
+            self._queue_name,
+            self._prefetch,
+            self.ack_batch_size,
+            extra={"queue": self._queue_name},
+        )
+
+    def _install_fast_delivery(self, underlay: aiormq.abc.AbstractChannel) -> bool:
+        """Take deliveries in aiormq's channel reader instead of a task per message (~8% of CPU).
+
+        aiormq runs each consumer callback in a new task; the buffer only needs a synchronous append.
+        Relies on aiormq 7's channel internals, so it is used only when they are there.
+        """
+        read_header = getattr(underlay, "_Channel__get_content_header", None)
+        read_content = getattr(underlay, "_read_content", None)
+        if read_header is None or read_content is None or not hasattr(underlay, "_on_deliver_frame"):
+            return False
+        deliver = self._deliver
+
+        async def on_deliver_frame(frame: Any) -> None:
+            header = await read_header()
+            delivered = await read_content(frame, header)
+            try:
+                deliver(delivered)
+            except Exception:  # never let a bad delivery kill the channel's reader
+                logger.exception("could not take a delivery from %s", self._queue_name)
+
+        underlay._on_deliver_frame = on_deliver_frame
+        return True
 
     async def _on_delivery(self, delivered: aiormq.abc.DeliveredMessage) -> None:
+        self._deliver(delivered)
+
+    def _deliver(self, delivered: aiormq.abc.DeliveredMessage) -> None:
         p = delivered.header.properties
         d: Any = delivered.delivery
-        self._buffer.append(Message(
-            delivered.body, p.headers or _EMPTY, p.content_type, p.content_encoding, p.delivery_mode,
-            p.priority, p.correlation_id, p.reply_to, p.expiration, p.message_id, p.timestamp,
-            p.message_type, p.user_id, p.app_id, d.delivery_tag, d.consumer_tag, d.redelivered,
-            d.exchange, d.routing_key, self._queue_name,
-        ))
-        wakeup = self._wakeup
-        if wakeup is not None:
-            self._wakeup = None
-            wakeup.set()
+        tag = d.delivery_tag
+        if self._coalesce and delivered.channel is self._underlay:
+            self._tracker.delivered(tag)
+        self._buffer.append(
+            Message(
+                delivered.body,
+                p.headers or _EMPTY,
+                p.content_type,
+                p.content_encoding,
+                p.delivery_mode,
+                p.priority,
+                p.correlation_id,
+                p.reply_to,
+                p.expiration,
+                p.message_id,
+                p.timestamp,
+                p.message_type,
+                p.user_id,
+                p.app_id,
+                tag,
+                d.consumer_tag,
+                d.redelivered,
+                d.exchange,
+                d.routing_key,
+                self._queue_name,
+            )
+        )
+        if self._waiters:
+            self._wake_one()
+
+    def _wake_one(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     def _on_reopen(self, *_: Any) -> None:
         logger.warning("channel to %s reopened after a connection loss; consuming again", self.broker.url)
@@ -341,8 +561,11 @@ class AmqpMessageProvider:
     def _on_cancel(self, frame: Any) -> None:
         if frame.consumer_tag != self._consumer_tag:
             return
-        logger.warning("the broker cancelled our consumer of %s (queue deleted?); will consume again "
-                       "once it exists", self._queue_name, extra={"queue": self._queue_name})
+        logger.warning(
+            "the broker cancelled our consumer of %s (queue deleted?); will consume again once it exists",
+            self._queue_name,
+            extra={"queue": self._queue_name},
+        )
         self._consumer_tag = None
         self._schedule_recovery()
 
@@ -371,14 +594,21 @@ class AmqpMessageProvider:
 
     async def receive(self) -> Message | None:
         """Wait for a delivery; None once stopped or closed."""
+        buffer = self._buffer
         while True:
-            if self._buffer:
-                return self._buffer.popleft()
+            if buffer:
+                return buffer.popleft()
             if not self._wanted:
                 return None
-            if self._wakeup is None:
-                self._wakeup = asyncio.Event()
-            await self._wakeup.wait()
+            # One future per waiting worker, woken one per delivery: no thundering herd at high concurrency.
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # the wake-up meant for us goes to another worker
+                raise
 
     async def messages(self) -> AsyncIterator[Message]:
         """Deliveries until the provider stops (starts it first)."""
@@ -386,27 +616,93 @@ class AmqpMessageProvider:
         while (message := await self.receive()) is not None:
             yield message
 
+    # -- settlement -----------------------------------------------------------------------------
+    # Every settlement frame is written under `_settle_lock`, in the order the tracker decided it:
+    # a single ack or reject must reach the wire before a multiple ack that covers its tag, and
+    # aiormq's bounded write queue can reorder writers that wait on it.
+
+    def _drop(self, message: Message, why: str) -> None:
+        self.stale_settlements += 1
+        logger.warning(
+            "settlement of delivery %s dropped (%s); the broker redelivers it",
+            message.delivery_tag,
+            why,
+            extra={"queue": self._queue_name, "message_id": message.message_id},
+        )
+
     async def _settle(self, message: Message, *, ack: bool, requeue: bool = False) -> None:
-        """The one place a settlement frame is written (ack coalescing plugs in here)."""
+        """The one place a settlement is decided: coalesced ack, single ack, or reject."""
         underlay = self._underlay
         tag = message.delivery_tag
         if underlay is None or tag is None or message.consumer_tag not in self._live_tags:
-            self.stale_settlements += 1
-            logger.warning("settlement of delivery %s from a closed channel dropped; the broker redelivers it",
-                           tag, extra={"queue": self._queue_name, "message_id": message.message_id})
+            self._drop(message, "its channel is closed")
             return
-        try:
-            if ack:
-                await underlay.basic_ack(tag)
-            else:
-                await underlay.basic_reject(tag, requeue=requeue)
-        except _CHANNEL_GONE as exc:
-            self.stale_settlements += 1
-            logger.warning("settlement of delivery %s dropped, channel gone (%r); the broker redelivers it",
-                           tag, exc, extra={"queue": self._queue_name, "message_id": message.message_id})
+        if not self._coalesce:
+            try:
+                if ack:
+                    await underlay.basic_ack(tag, wait=False)
+                else:
+                    await underlay.basic_reject(tag, requeue=requeue, wait=False)
+            except _CHANNEL_GONE as exc:
+                self._drop(message, f"channel gone: {exc!r}")
+            return
+        tracker = self._tracker
+        if not tracker.is_open(tag):
+            logger.warning(
+                "delivery %s settled twice; the second settlement is ignored",
+                tag,
+                extra={"queue": self._queue_name, "message_id": message.message_id},
+            )
+            return
+        if ack:
+            tracker.finish(tag)
+            self._since_flush += 1
+            if self._since_flush >= self.ack_batch_size:
+                await self._flush()
+            elif self._since_flush == 1 and self._flush_due is not None:
+                self._flush_due.set()
+            return
+        async with self._settle_lock:
+            try:
+                await self._write_flush(underlay, tracker)
+                tracker.settle_single(tag)
+                await underlay.basic_reject(tag, requeue=requeue, wait=False)
+            except _CHANNEL_GONE as exc:
+                self._drop(message, f"channel gone: {exc!r}")
+
+    async def _flush(self) -> None:
+        """Write the acks due now (multiple=True for the finished prefix)."""
+        async with self._settle_lock:
+            underlay = self._underlay
+            if underlay is None:
+                return
+            try:
+                await self._write_flush(underlay, self._tracker)
+            except _CHANNEL_GONE as exc:
+                logger.debug("ack flush on %s dropped, channel gone: %r", self._queue_name, exc)
+
+    async def _write_flush(self, underlay: aiormq.abc.AbstractChannel, tracker: _AckTracker) -> None:
+        # Called with `_settle_lock` held.
+        self._since_flush = 0
+        last = tracker.take_prefix()
+        if last is not None:
+            await underlay.basic_ack(last, multiple=True, wait=False)
+        if tracker.finished >= self._fallback_after:
+            for tag in tracker.take_blocked():
+                await underlay.basic_ack(tag, wait=False)
+
+    async def _flush_periodically(self, due: asyncio.Event) -> None:
+        """Flush `ack_flush_interval` after the first unflushed ack, so a quiet queue is not left unacked."""
+        while True:
+            await due.wait()
+            await asyncio.sleep(self.ack_flush_interval)
+            due.clear()
+            await self._flush()
+            if self._tracker.finished:
+                due.set()  # stuck behind an unfinished head: look again next interval
 
     async def ack(self, message: Message) -> None:
-        """Acknowledge a delivery (dropped with a log line if its channel died)."""
+        """Acknowledge a delivery (coalesced; dropped with a log line if its channel died)."""
         await self._settle(message, ack=True)
 
     async def reject(self, message: Message, *, requeue: bool = False) -> None:
@@ -414,15 +710,17 @@ class AmqpMessageProvider:
         await self._settle(message, ack=False, requeue=requeue)
 
     async def stop_consuming(self) -> None:
-        """Cancel our consumer; buffered deliveries stay unsettled and return on close."""
+        """Flush acks, cancel our consumer; buffered deliveries stay unsettled and return on close."""
         if not self._wanted:
             return
         self._wanted = False
-        wakeup, self._wakeup = self._wakeup, None
-        if wakeup is not None:
-            wakeup.set()
+        waiters, self._waiters = self._waiters, deque()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
         if self._recovery is not None:
             self._recovery.cancel()
+        await self._flush()
         tag, self._consumer_tag = self._consumer_tag, None
         underlay = self._underlay
         if tag is not None and underlay is not None and not underlay.is_closed:
@@ -432,16 +730,22 @@ class AmqpMessageProvider:
                 logger.debug("basic.cancel on %s failed: %r", self._queue_name, exc)
 
     async def close(self) -> None:
-        """Stop consuming, close the channel (the broker requeues unsettled deliveries)."""
+        """Flush acks, stop consuming, close the channel (the broker requeues unsettled deliveries)."""
         if self._closed:
             return
         await self.stop_consuming()
+        await self._flush()
         self._closed = True
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None:
+            flusher.cancel()
+            await asyncio.gather(flusher, return_exceptions=True)
         if self._recovery is not None:
             await asyncio.gather(self._recovery, return_exceptions=True)
         channel, self._channel = self._channel, None
         self._buffer.clear()
         self._live_tags.clear()
+        self._tracker = _AckTracker()
         if channel is not None and not channel.is_closed:
             try:
                 await channel.close()
