@@ -116,6 +116,8 @@ _CONSUMER_SCHEMA: Final[Mapping[str, Mapping[str, tuple[str, Converter]]]] = {
         "url": ("url", _str),
         "prefetch": ("prefetch", _int),
         "concurrency": ("concurrency", _int),
+        "workers": ("workers", _int),
+        "restart_backoff_max": ("restart_backoff_max", _duration),
         "grace_period": ("grace_period", _grace),
         "declare": ("declare", _bool),
         "quorum": ("quorum", _bool),

@@ -119,14 +119,22 @@ class SwarrowMetrics:
             buckets=DURATION_BUCKETS,
             registry=reg,
         )
+        # multiprocess_mode only matters under PROMETHEUS_MULTIPROC_DIR (a `--workers` pool): the pool
+        # then reports the sum over its live workers (consumer_up = workers consuming), and a dead
+        # worker's last value disappears with it instead of lingering under a `pid` label.
         self.in_flight = Gauge(
-            "swarrow_messages_in_flight", "Messages inside the stack right now.", ["queue"], registry=reg
+            "swarrow_messages_in_flight",
+            "Messages inside the stack right now.",
+            ["queue"],
+            registry=reg,
+            multiprocess_mode="livesum",
         )
         self.consumer_up = Gauge(
             "swarrow_consumer_up",
-            "1 while consuming from a live connection, else 0.",
+            "1 while consuming from a live connection, else 0 (in a pool: the workers consuming).",
             ["queue"],
             registry=reg,
+            multiprocess_mode="livesum",
         )
         self.stops = Counter(
             "swarrow_consumer_stops", "Consumer stops, by StopReason code.", ["queue", "reason"], registry=reg

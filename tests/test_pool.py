@@ -468,3 +468,63 @@ def test_second_sigterm_stops_workers_now_instead_of_draining(tmp_path: Path) ->
         process.kill()
         process.wait()
     assert events.read_text().count("stop ") == 2
+
+
+# -- through the command line ---------------------------------------------------------------------------
+
+
+def _swarrow(*args: str) -> list[str]:
+    return [sys.executable, "-m", "swarrow", "consume", "pool_callbacks:record_id", *args]
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    tests = str(Path(pool_callbacks.__file__).parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))}
+    env.pop("SWARROW_POOL_WORKER", None)
+    return env
+
+
+def test_consume_help_lists_workers_in_the_concurrency_section() -> None:
+    from click.testing import CliRunner
+
+    from swarrow.cli import cli
+
+    result = CliRunner().invoke(cli, ["consume", "--help"])
+    concurrency = result.output.split("Concurrency:")[1].split("Limits:")[0]
+    assert "--workers" in concurrency and "--restart-backoff-max" in concurrency
+
+
+def test_cli_pool_stops_with_the_workers_usage_error_instead_of_restarting(tmp_path: Path) -> None:
+    # memory:// starts empty in every process: each worker fails on the missing queue (exit 2).
+    process = subprocess.run(
+        _swarrow("--queue", "q", "--url", "memory://pool", "--workers", "2", "--no-retry"),
+        env=_env(tmp_path),
+        capture_output=True,
+        timeout=30,
+        cwd=tmp_path,
+    )
+    assert process.returncode == 2, process.stderr.decode()[-2000:]
+    assert b"does not exist" in process.stderr
+    assert b"restarting" not in process.stderr
+
+
+def test_cli_pool_re_runs_the_command_without_pool_options_and_exits_0_on_sigterm(tmp_path: Path) -> None:
+    port = _free_port()
+    args = ["--queue", "q", "--url", "memory://pool", "--declare", "--no-retry", "--workers", "2"]
+    args += ["--metrics-addr", f"127.0.0.1:{port}", "--restart-backoff-max", "5s"]
+    log = tmp_path / "log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(_swarrow(*args), env=_env(tmp_path), stderr=sink, cwd=tmp_path)
+    try:
+        _wait_consuming(port, 2, process)
+        pids = [w["pid"] for w in (_status(port) or {})["workers"]]
+        commands = [Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") for pid in pids]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0, log.read_text()[-2000:]
+    finally:
+        process.kill()
+        process.wait()
+    for command in commands:
+        assert b"--workers" not in command and b"--metrics-addr" not in command
+        assert b"--restart-backoff-max" not in command
+        assert command[command.index(b"--queue") + 1] == b"q"
