@@ -631,7 +631,9 @@ def _supervise(ctx: click.Context, settings: dict[str, Any]) -> int:
             workers=settings["workers"],
             metrics_address=settings["metrics_addr"],
             grace_period=settings["grace_period"],
-            backoff=Backoff(maximum=max(1.0, settings["restart_backoff_max"])),
+            backoff=Backoff(
+                initial=min(1.0, settings["restart_backoff_max"]), maximum=settings["restart_backoff_max"]
+            ),
         )
     except ValueError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None

@@ -417,6 +417,7 @@ class WorkerPool:
         host, port = self.metrics_address
         self.server = _PoolServer(host, port, registry=registry, health=health, pool=self)
         self.server.start()
+        logger.info("pool status (JSON) on http://%s/status", self.server.address)
 
     # -- one slot -------------------------------------------------------------------------------
 

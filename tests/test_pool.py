@@ -354,6 +354,36 @@ async def test_crash_loop_is_restarted_with_growing_delays(caplog: pytest.LogCap
 
 
 @pytest.mark.anyio
+async def test_a_killed_worker_is_named_and_restarted_after_a_backoff() -> None:
+    pool = WorkerPool(pool_callbacks.command("memory", "--delay", "0.01"), workers=2, backoff=FAST)
+    victims: list[int] = []
+
+    async def drive() -> None:
+        await _until(lambda: all(s.current and s.current.status for s in pool.slots), pool)
+        victim = pool.slots[1].current
+        assert victim is not None
+        victims.append(victim.pid)
+        os.kill(victim.pid, signal.SIGKILL)
+        await _until(lambda: pool.restarts["killed"] == 1 and pool.slots[1].current is not None, pool)
+        pool.stop()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(drive)
+        with anyio.fail_after(20):
+            assert await pool.run() == 0
+    killed = pool.slots[1].history[0]
+    assert (killed.pid, killed.reason, killed.detail) == (victims[0], "killed", "killed by SIGKILL")
+    assert pool.slots[0].restarts == 0  # the other worker was left alone
+
+
+@pytest.mark.anyio
+async def test_a_worker_that_cannot_be_started_stops_the_pool_with_exit_1(tmp_path: Path) -> None:
+    pool = WorkerPool([str(tmp_path / "no-such-program")], workers=2)
+    with anyio.fail_after(10):
+        assert await pool.run() == 1
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize("exit_code", [2, 3])
 async def test_usage_or_import_error_stops_the_pool_with_that_code(exit_code: int) -> None:
     pool = WorkerPool(pool_callbacks.command("exit", str(exit_code)), workers=2, backoff=FAST)
