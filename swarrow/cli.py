@@ -644,7 +644,10 @@ def _supervise(ctx: click.Context, settings: dict[str, Any]) -> int:
         settings["queue"],
         mask_url(url),
     )
-    return pool.run_sync()
+    try:
+        return pool.run_sync()
+    except Exception as exc:  # e.g. --metrics-addr in use: exit 2, one line
+        _fail(exc)
 
 
 def _consume_settings(

@@ -327,6 +327,7 @@ class WorkerPool:
         self.ready_timeout = require_seconds("ready_timeout", ready_timeout)
         self.env = dict(os.environ if env is None else env)
         self._given_directory = None if directory is None else Path(directory)
+        self._owns_directory = directory is None
         self.directory = Path()
         self.status_dir = Path()
         self.metrics_dir = Path()
@@ -365,9 +366,7 @@ class WorkerPool:
         self._stop_event = anyio.Event()
         try:
             self._start_server()
-            logger.info(
-                "starting a pool of %d workers: %s", self.workers, " ".join(self.command[:6]), extra={}
-            )
+            logger.info("starting a pool of %d workers: %s", self.workers, " ".join(self.command))
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 await tg.start(self._watch_signals)
@@ -390,7 +389,6 @@ class WorkerPool:
 
     def _prepare_directories(self) -> None:
         base = self._given_directory
-        self._owns_directory = base is None
         self.directory = Path(tempfile.mkdtemp(prefix="swarrow-pool-")) if base is None else base
         self.status_dir = self.directory / "status"
         self.status_dir.mkdir(parents=True, exist_ok=True)

@@ -558,3 +558,29 @@ def test_cli_pool_re_runs_the_command_without_pool_options_and_exits_0_on_sigter
         assert b"--workers" not in command and b"--metrics-addr" not in command
         assert b"--restart-backoff-max" not in command
         assert command[command.index(b"--queue") + 1] == b"q"
+
+
+def test_cli_pool_with_its_metrics_port_in_use_exits_2_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = subprocess.run(
+            _swarrow(
+                "--queue",
+                "q",
+                "--url",
+                "memory://pool",
+                "--workers",
+                "2",
+                "--metrics-addr",
+                f"127.0.0.1:{port}",
+            ),
+            env=_env(tmp_path),
+            capture_output=True,
+            timeout=30,
+            cwd=tmp_path,
+        )
+    assert process.returncode == 2
+    assert process.stderr.decode().strip().endswith("address already in use")
+    assert b"Traceback" not in process.stderr
