@@ -43,7 +43,10 @@ def reset_outcome() -> None:
 
 
 def record_outcome(outcome: Outcome, *, overwrite: bool = False) -> None:
-    """Record what happened; the innermost decision wins unless `overwrite` (ack after a retry stays 'retried')."""
+    """Record what happened; the innermost decision wins unless `overwrite`.
+
+    So the ack that follows a confirmed retry copy leaves the outcome 'retried'.
+    """
     if overwrite or _outcome.get() is None:
         _outcome.set(outcome)
 
