@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import anyio
 
@@ -30,6 +30,7 @@ __all__ = ["MemoryBroker", "MemoryMessageProvider", "MemoryPublisher"]
 logger = logging.getLogger(__name__)
 
 _consumer_ids = itertools.count(1)
+_T = TypeVar("_T")
 
 
 @dataclass(slots=True)
@@ -343,6 +344,17 @@ class MemoryBroker:
         return MemoryPublisher(self)
 
 
+class _RecentList(list[_T]):
+    """A list that keeps only its last `limit` items (the older half is dropped when full)."""
+
+    limit = 10_000
+
+    def append(self, item: _T, /) -> None:
+        if len(self) >= self.limit:
+            del self[: self.limit // 2]
+        super().append(item)
+
+
 class MemoryMessageProvider:
     """Consumes one queue of a `MemoryBroker` like an AMQP consumer on its own channel."""
 
@@ -359,8 +371,11 @@ class MemoryMessageProvider:
         self._consumer_tag = f"memory-{next(_consumer_ids)}"
         self._consuming = False
         self._closed = False
-        self.acked: list[int] = []
-        self.rejected: list[tuple[int, bool]] = []
+        # Recent settlements, for tests and demos; bounded so a long `memory://` run does not grow.
+        self.acked: _RecentList[int] = _RecentList()
+        self.rejected: _RecentList[tuple[int, bool]] = _RecentList()
+        self.acked_count = 0
+        self.rejected_count = 0
         self.unknown_settlements = 0
 
     @property
@@ -476,6 +491,7 @@ class MemoryMessageProvider:
     async def ack(self, message: Message) -> None:
         """Acknowledge: the message leaves the broker."""
         if self._settle(message) is not None:
+            self.acked_count += 1
             self.acked.append(message.delivery_tag or 0)
             self.broker._notify()
 
@@ -484,6 +500,7 @@ class MemoryMessageProvider:
         entry = self._settle(message)
         if entry is None:
             return
+        self.rejected_count += 1
         self.rejected.append((message.delivery_tag or 0, requeue))
         if requeue:
             self.broker._return(self._queue_name, entry)

@@ -130,3 +130,19 @@ def test_memory_urls_name_process_wide_brokers() -> None:
     assert open_broker("memory://").url == "memory://default"
     with pytest.raises(ConfigurationError, match="unsupported broker URL"):
         open_broker("redis://localhost")
+
+
+async def test_settlement_log_stays_bounded_while_counts_keep_going() -> None:
+    broker = MemoryBroker()
+    broker.declare_queue_nowait("q")
+    provider = broker.provider("q", prefetch=1)
+    await provider.start()
+    total = 12_000
+    for i in range(total):
+        broker.publish_nowait(Message(b"x"), "q")
+        message = provider.receive_nowait()
+        assert message is not None
+        await provider.ack(message)
+    assert provider.acked_count == total
+    assert len(provider.acked) <= 10_000
+    assert provider.acked[-1] == total
