@@ -413,6 +413,21 @@ _CONSUME_EPILOG = (
     help="With --workers: longest wait before restarting a crashed worker (1s, 2s, 4s … up to this).",
 )
 @option(
+    "--ack-batch-size",
+    section="Concurrency",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Coalesce acks: one multiple-ack per this many finished messages "
+    "[default: min(100, prefetch/2)]; 1 acks each message alone.",
+)
+@option(
+    "--ack-flush-ms",
+    section="Concurrency",
+    type=click.FloatRange(min=0, min_open=True),
+    default=20.0,
+    help="Flush coalesced acks at least this often, in milliseconds.",
+)
+@option(
     "--uvloop/--no-uvloop", section="Concurrency", default=True, help="Run on uvloop when it is installed."
 )
 @option(
@@ -554,6 +569,8 @@ def consume(ctx: click.Context, /, target: str | None, config_path: str | None, 
                 url=url,
                 prefetch=settings["prefetch"],
                 concurrency=settings["concurrency"],
+                ack_batch_size=settings["ack_batch_size"],
+                ack_flush_interval=settings["ack_flush_ms"] / 1000.0,
                 grace_period=settings["grace_period"],
                 declare=settings["declare"],
                 metrics_address=metrics_address,

@@ -58,6 +58,12 @@ def _int(value: Any) -> int:
     return value
 
 
+def _float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
+        raise ValueError(f"expected a number > 0, got {value!r}")
+    return float(value)
+
+
 def _bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"expected true or false, got {value!r}")
@@ -116,6 +122,8 @@ _CONSUMER_SCHEMA: Final[Mapping[str, Mapping[str, tuple[str, Converter]]]] = {
         "url": ("url", _str),
         "prefetch": ("prefetch", _int),
         "concurrency": ("concurrency", _int),
+        "ack_batch_size": ("ack_batch_size", _int),
+        "ack_flush_ms": ("ack_flush_ms", _float),
         "workers": ("workers", _int),
         "restart_backoff_max": ("restart_backoff_max", _duration),
         "grace_period": ("grace_period", _grace),

@@ -102,6 +102,21 @@ def _with_metrics_endpoint(
     return rebuilt
 
 
+def _provider(
+    broker: Broker, queue: str, prefetch: int, ack_batch_size: int | None, ack_flush_interval: float | None
+) -> MessageProvider:
+    from swarrow.amqp import AmqpBroker
+
+    if not isinstance(broker, AmqpBroker):
+        return broker.provider(queue, prefetch=prefetch)
+    options: dict[str, Any] = {}
+    if ack_batch_size is not None:
+        options["ack_batch_size"] = ack_batch_size
+    if ack_flush_interval is not None:
+        options["ack_flush_interval"] = ack_flush_interval
+    return broker.provider(queue, prefetch=prefetch, **options)
+
+
 async def consume(
     callback: Callback,
     *,
@@ -113,13 +128,17 @@ async def consume(
     grace_period: float = 30.0,
     declare: bool = False,
     metrics_address: tuple[str, int] | None = None,
+    ack_batch_size: int | None = None,
+    ack_flush_interval: float | None = None,
     **default_stack_options: Any,
 ) -> StopReason:
     """Consume `queue` until a limit, a signal or the callback stops it; return why (async form of `run`).
 
     `processors`: the layers to use, or `(provider, publisher) -> layers`; None builds
     `default_stack(provider=..., publisher=..., **default_stack_options)`. `metrics_address`
-    (host, port) serves `/metrics` and health there (implies `metrics=True`).
+    (host, port) serves `/metrics` and health there (implies `metrics=True`). `ack_batch_size` /
+    `ack_flush_interval` (seconds) tune RabbitMQ ack coalescing (None: the provider's defaults; a
+    batch of 1 acks each message alone); the in-memory broker has nothing to coalesce and ignores them.
     """
     if not callable(callback):
         raise TypeError(f"callback must be callable, got {callback!r}")
@@ -151,7 +170,7 @@ async def consume(
             delays=delays,
             quorum=bool(default_stack_options.get("quorum", False)),
         )
-        provider = broker.provider(queue, prefetch=prefetch)
+        provider = _provider(broker, queue, prefetch, ack_batch_size, ack_flush_interval)
         publisher = broker.publisher()
         layers: Sequence[LayerLike]
         if processors is None:
@@ -197,6 +216,8 @@ def run(
     grace_period: float = 30.0,
     declare: bool = False,
     metrics_address: tuple[str, int] | None = None,
+    ack_batch_size: int | None = None,
+    ack_flush_interval: float | None = None,
     **default_stack_options: Any,
 ) -> StopReason:
     """Consume `queue` with the default stack (or `processors`) until something stops it; return why.
@@ -221,6 +242,8 @@ def run(
             grace_period=grace_period,
             declare=declare,
             metrics_address=metrics_address,
+            ack_batch_size=ack_batch_size,
+            ack_flush_interval=ack_flush_interval,
             **default_stack_options,
         ),
         backend="asyncio",

@@ -212,6 +212,8 @@ def test_failures_are_retried_through_the_broker_not_fatal(memory: tuple[str, Me
         (["--log-format", "xml"], "'--log-format'"),
         (["--prefetch", "5", "--concurrency", "10"], "--prefetch (5) must be >= --concurrency (10)"),
         (["--retry-attempts", "5", "--retry-delays", "1s,2s"], "--retry-attempts 5 does not match"),
+        (["--ack-batch-size", "0"], "'--ack-batch-size'"),
+        (["--ack-flush-ms", "0"], "'--ack-flush-ms'"),
         (["--no-such-flag"], "No such option"),
     ],
 )

@@ -138,7 +138,7 @@ async def test_settlement_log_stays_bounded_while_counts_keep_going() -> None:
     provider = broker.provider("q", prefetch=1)
     await provider.start()
     total = 12_000
-    for i in range(total):
+    for _ in range(total):
         broker.publish_nowait(Message(b"x"), "q")
         message = provider.receive_nowait()
         assert message is not None

@@ -63,7 +63,14 @@ def ready_messages(url: str, queue: str) -> int:
     return anyio.run(count)
 
 
-def test_publish_then_consume_n_messages_exits_0(amqp_url: str, queue: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "ack_options",
+    [[], ["--ack-batch-size", "1"], ["--ack-batch-size", "20", "--ack-flush-ms", "5"]],
+    ids=["coalesced-default", "single-acks", "coalesced-tuned"],
+)
+def test_publish_then_consume_n_messages_exits_0(
+    amqp_url: str, queue: str, tmp_path: Path, ack_options: list[str]
+) -> None:
     declared = swarrow("declare", "--url", amqp_url, "-q", queue, "--retry-delays", "1s,2s")
     assert declared.returncode == 0, declared.stderr
     assert f"created {queue}.retry.1 (x-message-ttl=1000ms → {queue})" in declared.stdout
@@ -73,13 +80,13 @@ def test_publish_then_consume_n_messages_exits_0(amqp_url: str, queue: str, tmp_
     record = tmp_path / "ids"
     consumed = swarrow(
         "consume", "tests.cli_callbacks:record", "--url", amqp_url, "-q", queue, "--retry-delays", "1s,2s",
-        "--max-messages", "50", "--concurrency", "5", "--log-format", "json",
+        "--max-messages", "50", "--concurrency", "5", "--log-format", "json", *ack_options,
         env={"SWARROW_TEST_RECORD": str(record)},
     )  # fmt: skip
     assert consumed.returncode == 0, consumed.stderr
     ids = record.read_text().split()
     assert len(ids) == 50 and len(set(ids)) == 50
-    assert ready_messages(amqp_url, queue) == 0
+    assert ready_messages(amqp_url, queue) == 0  # every ack reached the broker before the exit
     again = swarrow("declare", "--url", amqp_url, "-q", queue, "--retry-delays", "1s,2s")
     assert again.stdout.splitlines()[0] == f"found {queue} (0 messages)"
 
