@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 from datetime import UTC, datetime
 from typing import IO, Any, Final, Literal
 
-__all__ = ["STANDARD_FIELDS", "JsonFormatter", "configure_logging"]
+__all__ = ["STANDARD_FIELDS", "BatchingStreamHandler", "JsonFormatter", "configure_logging"]
 
 # The `extra` fields swarrow's own log calls use, emitted first and in this order.
 STANDARD_FIELDS: Final = (
@@ -56,6 +57,52 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
+class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
+    """A stream handler that does not flush after every record.
+
+    A worker logs a line per message: flushing each one is a `write(2)` per message, about 6% of a
+    busy worker's time. Records below WARNING are flushed every `flush_interval` seconds by a daemon
+    thread; WARNING and above are flushed at once; `close()` (and `logging.shutdown()` at exit)
+    flushes the rest. A kill -9 may lose the last `flush_interval` of INFO lines, never a warning.
+    """
+
+    def __init__(self, stream: IO[str], *, flush_interval: float = 0.2) -> None:
+        super().__init__(stream)
+        self.flush_interval = flush_interval
+        self._pending = False
+        self._stopped = threading.Event()
+        self._flusher = threading.Thread(
+            target=self._flush_periodically, name="swarrow-log-flush", daemon=True
+        )
+        self._flusher.start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(self.format(record) + self.terminator)
+            if record.levelno >= logging.WARNING:
+                self.flush()
+            else:
+                self._pending = True
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+    def flush(self) -> None:
+        self._pending = False
+        super().flush()
+
+    def _flush_periodically(self) -> None:
+        while not self._stopped.wait(self.flush_interval):
+            if self._pending:
+                self.flush()
+
+    def close(self) -> None:
+        self._stopped.set()
+        self.flush()
+        super().close()
+
+
 def configure_logging(
     level: int | str = "INFO", fmt: Literal["text", "json"] = "text", stream: IO[str] | None = None
 ) -> logging.Handler:
@@ -68,7 +115,7 @@ def configure_logging(
     resolved = logging.getLevelName(level.upper()) if isinstance(level, str) else level
     if isinstance(resolved, bool) or not isinstance(resolved, int):
         raise ValueError(f"level must be a logging level such as 'INFO' or logging.DEBUG, got {level!r}")
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler = BatchingStreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(_TEXT_FORMAT))
     handler._swarrow = True  # type: ignore[attr-defined]  # marks the handler a later call replaces
     root = logging.getLogger()

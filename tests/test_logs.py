@@ -3,11 +3,12 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 from collections.abc import Iterator
 
 import pytest
 
-from swarrow.logs import JsonFormatter, configure_logging
+from swarrow.logs import BatchingStreamHandler, JsonFormatter, configure_logging
 
 
 @pytest.fixture
@@ -83,3 +84,38 @@ def test_configure_logging_sets_the_level(restore_root: None) -> None:
 def test_configure_logging_rejects_bad_options(level: str, fmt: str, restore_root: None) -> None:
     with pytest.raises(ValueError):
         configure_logging(level, fmt)  # type: ignore[arg-type]
+
+
+class _CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+        super().flush()
+
+
+def test_batching_handler_flushes_warnings_at_once_and_info_in_the_background() -> None:
+    stream = _CountingStream()
+    handler = BatchingStreamHandler(stream, flush_interval=0.05)
+    log = logging.getLogger("tests.batching")
+    log.propagate = False
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        for i in range(100):
+            log.info("line %d", i)
+        assert stream.flushes == 0  # no flush per record
+        log.warning("now")
+        assert stream.flushes == 1
+        log.info("later")
+        deadline = time.monotonic() + 5
+        while stream.flushes < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert stream.flushes == 2  # the background flusher picked up the pending line
+        assert stream.getvalue().count("\n") == 102
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    assert not handler._flusher.is_alive() or handler._stopped.is_set()

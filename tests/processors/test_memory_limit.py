@@ -58,7 +58,7 @@ async def test_checks_after_the_inner_layer_and_not_when_it_raises() -> None:
             raise RuntimeError("boom")
         return True
 
-    processor = MemoryLimitProcessor(inner, megabytes=200)
+    processor = MemoryLimitProcessor(inner, megabytes=200, check_interval=0)
     processor._read = lambda: rss
     assert await processor(Message()) is True
     rss = 200 * MIB  # "at or over" the limit stops
@@ -66,6 +66,27 @@ async def test_checks_after_the_inner_layer_and_not_when_it_raises() -> None:
         await processor(Message(b"fail"))
     assert await processor(Message()) is False
     assert calls == 3
+
+
+async def test_reads_rss_at_most_once_per_check_interval() -> None:
+    reads = 0
+
+    def read() -> int:
+        nonlocal reads
+        reads += 1
+        return 300 * MIB if reads > 1 else 100 * MIB
+
+    async def inner(message: Message) -> bool:
+        return True
+
+    processor = MemoryLimitProcessor(inner, megabytes=200, check_interval=3600)
+    processor._read = read
+    for _ in range(50):
+        assert await processor(Message()) is True
+    assert reads == 1
+    processor._next_check = 0.0  # the interval has passed
+    assert await processor(Message()) is False
+    assert reads == 2
 
 
 def test_rss_reader_tracks_current_rss_and_is_cheap() -> None:
