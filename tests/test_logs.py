@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from swarrow.logs import BatchingStreamHandler, JsonFormatter, configure_logging
+from swarrow.logs import BatchingStreamHandler, JsonFormatter, TextFormatter, configure_logging
 
 
 @pytest.fixture
@@ -119,3 +119,13 @@ def test_batching_handler_flushes_warnings_at_once_and_info_in_the_background() 
         log.removeHandler(handler)
         handler.close()
     assert not handler._flusher.is_alive() or handler._stopped.is_set()
+
+
+def test_text_formatter_matches_the_standard_timestamp() -> None:
+    record = logging.LogRecord("x", logging.INFO, __file__, 0, "hello %s", ("world",), None)
+    standard = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    assert TextFormatter().format(record) == standard.format(record)
+    later = logging.LogRecord("x", logging.INFO, __file__, 0, "again", (), None)
+    later.created += 1.5
+    later.msecs = (later.created - int(later.created)) * 1000
+    assert TextFormatter().format(later) == standard.format(later)
