@@ -10,6 +10,7 @@ where a worker died or a connection dropped between the work and the ack.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -116,11 +117,16 @@ def format_table(rows: Sequence[Accounting]) -> list[str]:
     return [line(_COLUMNS), rule, *(line(c) for c in cells)]
 
 
+def _scenario_order(row: Accounting) -> tuple[int, str]:
+    digits = "".join(itertools.takewhile(str.isdigit, row.scenario))
+    return (int(digits) if digits else 99, row.scenario)
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     """Print every scenario's accounting once the session is over (and save it if asked to)."""
     if not _RESULTS:
         return
-    lines = format_table(_RESULTS)
+    lines = format_table(sorted(_RESULTS, key=_scenario_order))
     total_lost = sum(r.lost for r in _RESULTS)
     terminalreporter.section("swarrow reliability: every published message accounted for")
     for text in lines:
