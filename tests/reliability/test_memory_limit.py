@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.anyio]
 
-MESSAGES = 60
+MESSAGES = 80
 LEAK_MB = 4
 LIMIT = "150MiB"  # an idle worker sits well below (~50-70 MiB); 4 MiB a message crosses it after ~20
 MAX_WORKERS = 12
@@ -25,7 +25,8 @@ async def test_leaking_worker_exits_at_the_memory_limit_and_restarts_finish_the_
     await chaos.declare_topology((0.1,))
     published = chaos.ids("leak", MESSAGES)
     await chaos.publish(published)
-    env = chaos.worker_env(SWARROW_TEST_LEAK_MB=str(LEAK_MB))
+    # 20 ms of work a message: the limit layer reads RSS at most every 10 ms, so it sees each step.
+    env = chaos.worker_env(SWARROW_TEST_LEAK_MB=str(LEAK_MB), SWARROW_TEST_SLEEP="0.02")
     options = ("--concurrency", "2", "--prefetch", "10", "--retry-delays", "100ms", "--memory-limit", LIMIT)
 
     stopped_by_memory = 0
