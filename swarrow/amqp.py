@@ -9,6 +9,7 @@ aio-pika's queue objects, after a reconnect and after a server-sent `basic.cance
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
 import uuid
@@ -444,6 +445,25 @@ class AmqpMessageProvider:
         self._start_flusher()
         await self._consume()
 
+    def _on_channel_closed(self, underlay: aiormq.abc.AbstractChannel, _: object) -> None:
+        """Forget what a dead channel delivered at once, not at the reconnect.
+
+        Buffered deliveries can no longer be acked: running them during the outage would only make
+        duplicates, so the broker's redelivery is the one that gets processed.
+        """
+        if underlay is not self._underlay:
+            return
+        dropped = len(self._buffer)
+        self._buffer.clear()
+        self._live_tags.clear()
+        if dropped:
+            logger.warning(
+                "channel to %s closed: dropped %d buffered deliveries, the broker redelivers them",
+                self.broker.url,
+                dropped,
+                extra={"queue": self._queue_name},
+            )
+
     def _start_flusher(self) -> None:
         if self._coalesce and self._flusher is None:
             self._flush_due = asyncio.Event()
@@ -462,6 +482,7 @@ class AmqpMessageProvider:
             self._since_flush = 0
             self._underlay = underlay
             underlay.on_consumer_cancel_callbacks.add(self._on_cancel)
+            underlay.closing.add_done_callback(functools.partial(self._on_channel_closed, underlay))
             if self.fast_delivery:
                 self._install_fast_delivery(underlay)
             if dropped or unflushed:

@@ -104,12 +104,27 @@ def test_blocked_finished_tags_are_taken_for_single_acks() -> None:
 # -- the provider's frames --------------------------------------------------------------------------
 
 
+class FakeClosing:
+    """Stands for aiormq's `channel.closing` future: callbacks run when the channel dies."""
+
+    def __init__(self) -> None:
+        self.callbacks: list[Any] = []
+
+    def add_done_callback(self, callback: Any) -> None:
+        self.callbacks.append(callback)
+
+    def fire(self) -> None:
+        for callback in self.callbacks:
+            callback(self)
+
+
 class FakeChannel:
     """Records settlement frames in the order they would reach the wire."""
 
     def __init__(self) -> None:
         self.frames: list[tuple[str, int, bool]] = []
         self.is_closed = False
+        self.closing = FakeClosing()
         self.on_consumer_cancel_callbacks: set[Any] = set()
         self.consumers: dict[str, Any] = {}
 
@@ -285,3 +300,20 @@ async def test_a_new_channel_resets_the_tracker_and_drops_the_old_channels_acks(
     for message in fresh:
         await provider.ack(message)
     assert new.frames == [("ack", 2, True)]
+
+
+@pytest.mark.anyio
+async def test_a_dying_channel_drops_its_buffered_deliveries_at_once() -> None:
+    provider, channel = await _provider(ack_batch_size=2)
+    assert provider._consumer_tag is not None
+    for tag in (1, 2, 3):
+        deliver = Basic.Deliver(provider._consumer_tag, tag, False, "", "q")
+        header = ContentHeader(0, 1, Basic.Properties(message_id=f"m{tag}"))
+        provider._deliver(DeliveredMessage(deliver, header, b"x", channel))  # type: ignore[arg-type]
+    in_flight = provider.receive_nowait()
+    assert in_flight is not None
+    channel.closing.fire()  # the broker went away: the two still buffered cannot be acked any more
+    assert provider.receive_nowait() is None
+    await provider.ack(in_flight)
+    assert channel.frames == []
+    assert provider.stale_settlements == 1
