@@ -59,6 +59,7 @@ EXIT_CODES: Final[Mapping[int, str]] = {
 }
 
 T = TypeVar("T")
+_V = TypeVar("_V")
 
 
 class CliError(click.ClickException):
@@ -72,61 +73,38 @@ class CliError(click.ClickException):
 # -- parameter types ---------------------------------------------------------------------------------------
 
 
-class _Duration(click.ParamType[float]):
-    name = "DURATION"
+class _Parsed(click.ParamType[_V]):
+    """A flag value parsed by one of swarrow's parsers; their ValueError becomes click's usage error."""
 
-    def __init__(self, *, allow_zero: bool = False) -> None:
-        self.allow_zero = allow_zero
+    def __init__(self, name: str, parse: Callable[[str], _V]) -> None:
+        self.name = name
+        self.parse = parse
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        if isinstance(value, float):
-            return value
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> _V:
+        if not isinstance(value, str):
+            return value  # type: ignore[no-any-return]  # a default or config value, already parsed
         try:
-            return parse_duration(value, allow_zero=self.allow_zero)
+            return self.parse(value)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
 
 
-class _Size(click.ParamType[float]):
-    name = "SIZE"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        if isinstance(value, float):
-            return value
-        try:
-            return parse_megabytes(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
+def _Duration(*, allow_zero: bool = False) -> _Parsed[float]:
+    return _Parsed("DURATION", functools.partial(parse_duration, allow_zero=allow_zero))
 
 
-class _Delays(click.ParamType[tuple[float, ...]]):
-    name = "DELAYS"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> tuple[float, ...]:
-        if isinstance(value, tuple):
-            return value
-        try:
-            return parse_delays(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
+def _Size() -> _Parsed[float]:
+    return _Parsed("SIZE", parse_megabytes)
 
 
-class _Address(click.ParamType[tuple[str, int]]):
-    name = "HOST:PORT"
+def _Delays() -> _Parsed[tuple[float, ...]]:
+    return _Parsed("DELAYS", parse_delays)
 
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> tuple[str, int]:
-        if isinstance(value, tuple):
-            return value
-        from swarrow.metrics import parse_metrics_addr
 
-        try:
-            return parse_metrics_addr(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
+def _Address() -> _Parsed[tuple[str, int]]:
+    from swarrow.metrics import parse_metrics_addr
+
+    return _Parsed("HOST:PORT", parse_metrics_addr)
 
 
 class _Header(click.ParamType[tuple[str, str]]):
