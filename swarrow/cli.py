@@ -226,9 +226,14 @@ def import_callable(spec: str) -> Callable[..., Any]:
 
 
 def _configure_logging(level: str, fmt: str) -> None:
+    from swarrow._pool_status import pool_worker_env
     from swarrow.logs import configure_logging
 
-    configure_logging(level, "json" if fmt == "json" else "text")
+    try:
+        pool = pool_worker_env()
+    except ValueError:
+        pool = None  # reported where the pool settings are used
+    configure_logging(level, "json" if fmt == "json" else "text", worker=None if pool is None else pool.slot)
 
 
 def _run(fn: Callable[[], Any], *, use_uvloop: bool = True) -> Any:

@@ -64,8 +64,12 @@ class TextFormatter(logging.Formatter):
     `strftime` per record was a third of formatting a per-message line.
     """
 
-    def __init__(self) -> None:
-        super().__init__(_TEXT_FORMAT)
+    def __init__(self, *, worker: int | None = None) -> None:
+        super().__init__(
+            _TEXT_FORMAT
+            if worker is None
+            else _TEXT_FORMAT.replace(" %(name)s", f" [worker {worker}] %(name)s")
+        )
         self._second = -1
         self._prefix = ""
 
@@ -75,6 +79,18 @@ class TextFormatter(logging.Formatter):
             self._prefix = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(record.created))
             self._second = second
         return f"{self._prefix},{int(record.msecs):03d}"
+
+
+class _WorkerTag(logging.Filter):
+    """Adds the pool slot to every record (a `worker` key in JSON lines)."""
+
+    def __init__(self, worker: int) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.worker
+        return True
 
 
 class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
@@ -124,11 +140,16 @@ class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
 
 
 def configure_logging(
-    level: int | str = "INFO", fmt: Literal["text", "json"] = "text", stream: IO[str] | None = None
+    level: int | str = "INFO",
+    fmt: Literal["text", "json"] = "text",
+    stream: IO[str] | None = None,
+    *,
+    worker: int | None = None,
 ) -> logging.Handler:
     """Send the root logger's records at `level` and above to `stream` (stderr) as text or JSON lines.
 
     Idempotent: calling it again replaces the handler it installed before and leaves others alone.
+    `worker` (a `--workers` pool slot) tags every line, since a pool's workers share one stderr.
     """
     if fmt not in ("text", "json"):
         raise ValueError(f"fmt must be 'text' or 'json', got {fmt!r}")
@@ -136,7 +157,9 @@ def configure_logging(
     if isinstance(resolved, bool) or not isinstance(resolved, int):
         raise ValueError(f"level must be a logging level such as 'INFO' or logging.DEBUG, got {level!r}")
     handler = BatchingStreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(worker=worker))
+    if worker is not None:
+        handler.addFilter(_WorkerTag(worker))
     handler._swarrow = True  # type: ignore[attr-defined]  # marks the handler a later call replaces
     root = logging.getLogger()
     for previous in [h for h in root.handlers if getattr(h, "_swarrow", False)]:

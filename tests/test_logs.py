@@ -129,3 +129,20 @@ def test_text_formatter_matches_the_standard_timestamp() -> None:
     later.created += 1.5
     later.msecs = (later.created - int(later.created)) * 1000
     assert TextFormatter().format(later) == standard.format(later)
+
+
+def test_pool_workers_tag_their_lines_in_text_and_json() -> None:
+    for fmt in ("text", "json"):
+        stream = io.StringIO()
+        handler = configure_logging("INFO", fmt, stream=stream, worker=2)  # type: ignore[arg-type]
+        try:
+            logging.getLogger("tests.worker").info("hello")
+            handler.flush()
+        finally:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+        line = stream.getvalue().strip()
+        if fmt == "json":
+            assert json.loads(line)["worker"] == 2
+        else:
+            assert "[worker 2] tests.worker: hello" in line
