@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,18 +23,31 @@ from swarrow.errors import ConfigurationError
 from swarrow.provider import MessageProvider
 from swarrow.publisher import Publisher
 from swarrow.stack import Layer
+from swarrow.validation import require_int, require_positive, require_seconds
 
 __all__ = ["default_stack"]
 
 
-def _int(name: str, value: object, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigurationError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _positive(name: str, value: object, unit: str = "seconds") -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
-        raise ConfigurationError(f"{name} must be a finite number of {unit} > 0, got {value!r}")
+def _check_options(
+    max_runtime: float | None,
+    max_messages: int | None,
+    memory_limit: float | None,
+    delivery_limit: int | None,
+    time_limit: float | None,
+    stop_when_idle: float | None,
+) -> None:
+    for name, seconds in (
+        ("max_runtime", max_runtime),
+        ("time_limit", time_limit),
+        ("stop_when_idle", stop_when_idle),
+    ):
+        if seconds is not None:
+            require_seconds(name, seconds)
+    for name, count in (("max_messages", max_messages), ("delivery_limit", delivery_limit)):
+        if count is not None:
+            require_int(name, count)
+    if memory_limit is not None:
+        require_positive("memory_limit", memory_limit, unit="megabytes")
 
 
 def default_stack(
@@ -67,28 +79,20 @@ def default_stack(
     exception catcher so they count finished messages only; ack sits outside retry so the original
     is acked once its retry copy is confirmed. Raises `ConfigurationError` for an option that cannot work.
     """
-    if max_runtime is not None:
-        _positive("max_runtime", max_runtime)
-    if max_messages is not None:
-        _int("max_messages", max_messages)
-    if memory_limit is not None:
-        _positive("memory_limit", memory_limit, "megabytes")
-    if delivery_limit is not None:
-        _int("delivery_limit", delivery_limit)
-    if time_limit is not None:
-        _positive("time_limit", time_limit)
-    if stop_when_idle is not None:
-        _positive("stop_when_idle", stop_when_idle)
-    if retry:
-        _int("retry_attempts", retry_attempts)
-        if retry_delays is not None:
-            if len(retry_delays) != retry_attempts:
-                raise ConfigurationError(
-                    f"retry_delays must hold one delay per retry attempt ({retry_attempts}), "
-                    f"got {list(retry_delays)!r}"
-                )
-            for delay in retry_delays:
-                _positive("each of retry_delays", delay)
+    try:
+        _check_options(max_runtime, max_messages, memory_limit, delivery_limit, time_limit, stop_when_idle)
+        if retry:
+            require_int("retry_attempts", retry_attempts)
+            if retry_delays is not None:
+                if len(retry_delays) != retry_attempts:
+                    raise ValueError(
+                        f"retry_delays must hold one delay per retry attempt ({retry_attempts}), "
+                        f"got {list(retry_delays)!r}"
+                    )
+                for delay in retry_delays:
+                    require_seconds("each of retry_delays", delay)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
     missing = [name for name, on in (("retry", retry), ("delivery_limit", delivery_limit)) if on]
     if missing and publisher is None:
         raise ConfigurationError(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 from processors.retry import RepublishFailed
-from swarrow._validate import require_int
 from swarrow.message import Message
 from swarrow.outcome import DEAD_LETTERED, record_outcome
 from swarrow.processor import Processor
@@ -17,6 +16,7 @@ from swarrow.topology import (
     header_count,
     republish_copy,
 )
+from swarrow.validation import require_int
 
 __all__ = ["DeliveryLimitProcessor", "count_deliveries"]
 

@@ -6,10 +6,10 @@ import logging
 
 import anyio
 
-from swarrow._validate import require_int, require_seconds
 from swarrow.errors import PermanentError, RetryLater, StopConsumer
 from swarrow.message import Message
 from swarrow.processor import Processor
+from swarrow.validation import require_int, require_seconds
 
 __all__ = ["InstantRetryProcessor"]
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import time
 
-from swarrow._validate import require_int
 from swarrow.message import Message
 from swarrow.outcome import FAILED, get_outcome, reset_outcome
 from swarrow.processor import Processor
 from swarrow.topology import RETRY_ATTEMPT_HEADER, header_count
+from swarrow.validation import require_int
 
 __all__ = ["LoggerProcessor"]
 

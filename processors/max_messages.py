@@ -6,10 +6,10 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from swarrow._validate import require_int
 from swarrow.control import ConsumerControl
 from swarrow.message import Message
 from swarrow.processor import Processor
+from swarrow.validation import require_int
 
 __all__ = ["MaxMessagesProcessor"]
 

@@ -9,10 +9,10 @@ from contextlib import asynccontextmanager
 
 import anyio
 
-from swarrow._validate import require_seconds
 from swarrow.control import ConsumerControl
 from swarrow.message import Message
 from swarrow.processor import Processor
+from swarrow.validation import require_seconds
 
 __all__ = ["MaxRuntimeProcessor"]
 

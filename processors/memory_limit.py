@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from processors._rss import RssReader
-from swarrow._validate import require_seconds
 from swarrow.control import ConsumerControl
 from swarrow.message import Message
 from swarrow.processor import Processor
+from swarrow.validation import require_positive, require_seconds
 
 __all__ = ["MemoryLimitProcessor"]
 
@@ -32,11 +31,7 @@ class MemoryLimitProcessor:
     """
 
     def __init__(self, inner: Processor, /, *, megabytes: float, check_interval: float = 0.01) -> None:
-        value: object = megabytes  # checked at runtime: callers may pass anything
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise ValueError(f"megabytes must be a finite number > 0, got {megabytes!r}")
-        if value <= 0:
-            raise ValueError(f"megabytes must be a finite number > 0, got {megabytes!r}")
+        require_positive("megabytes", megabytes, unit="MiB")
         self.check_interval = require_seconds("check_interval", check_interval, allow_zero=True)
         self.inner = inner
         self.megabytes = megabytes

@@ -12,9 +12,9 @@ import anyio.to_thread
 from prometheus_client import CollectorRegistry
 
 from swarrow import ConsumerControl, Message, MessageProvider, Processor
-from swarrow._validate import require_seconds
 from swarrow.metrics import HealthState, MetricsServer, QueueMetrics, SwarrowMetrics
 from swarrow.outcome import FAILED, get_outcome, record_outcome, reset_outcome
+from swarrow.validation import require_seconds
 
 __all__ = ["MetricsProcessor"]
 

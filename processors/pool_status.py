@@ -13,11 +13,11 @@ import anyio
 
 from processors._rss import RssReader
 from swarrow._pool_status import WorkerStatus, status_path, write_status
-from swarrow._validate import require_int, require_seconds
 from swarrow.control import ConsumerControl
 from swarrow.message import Message
 from swarrow.processor import Processor
 from swarrow.provider import MessageProvider
+from swarrow.validation import require_int, require_seconds
 
 __all__ = ["PoolStatusProcessor"]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from swarrow._validate import require_int, require_seconds
 from swarrow.errors import ConfigurationError, PermanentError, RetryLater, StopConsumer, SwarrowError
 from swarrow.message import Message
 from swarrow.outcome import DEAD_LETTERED, RETRIED, record_outcome
@@ -21,6 +20,7 @@ from swarrow.topology import (
     republish_copy,
     retry_queue_name,
 )
+from swarrow.validation import require_int, require_seconds
 
 __all__ = ["RepublishFailed", "RetryProcessor"]
 

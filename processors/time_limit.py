@@ -8,12 +8,12 @@ from contextlib import asynccontextmanager
 
 import anyio
 
-from swarrow._validate import require_seconds
 from swarrow.callback import CallbackProcessor
 from swarrow.control import ConsumerControl
 from swarrow.errors import TimeLimitExceeded
 from swarrow.message import Message
 from swarrow.processor import Processor
+from swarrow.validation import require_seconds
 
 __all__ = ["TimeLimitProcessor"]
 

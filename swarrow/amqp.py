@@ -23,10 +23,10 @@ import aiormq.abc
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from pamqp.commands import Basic
 
-from swarrow._validate import require_int, require_seconds
 from swarrow.broker import DEFAULT_URL, QueueInfo, mask_url
 from swarrow.errors import BrokerUnavailableError, ConfigurationError, PublishError
 from swarrow.message import Message
+from swarrow.validation import require_int, require_seconds
 
 __all__ = ["AmqpBroker", "AmqpMessageProvider", "AmqpPublisher"]
 

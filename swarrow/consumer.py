@@ -6,13 +6,13 @@ import logging
 
 import anyio
 
-from swarrow._validate import require_int, require_seconds
 from swarrow.callback import Callback
 from swarrow.control import ConsumerControl, StopReason
 from swarrow.errors import ConfigurationError
 from swarrow.processor import Processor
 from swarrow.provider import MessageProvider
 from swarrow.stack import BuiltStack, Stack
+from swarrow.validation import require_int, require_seconds
 
 __all__ = ["Consumer"]
 

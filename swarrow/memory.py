@@ -20,10 +20,10 @@ from typing import Any, ClassVar, TypeVar
 
 import anyio
 
-from swarrow._validate import require_int
 from swarrow.broker import QueueInfo
 from swarrow.errors import ConfigurationError, PublishError
 from swarrow.message import Message
+from swarrow.validation import require_int
 
 __all__ = ["MemoryBroker", "MemoryMessageProvider", "MemoryPublisher"]
 

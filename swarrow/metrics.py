@@ -32,9 +32,9 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import ThreadingWSGIServer
 
-from swarrow._validate import require_int, require_seconds
 from swarrow.errors import ConfigurationError
 from swarrow.outcome import OUTCOMES, Outcome
+from swarrow.validation import require_int, require_seconds
 
 __all__ = [
     "DEFAULT_HOST",

@@ -44,8 +44,8 @@ from swarrow._pool_status import (
     read_status,
     status_path,
 )
-from swarrow._validate import require_int, require_seconds
 from swarrow.metrics import HealthState, MetricsServer
+from swarrow.validation import require_int, require_seconds
 
 __all__ = [
     "EXIT_BROKER_UNREACHABLE",

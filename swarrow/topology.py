@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from swarrow._validate import require_int, require_seconds
 from swarrow.broker import Broker, QueueInfo
 from swarrow.message import Message
+from swarrow.validation import require_int, require_seconds
 
 __all__ = [
     "ATTEMPTS_HEADER",
