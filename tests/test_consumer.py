@@ -11,6 +11,7 @@ import anyio.lowlevel
 import anyio.to_thread
 import pytest
 
+from processors.ack import AckProcessor
 from swarrow import (
     ConfigurationError,
     Consumer,
@@ -25,23 +26,6 @@ from swarrow import (
 )
 
 pytestmark = pytest.mark.anyio
-
-
-class Ack:
-    """A minimal ack layer, so these tests depend on the core only."""
-
-    def __init__(self, inner: Processor, /, *, provider: MemoryMessageProvider) -> None:
-        self.inner = inner
-        self.provider = provider
-
-    async def __call__(self, message: Message, /) -> bool:
-        try:
-            keep_going = await self.inner(message)
-        except Exception:
-            await self.provider.reject(message, requeue=False)
-            raise
-        await self.provider.ack(message)
-        return keep_going
 
 
 class Recorder:
@@ -83,7 +67,7 @@ async def test_processes_every_message_and_acks_each_exactly_once() -> None:
         return len(seen) < 200
 
     reason = await Consumer(
-        provider, Stack(Layer(Ack, provider=provider), callback=handle), concurrency=7
+        provider, Stack(Layer(AckProcessor, provider=provider), callback=handle), concurrency=7
     ).run()
     assert reason.code == "callback"
     assert sorted(seen, key=int) == [str(i) for i in range(200)]
@@ -105,7 +89,9 @@ async def test_in_flight_never_exceeds_concurrency() -> None:
         done += 1
         return done < 60
 
-    await Consumer(provider, Stack(Layer(Ack, provider=provider), callback=handle), concurrency=4).run()
+    await Consumer(
+        provider, Stack(Layer(AckProcessor, provider=provider), callback=handle), concurrency=4
+    ).run()
     assert peak == 4
 
 
@@ -118,7 +104,9 @@ async def test_nothing_unprocessed_is_acked_when_stopping_early() -> None:
         processed.add(int(message.body))
         return len(processed) < 10
 
-    await Consumer(provider, Stack(Layer(Ack, provider=provider), callback=handle), concurrency=5).run()
+    await Consumer(
+        provider, Stack(Layer(AckProcessor, provider=provider), callback=handle), concurrency=5
+    ).run()
     acked_bodies = set(processed)
     assert len(provider.acked) == len(processed) >= 10
     assert broker.message_count("q") == 100 - len(acked_bodies)
@@ -141,7 +129,7 @@ async def test_graceful_stop_lets_in_flight_messages_finish_and_acks_them() -> N
     log: list[str] = []
     stack = Stack(
         Layer(Recorder, name="r", log=log),
-        Layer(Ack, provider=provider),
+        Layer(AckProcessor, provider=provider),
         callback=handle,
     )
     consumer = Consumer(provider, stack, concurrency=3, grace_period=5)
@@ -162,7 +150,10 @@ async def test_grace_period_expiry_cancels_and_leaves_messages_for_redelivery() 
         await anyio.sleep(30)
 
     consumer = Consumer(
-        provider, Stack(Layer(Ack, provider=provider), callback=handle), concurrency=3, grace_period=0.1
+        provider,
+        Stack(Layer(AckProcessor, provider=provider), callback=handle),
+        concurrency=3,
+        grace_period=0.1,
     )
 
     async def stop_soon() -> None:
@@ -188,7 +179,10 @@ async def test_stop_now_cancels_in_flight_without_waiting_for_the_grace_period()
         await anyio.sleep(30)
 
     consumer = Consumer(
-        provider, Stack(Layer(Ack, provider=provider), callback=handle), concurrency=2, grace_period=60
+        provider,
+        Stack(Layer(AckProcessor, provider=provider), callback=handle),
+        concurrency=2,
+        grace_period=60,
     )
 
     async def stop() -> None:
@@ -228,7 +222,7 @@ async def test_stop_consumer_finishes_the_message_then_stops() -> None:
     async def handle(message: Message) -> None:
         raise StopConsumer("enough")
 
-    reason = await Consumer(provider, Stack(Layer(Ack, provider=provider), callback=handle)).run()
+    reason = await Consumer(provider, Stack(Layer(AckProcessor, provider=provider), callback=handle)).run()
     assert (reason.code, reason.detail) == ("callback", "enough")
     assert len(provider.acked) == 1
     assert broker.message_count("q") == 4
@@ -245,7 +239,7 @@ async def test_sync_callbacks_run_in_a_worker_thread() -> None:
         count += 1
         return count < 3
 
-    await Consumer(provider, Stack(Layer(Ack, provider=provider), callback=handle)).run()
+    await Consumer(provider, Stack(Layer(AckProcessor, provider=provider), callback=handle)).run()
     assert count == 3
     assert threading.get_ident() not in threads
 
@@ -282,7 +276,7 @@ async def test_a_processor_returning_false_stops_with_its_reason() -> None:
             return False
 
     reason = await Consumer(
-        provider, Stack(Layer(Ack, provider=provider), StopAfterOne, callback=lambda m: None)
+        provider, Stack(Layer(AckProcessor, provider=provider), StopAfterOne, callback=lambda m: None)
     ).run()
     assert reason.code == "processor"
     assert broker.message_count("q") == 4
@@ -313,7 +307,9 @@ async def test_a_hung_sync_callback_does_not_block_an_immediate_stop() -> None:
         entered.set()
         release.wait(10)  # a thread Python cannot interrupt
 
-    consumer = Consumer(provider, Stack(Layer(Ack, provider=provider), callback=handle), grace_period=0.1)
+    consumer = Consumer(
+        provider, Stack(Layer(AckProcessor, provider=provider), callback=handle), grace_period=0.1
+    )
 
     async def stop_when_entered() -> None:
         await anyio.to_thread.run_sync(entered.wait, 5)

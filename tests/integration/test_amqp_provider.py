@@ -7,23 +7,13 @@ import subprocess
 import anyio
 import pytest
 
-from swarrow import Consumer, Message, MessageProvider, Processor, Stack
+from processors.ack import AckProcessor
+from swarrow import Consumer, Layer, Message, Stack
 from swarrow.amqp import AmqpBroker
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
 RABBITMQCTL = ["rabbitmqctl", "-n", "rabbit@localhost"]
-
-
-class Ack:
-    def __init__(self, inner: Processor, /, *, provider: MessageProvider) -> None:
-        self.inner = inner
-        self.provider = provider
-
-    async def __call__(self, message: Message, /) -> bool:
-        keep_going = await self.inner(message)
-        await self.provider.ack(message)
-        return keep_going
 
 
 async def _publish(broker: AmqpBroker, queue: str, ids: list[str]) -> None:
@@ -56,7 +46,7 @@ async def test_consumer_resumes_after_the_broker_restarts(amqp_broker: AmqpBroke
         return set(processed) != set(ids)
 
     consumer = Consumer(
-        provider, Stack(lambda inner: Ack(inner, provider=provider), callback=handle), concurrency=5
+        provider, Stack(Layer(AckProcessor, provider=provider), callback=handle), concurrency=5
     )
 
     async def restart_broker() -> None:
@@ -96,7 +86,7 @@ async def test_consumer_survives_its_queue_being_deleted_and_recreated(
         first.set()
         return message.message_id != "after"
 
-    consumer = Consumer(provider, Stack(lambda inner: Ack(inner, provider=provider), callback=handle))
+    consumer = Consumer(provider, Stack(Layer(AckProcessor, provider=provider), callback=handle))
 
     async def recreate() -> None:
         await first.wait()
