@@ -9,7 +9,7 @@ import anyio
 
 from swarrow import Message
 
-__all__ = ["boom", "not_callable", "ok", "record", "slow", "slow_record"]
+__all__ = ["boom", "hang", "not_callable", "ok", "record", "slow", "slow_record"]
 
 not_callable = 42
 
@@ -48,3 +48,8 @@ def slow_record(message: Message) -> None:
             file.write(f"{message.message_id}\n")
     time.sleep(float(os.environ.get("SWARROW_TEST_SLOW", "1")))
     _append(message)
+
+
+async def hang(message: Message) -> None:
+    """Never returns on its own: only a time limit frees the slot."""
+    await anyio.sleep_forever()

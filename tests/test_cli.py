@@ -197,6 +197,18 @@ def test_failures_are_retried_through_the_broker_not_fatal(memory: tuple[str, Me
     assert "Traceback" not in result.stderr or "ValueError" in result.stderr
 
 
+def test_time_limit_fails_a_hanging_message_into_the_retry_topology(memory: tuple[str, MemoryBroker]) -> None:
+    url, broker = memory
+    fill(broker, "jobs", 2)
+    result = invoke(
+        "consume", "tests.cli_callbacks:hang", "--url", url, "-q", "jobs",
+        "--time-limit", "100ms", "--max-messages", "2", "--no-uvloop", *FAST,
+    )  # fmt: skip
+    assert result.exit_code == EXIT_OK, result.output
+    assert broker.message_count("jobs.retry.1") == 2  # each timed out, then was republished for retry
+    assert broker.message_count("jobs") == 0
+
+
 # -- consume: usage errors (exit 2) -----------------------------------------------------------------------
 
 
