@@ -59,6 +59,7 @@ def default_stack(
     max_messages: int | None = None,
     memory_limit: float | None = None,
     metrics: bool = False,
+    metrics_address: tuple[str, int] | None = None,
     registry: CollectorRegistry | None = None,
     log: bool = True,
     log_body: bool = False,
@@ -111,8 +112,9 @@ def default_stack(
         layers.append(Layer(MemoryLimitProcessor, megabytes=memory_limit))
     if stop_when_idle is not None:
         layers.append(Layer(StopWhenIdleProcessor, seconds=stop_when_idle))
-    if metrics:
-        layers.append(Layer(MetricsProcessor, registry=registry))
+    if metrics or metrics_address is not None:
+        # The provider feeds swarrow_consumer_up and /readyz; an address serves the endpoint.
+        layers.append(Layer(MetricsProcessor, registry=registry, provider=provider, address=metrics_address))
     if log:
         layers.append(Layer(LoggerProcessor, log_body=log_body))
     if catch:

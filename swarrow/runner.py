@@ -87,21 +87,6 @@ async def prepare_queues(
             )
 
 
-def _with_metrics_endpoint(
-    layers: list[Any], provider: MessageProvider, address: tuple[str, int] | None
-) -> list[Any]:
-    # default_stack builds MetricsProcessor without the endpoint options: add them to that one layer.
-    from processors.metrics import MetricsProcessor
-    from swarrow.stack import Layer
-
-    rebuilt: list[Any] = []
-    for layer in layers:
-        if isinstance(layer, Layer) and layer.factory is MetricsProcessor:
-            layer = Layer(MetricsProcessor, **{**layer.kwargs, "provider": provider, "address": address})
-        rebuilt.append(layer)
-    return rebuilt
-
-
 def _provider(
     broker: Broker, queue: str, prefetch: int, ack_batch_size: int | None, ack_flush_interval: float | None
 ) -> MessageProvider:
@@ -176,14 +161,15 @@ async def consume(
         if processors is None:
             from processors.defaults import default_stack
 
-            if metrics_address is not None:
-                default_stack_options["metrics"] = True
             if retry:
                 default_stack_options["retry_attempts"] = len(delays)
                 default_stack_options["retry_delays"] = delays
-            layers = default_stack(provider=provider, publisher=publisher, **default_stack_options)
-            if metrics_address is not None:
-                layers = _with_metrics_endpoint(list(layers), provider, metrics_address)
+            layers = default_stack(
+                provider=provider,
+                publisher=publisher,
+                metrics_address=metrics_address,
+                **default_stack_options,
+            )
         elif callable(processors):
             layers = processors(provider, publisher)
         else:

@@ -38,8 +38,9 @@ def _factories(layers: list[Layer[Any]]) -> list[object]:
 
 def test_full_options_give_the_design_order(broker: MemoryBroker) -> None:
     registry = CollectorRegistry()
+    provider = broker.provider("q")
     layers = default_stack(
-        provider=broker.provider("q"),
+        provider=provider,
         publisher=broker.publisher(),
         max_runtime=60,
         max_messages=100,
@@ -68,9 +69,16 @@ def test_full_options_give_the_design_order(broker: MemoryBroker) -> None:
     assert options[MaxMessagesProcessor] == {"limit": 100}
     assert options[MaxRuntimeProcessor] == {"seconds": 60}
     assert options[MemoryLimitProcessor] == {"megabytes": 512}
-    assert options[MetricsProcessor] == {"registry": registry}
+    assert options[MetricsProcessor] == {"registry": registry, "provider": provider, "address": None}
     assert options[DeliveryLimitProcessor]["max_deliveries"] == 5
     assert options[TimeLimitProcessor] == {"seconds": 30}
+
+
+def test_a_metrics_address_adds_the_metrics_layer_serving_there(broker: MemoryBroker) -> None:
+    provider = broker.provider("q")
+    layers = default_stack(provider=provider, retry=False, metrics_address=("127.0.0.1", 9100))
+    (metrics,) = [layer for layer in layers if layer.factory is MetricsProcessor]
+    assert metrics.kwargs == {"registry": None, "provider": provider, "address": ("127.0.0.1", 9100)}
 
 
 def test_defaults_leave_out_disabled_layers(broker: MemoryBroker) -> None:
