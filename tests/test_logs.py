@@ -8,7 +8,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from swarrow.logs import BatchingStreamHandler, JsonFormatter, TextFormatter, configure_logging
+from swarrow.logs import (
+    BatchingStreamHandler,
+    JsonFormatter,
+    RecordTemplate,
+    TextFormatter,
+    configure_logging,
+)
 
 
 @pytest.fixture
@@ -146,3 +152,82 @@ def test_pool_workers_tag_their_lines_in_text_and_json() -> None:
             assert json.loads(line)["worker"] == 2
         else:
             assert "[worker 2] tests.worker: hello" in line
+
+
+def test_text_formatter_renders_tracebacks_like_the_standard_one() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+
+        record = logging.LogRecord("x", logging.ERROR, __file__, 0, "failed %s", ("job",), sys.exc_info())
+    standard = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    rendered = TextFormatter().format(record)
+    assert rendered == standard.format(record)
+    assert "ValueError: boom" in rendered
+
+
+def test_json_time_is_iso_utc_with_milliseconds() -> None:
+    record = logging.LogRecord("x", logging.INFO, __file__, 0, "hi", (), None)
+    record.created = 1_700_000_000.0429
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["time"] == "2023-11-14T22:13:20.042+00:00"
+
+
+def _template(logger: logging.Logger) -> RecordTemplate:
+    return RecordTemplate(logger, logging.INFO, "message %s took %.3fs", pathname=__file__)
+
+
+def test_record_template_makes_the_same_record_as_make_record() -> None:
+    logger = logging.getLogger("tests.template")
+    template = _template(logger)
+    extra = {"queue": "jobs", "outcome": "acked"}
+    first = template.make(("a", 0.5), extra)  # made the standard way; becomes the template
+    fast = template.make(("b", 0.25), extra)
+    standard = logger.makeRecord(
+        logger.name, logging.INFO, __file__, 0, "message %s took %.3fs", ("b", 0.25), None, None, extra
+    )
+    assert type(fast) is logging.LogRecord
+    timing = {"created", "msecs", "relativeCreated"}
+    assert {k: v for k, v in vars(fast).items() if k not in timing} == {
+        k: v for k, v in vars(standard).items() if k not in timing
+    }
+    assert fast.getMessage() == "message b took 0.250s"
+    assert first.created <= fast.created <= standard.created
+    assert abs(fast.relativeCreated - standard.relativeCreated) < 50  # ms, both from logging's start time
+    assert fast.msecs == int((fast.created - int(fast.created)) * 1000)
+
+
+def test_record_template_honours_a_custom_record_factory() -> None:
+    logger = logging.getLogger("tests.template")
+    template = _template(logger)
+    template.make(("a", 0.5), {})
+    previous = logging.getLogRecordFactory()
+
+    class Tagged(logging.LogRecord):
+        tagged = True
+
+    logging.setLogRecordFactory(Tagged)
+    try:
+        record = template.make(("b", 0.5), {})
+    finally:
+        logging.setLogRecordFactory(previous)
+    assert isinstance(record, Tagged)
+    assert type(template.make(("c", 0.5), {})) is logging.LogRecord
+
+
+def test_record_template_records_the_thread_that_logs() -> None:
+    import threading
+
+    logger = logging.getLogger("tests.template")
+    template = _template(logger)
+    template.make(("main", 0.1), {})
+    seen: list[logging.LogRecord] = []
+    thread = threading.Thread(
+        target=lambda: seen.append(template.make(("other", 0.1), {})), name="other-thread"
+    )
+    thread.start()
+    thread.join(timeout=10)
+    assert seen[0].threadName == "other-thread"
+    assert seen[0].thread == thread.ident
+    assert template.make(("main", 0.1), {}).thread == threading.get_ident()
