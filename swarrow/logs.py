@@ -162,8 +162,9 @@ class JsonFormatter(logging.Formatter):
         for key in STANDARD_FIELDS:
             if key in fields:
                 entry[key] = fields[key]
-        for key in fields.keys() - _RECORD_ATTRIBUTES - entry.keys():
-            entry[key] = fields[key]
+        for key, value in fields.items():
+            if key not in _RECORD_ATTRIBUTES and key not in entry:
+                entry[key] = value
         if record.exc_info:
             entry["exc_info"] = self.formatException(record.exc_info)
         if record.stack_info:
