@@ -6,7 +6,6 @@ from typing import Any
 
 import anyio
 import pytest
-from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 from pamqp.header import ContentHeader
 
@@ -172,7 +171,7 @@ def _deliver(
     for tag in range(first, first + count):
         deliver = Basic.Deliver(provider._consumer_tag, tag, False, "", "q")
         header = ContentHeader(0, 1, Basic.Properties(message_id=f"m{tag}"))
-        provider._deliver(DeliveredMessage(deliver, header, b"x", channel))  # type: ignore[arg-type]
+        provider._take(deliver, header.properties, b"x", channel)  # type: ignore[arg-type]
     messages = []
     while (message := provider.receive_nowait()) is not None:
         messages.append(message)
@@ -309,7 +308,7 @@ async def test_a_dying_channel_drops_its_buffered_deliveries_at_once() -> None:
     for tag in (1, 2, 3):
         deliver = Basic.Deliver(provider._consumer_tag, tag, False, "", "q")
         header = ContentHeader(0, 1, Basic.Properties(message_id=f"m{tag}"))
-        provider._deliver(DeliveredMessage(deliver, header, b"x", channel))  # type: ignore[arg-type]
+        provider._take(deliver, header.properties, b"x", channel)  # type: ignore[arg-type]
     in_flight = provider.receive_nowait()
     assert in_flight is not None
     channel.closing.fire()  # the broker went away: the two still buffered cannot be acked any more

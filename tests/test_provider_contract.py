@@ -268,3 +268,22 @@ async def test_messages_iterator_yields_until_stopped(broker: Broker, queue_name
                 await provider.stop_consuming()
     assert seen == ids
     await provider.close()
+
+
+async def test_bodies_of_any_size_arrive_byte_for_byte(broker: Broker, queue_name: str) -> None:
+    # 300 kB spans three AMQP body frames (frame_max 128 kB); an empty body has none.
+    bodies = [b"", b"x", bytes(range(256)) * 1200, b"tail"]
+    await broker.declare_queue(queue_name)
+    publisher = broker.publisher()
+    for index, body in enumerate(bodies):
+        await publisher.publish(Message(body, message_id=f"b{index}"), queue_name)
+    await publisher.close()
+    provider = broker.provider(queue_name, prefetch=10)
+    await provider.start()
+    taken = await _take(provider, len(bodies))
+    assert [m.message_id for m in taken] == [f"b{i}" for i in range(len(bodies))]
+    assert [m.body for m in taken] == bodies
+    for message in taken:
+        await provider.ack(message)
+    await provider.close()
+    assert await _ready_count(broker, queue_name, 0) == 0
