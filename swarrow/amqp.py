@@ -701,12 +701,8 @@ class AmqpMessageProvider:
             )
             return
         if ack:
-            tracker.finish(tag)
-            self._since_flush += 1
-            if self._since_flush >= self.ack_batch_size:
+            if self._note_ack(tag):
                 await self._flush()
-            elif self._since_flush == 1 and self._flush_due is not None:
-                self._flush_due.set()
             return
         async with self._settle_lock:
             try:
@@ -715,6 +711,16 @@ class AmqpMessageProvider:
                 await underlay.basic_reject(tag, requeue=requeue, wait=False)
             except _CHANNEL_GONE as exc:
                 self._drop(message, f"channel gone: {exc!r}")
+
+    def _note_ack(self, tag: int) -> bool:
+        """Record a coalesced ack of an open delivery; True when a batch is due to be written now."""
+        self._tracker.finish(tag)
+        self._since_flush += 1
+        if self._since_flush >= self.ack_batch_size:
+            return True
+        if self._since_flush == 1 and self._flush_due is not None:
+            self._flush_due.set()  # the timer flushes a batch that stays short
+        return False
 
     async def _flush(self) -> None:
         """Write the acks due now (multiple=True for the finished prefix)."""
@@ -749,6 +755,18 @@ class AmqpMessageProvider:
 
     async def ack(self, message: Message) -> None:
         """Acknowledge a delivery (coalesced; dropped with a log line if its channel died)."""
+        tag = message.delivery_tag
+        tracker = self._tracker
+        if (
+            self._coalesce
+            and tag is not None
+            and message.consumer_tag in self._live_tags
+            and self._underlay is not None
+            and tracker.is_open(tag)
+        ):  # the common case, without `_settle`'s extra coroutine
+            if self._note_ack(tag):
+                await self._flush()
+            return
         await self._settle(message, ack=True)
 
     async def reject(self, message: Message, *, requeue: bool = False) -> None:
