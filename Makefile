@@ -4,11 +4,17 @@ PY = $(VENV)/bin/python
 STAMP = $(VENV)/.install-stamp
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+# The benchmark's peers (FastStream, dramatiq) live in a venv of their own: FastStream pins aio-pika ranges
+# that must not move the project's.
+PEERS_VENV = benchmarks/.venv-peers
+PEERS_PY = $(PEERS_VENV)/bin/python
+PEERS_STAMP = $(PEERS_VENV)/.install-stamp
+PEERS_REQ = benchmarks/peers-requirements.txt
 # Lint only the trees that exist, so a checkout without benchmarks/ still lints.
 LINT_PATHS = $(wildcard swarrow processors tests benchmarks)
 
 .DEFAULT_GOAL := help
-.PHONY: help install rabbitmq run test test-unit test-reliability lint bench bench-quick clean
+.PHONY: help install rabbitmq run test test-unit test-reliability lint bench bench-quick bench-peers-env clean
 
 help: ## List the targets
 	@echo "usage: make <target>   (VENV=$(VENV))"
@@ -57,11 +63,27 @@ lint: install ## ruff check and mypy --strict
 	$(PY) -m ruff check $(LINT_PATHS)
 	$(PY) -m mypy --strict swarrow processors
 
-bench: install rabbitmq ## Run the benchmarks (benchmarks/run.py, options with BENCH_ARGS=...)
-	$(PY) benchmarks/run.py $(BENCH_ARGS)
+# Like $(STAMP): re-runs only when the pins change or the venv is new. Bounded retries, so a machine without
+# PyPI fails fast; a failed install leaves no stamp and the next run tries again.
+$(PEERS_STAMP): $(PEERS_REQ) | $(PY)
+	@test -x $(PEERS_PY) || { echo "creating $(PEERS_VENV)"; $(PY) -m venv $(PEERS_VENV); }
+	$(PEERS_PY) -m pip install --disable-pip-version-check -q --retries 1 --timeout 20 -r $(PEERS_REQ)
+	@touch $@
 
-bench-quick: install rabbitmq ## Run a short benchmark pass
-	$(PY) benchmarks/run.py --quick $(BENCH_ARGS)
+bench-peers-env: $(PEERS_STAMP) ## Build benchmarks/.venv-peers: FastStream and dramatiq, pinned, for the bench
+
+# The peers are best effort: when their venv cannot be built the bench says so and runs everything else
+# (run.py prints why the peers were skipped).
+PEERS_OR_SKIP = $(MAKE) --no-print-directory bench-peers-env || \
+	echo "warning: could not build $(PEERS_VENV) (is PyPI reachable?): the FastStream and dramatiq peers are skipped" >&2
+
+bench: install rabbitmq ## Run the benchmarks, peers included (benchmarks/run.py, options with BENCH_ARGS=...)
+	@$(PEERS_OR_SKIP)
+	SWARROW_PEERS_PYTHON=$(abspath $(PEERS_PY)) $(PY) benchmarks/run.py $(BENCH_ARGS)
+
+bench-quick: install rabbitmq ## Run a short benchmark pass (under a minute once the venvs exist)
+	@$(PEERS_OR_SKIP)
+	SWARROW_PEERS_PYTHON=$(abspath $(PEERS_PY)) $(PY) benchmarks/run.py --quick $(BENCH_ARGS)
 
 clean: ## Remove caches and build output (keeps the venv)
 	rm -rf build dist .mypy_cache .ruff_cache .pytest_cache .install-stamp *.egg-info

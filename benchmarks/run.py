@@ -8,6 +8,11 @@ End to end (against RabbitMQ): each cell fills a fresh queue with N persistent ~
 (raw, swarrow, raw, swarrow …) so machine drift hits both sides; the table shows the median, min–max
 and the ratio of medians against raw aio-pika (per-message ack, same prefetch) and raw aiormq
 (multiple=True acks every 100, prefetch 1000).
+
+Peers (prefetch 1000, in the same interleaved runs): a FastStream subscriber and a dramatiq worker
+(peer_faststream.py, peer_dramatiq.py), run by benchmarks/.venv-peers/bin/python, the venv that
+`make bench-peers-env` builds from peers-requirements.txt. Without that venv they are skipped with the
+reason, and the rest runs. Their rates are low, so they consume min(N, --peer-messages) messages.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import RESULTS, ROOT, URL, delete_queue, fill_queue, queue_depth, unique_queue
 
 PY = sys.executable
+PEERS_PY = os.environ.get("SWARROW_PEERS_PYTHON") or os.path.join(ROOT, ".venv-peers", "bin", "python")
+SWARROW_VS_PEERS = "default/p1000/c10"  # the (c) cell the peers are compared with, when it was measured
 
 
 def run_async(coro: Any) -> Any:
@@ -52,8 +59,14 @@ class Variant:
     prefetch: int
     concurrency: int | None = None
     uvloop: bool = False
+    python: str = PY  # the peers run in their own venv
+    messages: int | None = None  # None: the run's N
+    fills_own_queue: bool = False  # dramatiq declares its own queues and reads only its own envelope
+    queue_suffixes: tuple[str, ...] = ("",)  # every queue the script may leave, deleted after each run
+    loop: str | None = None  # the table's loop column, when not asyncio / uvloop
     rates: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    library: str | None = None
 
     @property
     def median(self) -> float:
@@ -64,8 +77,10 @@ def parse_list(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
 
-def build_variants(prefetches: list[int], concurrencies: list[int], quick: bool) -> list[Variant]:
-    """Raw baselines first in each prefetch group, then swarrow (b) and (c) at each concurrency."""
+def build_variants(
+    prefetches: list[int], concurrencies: list[int], quick: bool, peers_python: str | None, peer_messages: int | None
+) -> list[Variant]:
+    """Raw baselines first in each prefetch group, then swarrow (b) and (c) at each concurrency; peers last."""
     variants: list[Variant] = []
     for p in prefetches:
         variants.append(Variant(f"aiopika/p{p}", "raw aio-pika, ack each", "raw_aiopika.py", [], p))
@@ -93,16 +108,60 @@ def build_variants(prefetches: list[int], concurrencies: list[int], quick: bool)
                         ["--stack", "default"], p, c, uvloop=True,
                     )
                 )
+            if peers_python is not None:
+                variants += peer_variants(peers_python, peer_messages)
     return variants
+
+
+def peer_variants(python: str, messages: int | None) -> list[Variant]:
+    """FastStream (quiet: its INFO logging costs ~25%, see `peer_faststream.py --log`) and dramatiq at prefetch 1000."""
+    return [
+        Variant(
+            "faststream/p1000", "FastStream subscriber, quiet", "peer_faststream.py", [], 1000,
+            python=python, messages=messages,
+        ),
+        Variant(
+            "dramatiq/p1000/t8", "dramatiq worker, 8 threads", "peer_dramatiq.py", ["--threads", "8"], 1000,
+            concurrency=8, python=python, messages=messages, fills_own_queue=True,
+            queue_suffixes=("", ".DQ", ".XQ"), loop="8 threads",
+        ),
+    ]
+
+
+def peers_unavailable(python: str) -> str | None:
+    """None when `python` can import both peers, else why the peers are skipped."""
+    venv = os.path.dirname(os.path.dirname(os.path.abspath(python)))
+    repo = os.path.dirname(ROOT)
+    where = os.path.relpath(venv, repo) if venv.startswith(repo + os.sep) else venv
+    if not os.path.exists(python):
+        return f"{where} does not exist (`make bench-peers-env` creates it; it needs PyPI)"
+    try:
+        out = subprocess.run(
+            [python, "-c", "import faststream.rabbit, dramatiq.brokers.rabbitmq"],
+            capture_output=True, timeout=60, check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{where}: {exc}"
+    if out.returncode != 0:
+        lines = out.stderr.decode(errors="replace").strip().splitlines() or [f"exit code {out.returncode}"]
+        # No stamp: the install failed and make retries it; a stamp: the venv broke after it was built.
+        fix = f"rm -rf {where} && " if os.path.exists(os.path.join(venv, ".install-stamp")) else ""
+        return f"{where} cannot import faststream and dramatiq ({lines[-1][:160]}): `{fix}make bench-peers-env`"
+    return None
 
 
 async def one_run(variant: Variant, messages: int, timeout: float) -> None:
     queue = unique_queue(variant.key.replace("/", "."))
+    messages = variant.messages or messages
     try:
-        await fill_queue(URL, queue, messages)
-        cmd = [PY, os.path.join(ROOT, variant.script), "--url", URL, "--queue", queue,
+        if not variant.fills_own_queue:
+            await fill_queue(URL, queue, messages)
+        cmd = [variant.python, os.path.join(ROOT, variant.script), "--url", URL, "--queue", queue,
                "--messages", str(messages), "--prefetch", str(variant.prefetch), *variant.args]
-        if variant.concurrency is not None:
+        if variant.python != PY:
+            # A peer gives up (and says so) before run.py kills it.
+            cmd += ["--timeout", str(max(30.0, timeout - 20))]
+        elif variant.concurrency is not None:
             cmd += ["--concurrency", str(variant.concurrency)]
         if variant.uvloop:
             cmd.append("--uvloop")
@@ -117,15 +176,21 @@ async def one_run(variant: Variant, messages: int, timeout: float) -> None:
             variant.errors.append(f"timed out after {timeout:.0f}s")
             return
         if proc.returncode != 0:
-            variant.errors.append(err.decode(errors="replace").strip().splitlines()[-1][:200])
+            lines = err.decode(errors="replace").strip().splitlines() or [f"exit code {proc.returncode}"]
+            variant.errors.append(lines[-1][:200])
             return
         result = json.loads(out.decode().strip().splitlines()[-1])
-        left = await queue_depth(URL, queue)
+        # A script that filled its own queues checked them itself (they are gone by now).
+        left = result["left_in_queue"] if variant.fills_own_queue else await queue_depth(URL, queue)
         if left:
             variant.errors.append(f"{left} messages left unacked in the queue")
+        if result.get("dead_lettered"):
+            variant.errors.append(f"{result['dead_lettered']} messages dead-lettered")
         variant.rates.append(result["rate"])
+        variant.library = result.get("library", variant.library)
     finally:
-        await delete_queue(URL, queue)
+        for suffix in variant.queue_suffixes:
+            await delete_queue(URL, queue + suffix)
 
 
 def fmt_rate(x: float) -> str:
@@ -149,12 +214,56 @@ def e2e_table(variants: list[Variant]) -> list[str]:
                 vs_raw += f" ({v.median / uv_raw.median:.2f}× uv)"
         vs_mq = f"{v.median / aiormq.median:.2f}×" if aiormq and aiormq.rates and v.rates else "—"
         conc = "—" if v.concurrency is None else str(v.concurrency)
-        loop = "uvloop" if v.uvloop else "asyncio"
-        note = f" ⚠ {'; '.join(sorted(set(v.errors)))}" if v.errors else ""
+        loop = v.loop or ("uvloop" if v.uvloop else "asyncio")
+        note = f" (N={v.messages:,})" if v.messages is not None else ""
+        note += f" ⚠ {'; '.join(sorted(set(v.errors)))}" if v.errors else ""
         lines.append(
             f"| {v.label}{note} | {v.prefetch} | {conc} | {loop} | {fmt_rate(v.median)} | {lo_hi} | {vs_raw} | {vs_mq} |"
         )
     return lines
+
+
+def swarrow_for_peers(variants: list[Variant]) -> Variant | None:
+    """The (c) cell to set against the peers: prefetch 1000, concurrency 10, asyncio; else the nearest measured."""
+    cells = [v for v in variants if v.key.startswith("default/p1000/") and v.rates]
+    if not cells:
+        return None
+    return min(cells, key=lambda v: (v.key != SWARROW_VS_PEERS, v.uvloop, abs((v.concurrency or 10) - 10)))
+
+
+def peers_table(variants: list[Variant], messages: int, skipped: str | None) -> list[str]:
+    """Ratios of swarrow's (c) cell to each peer, the figure the performance issue asks for (≥ 2.5×)."""
+    if skipped is not None:
+        return [f"Peers (FastStream, dramatiq) skipped: {skipped}.", ""]
+    peers = [v for v in variants if v.python != PY]
+    ours = swarrow_for_peers(variants)
+    if not peers:
+        return []
+    peer_n = max(v.messages or messages for v in peers)
+    libs = "; ".join(sorted({v.library for v in peers if v.library}))
+    sizes = (
+        f"N={messages:,} like the rest"
+        if peer_n == messages
+        else f"N={peer_n:,} per run against {messages:,} for swarrow: their rates are low, and a shorter "
+        "run keeps `make bench` under 10 minutes"
+    )
+    lines = [
+        f"Against the peers, in the same interleaved runs, prefetch 1000 ({libs}); the peers consume {sizes}. "
+        "The performance issue asks for ≥ 2.5× each.",
+        "",
+        "| ratio of medians | swarrow msg/s | peer msg/s | × |",
+        "|---|---:|---:|---:|",
+    ]
+    if ours is None:
+        return [*lines[:2], "(no (c) swarrow default stack cell at prefetch 1000 to compare with)", ""]
+    cell = f"p1000, c{ours.concurrency}, {'uvloop' if ours.uvloop else 'asyncio'}"
+    for peer in peers:
+        ratio = f"**{ours.median / peer.median:.2f}×**" if peer.rates else "—"
+        lines.append(
+            f"| (c) swarrow default stack ({cell}) / {peer.label} | {fmt_rate(ours.median)} "
+            f"| {fmt_rate(peer.median)} | {ratio} |"
+        )
+    return [*lines, ""]
 
 
 def run_script(args: list[str], timeout: float) -> dict[str, Any]:
@@ -173,6 +282,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=parse_list)
     parser.add_argument("--only", default="e2e,layers,memory,publish")
     parser.add_argument("--soak-messages", type=int)
+    parser.add_argument("--no-peers", action="store_true", help="leave out the FastStream and dramatiq peers")
+    parser.add_argument("--peer-messages", type=int, default=20_000, help="peers consume min(N, this) (default 20,000)")
+    parser.add_argument(
+        "--peers-python", default=PEERS_PY, help="the peers' interpreter (default: $SWARROW_PEERS_PYTHON, else benchmarks/.venv-peers)"
+    )
     args = parser.parse_args()
     quick = args.quick
     messages = args.messages or (5_000 if quick else 50_000)
@@ -198,7 +312,13 @@ def main() -> None:
     results: dict[str, Any] = {"date": when, "cores": os.cpu_count(), "messages": messages, "runs": runs, "soak": results_soak}
 
     if "e2e" in parts:
-        variants = build_variants(prefetches, concurrencies, quick)
+        peers_python: str | None = os.path.abspath(args.peers_python)  # the scripts run with cwd=benchmarks/
+        peers_skipped = "--no-peers" if args.no_peers else peers_unavailable(peers_python)
+        if peers_skipped is not None:
+            print(f"peers skipped: {peers_skipped}", flush=True)
+            peers_python = None
+        peer_n = args.peer_messages if args.peer_messages < messages else None
+        variants = build_variants(prefetches, concurrencies, quick, peers_python, peer_n)
         timeout = max(60.0, messages / 500)
         for r in range(runs):
             for v in variants:
@@ -206,11 +326,14 @@ def main() -> None:
                 print(f"  run {r + 1}/{runs} {v.key}: {fmt_rate(v.rates[-1]) if v.rates else v.errors[-1]}", flush=True)
         table = e2e_table(variants)
         report += ["End to end against RabbitMQ (msg/s consumed and acked):", "", *table, ""]
+        report += peers_table(variants, messages, peers_skipped)
         results["e2e"] = [
             {"key": v.key, "label": v.label, "prefetch": v.prefetch, "concurrency": v.concurrency,
-             "uvloop": v.uvloop, "rates": v.rates, "median": v.median, "errors": v.errors}
+             "uvloop": v.uvloop, "messages": v.messages or messages, "library": v.library,
+             "rates": v.rates, "median": v.median, "errors": v.errors}
             for v in variants
         ]
+        results["peers_skipped"] = peers_skipped
 
     if "layers" in parts:
         print("  layers (in memory)…", flush=True)
