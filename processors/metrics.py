@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from time import perf_counter
@@ -12,6 +13,7 @@ import anyio.to_thread
 from prometheus_client import CollectorRegistry
 
 from swarrow import ConsumerControl, Message, MessageProvider, Processor
+from swarrow._metrics_accumulator import Accumulator
 from swarrow.metrics import HealthState, MetricsServer, QueueMetrics, SwarrowMetrics
 from swarrow.outcome import FAILED, get_outcome, record_outcome, reset_outcome
 from swarrow.validation import require_seconds
@@ -31,6 +33,10 @@ class MetricsProcessor:
     `/healthz` fails once the event loop missed heartbeats for `liveness_timeout` seconds.
     A message no settling layer recorded an outcome for (no ack layer in the stack) is counted as
     received and timed, but not in `swarrow_messages_processed_total`: that counter never guesses.
+
+    Per message it only adds to plain ints; they reach the prometheus children whenever the registry
+    is collected, on every heartbeat and when the lifespan ends (a `--workers` pool's supervisor reads
+    the workers' files, never their registries). `clock` times the messages; tests inject one.
     """
 
     def __init__(
@@ -43,6 +49,7 @@ class MetricsProcessor:
         address: tuple[str, int] | None = None,
         liveness_timeout: float = 10.0,
         heartbeat_interval: float = 1.0,
+        clock: Callable[[], float] = perf_counter,
     ) -> None:
         self.heartbeat_interval = require_seconds("heartbeat_interval", heartbeat_interval)
         if liveness_timeout <= heartbeat_interval:
@@ -59,13 +66,15 @@ class MetricsProcessor:
             if address is None
             else MetricsServer(address[0], address[1], registry=self.metrics.registry, health=self.health)
         )
-        self._bound: QueueMetrics | None = None
+        self.clock = clock
+        self._pending: Accumulator | None = None
         self._warned_no_outcome = False
 
     @asynccontextmanager
     async def lifespan(self, control: ConsumerControl) -> AsyncIterator[None]:
         """Bind the queue's children, serve the endpoint, beat the heartbeat; record the stop at the end."""
-        bound = self._bound = self.metrics.for_queue(control.queue_name)
+        bound = self.metrics.for_queue(control.queue_name)
+        self._pending = bound.pending
         provider = self.provider
         ready: Callable[[], bool]
         if provider is not None:
@@ -86,6 +95,7 @@ class MetricsProcessor:
                 finally:
                     background.cancel_scope.cancel()
         finally:
+            bound.flush()  # a pool worker's last counts: its supervisor reads them from the files
             code = control.reason.code if control.reason is not None else "crashed"
             bound.consumer_up.set(0)
             bound.stopped(code)
@@ -96,37 +106,45 @@ class MetricsProcessor:
 
     async def _heartbeat(self, bound: QueueMetrics, ready: Callable[[], bool]) -> None:
         # Runs on the event loop, so a blocked loop stops the beat and `/healthz` notices.
+        # The flush is for multiprocess mode, where nothing collects this process's registry.
         health, up, interval = self.health, bound.consumer_up, self.heartbeat_interval
         while True:
             health.beat()
             up.set(1 if ready() else 0)
+            bound.flush()
             await anyio.sleep(interval)
 
     async def __call__(self, message: Message, /) -> bool:
-        bound = self._bound
-        if bound is None:  # used without a consumer (no lifespan): bind on the first message
-            bound = self._bound = self.metrics.for_queue(message.queue)
-        bound.received.inc()
-        in_flight = bound.in_flight
-        in_flight.inc()
+        pending = self._pending
+        if pending is None:  # used without a consumer (no lifespan): bind on the first message
+            pending = self._pending = self.metrics.for_queue(message.queue).pending
+        pending.received += 1
+        pending.in_flight += 1
         reset_outcome()
-        start = perf_counter()
+        clock = self.clock
+        start = clock()
         try:
             return await self.inner(message)
         except Exception:
             record_outcome(FAILED)  # only if no settling layer recorded one
             raise
         finally:
-            bound.duration.observe(perf_counter() - start)
-            in_flight.dec()
+            elapsed = clock() - start
+            if pending.bucketed:
+                # bisect_left: the first bound >= elapsed, the bucket Histogram.observe() picks
+                pending.buckets[bisect_left(pending.bounds, elapsed)] += 1
+                pending.duration_sum += elapsed
+            else:
+                pending.duration.observe(elapsed)
+            pending.in_flight -= 1
             outcome = get_outcome()
             if outcome is not None:
-                bound.processed[outcome].inc()
+                pending.processed[outcome] += 1
             elif not self._warned_no_outcome:
                 self._warned_no_outcome = True
                 logger.warning(
                     "no layer recorded an outcome for messages of %s (is there an ack layer inside metrics?);"
                     " swarrow_messages_processed_total will not count them",
-                    bound.queue,
-                    extra={"queue": bound.queue, "message_id": message.message_id},
+                    pending.queue,
+                    extra={"queue": pending.queue, "message_id": message.message_id},
                 )

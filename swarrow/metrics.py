@@ -31,7 +31,9 @@ from prometheus_client import (
     make_wsgi_app,
 )
 from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.metrics_core import Metric
 
+from swarrow._metrics_accumulator import Accumulator
 from swarrow.errors import ConfigurationError
 from swarrow.outcome import OUTCOMES, Outcome
 from swarrow.validation import require_int, require_seconds
@@ -61,7 +63,11 @@ DURATION_BUCKETS: Final[tuple[float, ...]] = (
 
 @dataclass(frozen=True, slots=True)
 class QueueMetrics:
-    """The label children of one queue, bound once so the hot path never calls `.labels()`."""
+    """The label children of one queue, bound once so the hot path never calls `.labels()`.
+
+    The metrics layer counts into `pending` and leaves the children to `flush()`; anything else
+    may still write the children directly.
+    """
 
     queue: str
     received: Counter
@@ -70,10 +76,29 @@ class QueueMetrics:
     in_flight: Gauge
     consumer_up: Gauge
     stops: Counter  # the family: reasons are open-ended, so their children are bound on stop
+    pending: Accumulator
 
     def stopped(self, reason: str) -> None:
         """Count one consumer stop for `reason` (a StopReason code); once per run, so bound here."""
         self.stops.labels(queue=self.queue, reason=reason).inc()
+
+    def flush(self) -> None:
+        """Push what the metrics layer counted since the last flush into the children."""
+        self.pending.flush()
+
+
+class _Flush:
+    """Registered ahead of the swarrow families so every collection of the registry flushes first."""
+
+    def __init__(self, metrics: SwarrowMetrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        return []  # no names of its own, and the registry must not call collect() to find some
+
+    def collect(self) -> list[Metric]:
+        self.metrics.flush()
+        return []
 
 
 class SwarrowMetrics:
@@ -84,6 +109,8 @@ class SwarrowMetrics:
     collectors. For any other registry, `process_metrics=True` adds the process (RSS, CPU, open fds)
     and platform collectors unless the registry already has them. Tests inject a fresh registry.
     Use `for_registry()` to share one instance per registry (a family can be registered only once).
+    Collecting the registry (`/metrics`, `generate_latest`, `get_sample_value`) flushes first, so
+    it always shows every message counted so far.
     """
 
     _shared: ClassVar[weakref.WeakKeyDictionary[CollectorRegistry, SwarrowMetrics]] = (
@@ -99,6 +126,18 @@ class SwarrowMetrics:
                     make(registry=self.registry)
                 except ValueError:  # already registered (duplicated timeseries): keep the existing one
                     logger.debug("%s already present in the registry", make.__name__)
+        self._queues: dict[str, QueueMetrics] = {}
+        self._lock = threading.Lock()
+        # CollectorRegistry.collect() runs its collectors in registration order: this one comes first.
+        flusher = _Flush(self)
+        self.registry.register(flusher)
+        try:
+            self._create_families()
+        except BaseException:
+            self.registry.unregister(flusher)  # a failed instance must not stay half-registered
+            raise
+
+    def _create_families(self) -> None:
         reg = self.registry
         self.received = Counter(
             "swarrow_messages_received",
@@ -139,8 +178,6 @@ class SwarrowMetrics:
         self.stops = Counter(
             "swarrow_consumer_stops", "Consumer stops, by StopReason code.", ["queue", "reason"], registry=reg
         )
-        self._queues: dict[str, QueueMetrics] = {}
-        self._lock = threading.Lock()
 
     @classmethod
     def for_registry(cls, registry: CollectorRegistry | None = None) -> SwarrowMetrics:
@@ -157,16 +194,35 @@ class SwarrowMetrics:
         with self._lock:
             bound = self._queues.get(queue)
             if bound is None:
+                received = self.received.labels(queue=queue)
+                processed = {o: self.processed.labels(queue=queue, outcome=o) for o in OUTCOMES}
+                duration = self.duration.labels(queue=queue)
+                in_flight = self.in_flight.labels(queue=queue)
                 bound = self._queues[queue] = QueueMetrics(
                     queue=queue,
-                    received=self.received.labels(queue=queue),
-                    processed={o: self.processed.labels(queue=queue, outcome=o) for o in OUTCOMES},
-                    duration=self.duration.labels(queue=queue),
-                    in_flight=self.in_flight.labels(queue=queue),
+                    received=received,
+                    processed=processed,
+                    duration=duration,
+                    in_flight=in_flight,
                     consumer_up=self.consumer_up.labels(queue=queue),
                     stops=self.stops,
+                    pending=Accumulator(
+                        queue,
+                        received=received,
+                        processed=processed,
+                        duration=duration,
+                        in_flight=in_flight,
+                        bounds=DURATION_BUCKETS,
+                    ),
                 )
             return bound
+
+    def flush(self) -> None:
+        """Push every queue's pending counts into the families; collecting the registry calls it."""
+        with self._lock:
+            queues = tuple(self._queues.values())
+        for bound in queues:
+            bound.pending.flush()
 
 
 class HealthState:
