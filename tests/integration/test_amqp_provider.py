@@ -37,8 +37,12 @@ async def test_consumer_resumes_after_the_broker_restarts(amqp_broker: AmqpBroke
     halfway = anyio.Event()
     broker_down = anyio.Event()
 
+    channels: list[object] = []
+
     async def handle(message: Message) -> bool:
         processed.append(message.message_id or "")
+        if provider._underlay is not None and provider._underlay not in channels:
+            channels.append(provider._underlay)
         if len(processed) == 50:
             halfway.set()
         if halfway.is_set() and not broker_down.is_set():
@@ -69,6 +73,9 @@ async def test_consumer_resumes_after_the_broker_restarts(amqp_broker: AmqpBroke
     assert reason.code == "callback"
     assert set(processed) == set(ids), f"lost: {sorted(set(ids) - set(processed))[:10]}"
     assert len(processed) > len(ids), "the messages in flight during the outage must be redelivered"
+    # The reopened channel, too, lets the connection's reader run ahead (its frame queue is unbounded).
+    assert len(channels) >= 2
+    assert all(channel.frames.maxsize == 0 for channel in channels)  # type: ignore[attr-defined]
     await amqp_broker.close()  # its connection died with the restart; the fixture reconnects for cleanup
 
 
@@ -121,3 +128,29 @@ async def test_wrong_credentials_are_a_clear_error(amqp_url: str) -> None:
     with pytest.raises(BrokerUnavailableError) as caught:
         await broker.connect()
     assert "wrong-password" not in str(caught.value)
+
+
+async def test_prefetch_bounds_what_the_provider_holds(amqp_broker: AmqpBroker, queue_name: str) -> None:
+    # The channel's frame queue is unbounded (see _let_reader_run_ahead): prefetch alone bounds it.
+    await amqp_broker.declare_queue(queue_name, durable=True)
+    await _publish(amqp_broker, queue_name, [f"p{i}" for i in range(30)])
+    provider = amqp_broker.provider(queue_name, prefetch=5)
+    await provider.start()
+    try:
+        held = []
+        with anyio.fail_after(10):
+            while len(held) < 5:
+                message = await provider.receive()
+                assert message is not None
+                held.append(message)
+            while (info := await amqp_broker.inspect_queue(queue_name)) is None or info.message_count != 25:
+                await anyio.sleep(0.02)
+        assert provider.receive_nowait() is None, "more unacked deliveries than the prefetch"
+        for message in held:
+            await provider.ack(message)
+        with anyio.fail_after(10):
+            more = await provider.receive()
+        assert more is not None and more.message_id == "p5"
+        await provider.ack(more)
+    finally:
+        await provider.close()
