@@ -68,26 +68,29 @@ class LoggerProcessor:
 
     def _log(self, level: int, message: Message, start: float, outcome: str, exc: Exception | None) -> None:
         duration = time.perf_counter() - start
-        attempt = header_count(message.headers.get(RETRY_ATTEMPT_HEADER)) or 0
-        extra = {
-            "queue": message.queue,
-            "message_id": message.message_id,
-            "routing_key": message.routing_key,
-            "redelivered": message.redelivered,
-            "attempt": attempt,
-            "duration": duration,
-            "outcome": outcome,
-        }
+        headers = message.headers
+        attempt = (header_count(headers.get(RETRY_ATTEMPT_HEADER)) or 0) if headers else 0
         args: tuple[object, ...] = (message.message_id, message.queue, outcome, duration, attempt)
-        if exc is not None:
-            extra["error_type"] = type(exc).__name__
+        body = None
         if self.log_body:
             body = message.body[: self.max_body].decode("utf-8", errors="replace")
-            extra["body"] = body
             args = (*args, body)
         logger = self.logger
         if level == self.level:
-            record = self._records.make(args, extra)
+            record = self._records.make(args)
         else:  # a failure: rare, made the standard way (findCaller skipped: the caller is this line)
-            record = logger.makeRecord(logger.name, level, __file__, 0, self._format, args, None, None, extra)
+            record = logger.makeRecord(logger.name, level, __file__, 0, self._format, args, None, None)
+        # The `extra` fields, set the way makeRecord sets them (none of them is a LogRecord attribute).
+        fields = record.__dict__
+        fields["queue"] = message.queue
+        fields["message_id"] = message.message_id
+        fields["routing_key"] = message.routing_key
+        fields["redelivered"] = message.redelivered
+        fields["attempt"] = attempt
+        fields["duration"] = duration
+        fields["outcome"] = outcome
+        if exc is not None:
+            fields["error_type"] = type(exc).__name__
+        if body is not None:
+            fields["body"] = body
         logger.handle(record)

@@ -81,11 +81,11 @@ class RecordTemplate:
         self._generation = -1
         self._start = 0.0
 
-    def _slow(self, args: tuple[object, ...], extra: Mapping[str, object]) -> logging.LogRecord:
+    def _slow(self, args: tuple[object, ...], extra: Mapping[str, object] | None) -> logging.LogRecord:
         logger = self.logger
         return logger.makeRecord(logger.name, self.level, self.pathname, 0, self.msg, args, None, None, extra)
 
-    def make(self, args: tuple[object, ...], extra: Mapping[str, object]) -> logging.LogRecord:
+    def make(self, args: tuple[object, ...], extra: Mapping[str, object] | None = None) -> logging.LogRecord:
         """A record of this call site with `args` and `extra` fields (which must not shadow record fields)."""
         template = self._template
         if (
@@ -101,18 +101,19 @@ class RecordTemplate:
         fields["msecs"] = int((now - int(now)) * 1000) + 0.0
         fields["relativeCreated"] = (now - self._start) * 1000
         fields["args"] = args
-        fields.update(extra)
+        if extra:
+            fields.update(extra)
         record: logging.LogRecord = _new_record(logging.LogRecord)
         record.__dict__ = fields
         if _TASK_NAMES:
             record.taskName = _task_name()
         return record
 
-    def _refresh(self, args: tuple[object, ...], extra: Mapping[str, object]) -> logging.LogRecord:
+    def _refresh(self, args: tuple[object, ...], extra: Mapping[str, object] | None) -> logging.LogRecord:
         record = self._slow(args, extra)
         if logging.getLogRecordFactory() is logging.LogRecord and type(record) is logging.LogRecord:
             fields = dict(record.__dict__)
-            for key in extra:
+            for key in extra or ():
                 del fields[key]
             self._start = record.created - record.relativeCreated / 1000
             self._template = fields
