@@ -231,3 +231,9 @@ def test_record_template_records_the_thread_that_logs() -> None:
     assert seen[0].threadName == "other-thread"
     assert seen[0].thread == thread.ident
     assert template.make(("main", 0.1), {}).thread == threading.get_ident()
+
+
+def test_text_formatter_with_a_worker_tag_matches_the_standard_one() -> None:
+    record = logging.LogRecord("x.y", logging.WARNING, __file__, 0, "hello %s", ("world",), None)
+    standard = logging.Formatter("%(asctime)s %(levelname)s [worker 3] %(name)s: %(message)s")
+    assert TextFormatter(worker=3).format(record) == standard.format(record)
