@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import time
+from time import perf_counter
 
 from swarrow.logs import RecordTemplate
 from swarrow.message import Message
@@ -55,7 +55,7 @@ class LoggerProcessor:
 
     async def __call__(self, message: Message, /) -> bool:
         reset_outcome()
-        start = time.perf_counter()
+        start = perf_counter()
         try:
             keep_going = await self.inner(message)
         except Exception as exc:
@@ -67,7 +67,7 @@ class LoggerProcessor:
         return keep_going
 
     def _log(self, level: int, message: Message, start: float, outcome: str, exc: Exception | None) -> None:
-        duration = time.perf_counter() - start
+        duration = perf_counter() - start
         headers = message.headers
         attempt = (header_count(headers.get(RETRY_ATTEMPT_HEADER)) or 0) if headers else 0
         args: tuple[object, ...] = (message.message_id, message.queue, outcome, duration, attempt)

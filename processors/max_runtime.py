@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from time import monotonic
 
 import anyio
 
@@ -29,14 +29,14 @@ class MaxRuntimeProcessor:
     def __init__(self, inner: Processor, /, *, seconds: float) -> None:
         self.inner = inner
         self.seconds = require_seconds("seconds", seconds)
-        self._deadline = time.monotonic() + self.seconds
+        self._deadline = monotonic() + self.seconds
         self._control: ConsumerControl | None = None
 
     @asynccontextmanager
     async def lifespan(self, control: ConsumerControl) -> AsyncIterator[None]:
         """Start the clock and watch the deadline while the consumer runs."""
         self._control = control
-        self._deadline = time.monotonic() + self.seconds
+        self._deadline = monotonic() + self.seconds
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._watch, control)
@@ -48,7 +48,7 @@ class MaxRuntimeProcessor:
             self._control = None
 
     async def _watch(self, control: ConsumerControl) -> None:
-        await anyio.sleep(max(0.0, self._deadline - time.monotonic()))
+        await anyio.sleep(max(0.0, self._deadline - monotonic()))
         self._stop(control)
 
     def _stop(self, control: ConsumerControl | None) -> None:
@@ -61,7 +61,7 @@ class MaxRuntimeProcessor:
 
     async def __call__(self, message: Message, /) -> bool:
         keep_going = await self.inner(message)
-        if time.monotonic() < self._deadline:
+        if monotonic() < self._deadline:
             return keep_going
         self._stop(self._control)
         return False

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from time import monotonic
 
 from processors._rss import RssReader
 from swarrow.control import ConsumerControl
@@ -54,7 +54,7 @@ class MemoryLimitProcessor:
 
     async def __call__(self, message: Message, /) -> bool:
         keep_going = await self.inner(message)
-        now = time.monotonic()
+        now = monotonic()
         if now < self._next_check:
             return keep_going
         self._next_check = now + self.check_interval

@@ -46,7 +46,12 @@ _ISO_MILLISECONDS: Final = tuple(f".{ms:03d}+00:00" for ms in range(1000))
 
 
 _TASK_NAMES: Final = sys.version_info >= (3, 12)
+# Bound once: the per-record path runs for every message.
 _new_record = object.__new__
+_LogRecord = logging.LogRecord
+_record_factory = logging.getLogRecordFactory
+_thread_id = threading.get_ident
+_now = time.time
 _fork_generation = 0
 
 
@@ -90,12 +95,12 @@ class RecordTemplate:
         template = self._template
         if (
             template is None
-            or self._thread != threading.get_ident()
+            or self._thread != _thread_id()
             or self._generation != _fork_generation
-            or logging.getLogRecordFactory() is not logging.LogRecord
+            or _record_factory() is not _LogRecord
         ):
             return self._refresh(args, extra)
-        now = time.time()
+        now = _now()
         fields = template.copy()
         fields["created"] = now
         fields["msecs"] = int((now - int(now)) * 1000) + 0.0
@@ -103,7 +108,7 @@ class RecordTemplate:
         fields["args"] = args
         if extra:
             fields.update(extra)
-        record: logging.LogRecord = _new_record(logging.LogRecord)
+        record: logging.LogRecord = _new_record(_LogRecord)
         record.__dict__ = fields
         if _TASK_NAMES:
             record.taskName = _task_name()
