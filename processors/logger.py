@@ -17,6 +17,7 @@ __all__ = ["LoggerProcessor"]
 _logger = logging.getLogger(__name__)
 
 _FORMAT = "message %s from %s %s in %.3fs (attempt %d)"
+_FIELDS = ("queue", "message_id", "routing_key", "redelivered", "attempt", "duration", "outcome")
 _FORMAT_BODY = "message %s from %s %s in %.3fs (attempt %d) body=%r"
 
 
@@ -51,7 +52,7 @@ class LoggerProcessor:
         self.max_body = max_body
         self._format = _FORMAT_BODY if log_body else _FORMAT
         # The per-message record of the usual outcome, made from a template (a quarter of makeRecord).
-        self._records = RecordTemplate(self.logger, level, self._format, pathname=__file__)
+        self._records = RecordTemplate(self.logger, level, self._format, pathname=__file__, fields=_FIELDS)
 
     async def __call__(self, message: Message, /) -> bool:
         reset_outcome()

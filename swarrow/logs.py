@@ -74,13 +74,27 @@ class RecordTemplate:
     `Logger.makeRecord`.
     """
 
-    __slots__ = ("_generation", "_start", "_template", "_thread", "level", "logger", "msg", "pathname")
+    __slots__ = (
+        "_generation",
+        "_start",
+        "_template",
+        "_thread",
+        "fields",
+        "level",
+        "logger",
+        "msg",
+        "pathname",
+    )
 
-    def __init__(self, logger: logging.Logger, level: int, msg: str, *, pathname: str) -> None:
+    def __init__(
+        self, logger: logging.Logger, level: int, msg: str, *, pathname: str, fields: tuple[str, ...] = ()
+    ) -> None:
         self.logger = logger
         self.level = level
         self.msg = msg
         self.pathname = pathname
+        # Extra fields every record of the call site sets: in the template (as None) so the copy has room.
+        self.fields = fields
         self._template: dict[str, Any] | None = None
         self._thread = 0
         self._generation = -1
@@ -121,6 +135,7 @@ class RecordTemplate:
             for key in extra or ():
                 del fields[key]
             self._start = record.created - record.relativeCreated / 1000
+            fields.update(dict.fromkeys(self.fields))
             self._template = fields
             self._thread = threading.get_ident()
             self._generation = _fork_generation
@@ -137,7 +152,6 @@ def _task_name() -> str | None:
         return asyncio.current_task().get_name() if asyncio is not None else None
     except Exception:  # no running loop or no task: what LogRecord itself records
         return None
-
 
 
 class JsonFormatter(logging.Formatter):
@@ -243,7 +257,9 @@ class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.stream.write(self.format(record) + self.terminator)
+            formatter = self.formatter
+            line = formatter.format(record) if formatter is not None else self.format(record)
+            self.stream.write(line + self.terminator)
             if record.levelno >= logging.WARNING:
                 self.flush()
             else:
