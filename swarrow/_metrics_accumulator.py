@@ -144,4 +144,3 @@ class Accumulator:
             if in_flight != self._pushed_in_flight:
                 self._in_flight_gauge.set(in_flight)
                 self._pushed_in_flight = in_flight
-
