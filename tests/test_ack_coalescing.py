@@ -10,7 +10,7 @@ from pamqp.commands import Basic
 from pamqp.header import ContentHeader
 
 from swarrow import ConfigurationError, Message
-from swarrow.amqp import AmqpMessageProvider, _AckTracker
+from swarrow.amqp import AmqpMessageProvider, _AckTracker, _let_reader_run_ahead
 
 URL = "amqp://guest:guest@127.0.0.1:1/"  # never connected to: these tests drive the provider by hand
 
@@ -316,3 +316,17 @@ async def test_a_dying_channel_drops_its_buffered_deliveries_at_once() -> None:
     await provider.ack(in_flight)
     assert channel.frames == []
     assert provider.stale_settlements == 1
+
+
+def test_the_consumer_channel_frame_queue_is_unbounded_only_when_it_is_an_asyncio_queue() -> None:
+    import asyncio
+
+    class WithQueue:
+        frames: asyncio.Queue[Any] = asyncio.Queue(maxsize=10)
+
+    channel = WithQueue()
+    assert _let_reader_run_ahead(channel)  # type: ignore[arg-type]
+    assert channel.frames.maxsize == 0
+    for _ in range(50):  # more than aiormq's cap of 10: puts no longer wait for the channel's reader
+        channel.frames.put_nowait(object())
+    assert not _let_reader_run_ahead(object())  # type: ignore[arg-type]  # another aiormq: left alone
