@@ -222,8 +222,11 @@ class _Worker:
             self.process.send_signal(signal.Signals(signum))
 
     def terminate(self) -> None:
+        # The second time SIGINT, not SIGTERM again: two pending SIGTERMs merge into one when the
+        # worker is not scheduled in between (a loaded machine), and "stop now" would be lost.
+        # The worker's signal handler counts SIGTERM, SIGINT and SIGQUIT alike.
         self.terminations += 1
-        self.signal(signal.SIGTERM)
+        self.signal(signal.SIGTERM if self.terminations == 1 else signal.SIGINT)
 
     def as_json(self, now: float) -> dict[str, Any]:
         status = self.status

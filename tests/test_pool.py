@@ -584,3 +584,38 @@ def test_cli_pool_with_its_metrics_port_in_use_exits_2_in_one_line(tmp_path: Pat
     assert process.returncode == 2
     assert process.stderr.decode().strip().endswith("address already in use")
     assert b"Traceback" not in process.stderr
+
+
+_HOLD_SIGNALS = """
+import signal, sys
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+seen = []
+for signum in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(signum, lambda n, _frame: seen.append(signal.Signals(n).name))
+print("ready", flush=True)
+sys.stdin.readline()  # both signals are sent while they are blocked, so both stay pending
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
+print(",".join(sorted(seen)), flush=True)
+"""
+
+
+def test_stop_now_reaches_a_worker_that_has_not_yet_taken_the_first_signal() -> None:
+    # Two pending SIGTERMs merge into one; the supervisor's second signal must be another one.
+    from swarrow.pool import _Worker
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_SIGNALS], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().strip() == "ready"
+        worker = _Worker(object(), child, 0)  # type: ignore[arg-type]
+        worker.terminate()  # drain
+        worker.terminate()  # now
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "SIGINT,SIGTERM"
+        assert child.wait(timeout=10) == 0
+    finally:
+        child.kill()
+        child.wait()
