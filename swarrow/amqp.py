@@ -579,6 +579,10 @@ class AmqpMessageProvider:
 
     def _take(self, d: Any, p: Any, body: bytes, channel: aiormq.abc.AbstractChannel) -> None:
         """Buffer one delivery as a `Message` and wake one waiting worker."""
+        if d.consumer_tag not in self._live_tags:
+            # Read from a channel that has closed since: its ack could not reach the broker, which
+            # redelivers it, so processing it now would only make a duplicate.
+            return
         tag = d.delivery_tag
         if self._coalesce and channel is self._underlay:
             self._tracker.delivered(tag)

@@ -330,3 +330,13 @@ def test_the_consumer_channel_frame_queue_is_unbounded_only_when_it_is_an_asynci
     for _ in range(50):  # more than aiormq's cap of 10: puts no longer wait for the channel's reader
         channel.frames.put_nowait(object())
     assert not _let_reader_run_ahead(object())  # type: ignore[arg-type]  # another aiormq: left alone
+
+
+@pytest.mark.anyio
+async def test_a_delivery_read_after_its_channel_closed_is_not_buffered() -> None:
+    provider, channel = await _provider()
+    assert provider._consumer_tag is not None
+    deliver = Basic.Deliver("swarrow.q.from-a-dead-channel", 1, False, "", "q")
+    provider._take(deliver, Basic.Properties(message_id="late"), b"x", channel)  # type: ignore[arg-type]
+    assert provider.receive_nowait() is None  # the broker redelivers it: processing it would duplicate it
+    assert [m.message_id for m in _deliver(provider, channel, 1)] == ["m1"]
