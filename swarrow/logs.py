@@ -60,7 +60,8 @@ def _after_fork() -> None:
     _fork_generation += 1
 
 
-os.register_at_fork(after_in_child=_after_fork)
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 class RecordTemplate:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator
 
@@ -237,3 +238,22 @@ def test_text_formatter_with_a_worker_tag_matches_the_standard_one() -> None:
     record = logging.LogRecord("x.y", logging.WARNING, __file__, 0, "hello %s", ("world",), None)
     standard = logging.Formatter("%(asctime)s %(levelname)s [worker 3] %(name)s: %(message)s")
     assert TextFormatter(worker=3).format(record) == standard.format(record)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_record_template_records_the_pid_of_a_forked_child() -> None:
+    logger = logging.getLogger("tests.template")
+    template = _template(logger)
+    assert template.make(("parent", 0.1)).process == os.getpid()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report what a record made here says, then leave without cleanup
+        try:
+            os.write(write, str(template.make(("child", 0.1)).process).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        reported = pipe.read()
+    os.waitpid(pid, 0)
+    assert reported == str(pid)
