@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
-from swarrow.control import ConsumerControl
+from swarrow.control import current_control
 from swarrow.message import Message
 from swarrow.processor import Processor
 from swarrow.validation import require_int
@@ -28,16 +26,6 @@ class MaxMessagesProcessor:
         self.inner = inner
         self.limit = require_int("limit", limit)
         self.count = 0
-        self._control: ConsumerControl | None = None
-
-    @asynccontextmanager
-    async def lifespan(self, control: ConsumerControl) -> AsyncIterator[None]:
-        """Keep the stop handle for this run."""
-        self._control = control
-        try:
-            yield
-        finally:
-            self._control = None
 
     async def __call__(self, message: Message, /) -> bool:
         keep_going = await self.inner(message)
@@ -51,6 +39,6 @@ class MaxMessagesProcessor:
                 self.limit,
                 extra={"queue": message.queue, "message_id": message.message_id},
             )
-            if self._control is not None:
-                self._control.stop("max_messages", f"processed {self.count} messages (limit {self.limit})")
+            if (control := current_control()) is not None:
+                control.stop("max_messages", f"processed {self.count} messages (limit {self.limit})")
         return False

@@ -9,7 +9,7 @@ from time import monotonic
 
 import anyio
 
-from swarrow.control import ConsumerControl
+from swarrow.control import ConsumerControl, current_control
 from swarrow.message import Message
 from swarrow.processor import Processor
 from swarrow.validation import require_seconds
@@ -30,22 +30,17 @@ class MaxRuntimeProcessor:
         self.inner = inner
         self.seconds = require_seconds("seconds", seconds)
         self._deadline = monotonic() + self.seconds
-        self._control: ConsumerControl | None = None
 
     @asynccontextmanager
     async def lifespan(self, control: ConsumerControl) -> AsyncIterator[None]:
         """Start the clock and watch the deadline while the consumer runs."""
-        self._control = control
         self._deadline = monotonic() + self.seconds
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._watch, control)
-                try:
-                    yield
-                finally:
-                    tg.cancel_scope.cancel()
-        finally:
-            self._control = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watch, control)
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
 
     async def _watch(self, control: ConsumerControl) -> None:
         await anyio.sleep(max(0.0, self._deadline - monotonic()))
@@ -63,5 +58,5 @@ class MaxRuntimeProcessor:
         keep_going = await self.inner(message)
         if monotonic() < self._deadline:
             return keep_going
-        self._stop(self._control)
+        self._stop(current_control())
         return False

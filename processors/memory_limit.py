@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from time import monotonic
 
 from processors._rss import RssReader
-from swarrow.control import ConsumerControl
+from swarrow.control import ConsumerControl, current_control
 from swarrow.message import Message
 from swarrow.processor import Processor
 from swarrow.validation import require_positive, require_seconds
@@ -39,17 +39,14 @@ class MemoryLimitProcessor:
         self.limit_bytes = int(megabytes * _MIB)
         self._reader = RssReader()
         self._read = self._reader.read
-        self._control: ConsumerControl | None = None
 
     @asynccontextmanager
     async def lifespan(self, control: ConsumerControl) -> AsyncIterator[None]:
-        """Open the RSS source in the consuming process and keep the stop handle."""
-        self._control = control
+        """Open the RSS source in the consuming process."""
         self._reader.open()
         try:
             yield
         finally:
-            self._control = None
             self._reader.close()
 
     async def __call__(self, message: Message, /) -> bool:
@@ -67,6 +64,6 @@ class MemoryLimitProcessor:
             detail,
             extra={"queue": message.queue, "message_id": message.message_id},
         )
-        if self._control is not None:
-            self._control.stop("memory_limit", detail)
+        if (control := current_control()) is not None:
+            control.stop("memory_limit", detail)
         return False

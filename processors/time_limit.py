@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import anyio
 
 from swarrow.callback import CallbackProcessor
-from swarrow.control import ConsumerControl
+from swarrow.control import current_control
 from swarrow.errors import TimeLimitExceeded
 from swarrow.message import Message
 from swarrow.processor import Processor
@@ -50,16 +48,6 @@ class TimeLimitProcessor:
         self.exit_on_timeout = exit_on_timeout
         self.in_thread = _runs_in_thread(inner)
         self.timeouts = 0
-        self._control: ConsumerControl | None = None
-
-    @asynccontextmanager
-    async def lifespan(self, control: ConsumerControl) -> AsyncIterator[None]:
-        """Keep the stop handle for `exit_on_timeout`."""
-        self._control = control
-        try:
-            yield
-        finally:
-            self._control = None
 
     async def __call__(self, message: Message, /) -> bool:
         try:
@@ -85,6 +73,6 @@ class TimeLimitProcessor:
             " (its sync callback could not be interrupted and finished late)" if late else "",
             extra={"queue": message.queue, "message_id": message.message_id},
         )
-        if self.exit_on_timeout and self._control is not None:
-            self._control.stop_now("time_limit", str(error))
+        if self.exit_on_timeout and (control := current_control()) is not None:
+            control.stop_now("time_limit", str(error))
         return error

@@ -3,7 +3,7 @@
 from swarrow.broker import DEFAULT_URL, Broker, QueueInfo, mask_url, open_broker
 from swarrow.callback import AsyncCallback, Callback, CallbackProcessor, SyncCallback
 from swarrow.consumer import Consumer
-from swarrow.control import ConsumerControl, StopReason
+from swarrow.control import ConsumerControl, StopReason, current_control
 from swarrow.errors import (
     BrokerUnavailableError,
     ConfigurationError,
@@ -57,6 +57,7 @@ __all__ = [
     "TimeLimitExceeded",
     "__version__",
     "consume",
+    "current_control",
     "mask_url",
     "open_broker",
     "run",

@@ -11,7 +11,7 @@ from typing import Any, TypeAlias
 import anyio
 import anyio.to_thread
 
-from swarrow.control import ConsumerControl
+from swarrow.control import ConsumerControl, current_control
 from swarrow.errors import StopConsumer
 from swarrow.message import Message
 
@@ -46,18 +46,13 @@ class CallbackProcessor:
         self.callback = callback
         self.is_async = _is_async(callback)
         self._limiter: anyio.CapacityLimiter | None = None
-        self._control: ConsumerControl | None = None
 
     @asynccontextmanager
     async def lifespan(self, control: ConsumerControl) -> AsyncIterator[None]:
-        """Size the thread limiter to the consumer's concurrency and keep the stop handle."""
-        self._control = control
+        """Size the thread limiter to the consumer's concurrency."""
         if not self.is_async:
             self._limiter = anyio.CapacityLimiter(max(1, control.concurrency))
-        try:
-            yield
-        finally:
-            self._control = None
+        yield
 
     async def __call__(self, message: Message, /) -> bool:
         try:
@@ -72,11 +67,11 @@ class CallbackProcessor:
                 if inspect.isawaitable(result):
                     result = await result
         except StopConsumer as stop:
-            if self._control is not None:
-                self._control.stop("callback", str(stop) or "the callback raised StopConsumer")
+            if (control := current_control()) is not None:
+                control.stop("callback", str(stop) or "the callback raised StopConsumer")
             return False
         if result is False:
-            if self._control is not None:
-                self._control.stop("callback", "the callback returned False")
+            if (control := current_control()) is not None:
+                control.stop("callback", "the callback returned False")
             return False
         return True

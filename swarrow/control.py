@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import anyio
 
-__all__ = ["ConsumerControl", "StopReason"]
+__all__ = ["ConsumerControl", "StopReason", "current_control"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +20,18 @@ class StopReason:
 
     def __str__(self) -> str:
         return f"{self.code}: {self.detail}" if self.detail else self.code
+
+
+_current: ContextVar[ConsumerControl | None] = ContextVar("swarrow_consumer_control", default=None)
+
+
+def current_control() -> ConsumerControl | None:
+    """The control of the run the calling task belongs to; None outside a stack's lifespan.
+
+    The stack's lifespan sets it, and the consumer's worker tasks start inside that lifespan, so a
+    processor that must stop the run calls this when it needs to instead of keeping the handle.
+    """
+    return _current.get()
 
 
 class ConsumerControl:

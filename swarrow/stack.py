@@ -7,7 +7,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Concatenate, Generic, ParamSpec
 
 from swarrow.callback import Callback, CallbackProcessor
-from swarrow.control import ConsumerControl
+from swarrow.control import ConsumerControl, _current
 from swarrow.processor import HasLifespan, Processor
 
 __all__ = ["BuiltStack", "Layer", "Stack"]
@@ -56,11 +56,15 @@ class BuiltStack:
     @asynccontextmanager
     async def lifespan(self, control: ConsumerControl) -> AsyncIterator[None]:
         """Enter every layer's lifespan outermost first; leave them innermost first, always."""
-        async with AsyncExitStack() as stack:
-            for processor in self.processors:
-                if isinstance(processor, HasLifespan):
-                    await stack.enter_async_context(processor.lifespan(control))
-            yield
+        token = _current.set(control)  # what `current_control()` returns inside this run
+        try:
+            async with AsyncExitStack() as stack:
+                for processor in self.processors:
+                    if isinstance(processor, HasLifespan):
+                        await stack.enter_async_context(processor.lifespan(control))
+                yield
+        finally:
+            _current.reset(token)
 
 
 class Stack:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import anyio
 import pytest
 
 from swarrow import Layer, Message, Processor, Stack, mask_url
@@ -90,3 +91,22 @@ def test_bad_layers_are_refused() -> None:
 )
 def test_mask_url_hides_passwords(url: str, masked: str) -> None:
     assert mask_url(url) == masked
+
+
+async def test_current_control_is_the_runs_inside_the_stack_lifespan_and_none_outside() -> None:
+    from swarrow import ConsumerControl, current_control
+
+    seen: list[object] = []
+
+    async def handle(message: Message) -> None:
+        seen.append(current_control())
+
+    built = Stack(callback=handle).build()
+    control = ConsumerControl(queue_name="q", concurrency=1)
+    assert current_control() is None
+    async with built.lifespan(control):
+        await built.processor(Message(b"x"))
+        async with anyio.create_task_group() as tg:  # tasks started in the run (the workers) see it too
+            tg.start_soon(built.processor, Message(b"y"))
+    assert seen == [control, control]
+    assert current_control() is None
