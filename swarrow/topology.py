@@ -8,6 +8,7 @@ Quorum queues (RabbitMQ >= 3.10) support `x-message-ttl`, so the same layout wor
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ __all__ = [
     "ERROR_TYPE_HEADER",
     "FAILED_AT_HEADER",
     "MAX_ERROR_MESSAGE",
+    "ORIGINAL_EXPIRATION_HEADER",
     "ORIGINAL_QUEUE_HEADER",
     "RETRY_ATTEMPT_HEADER",
     "RetryTopology",
@@ -41,6 +43,8 @@ ERROR_MESSAGE_HEADER: Final = "x-swarrow-error-message"
 ATTEMPTS_HEADER: Final = "x-swarrow-attempts"
 FAILED_AT_HEADER: Final = "x-swarrow-failed-at"
 ORIGINAL_QUEUE_HEADER: Final = "x-swarrow-original-queue"
+# The producer's `expiration` (its TTL for waiting in Q), kept on a copy that must not expire with it.
+ORIGINAL_EXPIRATION_HEADER: Final = "x-swarrow-original-expiration"
 MAX_ERROR_MESSAGE: Final = 1000
 # Broker-managed headers that would lie on a fresh copy (a quorum queue only sets it when > 0).
 _STALE_ON_COPY: Final = frozenset({"x-delivery-count"})
@@ -93,10 +97,29 @@ def dead_letter_headers(error_type: str, error_message: str, *, attempts: int, q
 
 
 def republish_copy(message: Message, headers: Mapping[str, Any]) -> Message:
-    """A copy for republishing with `headers` merged in, minus broker-managed counts that would go stale."""
+    """A retry or dead-letter copy: `headers` merged in, minus what must not follow the message there.
+
+    Dropped: broker-managed counts that would go stale; `expiration`, the producer's TTL for waiting
+    in Q, which would expire a dead copy in `Q.dead` and cut a retry delay short (kept in
+    `x-swarrow-original-expiration`); `user_id`, which RabbitMQ refuses (406, channel closed) unless
+    it names the publishing connection's own user.
+    """
     merged = {k: v for k, v in message.headers.items() if k not in _STALE_ON_COPY}
+    if message.expiration is not None:
+        merged[ORIGINAL_EXPIRATION_HEADER] = message.expiration
     merged.update(headers)
-    return message.for_publishing().replace(headers=merged)
+    return dataclasses.replace(
+        message,
+        headers=merged,
+        expiration=None,
+        user_id=None,
+        delivery_tag=None,
+        consumer_tag=None,
+        redelivered=False,
+        exchange="",
+        routing_key="",
+        queue="",
+    )
 
 
 class RetryTopology:

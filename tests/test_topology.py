@@ -5,12 +5,14 @@ import pytest
 
 from swarrow import ConfigurationError, MemoryBroker, Message
 from swarrow.topology import (
+    ORIGINAL_EXPIRATION_HEADER,
     RetryTopology,
     dead_letter_headers,
     dead_letter_queue_name,
     exponential_delays,
     header_count,
     qualified_name,
+    republish_copy,
     retry_queue_name,
 )
 
@@ -80,3 +82,23 @@ def test_header_count_and_names() -> None:
     headers = dead_letter_headers("T", "m" * 2000, attempts=4, queue="q")
     assert len(headers["x-swarrow-error-message"]) == 1000
     assert headers["x-swarrow-attempts"] == 4 and headers["x-swarrow-original-queue"] == "q"
+
+
+def test_republish_copy_drops_the_producers_ttl_and_user_id() -> None:
+    delivered = Message(
+        b"x",
+        headers={"a": 1, "x-delivery-count": 3},
+        expiration="3000",
+        user_id="producer",
+        message_id="m",
+        delivery_tag=4,
+        queue="q",
+    )
+    copy = republish_copy(delivered, {"b": 2})
+    assert copy.expiration is None and copy.user_id is None
+    assert copy.headers == {"a": 1, "b": 2, ORIGINAL_EXPIRATION_HEADER: "3000"}
+    assert (copy.message_id, copy.delivery_tag, copy.queue) == ("m", None, "")
+    # A copy of a copy keeps the first original's TTL in the header.
+    again = republish_copy(copy.replace(queue="q"), {})
+    assert again.headers[ORIGINAL_EXPIRATION_HEADER] == "3000" and again.expiration is None
+    assert republish_copy(Message(b""), {}).headers == {}
