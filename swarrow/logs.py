@@ -19,6 +19,7 @@ __all__ = [
     "RecordTemplate",
     "TextFormatter",
     "configure_logging",
+    "escape_control",
 ]
 
 # The `extra` fields swarrow's own log calls use, emitted first and in this order.
@@ -43,6 +44,33 @@ _TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # The millisecond part of a timestamp, formatted once: a table lookup instead of a format per record.
 _MILLISECONDS: Final = tuple(f",{ms:03d}" for ms in range(1000))
 _ISO_MILLISECONDS: Final = tuple(f".{ms:03d}+00:00" for ms in range(1000))
+
+
+# Characters that could forge a line or fool a terminal: C0 and C1 controls, DEL, Unicode line and
+# paragraph separators, and the bidirectional overrides ("Trojan Source").
+_UNSAFE: Final = (
+    *range(0x20),
+    0x7F,
+    *range(0x80, 0xA0),
+    0x200E,
+    0x200F,
+    0x2028,
+    0x2029,
+    *range(0x202A, 0x202F),
+    *range(0x2066, 0x206A),
+)
+_NAMED: Final = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_TEXT_ESCAPES: Final = {
+    code: _NAMED.get(chr(code), f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}") for code in _UNSAFE
+}
+# In JSON, `json` escapes what is below 0x20; the rest of the set, kept raw with ensure_ascii=False,
+# would still split a line for `str.splitlines` and many collectors: written as JSON escapes (lossless).
+_JSON_ESCAPES: Final = {code: f"\\u{code:04x}" for code in _UNSAFE if code > 0x7F}
+
+
+def escape_control(text: str) -> str:
+    r"""`text` with control, line-breaking and bidi characters written as `\n`, `\x1b`, `\u2028`: inert."""
+    return text if text.isprintable() else text.translate(_TEXT_ESCAPES)
 
 
 _TASK_NAMES: Final = sys.version_info >= (3, 12)
@@ -190,13 +218,17 @@ class JsonFormatter(logging.Formatter):
             entry["exc_info"] = self.formatException(record.exc_info)
         if record.stack_info:
             entry["stack_info"] = self.formatStack(record.stack_info)
-        return self._encode(entry)
+        line: str = self._encode(entry)
+        return line if line.isascii() else line.translate(_JSON_ESCAPES)
 
 
 class TextFormatter(logging.Formatter):
-    """The text format, with the timestamp's date-and-second part formatted once per second.
+    """The text format, one line per record whatever a producer put in a message id, key or error.
 
-    `strftime` per record was a third of formatting a per-message line.
+    Control, line-breaking and bidi characters in the line are escaped (`escape_control`); a
+    traceback or stack follows on lines indented by two spaces, so only a real record starts at
+    column 0. The timestamp's date-and-second part is formatted once per second (`strftime` per
+    record was a third of formatting a per-message line).
     """
 
     def __init__(self, *, worker: int | None = None) -> None:
@@ -207,6 +239,7 @@ class TextFormatter(logging.Formatter):
         self._tag = "" if worker is None else f"[worker {worker}] "
         self._second = -1
         self._prefix = ""
+        self._middles: dict[tuple[str, str], str] = {}
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         second = int(record.created)
@@ -216,13 +249,29 @@ class TextFormatter(logging.Formatter):
         return self._prefix + _MILLISECONDS[int(record.msecs)]
 
     def format(self, record: logging.LogRecord) -> str:
-        # The common case in one step, as `Formatter.format` would render it; tracebacks take its path.
-        if record.exc_info or record.exc_text or record.stack_info:
-            return super().format(record)
-        record.message = record.getMessage()
+        message = record.message = record.getMessage()
         record.asctime = self.formatTime(record)
+        key = (record.levelname, record.name)
+        middle = self._middles.get(key)
+        if middle is None:  # the escaped "LEVEL [worker n] name: " part, once per logger and level
+            middle = self._middles[key] = escape_control(f" {record.levelname} {self._tag}{record.name}: ")
+        if not message.isprintable():  # one C-speed scan in the common, clean case
+            message = message.translate(_TEXT_ESCAPES)
         # `_TEXT_FORMAT` spelled as an f-string: half the cost of `%` over the record's dict.
-        return f"{record.asctime} {record.levelname} {self._tag}{record.name}: {record.message}"
+        line = f"{record.asctime}{middle}{message}"
+        if record.exc_info or record.exc_text or record.stack_info:
+            line += self._indented_details(record)
+        return line
+
+    def _indented_details(self, record: logging.LogRecord) -> str:
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)  # cached, as Formatter.format does
+        details = [
+            text
+            for text in (record.exc_text, record.stack_info and self.formatStack(record.stack_info))
+            if text
+        ]
+        return "".join("\n  " + escape_control(line) for text in details for line in text.split("\n"))
 
 
 class _WorkerTag(logging.Filter):

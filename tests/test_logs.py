@@ -155,7 +155,7 @@ def test_pool_workers_tag_their_lines_in_text_and_json() -> None:
             assert "[worker 2] tests.worker: hello" in line
 
 
-def test_text_formatter_renders_tracebacks_like_the_standard_one() -> None:
+def test_text_formatter_renders_tracebacks_like_the_standard_one_indented() -> None:
     try:
         raise ValueError("boom")
     except ValueError:
@@ -164,8 +164,9 @@ def test_text_formatter_renders_tracebacks_like_the_standard_one() -> None:
         record = logging.LogRecord("x", logging.ERROR, __file__, 0, "failed %s", ("job",), sys.exc_info())
     standard = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     rendered = TextFormatter().format(record)
-    assert rendered == standard.format(record)
-    assert "ValueError: boom" in rendered
+    first, *rest = standard.format(record).split("\n")
+    assert rendered == "\n".join([first, *("  " + line for line in rest)])
+    assert "\n  ValueError: boom" in rendered
 
 
 def test_json_time_is_iso_utc_with_milliseconds() -> None:
@@ -257,3 +258,113 @@ def test_record_template_records_the_pid_of_a_forked_child() -> None:
         reported = pipe.read()
     os.waitpid(pid, 0)
     assert reported == str(pid)
+
+
+# --- producer-controlled text cannot forge a log line (hardening item 10) -----------------------------------
+
+_FORGED = "m-1\n2026-01-01 00:00:00,000 INFO swarrow.consumer: forged line"
+
+
+def _text_lines(record: logging.LogRecord, *, worker: int | None = None) -> list[str]:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(TextFormatter(worker=worker))
+    handler.handle(record)
+    return stream.getvalue().splitlines()
+
+
+@pytest.mark.parametrize("worker", [None, 1])
+def test_text_formatter_escapes_a_newline_in_a_message_id(worker: int | None) -> None:
+    record = logging.LogRecord(
+        "processors.logger", logging.INFO, __file__, 0, "message %s from %s", (_FORGED, "q"), None
+    )
+    lines = _text_lines(record, worker=worker)
+    assert len(lines) == 1, lines
+    assert "m-1\\n2026-01-01 00:00:00,000 INFO swarrow.consumer: forged line from q" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("raw", "escaped"),
+    [
+        ("a\rb", "a\\rb"),
+        ("a\tb", "a\\tb"),
+        ("a\x1b[31mred", "a\\x1b[31mred"),
+        ("a\x00b\x7fc", "a\\x00b\\x7fc"),
+        ("a\x85b", "a\\x85b"),
+        ("a\u2028b\u2029c", "a\\u2028b\\u2029c"),
+        ("a\x0bb\x0cc\x1cd", "a\\x0bb\\x0cc\\x1cd"),
+        ("admin\u202etxt.exe", "admin\\u202etxt.exe"),
+        ("plain é ü 日本 ok", "plain é ü 日本 ok"),
+    ],
+)
+def test_text_formatter_escapes_every_control_and_line_breaking_character(raw: str, escaped: str) -> None:
+    record = logging.LogRecord("x", logging.WARNING, __file__, 0, "key=%s", (raw,), None)
+    rendered = TextFormatter().format(record)
+    assert rendered.endswith(f"WARNING x: key={escaped}")
+    assert len(rendered.splitlines()) == 1
+
+
+def test_text_formatter_escapes_the_logger_name_and_a_custom_level_name() -> None:
+    record = logging.LogRecord("evil\nname", logging.INFO, __file__, 0, "hi", (), None)
+    record.levelname = "IN\rFO"
+    assert TextFormatter().format(record).endswith(" IN\\rFO evil\\nname: hi")
+
+
+def test_a_traceback_in_text_logs_cannot_start_a_line_of_its_own() -> None:
+    try:
+        raise ValueError(_FORGED)
+    except ValueError:
+        import sys
+
+        record = logging.LogRecord("x", logging.ERROR, __file__, 0, "failed %s", (_FORGED,), sys.exc_info())
+    lines = _text_lines(record)
+    assert lines[0].endswith(
+        "ERROR x: failed m-1\\n2026-01-01 00:00:00,000 INFO swarrow.consumer: forged line"
+    )
+    # Every further line of the record (the traceback) is indented: only a real record starts at column 0.
+    assert len(lines) > 2 and all(line.startswith("  ") for line in lines[1:])
+    assert "  Traceback (most recent call last):" in lines
+    assert (
+        "  ValueError: m-1" in lines
+        and "  2026-01-01 00:00:00,000 INFO swarrow.consumer: forged line" in lines
+    )
+
+
+def test_a_stack_info_in_text_logs_is_indented_too() -> None:
+    record = logging.LogRecord(
+        "x", logging.INFO, __file__, 0, "here", (), None, sinfo="Stack (most recent call last):\n  a\x1bb"
+    )
+    lines = _text_lines(record)
+    assert lines[1:] == ["  Stack (most recent call last):", "    a\\x1bb"]
+
+
+def test_json_lines_stay_one_line_and_lossless_whatever_a_producer_sends() -> None:
+    nasty = _FORGED + "\r\x1b\x85\u2028\u2029\u202e end"
+    record = _record(message_id=nasty, routing_key=nasty, error="x\ny")
+    record.msg, record.args = "failed %s", (nasty,)
+    line = JsonFormatter().format(record)
+    assert len(line.splitlines()) == 1 and "\n" not in line
+    entry = json.loads(line)
+    assert (
+        entry["message_id"] == nasty
+        and entry["routing_key"] == nasty
+        and entry["message"] == f"failed {nasty}"
+    )
+
+
+def test_the_logger_processor_line_of_a_forged_message_id_is_one_line(restore_root: None) -> None:
+    import anyio
+
+    from processors.logger import LoggerProcessor
+    from swarrow.message import Message
+
+    async def ok(message: Message, /) -> bool:
+        return True
+
+    stream = io.StringIO()
+    handler = configure_logging("INFO", "text", stream)
+    anyio.run(LoggerProcessor(ok), Message(b"x", message_id=_FORGED, queue="q", routing_key="r\nk"))
+    handler.flush()
+    lines = [line for line in stream.getvalue().splitlines() if "processors.logger" in line]
+    assert len(stream.getvalue().splitlines()) == 1 and len(lines) == 1
+    assert "m-1\\n2026-01-01" in lines[0]
