@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from processors.retry import RepublishFailed
+from processors._republish import RepublishState, publish_copy
 from swarrow.message import Message
 from swarrow.outcome import DEAD_LETTERED, record_outcome
 from swarrow.processor import Processor
@@ -16,7 +16,7 @@ from swarrow.topology import (
     header_count,
     republish_copy,
 )
-from swarrow.validation import require_int
+from swarrow.validation import require_int, require_seconds
 
 __all__ = ["DeliveryLimitProcessor", "count_deliveries"]
 
@@ -59,13 +59,26 @@ class DeliveryLimitProcessor:
     The copy goes to `Q.dead` with the error headers (type `swarrow.DeliveryLimitExceeded`) once the
     publisher confirmed it; the outer ack then acks the original. Place it inside ack and outside
     retry, with `max_deliveries` above the retry attempts + 1 so that retries run their course.
+    A refused copy holds the message as `RetryProcessor` does (`republish_hold`).
     """
 
-    def __init__(self, inner: Processor, /, *, publisher: Publisher, max_deliveries: int) -> None:
+    def __init__(
+        self,
+        inner: Processor,
+        /,
+        *,
+        publisher: Publisher,
+        max_deliveries: int,
+        republish_hold: float | None = None,
+    ) -> None:
         require_int("max_deliveries", max_deliveries)
+        if republish_hold is not None:
+            require_seconds("republish_hold", republish_hold, allow_zero=True)
         self.inner = inner
         self.publisher = publisher
         self.max_deliveries = max_deliveries
+        self.republish_hold = republish_hold
+        self.republish = RepublishState()
 
     async def __call__(self, message: Message, /) -> bool:
         deliveries = count_deliveries(message)
@@ -80,14 +93,10 @@ class DeliveryLimitProcessor:
         headers = dead_letter_headers(ERROR_TYPE, reason, attempts=deliveries, queue=message.queue)
         queue = dead_letter_queue_name(message.queue)
         extra = {"queue": message.queue, "message_id": message.message_id, "attempt": deliveries}
-        try:
-            await self.publisher.publish(republish_copy(message, headers), queue)
-        except Exception as exc:
-            logger.error("dead-lettering poison message %s to %s failed (%s); requeueing it",
-                         message.message_id, queue, exc, extra=extra)  # fmt: skip
-            raise RepublishFailed(
-                f"copy of {message.message_id!r} to {queue!r} not confirmed: {exc}"
-            ) from exc
+        copy = republish_copy(message, headers)
+        await publish_copy(
+            self.publisher, message, copy, queue, state=self.republish, hold=self.republish_hold
+        )
         record_outcome(DEAD_LETTERED)
         logger.error("poison message %s dead-lettered to %s: %s", message.message_id, queue, reason,
                      extra={**extra, "error_type": ERROR_TYPE})  # fmt: skip

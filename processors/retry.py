@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from swarrow.errors import ConfigurationError, PermanentError, RetryLater, StopConsumer, SwarrowError
+from processors._republish import RepublishFailed, RepublishState, publish_copy
+from swarrow.errors import ConfigurationError, PermanentError, RetryLater, StopConsumer
 from swarrow.message import Message
 from swarrow.outcome import DEAD_LETTERED, RETRIED, record_outcome
 from swarrow.processor import Processor
@@ -33,12 +34,6 @@ def _require_exception_types(name: str, value: object) -> None:
         raise ValueError(f"{name} must be a tuple of exception classes, got {value!r}")
 
 
-class RepublishFailed(SwarrowError):
-    """Raised when a retry or dead-letter copy was not confirmed; `requeue` makes AckProcessor requeue."""
-
-    requeue = True
-
-
 class RetryProcessor:
     """On failure, publish a copy to `Q.retry.k` (the broker delays it); the outer ack acks the original.
 
@@ -47,8 +42,10 @@ class RetryProcessor:
     exception outside `retry_on`: a copy with error headers goes to `Q.dead` (dead_letter=True), or
     the exception is re-raised so the outer ack rejects it to the broker's DLX (dead_letter=False).
     `RetryLater(delay)` goes through the retry queue nearest its delay without spending an attempt.
-    The copy is always confirmed before the original is acked; if publishing fails, `RepublishFailed`
-    makes the outer ack requeue the original. Declare the queues with `topology(queue).declare(broker)`.
+    The copy is always confirmed before the original is acked. While the broker refuses the copy, the
+    original is held unacked and the copy published again with backoff (0.2 s doubling to 5 s), never
+    re-running the callback; after `republish_hold` seconds (None: never) `RepublishFailed` makes the
+    outer ack requeue it. Declare the queues with `topology(queue).declare(broker)`.
     """
 
     def __init__(
@@ -63,8 +60,11 @@ class RetryProcessor:
         retry_on: tuple[type[Exception], ...] = (Exception,),
         give_up_on: tuple[type[Exception], ...] = (),
         quorum: bool = False,
+        republish_hold: float | None = None,
     ) -> None:
         require_int("attempts", attempts)
+        if republish_hold is not None:
+            require_seconds("republish_hold", republish_hold, allow_zero=True)
         delays = exponential_delays(attempts) if delays is None else tuple(delays)
         if len(delays) != attempts:
             raise ValueError(f"delays must hold one delay per attempt ({attempts}), got {list(delays)!r}")
@@ -81,6 +81,8 @@ class RetryProcessor:
         self.give_up_on = give_up_on
         self._give_up: tuple[type[Exception], ...] = (PermanentError, *give_up_on)
         self.quorum = quorum
+        self.republish_hold = republish_hold
+        self.republish = RepublishState()
 
     def topology(self, queue: str) -> RetryTopology:
         """The queues this processor publishes to for `queue`, ready to `declare(broker)`."""
@@ -135,12 +137,6 @@ class RetryProcessor:
     async def _publish(self, original: Message, copy: Message, queue: str) -> None:
         if not original.queue:
             raise ConfigurationError("cannot retry a message without a queue name (message.queue is empty)")
-        try:
-            await self.publisher.publish(copy, queue)
-        except Exception as exc:
-            logger.error("republishing message %s to %s failed (%s); requeueing the original",
-                         original.message_id, queue, exc,
-                         extra={"queue": original.queue, "message_id": original.message_id})  # fmt: skip
-            raise RepublishFailed(
-                f"copy of {original.message_id!r} to {queue!r} not confirmed: {exc}"
-            ) from exc
+        await publish_copy(
+            self.publisher, original, copy, queue, state=self.republish, hold=self.republish_hold
+        )

@@ -21,13 +21,15 @@ pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 DELAYS = (0.2, 0.4)
 
 
-async def _consume_until(broker: AmqpBroker, queue: str, callback: Any, done: Callable[[], bool]) -> None:
+async def _consume_until(
+    broker: AmqpBroker, queue: str, callback: Any, done: Callable[[], bool], **retry: Any
+) -> None:
     provider = broker.provider(queue, prefetch=10)
     publisher = broker.publisher()
     stack = Stack(
         Layer(ExceptionCatcherProcessor),
         Layer(AckProcessor, provider=provider),
-        Layer(RetryProcessor, publisher=publisher, attempts=len(DELAYS), delays=DELAYS),
+        Layer(RetryProcessor, publisher=publisher, attempts=len(DELAYS), delays=DELAYS, **retry),
         callback=callback,
     )
     consumer = Consumer(provider, stack)
@@ -125,7 +127,9 @@ async def test_always_failing_message_lands_in_dead_with_headers(
     assert dead.headers["tenant"] == "t1"
 
 
-async def test_a_returned_retry_publish_loses_nothing(amqp_broker: AmqpBroker, queue_name: str) -> None:
+async def test_a_returned_retry_publish_requeues_once_the_hold_is_over(
+    amqp_broker: AmqpBroker, queue_name: str
+) -> None:
     topology = RetryTopology(queue_name, DELAYS)
     await topology.declare(amqp_broker)
     publisher = amqp_broker.publisher()
@@ -145,7 +149,7 @@ async def test_a_returned_retry_publish_loses_nothing(amqp_broker: AmqpBroker, q
             raise ConnectionError("second")
         succeeded.append(message)
 
-    await _consume_until(amqp_broker, queue_name, callback, lambda: bool(succeeded))
+    await _consume_until(amqp_broker, queue_name, callback, lambda: bool(succeeded), republish_hold=0)
     assert len(calls) == 3
     assert calls[1].redelivered is True  # the original was requeued, not acked or dropped
     assert calls[1].headers.get(RETRY_ATTEMPT_HEADER) is None

@@ -5,9 +5,9 @@ from typing import Any
 
 import pytest
 
+from processors._republish import RepublishFailed
 from processors.ack import AckProcessor
 from processors.delivery_limit import DeliveryLimitProcessor, count_deliveries
-from processors.retry import RepublishFailed
 from swarrow import MemoryBroker, Message
 from swarrow.outcome import get_outcome, reset_outcome
 
@@ -99,11 +99,15 @@ async def test_quorum_requeue_loop_ends_in_dead_letter_queue(memory_broker: Memo
     assert provider.unsettled_count == 0
 
 
-async def test_a_failed_dead_letter_publish_requeues(memory_broker: MemoryBroker) -> None:
+async def test_a_failed_dead_letter_publish_requeues_once_the_hold_is_over(
+    memory_broker: MemoryBroker,
+) -> None:
     async def callback(message: Message) -> bool:
         return True
 
-    guard = DeliveryLimitProcessor(callback, publisher=memory_broker.publisher(), max_deliveries=1)
+    guard = DeliveryLimitProcessor(
+        callback, publisher=memory_broker.publisher(), max_deliveries=1, republish_hold=0
+    )
     with pytest.raises(RepublishFailed):  # no Q.dead: the mandatory publish is unroutable
         await guard(Message(queue=Q, redelivered=True))
 

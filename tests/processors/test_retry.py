@@ -222,8 +222,10 @@ async def test_stale_delivery_count_is_not_copied(memory_broker: MemoryBroker) -
     assert "x-delivery-count" not in copy.headers and copy.headers["keep"] == "me"
 
 
-async def test_a_failed_republish_raises_republish_failed(memory_broker: MemoryBroker) -> None:
-    retry = _retry(memory_broker, _raising(Boom("first")))
+async def test_a_failed_republish_raises_republish_failed_once_the_hold_is_over(
+    memory_broker: MemoryBroker,
+) -> None:
+    retry = _retry(memory_broker, _raising(Boom("first")), republish_hold=0)
     memory_broker.fail_next_publishes(1)
     with pytest.raises(RepublishFailed) as caught:
         await retry(Message(b"", queue=Q))
@@ -241,15 +243,14 @@ async def test_a_publisher_nack_during_retry_loses_nothing(memory_broker: Memory
 
     async def callback(message: Message) -> None:
         calls.append(message)
-        if len(calls) <= 2:
+        if len(calls) <= 1:
             raise Boom()
         done.append(message)
 
     await _consume_until(memory_broker, delays, callback, lambda: bool(done))
-    # call 1: the retry copy is nacked -> original requeued (redelivered); call 2: retried; call 3: ok
-    assert len(calls) == 3
-    assert calls[1].redelivered is True
-    assert calls[2].headers.get(RETRY_ATTEMPT_HEADER) == 1
+    # call 1: the retry copy is nacked -> original held, copy published again; call 2: the retry, ok
+    assert len(calls) == 2
+    assert calls[1].headers.get(RETRY_ATTEMPT_HEADER) == 1 and not calls[1].redelivered
     assert done[0].body == b"keep"
     assert memory_broker.message_count(Q) == 0
     assert memory_broker.message_count(f"{Q}.dead") == 0
@@ -269,3 +270,35 @@ def test_default_delays_are_exponential() -> None:
     retry = RetryProcessor(_never, publisher=MemoryBroker().publisher(), attempts=4)
     assert retry.delays == (1.0, 2.0, 4.0, 8.0)
     assert retry.topology(Q).delays == retry.delays
+
+
+async def test_a_refused_copy_holds_the_original_and_is_published_again(memory_broker: MemoryBroker) -> None:
+    calls: list[Message] = []
+
+    async def callback(message: Message) -> bool:
+        calls.append(message)
+        raise Boom("fails")
+
+    retry = _retry(memory_broker, callback)
+    retry.republish.first_backoff = 0.01
+    memory_broker.fail_next_publishes(3)
+    reset_outcome()
+    assert await retry(Message(b"", message_id="m", queue=Q)) is True
+    assert len(calls) == 1  # the callback is not run again while the copy is refused
+    assert get_outcome() == "retried"
+    assert memory_broker.message_count(f"{Q}.retry.1") == 1
+    assert retry.republish.failures == 3 and retry.republish.held == 0
+    assert "retry.1" in retry.republish.last_error
+
+
+async def test_a_held_original_is_left_unsettled_when_cancelled(memory_broker: MemoryBroker) -> None:
+    retry = _retry(memory_broker, _raising(Boom("fails")))
+    memory_broker.fail_next_publishes(1000)
+    with anyio.move_on_after(0.3):
+        await retry(Message(b"", queue=Q))
+    assert retry.republish.held == 0 and retry.republish.failures >= 1
+
+
+def test_rejects_a_negative_republish_hold(memory_broker: MemoryBroker) -> None:
+    with pytest.raises(ValueError, match="republish_hold"):
+        RetryProcessor(_never, publisher=memory_broker.publisher(), republish_hold=-1)

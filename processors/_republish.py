@@ -1,0 +1,92 @@
+"""Publish a retry or dead-letter copy, holding the original while the broker refuses the copy.
+
+A refused copy (unroutable, nacked, a full `reject-publish` queue, a dead channel) used to requeue
+the original at once: the callback ran again thousands of times a second, and each requeue counted
+toward a quorum queue's `x-delivery-limit`, which then dropped the message. Now the original stays
+unsettled in its slot and only the copy is published again, with backoff, until it is confirmed
+(the original is then acked as usual), the hold runs out (the original is requeued) or the consumer
+stops (the original is left unsettled: the broker redelivers it once).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import anyio
+
+from swarrow.errors import SwarrowError
+from swarrow.message import Message
+from swarrow.publisher import Publisher
+
+__all__ = ["RepublishFailed", "RepublishState", "publish_copy"]
+
+logger = logging.getLogger(__name__)
+
+
+class RepublishFailed(SwarrowError):
+    """Raised when a retry or dead-letter copy was not confirmed in time; `requeue` makes ack requeue."""
+
+    requeue = True
+
+
+class RepublishState:
+    """One layer's refused copies: a running count (metrics) and the originals held right now (readiness)."""
+
+    __slots__ = ("failures", "first_backoff", "held", "last_error", "max_backoff")
+
+    def __init__(self, *, first_backoff: float = 0.2, max_backoff: float = 5.0) -> None:
+        self.failures = 0
+        self.held = 0
+        self.last_error = ""
+        self.first_backoff = first_backoff
+        self.max_backoff = max_backoff
+
+
+async def publish_copy(
+    publisher: Publisher,
+    original: Message,
+    copy: Message,
+    queue: str,
+    *,
+    state: RepublishState,
+    hold: float | None,
+) -> None:
+    """Publish `copy` to `queue` until confirmed; `RepublishFailed` after `hold` seconds (None: never)."""
+    try:
+        await publisher.publish(copy, queue)
+        return
+    except Exception as exc:
+        error: Exception = exc
+    deadline = math.inf if hold is None else time.monotonic() + hold
+    delay = state.first_backoff
+    failures = 0
+    state.held += 1
+    extra = {"queue": original.queue, "message_id": original.message_id}
+    try:
+        while True:
+            failures += 1
+            state.failures += 1
+            state.last_error = f"copy to {queue!r} refused: {error}"
+            if time.monotonic() + delay > deadline:
+                logger.warning("copy of message %s to %s not confirmed (%s); requeueing the original",
+                               original.message_id, queue, error, extra=extra)  # fmt: skip
+                raise RepublishFailed(
+                    f"copy of {original.message_id!r} to {queue!r} not confirmed: {error}"
+                ) from error
+            logger.warning("copy of message %s to %s not confirmed (%s); the original is held unacked, "
+                           "publishing the copy again in %.1f s (failure %d)",
+                           original.message_id, queue, error, delay, failures, extra=extra)  # fmt: skip
+            await anyio.sleep(delay)
+            delay = min(delay * 2, state.max_backoff)
+            try:
+                await publisher.publish(copy, queue)
+            except Exception as exc:
+                error = exc
+                continue
+            logger.warning("copy of message %s to %s confirmed after %d refusal(s)",
+                           original.message_id, queue, failures, extra=extra)  # fmt: skip
+            return
+    finally:
+        state.held -= 1
