@@ -7,6 +7,7 @@ from swarrow.control import ConsumerControl, StopReason, current_control
 from swarrow.errors import (
     BrokerUnavailableError,
     ConfigurationError,
+    InvalidURLError,
     PermanentError,
     PublishError,
     RetryLater,
@@ -21,6 +22,7 @@ from swarrow.provider import MessageProvider
 from swarrow.publisher import Publisher
 from swarrow.runner import consume, run
 from swarrow.stack import BuiltStack, Layer, Stack
+from swarrow.urls import BrokerNode, BrokerURL, parse_url
 
 __version__ = "0.1.0"
 
@@ -28,6 +30,8 @@ __all__ = [
     "DEFAULT_URL",
     "AsyncCallback",
     "Broker",
+    "BrokerNode",
+    "BrokerURL",
     "BrokerUnavailableError",
     "BuiltStack",
     "Callback",
@@ -37,6 +41,7 @@ __all__ = [
     "ConsumerControl",
     "HasLifespan",
     "Headers",
+    "InvalidURLError",
     "Layer",
     "MemoryBroker",
     "MemoryMessageProvider",
@@ -60,5 +65,6 @@ __all__ = [
     "current_control",
     "mask_url",
     "open_broker",
+    "parse_url",
     "run",
 ]

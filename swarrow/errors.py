@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "BrokerUnavailableError",
     "ConfigurationError",
+    "InvalidURLError",
     "PermanentError",
     "PublishError",
     "RetryLater",
@@ -20,6 +21,10 @@ class SwarrowError(Exception):
 
 class ConfigurationError(SwarrowError):
     """Raised when options, topology or a URL cannot work as given (the message names the culprit)."""
+
+
+class InvalidURLError(ConfigurationError, ValueError):
+    """Raised when a broker URL cannot work: the message names scheme, host or port, the password masked."""
 
 
 class BrokerUnavailableError(SwarrowError):

@@ -37,6 +37,7 @@ SUBMODULE_API = {
     "runner",
     "topology",
     "units",
+    "urls",
     "validation",
 }
 

@@ -1,0 +1,200 @@
+from __future__ import annotations
+
+import pytest
+
+from swarrow.errors import ConfigurationError, InvalidURLError
+from swarrow.urls import BrokerNode, BrokerURL, mask_argv, mask_text, mask_url, parse_url
+
+# --- masking: every shape (hardening item 9) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("amqp://svc:s3cr/et@host/", "amqp://svc:***@host/"),
+        ("amqp://svc:s3cr#et@host/vh", "amqp://svc:***@host/vh"),
+        ("amqp://svc:s3cr?et@host:5672/", "amqp://svc:***@host:5672/"),
+        ("amqp://svc:a@b:c/d?e#f@h1,h2:5673/vh?heartbeat=5", "amqp://svc:***@h1,h2:5673/vh?heartbeat=5"),
+        ("amqp://svc:%2Fenc@host/", "amqp://svc:***@host/"),
+        ("amqp:/svc:one-slash@host/", "amqp:/svc:***@host/"),
+        ("amqp:svc:no-slash@host/", "amqp:***@host/"),
+        ("svc:no-scheme@host", "svc:***@host"),
+        ("bare-secret@host", "***@host"),
+        ("amqp://svc:p1@h1/,amqp://svc:p2@h2/", "amqp://svc:***@h2/"),
+        ("--url=amqp://svc:s3cr/et@host/", "--url=amqp://svc:***@host/"),
+        ("amqp://user-only@host/", "amqp://user-only@host/"),
+        ("amqp://host/", "amqp://host/"),
+        ("memory://x", "memory://x"),
+    ],
+)
+def test_mask_url_hides_the_password_whatever_the_shape(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+
+
+@pytest.mark.parametrize("secret", ["s3cr/et", "a#b", "x?y=z", "p@ss", "c:o:l", "sp ace"])
+def test_a_password_never_survives_masking(secret: str) -> None:
+    url = f"amqps://svc:{secret}@broker.example:5671/prod"
+    assert secret not in mask_url(url)
+    error = f"error: cannot reach '{url}' (timeout)"
+    if " " not in secret:  # in free text a URL ends at a blank: scrub() knows the password
+        assert secret not in mask_text(error)
+    assert secret not in parse_url(url).scrub(error)
+    assert all(secret not in arg for arg in mask_argv(["swarrow", "consume", "--url", url, f"--url={url}"]))
+    parsed = parse_url(url)
+    assert parsed.password == secret
+    for shown in (str(parsed), repr(parsed), parsed.masked, parsed.masked_node(parsed.nodes[0])):
+        assert secret not in shown and "***" in shown
+
+
+def test_mask_text_masks_every_url_in_a_message() -> None:
+    text = "tried amqp://a:one@h1:5672/ then amqps://b:two@h2/v and 'amqp://c:th/ree@h3/'; giving up"
+    masked = mask_text(text)
+    assert masked == "tried amqp://a:***@h1:5672/ then amqps://b:***@h2/v and 'amqp://c:***@h3/'; giving up"
+
+
+def test_scrub_removes_the_password_in_every_encoding_from_a_library_error() -> None:
+    parsed = parse_url("amqp://svc:s3cr/et@host/")
+    error = "auth failed for s3cr/et (s3cr%2Fet) at amqp://svc:s3cr%2Fet@host:5672/"
+    scrubbed = parsed.scrub(error)
+    assert "s3cr" not in scrubbed and "et@" not in scrubbed.replace("***@", "")
+
+
+def test_mask_argv_leaves_other_arguments_alone() -> None:
+    argv = ["python", "-m", "swarrow", "consume", "mod:fn", "--queue", "a@b", "--url", "amqp://u:p@h/"]
+    assert mask_argv(argv) == [*argv[:-1], "amqp://u:***@h/"]
+
+
+# --- parsing and checking once, up front (issue 23 item 1) ------------------------------------------------
+
+
+def test_parse_a_plain_url_with_defaults() -> None:
+    parsed = parse_url("amqp://guest:guest@127.0.0.1/")
+    assert parsed == BrokerURL("amqp", (BrokerNode("127.0.0.1", 5672),), "guest", "guest", "/", "")
+    assert parsed.node_urls() == ("amqp://guest:guest@127.0.0.1:5672/",)
+    assert parse_url("amqps://h").nodes == (BrokerNode("h", 5671),)
+    assert parse_url("amqp://h").username is None and parse_url("amqp://h").password is None
+    assert parse_url("  amqp://h:1/\n").nodes == (BrokerNode("h", 1),)
+
+
+def test_parse_percent_encoded_parts_and_the_vhost() -> None:
+    parsed = parse_url("amqp://us%40er:p%2F%3Fw@host:5673/my%2Fvhost?heartbeat=5&cafile=/c.pem")
+    assert (parsed.username, parsed.password, parsed.vhost) == ("us@er", "p/?w", "my/vhost")
+    assert parsed.query == "heartbeat=5&cafile=/c.pem"
+    assert parsed.node_urls() == ("amqp://us%40er:p%2F%3Fw@host:5673/my%2Fvhost?heartbeat=5&cafile=/c.pem",)
+    assert parse_url("amqp://h/%2F").vhost == "/"
+    assert parse_url("amqp://h/").vhost == "/" and parse_url("amqp://h").vhost == "/"
+
+
+def test_an_unencoded_password_is_taken_whole_and_reencoded_for_the_client() -> None:
+    parsed = parse_url("amqp://svc:s3cr/et?x#y@host/vh")
+    assert parsed.password == "s3cr/et?x#y" and parsed.nodes == (BrokerNode("host", 5672),)
+    assert parsed.vhost == "vh"
+    assert parsed.node_url(parsed.nodes[0]) == "amqp://svc:s3cr%2Fet%3Fx%23y@host:5672/vh"
+
+
+def test_the_client_library_reads_back_what_was_parsed() -> None:
+    from aio_pika.connection import make_url
+
+    parsed = parse_url("amqp://svc:s3cr/et@local:5673/v%20h?heartbeat=5")
+    url = make_url(parsed.node_url(parsed.nodes[0]))
+    assert (url.user, url.password, url.host, url.port) == ("svc", "s3cr/et", "local", 5673)
+    assert url.path[1:] == "v h"
+    assert url.query["heartbeat"] == "5"
+
+
+def test_ipv6_nodes() -> None:
+    parsed = parse_url("amqp://u:p@[::1]:5673,[fe80::1]/")
+    assert parsed.nodes == (BrokerNode("::1", 5673), BrokerNode("fe80::1", 5672))
+    assert parsed.masked == "amqp://u:***@[::1]:5673,[fe80::1]:5672/"
+
+
+def test_memory_urls() -> None:
+    assert parse_url("memory://").is_memory and parse_url("memory://").name == ""
+    assert parse_url("memory://jobs").name == "jobs" and parse_url("memory://jobs").nodes == ()
+    assert str(parse_url("memory://jobs")) == "memory://jobs"
+
+
+@pytest.mark.parametrize(
+    ("url", "names"),
+    [
+        ("amqp:/user:pass@host/", "expected '//' after 'amqp:'"),
+        ("amqp://user:pass@host:99999/", "port 99999 of host 'host' is out of range (1-65535)"),
+        ("amqp://user:pass@host:0/", "port 0 of host 'host' is out of range"),
+        ("amqp://user:pass@host:notaport/", "port 'notaport' of host 'host' is not a number"),
+        ("amqp://user:pass@host:/", "empty port after host 'host'"),
+        ("http://user:pass@host/", "unsupported scheme 'http'"),
+        ("rabbitmq://user:pass@host/", "unsupported scheme 'rabbitmq'"),
+        ("localhost:5672", "no scheme"),
+        ("//user:pass@host/", "no scheme"),
+        ("", "it is empty"),
+        ("amqp://user:pass@/vhost", "no host"),
+        ("amqp://user:pass@:5672/", "no host before ':5672'"),
+        ("amqp://", "no host"),
+        ("amqp://user:pass@h1,,h3/", "empty host in the node list"),
+        ("amqp://user:pass@h1,/", "empty host in the node list"),
+        ("amqp://user:pass@ho st/", "host 'ho st' is not a valid host name"),
+        ("amqp://user:pass@[::1/", "unclosed '['"),
+        ("amqp://user:pass@[nothost]:1/", "is not an IPv6 address"),
+        ("amqp://user:pass@h1:5672,h1:5672/", "node h1:5672 is listed twice"),
+        ("amqp://user:pass@h1,h1:5672/", "node h1:5672 is listed twice"),
+    ],
+)
+def test_a_bad_url_is_one_clear_error_with_the_password_masked(url: str, names: str) -> None:
+    with pytest.raises(InvalidURLError) as caught:
+        parse_url(url)
+    message = str(caught.value)
+    assert names in message
+    assert "pass@" not in message and "\n" not in message
+    assert isinstance(caught.value, ConfigurationError)
+    assert isinstance(caught.value, ValueError)
+
+
+# --- several nodes for a cluster (issue 14) ----------------------------------------------------------------
+
+
+def test_a_cluster_url_lists_nodes_that_share_credentials_vhost_and_options() -> None:
+    parsed = parse_url("amqp://app:s3cr/et@h1:5672,h2:5673,h3/prod?heartbeat=10")
+    assert parsed.is_cluster
+    assert parsed.nodes == (BrokerNode("h1", 5672), BrokerNode("h2", 5673), BrokerNode("h3", 5672))
+    assert [str(node) for node in parsed.nodes] == ["h1:5672", "h2:5673", "h3:5672"]
+    assert parsed.node_urls() == tuple(
+        f"amqp://app:s3cr%2Fet@{node}/prod?heartbeat=10" for node in ("h1:5672", "h2:5673", "h3:5672")
+    )
+    assert parsed.masked == "amqp://app:***@h1:5672,h2:5673,h3:5672/prod?heartbeat=10"
+    assert parsed.masked_node(parsed.nodes[1]) == "amqp://app:***@h2:5673/prod?heartbeat=10"
+
+
+@pytest.mark.parametrize(
+    "urls",
+    [
+        ["amqp://app:pw@h1:5672/prod", "amqp://app:pw@h2/prod"],
+        "amqp://app:pw@h1:5672/prod,amqp://app:pw@h2/prod",
+        "amqp://app:pw@h1:5672/prod ; amqp://app:pw@h2/prod",
+    ],
+)
+def test_a_list_of_urls_is_one_cluster(urls: str | list[str]) -> None:
+    parsed = parse_url(urls)
+    assert parsed == parse_url("amqp://app:pw@h1:5672,h2:5672/prod")
+
+
+@pytest.mark.parametrize(
+    ("urls", "names"),
+    [
+        (["amqp://a:pw@h1/", "amqps://a:pw@h2/"], "differ in scheme ('amqp' vs 'amqps')"),
+        (["amqp://a:pw@h1/", "amqp://b:pw@h2/"], "differ in user ('a' vs 'b')"),
+        (["amqp://a:pw1@h1/", "amqp://a:pw2@h2/"], "differ in password:"),
+        (["amqp://a:pw@h1/x", "amqp://a:pw@h2/y"], "differ in vhost ('x' vs 'y')"),
+        (["amqp://a:pw@h1/", "amqp://a:pw@h2/?heartbeat=1"], "differ in query options"),
+        (["amqp://a:pw@h1/", "amqp://a:pw@h1:5672/"], "node h1:5672 is listed twice"),
+        (["amqp://a:pw@h1/", "memory://"], "memory:// cannot be part of a list"),
+        (["amqp://a:pw@h1/", "amqp://a:pw@h2:x/"], "port 'x' of host 'h2' is not a number"),
+        ([], "non-empty list"),
+        (["amqp://a:pw@h1/", 5], "strings only, got [str, int]"),
+    ],
+)
+def test_a_list_that_cannot_be_one_cluster_is_refused(urls: list[object], names: str) -> None:
+    with pytest.raises(InvalidURLError) as caught:
+        parse_url(urls)  # type: ignore[arg-type]
+    assert names in str(caught.value)
+    message = str(caught.value)
+    assert "pw1" not in message and "pw2" not in message and ":pw@" not in message
