@@ -14,7 +14,7 @@ PEERS_REQ = benchmarks/peers-requirements.txt
 LINT_PATHS = $(wildcard swarrow processors tests benchmarks)
 
 .DEFAULT_GOAL := help
-.PHONY: help install rabbitmq run test test-unit test-reliability lint bench bench-quick bench-peers-env clean
+.PHONY: help install rabbitmq cluster cluster-stop test-cluster run test test-unit test-reliability lint bench bench-quick bench-peers-env clean
 
 help: ## List the targets
 	@echo "usage: make <target>   (VENV=$(VENV))"
@@ -47,6 +47,12 @@ rabbitmq: ## Make sure RabbitMQ listens on 127.0.0.1:5672 (skip with SWARROW_SKI
 		scripts/rabbitmq.sh start; \
 	fi
 
+cluster: ## Start a 3-node RabbitMQ cluster on 127.0.0.1:5701-5703 for the cluster tests (scripts/rabbitmq-cluster.sh)
+	scripts/rabbitmq-cluster.sh start
+
+cluster-stop: ## Stop the 3-node cluster that `make cluster` started
+	scripts/rabbitmq-cluster.sh stop
+
 run: install rabbitmq ## Run the demo: publish a few thousand messages and consume them
 	$(PY) -m swarrow.demo
 
@@ -54,10 +60,13 @@ test: install rabbitmq ## Run the whole test suite (pass options with PYTEST_ARG
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-unit: install ## Run the tests that need no broker
-	$(PY) -m pytest -q -m "not integration and not reliability and not prometheus" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not integration and not reliability and not prometheus and not cluster" $(PYTEST_ARGS)
 
 test-reliability: install rabbitmq ## Run the chaos suite in tests/reliability
 	$(PY) -m pytest -q tests/reliability -m reliability $(PYTEST_ARGS)
+
+test-cluster: install cluster ## Run the cluster suite in tests/cluster (starts the 3-node cluster first)
+	$(PY) -m pytest -q tests/cluster -m cluster $(PYTEST_ARGS)
 
 lint: install ## ruff check and mypy --strict
 	$(PY) -m ruff check $(LINT_PATHS)
