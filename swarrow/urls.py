@@ -23,6 +23,7 @@ from swarrow.errors import InvalidURLError
 
 __all__ = [
     "DEFAULT_PORTS",
+    "DEFAULT_URL",
     "BrokerNode",
     "BrokerURL",
     "mask_argv",
@@ -31,6 +32,7 @@ __all__ = [
     "parse_url",
 ]
 
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 DEFAULT_PORTS: Final = {"amqp": 5672, "amqps": 5671}
 _SCHEMES: Final = (*DEFAULT_PORTS, "memory")
 _EXPECTED: Final = "expected amqp://user:password@host:port/vhost, amqps://… or memory://NAME"
