@@ -14,7 +14,7 @@ PEERS_REQ = benchmarks/peers-requirements.txt
 LINT_PATHS = $(wildcard swarrow processors tests benchmarks)
 
 .DEFAULT_GOAL := help
-.PHONY: help install rabbitmq cluster cluster-stop test-cluster run test test-unit test-reliability lint bench bench-quick bench-peers-env clean
+.PHONY: help install rabbitmq postgresql cluster cluster-stop test-cluster run test test-unit test-reliability lint bench bench-quick bench-peers-env clean
 
 help: ## List the targets
 	@echo "usage: make <target>   (VENV=$(VENV))"
@@ -53,10 +53,13 @@ cluster: ## Start a 3-node RabbitMQ cluster on 127.0.0.1:5701-5703 for the clust
 cluster-stop: ## Stop the 3-node cluster that `make cluster` started
 	scripts/rabbitmq-cluster.sh stop
 
+postgresql: ## Start the job-tracking tests' PostgreSQL on 127.0.0.1:55432 (scripts/postgresql.sh; best effort)
+	@scripts/postgresql.sh start || echo "warning: no PostgreSQL (apt-get install postgresql): its job-store tests are skipped" >&2
+
 run: install rabbitmq ## Run the demo: publish a few thousand messages and consume them
 	$(PY) -m swarrow.demo
 
-test: install rabbitmq ## Run the whole test suite (pass options with PYTEST_ARGS=...)
+test: install rabbitmq postgresql ## Run the whole test suite (pass options with PYTEST_ARGS=...)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-unit: install ## Run the tests that need no broker

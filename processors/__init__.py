@@ -6,6 +6,7 @@ from processors.defaults import default_stack
 from processors.delivery_limit import DeliveryLimitProcessor
 from processors.exception_catcher import ExceptionCatcherProcessor
 from processors.instant_retry import InstantRetryProcessor
+from processors.job_tracker import JobTrackerProcessor
 from processors.logger import LoggerProcessor
 from processors.max_messages import MaxMessagesProcessor
 from processors.max_runtime import MaxRuntimeProcessor
@@ -23,6 +24,7 @@ __all__ = [
     "DeliveryLimitProcessor",
     "ExceptionCatcherProcessor",
     "InstantRetryProcessor",
+    "JobTrackerProcessor",
     "LoggerProcessor",
     "MaxMessagesProcessor",
     "MaxRuntimeProcessor",

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 from processors.ack import AckProcessor
 from processors.delivery_limit import DeliveryLimitProcessor
 from processors.exception_catcher import ExceptionCatcherProcessor
+from processors.job_tracker import JobTrackerProcessor
 from processors.logger import LoggerProcessor
 from processors.max_messages import MaxMessagesProcessor
 from processors.max_runtime import MaxRuntimeProcessor
@@ -20,6 +21,7 @@ from processors.signal_handler import SignalHandlerProcessor
 from processors.stop_when_idle import StopWhenIdleProcessor
 from processors.time_limit import TimeLimitProcessor
 from swarrow.errors import ConfigurationError
+from swarrow.jobs.store import JobStore
 from swarrow.provider import MessageProvider
 from swarrow.publisher import Publisher
 from swarrow.stack import Layer
@@ -72,13 +74,16 @@ def default_stack(
     quorum: bool = False,
     time_limit: float | None = None,
     stop_when_idle: float | None = None,
+    track_jobs: str | JobStore | None = None,
 ) -> list[Layer[Any]]:
     """Layers for `Stack(*layers, callback=...)`, outermost first; disabled ones (None / False) are left out.
 
     Order: signal_handler → max_runtime → max_messages → memory_limit → stop_when_idle → metrics →
-    logger → exception_catcher → ack → delivery_limit → retry → time_limit. Limits sit outside the
-    exception catcher so they count finished messages only; ack sits outside retry so the original
-    is acked once its retry copy is confirmed. Raises `ConfigurationError` for an option that cannot work.
+    logger → job_tracker → exception_catcher → ack → delivery_limit → retry → time_limit. Limits sit
+    outside the exception catcher so they count finished messages only; ack sits outside retry so the
+    original is acked once its retry copy is confirmed; the job tracker (`track_jobs`: a store URL or
+    a `JobStore`) sits outside ack to read what the settling layers recorded. Raises
+    `ConfigurationError` for an option that cannot work.
     """
     try:
         _check_options(max_runtime, max_messages, memory_limit, delivery_limit, time_limit, stop_when_idle)
@@ -117,6 +122,8 @@ def default_stack(
         layers.append(Layer(MetricsProcessor, registry=registry, provider=provider, address=metrics_address))
     if log:
         layers.append(Layer(LoggerProcessor, log_body=log_body))
+    if track_jobs is not None:
+        layers.append(Layer(JobTrackerProcessor, store=track_jobs, registry=registry))
     if catch:
         layers.append(Layer(ExceptionCatcherProcessor))
     layers.append(Layer(AckProcessor, provider=provider, requeue_on_error=requeue_on_error))

@@ -6,7 +6,7 @@ import logging
 
 from processors._republish import RepublishState, publish_copy
 from swarrow.message import Message
-from swarrow.outcome import DEAD_LETTERED, record_outcome
+from swarrow.outcome import DEAD_LETTERED, record_error, record_outcome
 from swarrow.processor import Processor
 from swarrow.publisher import Publisher
 from swarrow.topology import (
@@ -98,6 +98,7 @@ class DeliveryLimitProcessor:
             self.publisher, message, copy, queue, state=self.republish, hold=self.republish_hold
         )
         record_outcome(DEAD_LETTERED)
+        record_error(ERROR_TYPE, reason)
         logger.error("poison message %s dead-lettered to %s: %s", message.message_id, queue, reason,
                      extra={**extra, "error_type": ERROR_TYPE})  # fmt: skip
         return True

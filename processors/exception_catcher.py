@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 
 from swarrow.message import Message
+from swarrow.outcome import record_error
 from swarrow.processor import Processor
+from swarrow.topology import MAX_ERROR_MESSAGE, qualified_name
 
 __all__ = ["ExceptionCatcherProcessor"]
 
@@ -29,6 +31,7 @@ class ExceptionCatcherProcessor:
         try:
             return await self.inner(message)
         except Exception as exc:
+            record_error(qualified_name(exc), str(exc)[:MAX_ERROR_MESSAGE])  # for the job tracker outside
             self.logger.exception(
                 "message %s from %s failed: %s",
                 message.message_id,

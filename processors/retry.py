@@ -8,10 +8,13 @@ from collections.abc import Sequence
 from processors._republish import RepublishFailed, RepublishState, publish_copy
 from swarrow.errors import ConfigurationError, PermanentError, RetryLater, StopConsumer
 from swarrow.message import Message
-from swarrow.outcome import DEAD_LETTERED, RETRIED, record_outcome
+from swarrow.outcome import DEAD_LETTERED, RETRIED, record_error, record_outcome
 from swarrow.processor import Processor
 from swarrow.publisher import Publisher
 from swarrow.topology import (
+    ERROR_MESSAGE_HEADER,
+    ERROR_TYPE_HEADER,
+    MAX_ERROR_MESSAGE,
     RETRY_ATTEMPT_HEADER,
     RetryTopology,
     dead_letter_headers,
@@ -110,6 +113,7 @@ class RetryProcessor:
                 copy = republish_copy(message, {RETRY_ATTEMPT_HEADER: attempt})
                 await self._publish(message, copy, retry_queue_name(message.queue, attempt))
                 record_outcome(RETRIED)
+                record_error(qualified_name(exc), str(exc)[:MAX_ERROR_MESSAGE])
                 logger.warning("message %s failed (%s); retry %d of %d", message.message_id,
                                type(exc).__name__, attempt, self.attempts, extra=extra)  # fmt: skip
                 return True
@@ -120,6 +124,7 @@ class RetryProcessor:
             dead = dead_letter_queue_name(message.queue)
             await self._publish(message, republish_copy(message, headers), dead)
             record_outcome(DEAD_LETTERED)
+            record_error(headers[ERROR_TYPE_HEADER], headers[ERROR_MESSAGE_HEADER])
             extra["error_type"] = type(exc).__name__
             logger.error("message %s dead-lettered after %d call(s): %s: %s", message.message_id,
                          attempt, type(exc).__name__, exc, extra=extra)  # fmt: skip

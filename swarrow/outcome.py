@@ -19,8 +19,11 @@ __all__ = [
     "REQUEUED",
     "RETRIED",
     "Outcome",
+    "get_error",
     "get_outcome",
+    "record_error",
     "record_outcome",
+    "reset_error",
     "reset_outcome",
 ]
 
@@ -35,6 +38,10 @@ FAILED: Final = "failed"
 OUTCOMES: Final[tuple[Outcome, ...]] = (ACKED, REQUEUED, REJECTED, RETRIED, DEAD_LETTERED, FAILED)
 
 _outcome: ContextVar[Outcome | None] = ContextVar("swarrow_outcome", default=None)
+# Why it failed, as (qualified type name, message): a settling layer that swallows the exception (retry,
+# the delivery limit) leaves it here for the job tracker. Strings, not the exception: nothing keeps a
+# traceback (and the frames and bodies it holds) alive between messages.
+_error: ContextVar[tuple[str, str] | None] = ContextVar("swarrow_error", default=None)
 
 
 def reset_outcome() -> None:
@@ -54,3 +61,18 @@ def record_outcome(outcome: Outcome, *, overwrite: bool = False) -> None:
 def get_outcome() -> Outcome | None:
     """The outcome recorded for the current message, or None if no layer settled it."""
     return _outcome.get()
+
+
+def reset_error() -> None:
+    """Forget the previous message's error; called by the layer that reads it (the job tracker)."""
+    _error.set(None)
+
+
+def record_error(error_type: str, message: str) -> None:
+    """Record why the current message failed when the exception stops here (retried, dead-lettered)."""
+    _error.set((error_type, message))
+
+
+def get_error() -> tuple[str, str] | None:
+    """(error type, message) recorded for the current message, or None."""
+    return _error.get()

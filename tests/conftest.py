@@ -6,6 +6,7 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -85,3 +86,54 @@ async def broker(request: pytest.FixtureRequest, queue_name: str) -> AsyncIterat
     finally:
         await _delete_family(amqp, queue_name)
         await amqp.close()
+
+
+# ---- job stores (swarrow.jobs): a SQLite file per test, a PostgreSQL schema per test ----------------------
+
+# scripts/postgresql.sh starts this server; CI exports the variable.
+DEFAULT_POSTGRES_URL = "postgresql://swarrow:swarrow@127.0.0.1:55432/swarrow"
+POSTGRES_URL = os.environ.get("SWARROW_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The test server's URL; a skip on a developer machine without it, a failure in CI (CI=true)."""
+    if not _reachable(POSTGRES_URL):
+        shown = POSTGRES_URL.replace(":swarrow@", ":***@")
+        message = f"no PostgreSQL at {shown} (run scripts/postgresql.sh start)"
+        if os.environ.get("CI") == "true" or os.environ.get("SWARROW_REQUIRE_POSTGRES") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return POSTGRES_URL
+
+
+@pytest.fixture
+async def postgres_schema_url(postgres_url: str) -> AsyncIterator[str]:
+    """A URL whose tables land in a schema of this test's own (dropped after), so tests never share rows."""
+    import asyncpg
+
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        await conn.execute(f"CREATE SCHEMA {schema}")
+        # asyncpg passes unknown DSN query parameters on as server settings.
+        yield f"{postgres_url}?search_path={schema}"
+    finally:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await conn.close()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A SQLite store in this test's temporary directory (absolute path: four slashes)."""
+    return f"sqlite:///{tmp_path / 'jobs.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest) -> str:
+    """Each contract test runs against both stores."""
+    if request.param == "sqlite":
+        url: str = request.getfixturevalue("sqlite_url")
+    else:
+        url = request.getfixturevalue("postgres_schema_url")
+    return url

@@ -1,0 +1,96 @@
+"""The one schema of the job store and its migrations, written once for SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import re
+from typing import Final, Literal, TypeAlias
+
+__all__ = [
+    "COLUMNS",
+    "SCHEMA_VERSION",
+    "TABLE",
+    "VERSION_TABLE",
+    "Dialect",
+    "migrations",
+    "numbered",
+    "upsert",
+]
+
+Dialect: TypeAlias = Literal["sqlite", "postgresql"]
+
+TABLE: Final = "swarrow_jobs"
+VERSION_TABLE: Final = "swarrow_jobs_schema"
+SCHEMA_VERSION: Final = 1
+COLUMNS: Final = (
+    "id", "queue", "state", "attempts", "first_seen", "started", "finished", "duration", "updated",
+    "host", "pid", "rss_before", "rss_after", "error_type", "error_message",
+)  # fmt: skip
+
+# Times are Unix seconds (UTC) in both databases, so one query text serves both.
+_V1 = """
+CREATE TABLE IF NOT EXISTS swarrow_jobs (
+    id            TEXT PRIMARY KEY,
+    queue         TEXT NOT NULL,
+    state         TEXT NOT NULL,
+    attempts      INTEGER NOT NULL,
+    first_seen    {real} NOT NULL,
+    started       {real} NOT NULL,
+    finished      {real},
+    duration      {real},
+    updated       {real} NOT NULL,
+    host          TEXT NOT NULL,
+    pid           INTEGER NOT NULL,
+    rss_before    BIGINT,
+    rss_after     BIGINT,
+    error_type    TEXT,
+    error_message TEXT
+);
+CREATE INDEX IF NOT EXISTS swarrow_jobs_updated ON swarrow_jobs (updated);
+CREATE INDEX IF NOT EXISTS swarrow_jobs_state_updated ON swarrow_jobs (state, updated);
+CREATE INDEX IF NOT EXISTS swarrow_jobs_queue_updated ON swarrow_jobs (queue, updated);
+"""
+
+# Migration k brings the schema from version k-1 to k; append, never edit one that shipped.
+_MIGRATIONS: Final = (_V1,)
+
+
+def migrations(dialect: Dialect, current: int) -> list[tuple[int, list[str]]]:
+    """The statements to run, per version, to bring a database at `current` up to `SCHEMA_VERSION`."""
+    real = "REAL" if dialect == "sqlite" else "DOUBLE PRECISION"
+    steps = []
+    for version, script in enumerate(_MIGRATIONS, start=1):
+        if version > current:
+            statements = [s.strip() for s in script.format(real=real).split(";") if s.strip()]
+            steps.append((version, statements))
+    return steps
+
+
+def upsert(dialect: Dialect) -> str:
+    """Insert a record, or update the row when the record is not older than it (see `JobRecord`)."""
+    least = "min" if dialect == "sqlite" else "LEAST"
+    names = ", ".join(COLUMNS)
+    values = ", ".join("?" for _ in COLUMNS)
+    keep = ("first_seen", "error_type", "error_message")
+    updates = [f"{c} = excluded.{c}" for c in COLUMNS[1:] if c not in keep]
+    updates.append(f"first_seen = {least}(swarrow_jobs.first_seen, excluded.first_seen)")
+    # The last error sticks: a retry that runs again or succeeds keeps what failed before.
+    updates.append("error_type = COALESCE(excluded.error_type, swarrow_jobs.error_type)")
+    updates.append(
+        "error_message = CASE WHEN excluded.error_type IS NULL THEN swarrow_jobs.error_message "
+        "ELSE excluded.error_message END"
+    )
+    return (
+        f"INSERT INTO swarrow_jobs ({names}) VALUES ({values}) "
+        f"ON CONFLICT (id) DO UPDATE SET {', '.join(updates)} "
+        "WHERE (excluded.attempts, excluded.started, excluded.state <> 'running') "
+        ">= (swarrow_jobs.attempts, swarrow_jobs.started, swarrow_jobs.state <> 'running')"
+    )
+
+
+_PLACEHOLDER = re.compile(r"\?")
+
+
+def numbered(sql: str) -> str:
+    """`?` placeholders as PostgreSQL's `$1, $2 …` (the queries here hold no literal question mark)."""
+    counter = iter(range(1, 10_000))
+    return _PLACEHOLDER.sub(lambda _: f"${next(counter)}", sql)

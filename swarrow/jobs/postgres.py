@@ -1,0 +1,184 @@
+"""The shared job store: PostgreSQL through asyncpg, for workers on several hosts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+
+from swarrow.errors import ConfigurationError
+from swarrow.jobs._sql import SCHEMA_VERSION, Dialect, migrations, numbered, upsert
+from swarrow.jobs.model import JobRecord, merge_records
+from swarrow.jobs.store import JobStoreError, mask_store_url
+
+if TYPE_CHECKING:
+    import asyncpg
+
+__all__ = ["PostgresBackend"]
+
+_UPSERT: Final = numbered(upsert("postgresql"))
+# Any constant both sides agree on: serialises first-use migrations of workers that start together.
+_MIGRATION_LOCK: Final = 0x5377_6172_726F_77  # "Swarrow"
+_CONNECT_TIMEOUT_S: Final = 5.0
+_COMMAND_TIMEOUT_S: Final = 30.0
+
+
+def _driver() -> Any:
+    try:
+        import asyncpg
+    except ImportError:
+        raise ConfigurationError(
+            "a postgresql:// job store needs the asyncpg driver: pip install 'swarrow[postgres]'"
+        ) from None
+    return asyncpg
+
+
+class PostgresBackend:
+    """One asyncpg connection, reconnected on the next call after it broke (a restart, a failover).
+
+    asyncpg because it is the fastest maintained PostgreSQL driver for asyncio (binary protocol,
+    prepared statements, a pipelined `executemany`), and the consumer already runs on asyncio.
+    Calls are serialised on the connection; the tracker writes from one task, the CLI asks one question
+    at a time.
+    """
+
+    dialect: Dialect = "postgresql"
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.url = mask_store_url(dsn)
+        self._conn: asyncpg.Connection | None = None
+        self._lock = anyio.Lock()
+        self._migrated = False
+
+    @classmethod
+    def from_url(cls, url: str) -> PostgresBackend:
+        """Parse `postgresql://user:password@host:port/dbname` (`postgres://` works too)."""
+        _driver()
+        rest = url.partition("://")[2]
+        if not rest or rest == "/":
+            raise ConfigurationError(
+                f"a PostgreSQL job store URL names a host and a database, got {mask_store_url(url)!r}"
+            )
+        return cls(url)
+
+    async def connect(self) -> None:
+        """Connect and migrate the schema under an advisory lock."""
+        async with self._lock:
+            await self._connection()
+
+    async def _connection(self) -> asyncpg.Connection:
+        conn = self._conn
+        if conn is not None and not conn.is_closed():
+            return conn
+        asyncpg = _driver()
+        try:
+            conn = await asyncpg.connect(
+                self.dsn, timeout=_CONNECT_TIMEOUT_S, command_timeout=_COMMAND_TIMEOUT_S
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            raise JobStoreError(
+                f"cannot connect to the job store {self.url}: {_reason(exc, self.dsn)}"
+            ) from None
+        try:
+            if not self._migrated:
+                await self._migrate(conn)
+                self._migrated = True
+        except BaseException:
+            await conn.close(timeout=1)
+            raise
+        self._conn = conn
+        return conn
+
+    async def _migrate(self, conn: asyncpg.Connection) -> None:
+        try:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS swarrow_jobs_schema (version INTEGER NOT NULL)"
+                )
+                current = await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM swarrow_jobs_schema")
+                if current > SCHEMA_VERSION:
+                    raise JobStoreError(
+                        f"the job store's schema is version {current}, newer than this swarrow knows "
+                        f"({SCHEMA_VERSION}): upgrade swarrow"
+                    )
+                for version, statements in migrations("postgresql", current):
+                    for statement in statements:
+                        await conn.execute(statement)
+                    await conn.execute("DELETE FROM swarrow_jobs_schema")
+                    await conn.execute("INSERT INTO swarrow_jobs_schema (version) VALUES ($1)", version)
+        except JobStoreError:
+            raise
+        except Exception as exc:
+            raise JobStoreError(
+                f"cannot prepare the job store {self.url}: {_reason(exc, self.dsn)}"
+            ) from None
+
+    async def close(self) -> None:
+        """Close the connection (bounded: a dead server does not hold the caller)."""
+        async with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            try:
+                await conn.close(timeout=2)
+            except Exception:
+                conn.terminate()
+
+    async def _run(self, what: str, call: Any) -> Any:
+        async with self._lock:
+            conn = await self._connection()
+            try:
+                return await call(conn)
+            except JobStoreError:
+                raise
+            except Exception as exc:
+                if conn.is_closed():
+                    self._conn = None
+                raise JobStoreError(
+                    f"{what} on the job store {self.url} failed: {_reason(exc, self.dsn)}"
+                ) from None
+
+    async def write(self, records: Sequence[JobRecord]) -> None:
+        """Merge per job and upsert in one transaction (asyncpg pipelines the rows)."""
+        rows = [
+            (r.id, r.queue, r.state, r.attempts, r.first_seen, r.started, r.finished, r.duration,
+             r.started if r.finished is None else r.finished, r.host, r.pid, r.rss_before, r.rss_after,
+             r.error_type, r.error_message)
+            for r in merge_records(records)
+        ]  # fmt: skip
+
+        async def call(conn: asyncpg.Connection) -> None:
+            async with conn.transaction():
+                await conn.executemany(_UPSERT, rows)
+
+        await self._run(f"writing {len(rows)} job record(s)", call)
+
+    async def fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Rows of a query."""
+
+        async def call(conn: asyncpg.Connection) -> list[tuple[Any, ...]]:
+            return [tuple(row) for row in await conn.fetch(numbered(sql), *params)]
+
+        result: list[tuple[Any, ...]] = await self._run("a query", call)
+        return result
+
+    async def execute(self, sql: str, params: Sequence[Any]) -> int:
+        """Run one statement; rows changed (from the command tag, `DELETE 12`)."""
+
+        async def call(conn: asyncpg.Connection) -> str:
+            return str(await conn.execute(numbered(sql), *params))
+
+        tag: str = await self._run("a statement", call)
+        last = tag.rsplit(" ", 1)[-1]
+        return int(last) if last.isdigit() else 0
+
+
+def _reason(exc: BaseException, dsn: str) -> str:
+    """The driver's message, with the URL's password masked should it echo it."""
+    text = str(exc) or type(exc).__name__
+    password = dsn.partition("://")[2].partition("@")[0].partition(":")[2] if "@" in dsn else ""
+    if password and password in text:
+        text = text.replace(password, "***")
+    return text
