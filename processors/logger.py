@@ -24,8 +24,9 @@ _FORMAT_BODY = "message %s from %s %s in %.3fs (attempt %d) body=%r"
 class LoggerProcessor:
     """Log each message once, after the inner layers, with `extra` fields a JSON formatter turns into keys.
 
-    Fields: queue, message_id, routing_key, redelivered, attempt (the `x-swarrow-attempt` header, 0
-    when absent or not a sane count), duration (seconds), outcome (what ack / retry / delivery_limit
+    Fields: queue, message_id, routing_key, redelivered, attempt (the delivery's attempt number: 1 for
+    the first delivery, k + 1 for the copy retry k republished with `x-swarrow-attempt: k`; the same
+    number the retry and delivery_limit layers log; a garbage header counts as 1), duration (seconds), outcome (what ack / retry / delivery_limit
     recorded; `processed` when none did, `failed` when an exception passes through, which is logged at
     ERROR with `error_type` and re-raised). The body is logged only with `log_body=True`, cut to
     `max_body` bytes.
@@ -70,7 +71,7 @@ class LoggerProcessor:
     def _log(self, level: int, message: Message, start: float, outcome: str, exc: Exception | None) -> None:
         duration = perf_counter() - start
         headers = message.headers
-        attempt = (header_count(headers.get(RETRY_ATTEMPT_HEADER)) or 0) if headers else 0
+        attempt = (header_count(headers.get(RETRY_ATTEMPT_HEADER)) or 0) + 1 if headers else 1
         args: tuple[object, ...] = (message.message_id, message.queue, outcome, duration, attempt)
         body = None
         if self.log_body:

@@ -24,11 +24,27 @@ from swarrow.topology import (
     republish_copy,
     retry_queue_name,
 )
+from swarrow.units import format_duration
 from swarrow.validation import require_int, require_seconds
 
 __all__ = ["RepublishFailed", "RetryProcessor"]
 
 logger = logging.getLogger(__name__)
+
+# How much of an exception's message a retry warning shows: enough to tell failures apart, never a flood.
+MAX_LOGGED_ERROR = 200
+
+
+def _short(exc: BaseException) -> str:
+    """`Type: message`, the message cut to MAX_LOGGED_ERROR characters with control characters escaped."""
+    text = str(exc)
+    cut = len(text) > MAX_LOGGED_ERROR
+    text = text[:MAX_LOGGED_ERROR]
+    if not text.isprintable():  # a newline or escape code from a producer must not forge log lines
+        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    if cut:
+        text += "…"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _require_exception_types(name: str, value: object) -> None:
@@ -114,8 +130,12 @@ class RetryProcessor:
                 await self._publish(message, copy, retry_queue_name(message.queue, attempt))
                 record_outcome(RETRIED)
                 record_error(qualified_name(exc), str(exc)[:MAX_ERROR_MESSAGE])
-                logger.warning("message %s failed (%s); retry %d of %d", message.message_id,
-                               type(exc).__name__, attempt, self.attempts, extra=extra)  # fmt: skip
+                extra["error_type"] = type(exc).__name__
+                # The traceback only at DEBUG: an expected failure (an API down) must not flood the log.
+                logger.warning("message %s failed on attempt %d (%s); retry %d of %d in %s",
+                               message.message_id, attempt, _short(exc), attempt, self.attempts,
+                               format_duration(self.delays[attempt - 1]), extra=extra,
+                               exc_info=exc if logger.isEnabledFor(logging.DEBUG) else None)  # fmt: skip
                 return True
             if not self.dead_letter:
                 raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import sys
 import threading
 import time
@@ -184,10 +185,14 @@ def _task_name() -> str | None:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record: time (ISO-8601 UTC), level, logger, message, extra fields, exc_info."""
+    """One JSON object per record: time (ISO-8601 UTC), level, logger, message, pid, host, extra fields, exc_info.
+
+    `pid` and `host` tell apart the lines of several workers, pods or hosts shipped to one collector.
+    """
 
     def __init__(self) -> None:
         super().__init__()
+        self._host = socket.gethostname()
         self._second = -1
         self._prefix = ""
         # `default=str`: an odd extra value (a datetime, bytes) is shown, never a reason to drop the line.
@@ -207,6 +212,8 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
+            "pid": record.process,
+            "host": self._host,
         }
         for key in STANDARD_FIELDS:
             if key in fields:

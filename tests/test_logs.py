@@ -4,6 +4,7 @@ import io
 import json
 import logging
 import os
+import socket
 import time
 from collections.abc import Iterator
 
@@ -47,6 +48,12 @@ def test_json_formatter_emits_one_object_with_the_standard_fields() -> None:
     assert entry["queue"] == "q" and entry["outcome"] == "acked" and entry["duration"] == 0.25
     assert entry["stop_reason"] == "signal" and entry["custom"] == 1
     assert "args" not in entry and "msg" not in entry
+
+
+def test_json_lines_name_the_process_and_the_host() -> None:
+    entry = json.loads(JsonFormatter().format(_record()))
+    assert entry["pid"] == os.getpid()
+    assert entry["host"] == socket.gethostname() and entry["host"]
 
 
 def test_json_formatter_includes_the_traceback_as_a_string() -> None:

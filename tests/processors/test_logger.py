@@ -44,7 +44,7 @@ async def test_one_record_with_the_structured_fields(caplog: pytest.LogCaptureFi
     assert fields["message_id"] == "m-7"
     assert fields["routing_key"] == "jobs"
     assert fields["redelivered"] is True
-    assert fields["attempt"] == 2
+    assert fields["attempt"] == 3  # retry 2's copy: the third attempt
     assert fields["outcome"] == "acked"
     assert isinstance(fields["duration"], float) and 0 <= fields["duration"] < 1
     assert "\n" not in record.getMessage() and "m-7" in record.getMessage()
@@ -90,10 +90,19 @@ async def test_failed_and_reraised_when_an_exception_passes(caplog: pytest.LogCa
 
 
 @pytest.mark.parametrize("garbage", ["3", -1, 10**40, 2.5, True, None, [1]])
-async def test_garbage_attempt_header_is_zero(caplog: pytest.LogCaptureFixture, garbage: Any) -> None:
+async def test_garbage_attempt_header_counts_as_the_first_attempt(
+    caplog: pytest.LogCaptureFixture, garbage: Any
+) -> None:
     caplog.set_level(logging.INFO, logger=LOGGER)
     await LoggerProcessor(_acked)(_message(headers={"x-swarrow-attempt": garbage}))
-    assert caplog.records[0].__dict__["attempt"] == 0
+    assert caplog.records[0].__dict__["attempt"] == 1
+
+
+async def test_first_delivery_is_attempt_one(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    await LoggerProcessor(_acked)(_message(headers={}))
+    assert caplog.records[0].__dict__["attempt"] == 1
+    assert "(attempt 1)" in caplog.records[0].getMessage()
 
 
 async def test_nothing_logged_below_the_logger_level(caplog: pytest.LogCaptureFixture) -> None:
@@ -116,7 +125,7 @@ async def test_json_formatter_output_has_the_fields() -> None:
         logger.removeHandler(handler)
     entry = json.loads(stream.getvalue())
     assert entry["queue"] == "jobs" and entry["message_id"] == "m-7" and entry["outcome"] == "acked"
-    assert entry["attempt"] == 2 and entry["redelivered"] is True and entry["level"] == "INFO"
+    assert entry["attempt"] == 3 and entry["redelivered"] is True and entry["level"] == "INFO"
     assert "secret" not in stream.getvalue()
 
 

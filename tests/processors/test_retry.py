@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -10,6 +11,7 @@ import pytest
 
 from processors.ack import AckProcessor
 from processors.exception_catcher import ExceptionCatcherProcessor
+from processors.logger import LoggerProcessor
 from processors.retry import RepublishFailed, RetryProcessor
 from swarrow import Consumer, Layer, MemoryBroker, Message, PermanentError, RetryLater, Stack
 from swarrow.outcome import get_outcome, reset_outcome
@@ -302,3 +304,51 @@ async def test_a_held_original_is_left_unsettled_when_cancelled(memory_broker: M
 def test_rejects_a_negative_republish_hold(memory_broker: MemoryBroker) -> None:
     with pytest.raises(ValueError, match="republish_hold"):
         RetryProcessor(_never, publisher=memory_broker.publisher(), republish_hold=-1)
+
+
+async def test_a_retried_failure_logs_the_message_of_the_exception_cut_and_escaped(
+    memory_broker: MemoryBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="processors.retry")
+    retry = _retry(memory_broker, _raising(Boom("upstream said 503\n" + "x" * 500)))
+    await retry(Message(b"", message_id="m-1", queue=Q))
+    (record,) = caplog.records
+    line = record.getMessage()
+    assert "failed on attempt 1 (Boom: upstream said 503\\n" in line
+    assert "retry 1 of 2 in 500ms" in line
+    assert "\n" not in line and "x" * 200 not in line and "…" in line
+    assert record.exc_info is None  # the traceback only at DEBUG
+    assert record.__dict__["attempt"] == 1 and record.__dict__["error_type"] == "Boom"
+
+
+async def test_a_retried_failure_carries_its_traceback_at_debug(
+    memory_broker: MemoryBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="processors.retry")
+    retry = _retry(memory_broker, _raising(Boom("deep")))
+    await retry(Message(b"", headers={RETRY_ATTEMPT_HEADER: 1}, queue=Q))
+    (record,) = caplog.records
+    assert record.exc_info is not None and record.exc_info[0] is Boom
+    assert "failed on attempt 2 (Boom: deep); retry 2 of 2 in 1s" in record.getMessage()
+    assert "Traceback" in caplog.text
+
+
+async def test_the_logger_and_retry_records_agree_on_the_attempt(
+    memory_broker: MemoryBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    retry = _retry(memory_broker, _raising(Boom("x")))
+    stack = LoggerProcessor(AcklessOutcome(retry))
+    await stack(Message(b"", headers={RETRY_ATTEMPT_HEADER: 1}, message_id="m-2", queue=Q))
+    attempts = {r.name: r.__dict__["attempt"] for r in caplog.records}
+    assert attempts == {"processors.retry": 2, "processors.logger": 2}
+
+
+class AcklessOutcome:
+    """Passes through: the retry layer records the outcome the logger reads."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def __call__(self, message: Message) -> bool:
+        return bool(await self.inner(message))
