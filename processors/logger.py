@@ -24,12 +24,12 @@ _FORMAT_BODY = "message %s from %s %s in %.3fs (attempt %d) body=%r"
 class LoggerProcessor:
     """Log each message once, after the inner layers, with `extra` fields a JSON formatter turns into keys.
 
-    Fields: queue, message_id, routing_key, redelivered, attempt (the delivery's attempt number: 1 for
-    the first delivery, k + 1 for the copy retry k republished with `x-swarrow-attempt: k`; the same
-    number the retry and delivery_limit layers log; a garbage header counts as 1), duration (seconds), outcome (what ack / retry / delivery_limit
-    recorded; `processed` when none did, `failed` when an exception passes through, which is logged at
-    ERROR with `error_type` and re-raised). The body is logged only with `log_body=True`, cut to
-    `max_body` bytes.
+    Fields: queue, message_id, routing_key, redelivered, attempt, duration (seconds), outcome (what
+    ack / retry / delivery_limit recorded; `processed` when none did, `failed` when an exception
+    passes through, which is logged at ERROR with `error_type` and re-raised). `attempt` is the
+    delivery's attempt number: 1 for the first delivery, k + 1 for the copy retry k republished with
+    `x-swarrow-attempt: k` (the number the retry and delivery_limit layers log; garbage counts as 1).
+    The body is logged only with `log_body=True`, cut to `max_body` bytes.
     """
 
     def __init__(

@@ -9,6 +9,7 @@ from time import monotonic
 
 from processors._rss import RssReader
 from swarrow.control import ConsumerControl, current_control
+from swarrow.errors import ConfigurationError
 from swarrow.message import Message
 from swarrow.processor import Processor
 from swarrow.validation import require_positive, require_seconds
@@ -42,8 +43,17 @@ class MemoryLimitProcessor:
 
     @asynccontextmanager
     async def lifespan(self, control: ConsumerControl) -> AsyncIterator[None]:
-        """Open the RSS source in the consuming process."""
+        """Open the RSS source in the consuming process; refuse a limit the process is already over."""
         self._reader.open()
+        rss = self._read()
+        if rss >= self.limit_bytes:
+            self._reader.close()
+            # Accepted, it would stop the worker after its first message, and a supervisor would spin on it.
+            raise ConfigurationError(
+                f"memory limit {self.megabytes:g} MiB is at or below the process's current RSS "
+                f"({rss / _MIB:.1f} MiB) before any message: it would stop after the first one; "
+                "give a higher limit"
+            )
         try:
             yield
         finally:

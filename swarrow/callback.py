@@ -15,7 +15,7 @@ from swarrow.control import ConsumerControl, current_control
 from swarrow.errors import StopConsumer
 from swarrow.message import Message
 
-__all__ = ["AsyncCallback", "Callback", "CallbackProcessor", "SyncCallback"]
+__all__ = ["AsyncCallback", "Callback", "CallbackProcessor", "SyncCallback", "check_callback"]
 
 AsyncCallback: TypeAlias = Callable[[Message], Awaitable[bool | None]]
 SyncCallback: TypeAlias = Callable[[Message], bool | None]
@@ -31,6 +31,32 @@ def _is_async(callback: Callable[..., Any]) -> bool:
     )
 
 
+def check_callback(callback: object) -> None:
+    """Raise TypeError, naming the callable and its signature, unless it can be called with one message.
+
+    Checked once at start: a `def handle(a, b)` would otherwise fail every message, each one retried
+    and dead-lettered. Callables whose signature Python cannot read (some builtins) pass.
+    """
+    if not callable(callback):
+        raise TypeError(f"callback must be callable, got {callback!r}")
+    try:
+        signature = inspect.signature(callback)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(None)
+    except TypeError as exc:
+        name = getattr(callback, "__qualname__", None) or type(callback).__qualname__
+        bare = signature.replace(  # names only: string annotations would read `a: 'Any'`
+            parameters=[p.replace(annotation=p.empty) for p in signature.parameters.values()],
+            return_annotation=signature.empty,
+        )
+        raise TypeError(
+            f"{name}{bare} cannot be called with one message ({exc}): "
+            "it must accept one positional argument, the swarrow.Message"
+        ) from None
+
+
 class CallbackProcessor:
     """Call the user's function: awaited if async, in a worker thread if sync.
 
@@ -41,8 +67,7 @@ class CallbackProcessor:
     """
 
     def __init__(self, callback: Callback, /) -> None:
-        if not callable(callback):
-            raise TypeError(f"callback must be callable, got {callback!r}")
+        check_callback(callback)
         self.callback = callback
         self.is_async = _is_async(callback)
         self._limiter: anyio.CapacityLimiter | None = None

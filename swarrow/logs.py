@@ -185,7 +185,7 @@ def _task_name() -> str | None:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record: time (ISO-8601 UTC), level, logger, message, pid, host, extra fields, exc_info.
+    """One JSON object per record: time (UTC), level, logger, message, pid, host, extra fields, exc_info.
 
     `pid` and `host` tell apart the lines of several workers, pods or hosts shipped to one collector.
     """

@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 
 from swarrow.broker import DEFAULT_URL, Broker, open_broker
-from swarrow.callback import Callback
+from swarrow.callback import Callback, check_callback
 from swarrow.consumer import Consumer
 from swarrow.control import StopReason
 from swarrow.errors import ConfigurationError
@@ -87,6 +87,25 @@ async def prepare_queues(
             )
 
 
+def _address(value: tuple[str, int] | str | None) -> tuple[str, int] | None:
+    """The metrics address as `(host, port)`: the CLI's string forms are accepted too."""
+    if value is None or isinstance(value, tuple):
+        return value
+    if not isinstance(value, str):
+        raise TypeError(f"metrics_address must be (host, port) or 'host:port', got {value!r}")
+    from swarrow.metrics import parse_metrics_addr
+
+    try:
+        return parse_metrics_addr(value)
+    except ValueError as exc:
+        raise ConfigurationError(f"metrics_address: {exc}") from None
+
+
+def _logging_configured() -> bool:
+    """Whether the application (or a test runner) set up logging: a handler on the root logger."""
+    return bool(logging.getLogger().handlers)
+
+
 def _provider(
     broker: Broker, queue: str, prefetch: int, ack_batch_size: int | None, ack_flush_interval: float | None
 ) -> MessageProvider:
@@ -112,7 +131,7 @@ async def consume(
     concurrency: int = 1,
     grace_period: float = 30.0,
     declare: bool = False,
-    metrics_address: tuple[str, int] | None = None,
+    metrics_address: tuple[str, int] | str | None = None,
     ack_batch_size: int | None = None,
     ack_flush_interval: float | None = None,
     **default_stack_options: Any,
@@ -121,12 +140,12 @@ async def consume(
 
     `processors`: the layers to use, or `(provider, publisher) -> layers`; None builds
     `default_stack(provider=..., publisher=..., **default_stack_options)`. `metrics_address`
-    (host, port) serves `/metrics` and health there (implies `metrics=True`). `ack_batch_size` /
+    (`(host, port)` or the CLI's `"host:port"` / `":port"`) serves `/metrics` and health there
+    (implies `metrics=True`). `ack_batch_size` /
     `ack_flush_interval` (seconds) tune RabbitMQ ack coalescing (None: the provider's defaults; a
     batch of 1 acks each message alone); the in-memory broker has nothing to coalesce and ignores them.
     """
-    if not callable(callback):
-        raise TypeError(f"callback must be callable, got {callback!r}")
+    check_callback(callback)
     if not queue:
         raise ConfigurationError("a queue name is required")
     if processors is not None and default_stack_options:
@@ -136,6 +155,7 @@ async def consume(
         )
     if prefetch < concurrency:
         raise ConfigurationError(f"prefetch ({prefetch}) must be >= concurrency ({concurrency})")
+    metrics_address = _address(metrics_address)
     retry = processors is None and bool(default_stack_options.get("retry", True))
     delays = (
         retry_delays(
@@ -201,7 +221,7 @@ def run(
     concurrency: int = 1,
     grace_period: float = 30.0,
     declare: bool = False,
-    metrics_address: tuple[str, int] | None = None,
+    metrics_address: tuple[str, int] | str | None = None,
     ack_batch_size: int | None = None,
     ack_flush_interval: float | None = None,
     **default_stack_options: Any,
@@ -209,7 +229,13 @@ def run(
     """Consume `queue` with the default stack (or `processors`) until something stops it; return why.
 
     Blocking: starts its own event loop (asyncio, with uvloop when installed). See `consume`.
+    When the application has not set up logging (no handler on the root logger), it logs as the CLI
+    does: text lines at INFO on stderr, one per message; configure logging first to change that.
     """
+    if not _logging_configured():
+        from swarrow.logs import configure_logging
+
+        configure_logging("INFO")
     try:
         import uvloop  # noqa: F401
 

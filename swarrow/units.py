@@ -99,7 +99,14 @@ def parse_delays(text: str | float | list[str | float] | tuple[str | float, ...]
             count += 1
         delays = exponential_delays(count, initial=first, cap=cap)
     elif isinstance(text, str):
-        delays = tuple(parse_duration(item) for item in text.split(",") if item.strip())
+        items = text.split(",")
+        # `1s,,2s` is a typo, not two delays: silently skipping it would declare one retry queue too few.
+        empty = [n for n, item in enumerate(items, start=1) if not item.strip()]
+        if empty and text.strip():
+            raise ValueError(
+                f"invalid delays {text!r}: element {empty[0]} is empty (a doubled, leading or trailing comma)"
+            )
+        delays = tuple(parse_duration(item) for item in items if item.strip())
     else:
         delays = (parse_duration(text),)
     if not delays:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+import urllib.request
 import uuid
 
 import pytest
@@ -82,3 +86,69 @@ async def test_consume_is_the_async_form() -> None:
     reason = await consume(handle, queue="jobs", url=url, retry=False, stop_when_idle=0.1, signals=False)
     assert reason.code == "idle"
     assert broker.message_count("jobs") == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_metrics_address_takes_the_string_form_of_the_cli() -> None:
+    url, broker = fresh()
+    broker.declare_queue_nowait("jobs")
+    broker.publish_nowait(Message(b"x"), "jobs")
+    port = _free_port()
+    scraped: list[str] = []
+
+    def handle(message: Message) -> bool:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            scraped.append(response.read().decode())
+        return False
+
+    reason = run(
+        handle, queue="jobs", url=url, retry=False, signals=False, metrics_address=f"127.0.0.1:{port}"
+    )
+    assert reason.code == "callback"
+    assert "swarrow_messages_received_total" in scraped[0]
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:99999", "nope", "127.0.0.1:"])
+def test_a_bad_metrics_address_string_is_a_configuration_error_naming_it(address: str) -> None:
+    url, _ = fresh()
+    with pytest.raises(ConfigurationError, match=r"metrics_address: invalid metrics address"):
+        run(print, queue="jobs", url=url, metrics_address=address)
+
+
+_APP = """
+import sys
+import swarrow
+from swarrow import MemoryBroker, Message
+
+broker = MemoryBroker.named("app")
+broker.declare_queue_nowait("jobs")
+for n in range(2):
+    broker.publish_nowait(Message(b"hi", message_id=f"m-{n}"), "jobs")
+if sys.argv[1] == "configured":
+    import logging
+    logging.basicConfig(level=logging.WARNING, format="APP %(message)s")
+print(swarrow.run(print, queue="jobs", url="memory://app", declare=True, max_messages=2).code)
+"""
+
+
+def test_run_logs_like_the_cli_when_the_application_set_up_no_logging() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _APP, "bare"], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.splitlines()[-1] == "max_messages"
+    lines = done.stderr.splitlines()
+    assert any(" INFO swarrow.runner: consuming jobs on memory://app" in line for line in lines), lines
+    assert sum(" INFO processors.logger: message m-" in line for line in lines) == 2, lines
+
+
+def test_run_leaves_the_logging_an_application_configured_alone() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _APP, "configured"], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.splitlines()[-1] == "max_messages"
+    assert "INFO" not in done.stderr and "processors.logger" not in done.stderr

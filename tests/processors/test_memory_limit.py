@@ -11,7 +11,7 @@ import pytest
 from processors._rss import RssReader
 from processors.ack import AckProcessor
 from processors.memory_limit import MemoryLimitProcessor
-from swarrow import Consumer, Layer, MemoryBroker, Message, Stack
+from swarrow import ConfigurationError, Consumer, Layer, MemoryBroker, Message, Stack
 
 pytestmark = pytest.mark.anyio
 
@@ -137,3 +137,21 @@ def test_rejects_bad_megabytes(megabytes: object) -> None:
 
     with pytest.raises(ValueError, match="megabytes"):
         MemoryLimitProcessor(inner, megabytes=megabytes)  # type: ignore[arg-type]
+
+
+async def test_a_limit_below_the_current_rss_is_refused_before_any_message() -> None:
+    broker = MemoryBroker()
+    broker.declare_queue_nowait("q")
+    broker.publish_nowait(Message(b"kept"), "q")
+    provider = broker.provider("q", prefetch=10)
+    seen: list[Message] = []
+    limit_mb = RssReader().read() / MIB / 2
+    stack = Stack(
+        Layer(MemoryLimitProcessor, megabytes=limit_mb),
+        Layer(AckProcessor, provider=provider),
+        callback=seen.append,
+    )
+    with pytest.raises(ConfigurationError, match=r"at or below the process's current RSS \(\d+\.\d MiB\)"):
+        with anyio.fail_after(5):
+            await Consumer(provider, stack).run()
+    assert seen == [] and broker.message_count("q") == 1

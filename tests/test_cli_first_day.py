@@ -1,0 +1,79 @@
+"""Issue 23, "tried as a new user would": each item through the CLI (click's runner, or a subprocess)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from click.testing import CliRunner, Result
+
+from swarrow import MemoryBroker
+from swarrow.cli import EXIT_IMPORT, EXIT_USAGE, cli
+
+FAST = ["--no-signals", "--grace-period", "1s"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
+def memory() -> tuple[str, MemoryBroker]:
+    name = f"first-{uuid.uuid4().hex[:8]}"
+    return f"memory://{name}", MemoryBroker.named(name)
+
+
+def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(cli, list(args), env=env)
+
+
+# -- 3. bad retry input ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["consume", "declare"])
+@pytest.mark.parametrize("delays", ["1s,,2s", "1s,2s,", ","])
+def test_an_empty_retry_delay_is_a_usage_error(
+    memory: tuple[str, MemoryBroker], command: str, delays: str
+) -> None:
+    url, broker = memory
+    target = ["tests.first_day_callbacks:ok"] if command == "consume" else []
+    result = invoke(command, *target, "--url", url, "-q", "jobs", "--declare" * (command == "consume"),
+                    "--retry-delays", delays)  # fmt: skip
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert "'--retry-delays'" in result.output and "is empty" in result.output
+    assert broker.queue_names() == []
+
+
+# -- 18. a memory limit below the current RSS -------------------------------------------------------------
+
+
+def test_a_memory_limit_below_the_current_rss_is_refused_at_start(memory: tuple[str, MemoryBroker]) -> None:
+    url, broker = memory
+    result = invoke("consume", "tests.first_day_callbacks:ok", "--url", url, "-q", "jobs", "--declare",
+                    "--memory-limit", "1MiB", *FAST)  # fmt: skip
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert "memory limit 1 MiB is at or below the process's current RSS (" in result.output
+    assert "Traceback" not in result.output
+
+
+# -- 19. a callable that cannot take one message ----------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="import_callable checks it once the CLI is split (house)")
+def test_a_callable_that_cannot_take_one_message_exits_3_naming_its_signature(
+    memory: tuple[str, MemoryBroker],
+) -> None:
+    url, broker = memory
+    broker.declare_queue_nowait("jobs")
+    result = invoke(
+        "consume", "tests.first_day_callbacks:two_args", "--url", url, "-q", "jobs", "--no-retry", *FAST
+    )
+    assert result.exit_code == EXIT_IMPORT, result.output
+    assert "two_args(a, b) cannot be called with one message" in result.output
