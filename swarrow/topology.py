@@ -3,7 +3,10 @@
 For queue `Q` with delays d1…dn: `Q.retry.k` holds a copy for `d_k` seconds (`x-message-ttl`), then
 RabbitMQ dead-letters it back to `Q` through the default exchange; `Q.dead` keeps what gave up.
 The broker does the waiting, so a worker never holds a delayed message (no `consumer_timeout`).
-Quorum queues (RabbitMQ >= 3.10) support `x-message-ttl`, so the same layout works for them.
+Quorum queues (RabbitMQ >= 3.10) support `x-message-ttl`, so the same layout works for them; with
+`quorum=True` every queue of the family is a quorum queue. `dead_letter_strategy="at-least-once"`
+makes the retry queues' dead-lettering back to `Q` (and `Q`'s own, with `delivery_limit`) confirmed
+by the target queue instead of fire-and-forget.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from swarrow.broker import Broker, QueueInfo
 from swarrow.message import Message
@@ -20,6 +23,7 @@ from swarrow.validation import require_int, require_seconds
 
 __all__ = [
     "ATTEMPTS_HEADER",
+    "DEAD_LETTER_STRATEGIES",
     "ERROR_MESSAGE_HEADER",
     "ERROR_TYPE_HEADER",
     "FAILED_AT_HEADER",
@@ -27,6 +31,7 @@ __all__ = [
     "ORIGINAL_EXPIRATION_HEADER",
     "ORIGINAL_QUEUE_HEADER",
     "RETRY_ATTEMPT_HEADER",
+    "DeadLetterStrategy",
     "RetryTopology",
     "dead_letter_headers",
     "dead_letter_queue_name",
@@ -46,6 +51,8 @@ ORIGINAL_QUEUE_HEADER: Final = "x-swarrow-original-queue"
 # The producer's `expiration` (its TTL for waiting in Q), kept on a copy that must not expire with it.
 ORIGINAL_EXPIRATION_HEADER: Final = "x-swarrow-original-expiration"
 MAX_ERROR_MESSAGE: Final = 1000
+DeadLetterStrategy = Literal["at-most-once", "at-least-once"]
+DEAD_LETTER_STRATEGIES: Final[tuple[DeadLetterStrategy, ...]] = ("at-most-once", "at-least-once")
 # Broker-managed headers that would lie on a fresh copy (a quorum queue only sets it when > 0).
 _STALE_ON_COPY: Final = frozenset({"x-delivery-count"})
 
@@ -127,9 +134,27 @@ class RetryTopology:
 
     Declaring again with the same options is a no-op; with other delays or queue type it raises
     `ConfigurationError` (RabbitMQ refuses to change a queue's arguments: delete the retry queues first).
+
+    Quorum options (`quorum=True` required):
+    - `dead_letter_strategy="at-least-once"`: each retry queue keeps an expired copy until `Q` has
+      confirmed it (`x-dead-letter-strategy=at-least-once`, which RabbitMQ honours only with
+      `x-overflow=reject-publish`, set too). The default `"at-most-once"` drops a copy whose move
+      back to `Q` fails (e.g. `Q` has no leader at that moment).
+    - `delivery_limit=N`: the broker's own poison guard on `Q` (`x-delivery-limit`): past N
+      requeues it dead-letters the message into `Q.dead` (`x-dead-letter-routing-key`) instead of
+      dropping it. Keep it above swarrow's `DeliveryLimitProcessor` limit, which dead-letters first
+      and says why in headers; a message `Q` rejects without requeue then also lands in `Q.dead`.
     """
 
-    def __init__(self, queue: str, delays: Sequence[float], *, quorum: bool = False) -> None:
+    def __init__(
+        self,
+        queue: str,
+        delays: Sequence[float],
+        *,
+        quorum: bool = False,
+        dead_letter_strategy: DeadLetterStrategy = "at-most-once",
+        delivery_limit: int | None = None,
+    ) -> None:
         if not queue:
             raise ValueError("queue must be a non-empty queue name")
         if not delays:
@@ -138,20 +163,50 @@ class RetryTopology:
             require_seconds("delay", delay)
             if round(delay * 1000) < 1:
                 raise ValueError(f"delays must be at least 1 ms (TTLs are whole milliseconds), got {delay!r}")
+        if dead_letter_strategy not in DEAD_LETTER_STRATEGIES:
+            raise ValueError(
+                "dead_letter_strategy must be 'at-most-once' or 'at-least-once', "
+                f"got {dead_letter_strategy!r}"
+            )
+        if delivery_limit is not None:
+            require_int("delivery_limit", delivery_limit)
+        if not quorum and (dead_letter_strategy != "at-most-once" or delivery_limit is not None):
+            option = (
+                "delivery_limit" if delivery_limit is not None else "dead_letter_strategy='at-least-once'"
+            )
+            raise ValueError(f"{option} needs quorum queues (quorum=True): classic queues ignore it")
         self.queue = queue
         self.delays = tuple(float(d) for d in delays)
         self.quorum = quorum
+        self.dead_letter_strategy: DeadLetterStrategy = dead_letter_strategy
+        self.delivery_limit = delivery_limit
 
     def queues(self) -> list[tuple[str, dict[str, Any]]]:
         """Every queue to declare, in order, with its arguments."""
         base: dict[str, Any] = {"x-queue-type": "quorum"} if self.quorum else {}
-        planned = [(self.queue, dict(base))]
+        confirmed: dict[str, Any] = (
+            {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+            if self.dead_letter_strategy == "at-least-once"
+            else {}
+        )
+        main = dict(base)
+        if self.delivery_limit is not None:
+            main.update(
+                {
+                    "x-delivery-limit": self.delivery_limit,
+                    "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": dead_letter_queue_name(self.queue),
+                    **confirmed,
+                }
+            )
+        planned = [(self.queue, main)]
         for attempt, delay in enumerate(self.delays, start=1):
             arguments = {
                 **base,
                 "x-message-ttl": round(delay * 1000),
                 "x-dead-letter-exchange": "",
                 "x-dead-letter-routing-key": self.queue,
+                **confirmed,
             }
             planned.append((retry_queue_name(self.queue, attempt), arguments))
         planned.append((dead_letter_queue_name(self.queue), dict(base)))
@@ -162,4 +217,9 @@ class RetryTopology:
         return [await broker.declare_queue(name, arguments=args or None) for name, args in self.queues()]
 
     def __repr__(self) -> str:
-        return f"RetryTopology({self.queue!r}, {list(self.delays)!r}, quorum={self.quorum})"
+        options = ""
+        if self.dead_letter_strategy != "at-most-once":
+            options += f", dead_letter_strategy={self.dead_letter_strategy!r}"
+        if self.delivery_limit is not None:
+            options += f", delivery_limit={self.delivery_limit}"
+        return f"RetryTopology({self.queue!r}, {list(self.delays)!r}, quorum={self.quorum}{options})"

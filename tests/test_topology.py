@@ -47,6 +47,50 @@ def test_queue_arguments_classic_and_quorum() -> None:
     assert all(args["x-queue-type"] == "quorum" for args in quorum.values())
 
 
+def test_at_least_once_dead_lettering_confirms_every_move_back_to_the_queue() -> None:
+    topology = RetryTopology("q", (0.2, 1.5), quorum=True, dead_letter_strategy="at-least-once")
+    queues = dict(topology.queues())
+    for name in ("q.retry.1", "q.retry.2"):
+        assert queues[name]["x-dead-letter-strategy"] == "at-least-once"
+        assert queues[name]["x-overflow"] == "reject-publish"  # RabbitMQ ignores the strategy without it
+        assert queues[name]["x-queue-type"] == "quorum"
+    assert queues["q"] == {"x-queue-type": "quorum"}  # Q dead-letters nowhere without a delivery limit
+    assert queues["q.dead"] == {"x-queue-type": "quorum"}
+    assert "dead_letter_strategy='at-least-once'" in repr(topology)
+
+
+def test_a_broker_delivery_limit_dead_letters_into_the_dead_queue() -> None:
+    queues = dict(RetryTopology("q", (1,), quorum=True, delivery_limit=10).queues())
+    assert queues["q"] == {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": 10,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": "q.dead",
+    }
+    confirmed = dict(
+        RetryTopology(
+            "q", (1,), quorum=True, delivery_limit=10, dead_letter_strategy="at-least-once"
+        ).queues()
+    )
+    assert confirmed["q"]["x-dead-letter-strategy"] == "at-least-once"
+    assert confirmed["q"]["x-overflow"] == "reject-publish"
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"dead_letter_strategy": "at-least-once"}, "needs quorum queues"),
+        ({"delivery_limit": 5}, "delivery_limit needs quorum queues"),
+        ({"quorum": True, "dead_letter_strategy": "exactly-once"}, "'exactly-once'"),
+        ({"quorum": True, "delivery_limit": 0}, "delivery_limit"),
+        ({"quorum": True, "delivery_limit": True}, "delivery_limit"),
+    ],
+)
+def test_quorum_options_are_checked(options: dict[str, object], named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        RetryTopology("q", (1,), **options)  # type: ignore[arg-type]
+
+
 async def test_declare_is_idempotent_and_refuses_other_delays() -> None:
     broker = MemoryBroker()
     first = await RetryTopology("q", (0.1, 0.2)).declare(broker)
