@@ -3,6 +3,7 @@ VENV ?= .venv
 PY = $(VENV)/bin/python
 STAMP = $(VENV)/.install-stamp
 PYTEST_ARGS ?=
+RABBITMQ_SCRIPT ?= scripts/rabbitmq.sh
 BENCH_ARGS ?=
 # The benchmark's peers (FastStream, dramatiq) live in a venv of their own: FastStream pins aio-pika ranges
 # that must not move the project's.
@@ -44,7 +45,7 @@ rabbitmq: ## Make sure RabbitMQ listens on 127.0.0.1:5672 (skip with SWARROW_SKI
 	@if [ "$(SWARROW_SKIP_RABBITMQ)" = 1 ]; then \
 		echo "SWARROW_SKIP_RABBITMQ=1: not starting RabbitMQ (SWARROW_URL=$${SWARROW_URL:-unset})"; \
 	else \
-		scripts/rabbitmq.sh start; \
+		$(RABBITMQ_SCRIPT) start; \
 	fi
 
 cluster: ## Start a 3-node RabbitMQ cluster on 127.0.0.1:5701-5703 for the cluster tests (scripts/rabbitmq-cluster.sh)
@@ -56,8 +57,16 @@ cluster-stop: ## Stop the 3-node cluster that `make cluster` started
 postgresql: ## Start the job-tracking tests' PostgreSQL on 127.0.0.1:55432 (scripts/postgresql.sh; best effort)
 	@scripts/postgresql.sh start || echo "warning: no PostgreSQL (apt-get install postgresql): its job-store tests are skipped" >&2
 
-run: install rabbitmq ## Run the demo: publish a few thousand messages and consume them
-	$(PY) -m swarrow.demo
+# Without SWARROW_URL, a RabbitMQ that cannot be installed or started (no root, no apt) is no dead end: the
+# demo runs on the in-memory broker and says so on its first line.
+run: install ## Run the demo: publish a few thousand messages and consume them (in memory if no RabbitMQ)
+	@if [ -n "$$SWARROW_URL" ] || [ "$(SWARROW_SKIP_RABBITMQ)" = 1 ]; then \
+		$(PY) -m swarrow.demo; \
+	elif $(RABBITMQ_SCRIPT) start; then \
+		$(PY) -m swarrow.demo; \
+	else \
+		$(PY) -m swarrow.demo --in-memory "RabbitMQ could not be installed or started (see above)"; \
+	fi
 
 test: install rabbitmq postgresql ## Run the whole test suite (pass options with PYTEST_ARGS=...)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -1,25 +1,31 @@
 """`python -m swarrow.demo` (`make run`): publish thousands of messages, consume them through the real stack.
 
 Every 500th message fails on its first try (retried by the broker after 1 s), one fails for good
-(dead-lettered to `swarrow.demo.dead`); the queues are deleted at the end.
+(dead-lettered to `swarrow.demo.dead`); the queues are deleted at the end. Without `SWARROW_URL`
+and with no RabbitMQ answering on the default URL (or with `--in-memory`), it runs the same demo on
+the in-memory broker and says so on its first line, so the first command always shows the onion.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 import time
+from collections.abc import Sequence
 
 import anyio
 
-from swarrow.broker import Broker, open_broker
+from swarrow.broker import DEFAULT_URL, Broker, open_broker
 from swarrow.errors import BrokerUnavailableError, PermanentError
 from swarrow.message import Message
-from swarrow.runner import consume, resolve_url
+from swarrow.runner import consume
 from swarrow.topology import RETRY_ATTEMPT_HEADER, RetryTopology
 
 __all__ = ["main"]
 
 QUEUE = "swarrow.demo"
+MEMORY_URL = "memory://demo"
 TOTAL = 3000
 DELAYS = (1.0, 2.0)
 FLAKY_EVERY = 500
@@ -72,15 +78,39 @@ async def _progress(tally: _Tally, started: float) -> None:
         )
 
 
-async def _main() -> int:
-    url = resolve_url(None)
-    broker = open_broker(url)
-    try:
-        await broker.connect()
-    except BrokerUnavailableError as exc:
-        print(f"swarrow demo: {exc}", file=sys.stderr)
-        print("Start RabbitMQ with `make rabbitmq`, or point SWARROW_URL at a broker.", file=sys.stderr)
+async def _open(in_memory: str | None, default_url: str) -> tuple[str, Broker] | None:
+    """The broker to run on: SWARROW_URL's (None if unreachable), else the default, else the in-memory one."""
+    given = os.environ.get("SWARROW_URL")
+    if in_memory is None:
+        url = given or default_url
+        broker = open_broker(url)
+        try:
+            await broker.connect()
+            return url, broker
+        except BrokerUnavailableError as exc:
+            if given:  # the user named a broker: falling back would hide their mistake
+                print(f"swarrow demo: {exc}", file=sys.stderr)
+                print(
+                    "Check SWARROW_URL, or unset it to run the demo on the in-memory broker.", file=sys.stderr
+                )
+                return None
+            in_memory = f"no RabbitMQ answers at {broker.url}"
+    print(
+        f"swarrow demo on the in-memory broker ({MEMORY_URL}) because {in_memory} "
+        "and SWARROW_URL is not set: the same stack, retries and dead letters, inside this process "
+        "(start RabbitMQ with `make rabbitmq`, or set SWARROW_URL, for the real thing)",
+        flush=True,
+    )
+    broker = open_broker(MEMORY_URL)
+    await broker.connect()
+    return MEMORY_URL, broker
+
+
+async def _main(in_memory: str | None = None, default_url: str = DEFAULT_URL) -> int:
+    opened = await _open(in_memory, default_url)
+    if opened is None:
         return 4
+    url, broker = opened
     topology = RetryTopology(QUEUE, DELAYS)
     try:
         for name, _ in topology.queues():
@@ -119,12 +149,21 @@ async def _main() -> int:
             await broker.close()
 
 
-def main() -> None:
-    """Run the demo; exit 4 when no broker is reachable."""
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the demo; exit 4 when the broker SWARROW_URL names is unreachable."""
     from swarrow.logs import configure_logging
 
+    parser = argparse.ArgumentParser(prog="python -m swarrow.demo", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--in-memory",
+        metavar="REASON",
+        default=None,
+        help="run on the in-memory broker, saying why on the first line (make run passes it when "
+        "RabbitMQ could not be installed or started)",
+    )
+    options = parser.parse_args(argv)
     configure_logging("WARNING")
-    sys.exit(anyio.run(_main, backend="asyncio"))
+    sys.exit(anyio.run(_main, options.in_memory, backend="asyncio"))
 
 
 if __name__ == "__main__":
