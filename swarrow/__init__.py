@@ -1,7 +1,7 @@
 """swarrow: consume RabbitMQ messages through a composable stack of processors."""
 
 from swarrow.broker import DEFAULT_URL, Broker, QueueInfo, mask_url, open_broker
-from swarrow.callback import AsyncCallback, Callback, CallbackProcessor, SyncCallback
+from swarrow.callback import AsyncCallback, Callback, CallbackProcessor, SyncCallback, check_callback
 from swarrow.consumer import Consumer
 from swarrow.control import ConsumerControl, StopReason, current_control
 from swarrow.errors import (
@@ -61,6 +61,7 @@ __all__ = [
     "SyncCallback",
     "TimeLimitExceeded",
     "__version__",
+    "check_callback",
     "consume",
     "current_control",
     "mask_url",
