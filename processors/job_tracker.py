@@ -109,12 +109,14 @@ class JobTrackerProcessor:
         buffer_size: int = 50_000,
         flush_interval: float = 0.1,
         close_timeout: float = 5.0,
+        write_timeout: float = 10.0,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         require_int("buffer_size", buffer_size)
         self.flush_interval = require_seconds("flush_interval", flush_interval)
         self.close_timeout = require_seconds("close_timeout", close_timeout)
+        self.write_timeout = require_seconds("write_timeout", write_timeout)
         if not isinstance(store, JobStore | str):
             raise ValueError(f"store must be a job store URL or a JobStore, got {store!r}")
         self.inner = inner
@@ -134,6 +136,7 @@ class JobTrackerProcessor:
         self._host = socket.gethostname()
         self._pid = os.getpid()
         self._queue = ""
+        self._write_scope: anyio.CancelScope | None = None
 
     @property
     def dropped_total(self) -> int:
@@ -153,13 +156,17 @@ class JobTrackerProcessor:
                 try:
                     yield
                 finally:
+                    scope = self._write_scope  # a write in progress gets close_timeout, not write_timeout
+                    if scope is not None:
+                        scope.deadline = min(scope.deadline, anyio.current_time() + self.close_timeout)
                     background.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
-                with anyio.move_on_after(self.close_timeout):
-                    while self._pending or self._buffer:
-                        if not await self._flush_once() and self._tries == 0:
-                            break  # the store is down: what is left is dropped below
+                deadline = anyio.current_time() + self.close_timeout
+                while self._pending or self._buffer:
+                    left_s = deadline - anyio.current_time()
+                    if left_s <= 0 or (not await self._flush_once(left_s) and self._tries == 0):
+                        break  # out of time, or the store is down: what is left is dropped below
                 left = len(self._pending) + len(self._buffer)
                 if left:
                     self._drop_batch(left, "the consumer stopped")
@@ -171,14 +178,18 @@ class JobTrackerProcessor:
     async def _flush_forever(self) -> None:
         while True:
             await anyio.sleep(self.flush_interval)
-            while await self._flush_once() and len(self._buffer) >= _MAX_WRITE:
+            while await self._flush_once(self.write_timeout) and len(self._buffer) >= _MAX_WRITE:
                 pass  # a backlog: keep writing
             if self._store_down:
                 # Back off while the store is away: 0.25 s, 0.5 s … 5 s between attempts.
                 await anyio.sleep(min(5.0, 0.25 * 2 ** min(self._tries, 5)))
 
-    async def _flush_once(self) -> bool:
-        """Write the pending batch (or take one from the buffer); True once it is written."""
+    async def _flush_once(self, timeout: float) -> bool:
+        """Write the pending batch (or take one from the buffer) within `timeout`; True once it is written.
+
+        Shielded: a stop never cuts a write in the middle (the deadline does, and the store then drops
+        its connection rather than reuse one left inside a transaction).
+        """
         self._push_drops()
         if not self._pending:
             if not self._buffer:
@@ -187,12 +198,21 @@ class JobTrackerProcessor:
             if len(batch) > _MAX_WRITE:
                 batch, self._buffer = batch[:_MAX_WRITE], batch[_MAX_WRITE:] + self._buffer
             self._pending, self._tries = batch, 0
-        try:
-            if not self._connected:
-                await self.store.connect()
-                self._connected = True
-            await self.store.write(self._pending)
-        except Exception as exc:
+        error: Exception | None = None
+        with anyio.CancelScope(shield=True), anyio.move_on_after(timeout) as deadline:
+            self._write_scope = deadline
+            try:
+                if not self._connected:
+                    await self.store.connect()
+                    self._connected = True
+                await self.store.write(self._pending)
+            except Exception as exc:
+                error = exc
+            finally:
+                self._write_scope = None
+        if deadline.cancelled_caught:
+            error = TimeoutError(f"no answer within {timeout:.1f}s")
+        if error is not None:
             self._tries += 1
             if not self._store_down:
                 self._store_down = True
@@ -200,7 +220,7 @@ class JobTrackerProcessor:
                     "job store %s failed (%s); buffering up to %d job records, then dropping them "
                     "(messages keep flowing)",
                     self.store.url,
-                    exc,
+                    error,
                     self.buffer_size,
                     extra={"queue": self._queue},
                 )

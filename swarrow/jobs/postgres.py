@@ -133,9 +133,12 @@ class PostgresBackend:
                 return await call(conn)
             except JobStoreError:
                 raise
-            except Exception as exc:
-                if conn.is_closed():
-                    self._conn = None
+            except BaseException as exc:
+                # Cancelled or failed mid-call, the connection may sit inside a transaction: never reuse it.
+                self._conn = None
+                conn.terminate()
+                if not isinstance(exc, Exception):
+                    raise
                 raise JobStoreError(
                     f"{what} on the job store {self.url} failed: {_reason(exc, self.dsn)}"
                 ) from None
