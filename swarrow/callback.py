@@ -14,6 +14,7 @@ import anyio.to_thread
 from swarrow.control import ConsumerControl, current_control
 from swarrow.errors import StopConsumer
 from swarrow.message import Message
+from swarrow.replies import record_result
 
 __all__ = ["AsyncCallback", "Callback", "CallbackProcessor", "SyncCallback", "check_callback"]
 
@@ -91,6 +92,8 @@ class CallbackProcessor:
                 )
                 if inspect.isawaitable(result):
                     result = await result
+            if message.reply_to is not None:
+                record_result(result)
         except StopConsumer as stop:
             if (control := current_control()) is not None:
                 control.stop("callback", str(stop) or "the callback raised StopConsumer")

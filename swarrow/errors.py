@@ -8,7 +8,10 @@ __all__ = [
     "InvalidURLError",
     "PermanentError",
     "PublishError",
+    "RemoteError",
     "RetryLater",
+    "RpcConnectionLost",
+    "RpcTimeout",
     "StopConsumer",
     "SwarrowError",
     "TimeLimitExceeded",
@@ -56,3 +59,21 @@ class StopConsumer(SwarrowError):  # a control-flow signal, not an error report
 
 class TimeLimitExceeded(SwarrowError):  # mirrors the name users know from dramatiq and Celery
     """Raised when a message ran past the time limit; outer layers treat it as a failure."""
+
+
+class RpcTimeout(SwarrowError):
+    """Raised by `RpcClient.call` when no reply came within the call's timeout."""
+
+
+class RpcConnectionLost(BrokerUnavailableError):
+    """Raised by `RpcClient.call` when the connection dropped while the call waited: no reply can come."""
+
+
+class RemoteError(SwarrowError):
+    """Raised by `RpcClient.call` when the worker gave the request up (`error_type`, `error_message`)."""
+
+    def __init__(self, error_type: str, error_message: str, *, reply: object = None) -> None:
+        super().__init__(f"{error_type}: {error_message}" if error_message else error_type)
+        self.error_type = error_type
+        self.error_message = error_message
+        self.reply = reply

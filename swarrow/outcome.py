@@ -13,6 +13,7 @@ from typing import Final, Literal, TypeAlias
 __all__ = [
     "ACKED",
     "DEAD_LETTERED",
+    "EXPIRED",
     "FAILED",
     "OUTCOMES",
     "REJECTED",
@@ -27,15 +28,17 @@ __all__ = [
     "reset_outcome",
 ]
 
-Outcome: TypeAlias = Literal["acked", "requeued", "rejected", "retried", "dead_lettered", "failed"]
+Outcome: TypeAlias = Literal["acked", "requeued", "rejected", "retried", "dead_lettered", "expired", "failed"]
 
 ACKED: Final = "acked"
 REQUEUED: Final = "requeued"
 REJECTED: Final = "rejected"
 RETRIED: Final = "retried"
 DEAD_LETTERED: Final = "dead_lettered"
+# A request whose caller stopped waiting: acked without running the callback (the reply layer).
+EXPIRED: Final = "expired"
 FAILED: Final = "failed"
-OUTCOMES: Final[tuple[Outcome, ...]] = (ACKED, REQUEUED, REJECTED, RETRIED, DEAD_LETTERED, FAILED)
+OUTCOMES: Final[tuple[Outcome, ...]] = (ACKED, REQUEUED, REJECTED, RETRIED, DEAD_LETTERED, EXPIRED, FAILED)
 
 _outcome: ContextVar[Outcome | None] = ContextVar("swarrow_outcome", default=None)
 # Why it failed, as (qualified type name, message): a settling layer that swallows the exception (retry,

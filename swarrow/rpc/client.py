@@ -1,0 +1,191 @@
+"""Call a worker and wait for its answer: many concurrent calls on one channel, matched by correlation id."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import anyio
+
+from swarrow.broker import Broker
+from swarrow.errors import ConfigurationError, RemoteError, RpcConnectionLost, RpcTimeout
+from swarrow.message import Message
+from swarrow.rpc.deadline import DEADLINE_HEADER
+from swarrow.rpc.transport import ReplyTransport, open_reply_transport
+from swarrow.rpc.values import encode_value
+from swarrow.topology import ERROR_MESSAGE_HEADER, ERROR_TYPE_HEADER
+
+__all__ = ["Reply", "RpcClient"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A worker's answer: the reply message's body, headers and properties."""
+
+    message: Message
+
+    @property
+    def body(self) -> bytes:
+        """The reply's bytes, as the worker sent them."""
+        return self.message.body
+
+    @property
+    def headers(self) -> Mapping[str, Any]:
+        """The reply's headers."""
+        return self.message.headers
+
+    @property
+    def content_type(self) -> str | None:
+        """`application/json`, `text/plain; charset=utf-8`, None for raw bytes, or what the worker chose."""
+        return self.message.content_type
+
+    def text(self, encoding: str = "utf-8") -> str:
+        """The body decoded as text."""
+        return self.message.body.decode(encoding)
+
+    def json(self) -> Any:
+        """The body decoded as JSON (an empty body is None)."""
+        return json.loads(self.message.body) if self.message.body else None
+
+
+class _Pending:
+    __slots__ = ("done", "error", "reply")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.reply: Message | None = None
+        self.error: BaseException | None = None
+
+
+class RpcClient:
+    """Send requests to worker queues and wait for their replies (`async with RpcClient(broker) as c`).
+
+    On RabbitMQ it uses direct reply-to (`amq.rabbitmq.reply-to`): no reply queue to declare or
+    clean up. Any number of tasks may `call` at once: each call is matched to its reply by
+    `correlation_id`, without a lock. A request carries its deadline (`x-swarrow-deadline` and an
+    `expiration`), so a worker skips requests nobody waits for any more. After a connection loss,
+    calls in flight raise `RpcConnectionLost`; later calls reconnect.
+    """
+
+    def __init__(self, broker: Broker, *, timeout: float = 30.0) -> None:
+        if not timeout > 0:
+            raise ConfigurationError(f"timeout must be > 0 seconds, got {timeout!r}")
+        self.broker = broker
+        self.timeout = timeout
+        self._pending: dict[str, _Pending] = {}
+        self._transport: ReplyTransport | None = None
+        self._stack: AsyncExitStack | None = None
+
+    async def __aenter__(self) -> RpcClient:
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            task_group = await stack.enter_async_context(anyio.create_task_group())
+            transport = open_reply_transport(self.broker)
+            stack.push_async_callback(self._close, task_group)
+            await transport.start(task_group, self._deliver, self._lost)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._transport = transport
+        self._stack = stack
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.__aexit__(exc_type, exc, tb)
+
+    async def _close(self, task_group: anyio.abc.TaskGroup) -> None:
+        transport, self._transport = self._transport, None
+        self._lost(RpcConnectionLost("the RPC client was closed while the call waited"))
+        if transport is not None:
+            await transport.close()
+        task_group.cancel_scope.cancel()
+
+    async def call(
+        self,
+        queue: str,
+        body: Any = b"",
+        *,
+        timeout: float | None = None,
+        headers: Mapping[str, Any] | None = None,
+        content_type: str | None = None,
+        exchange: str = "",
+        routing_key: str | None = None,
+        message_id: str | None = None,
+    ) -> Reply:
+        """Publish a request to `queue` and return its reply.
+
+        `body`: bytes as is, str as UTF-8 text, anything else as JSON. Raises `RpcTimeout` when no
+        reply came within `timeout` seconds, `RemoteError` when the worker gave the request up,
+        `PublishError` at once when no queue takes the request (it does not exist), and
+        `RpcConnectionLost` when the connection dropped while waiting.
+        """
+        transport = self._transport
+        if transport is None:
+            raise RuntimeError("use the RpcClient as `async with RpcClient(broker) as client:`")
+        wait = self.timeout if timeout is None else timeout
+        if not wait > 0:
+            raise ConfigurationError(f"timeout must be > 0 seconds, got {wait!r}")
+        encoded = encode_value(body)
+        correlation_id = uuid.uuid4().hex
+        all_headers = {**encoded.headers, **(headers or {})}
+        all_headers[DEADLINE_HEADER] = int((time.time() + wait) * 1000)
+        request = Message(
+            body=encoded.body,
+            headers=all_headers,
+            content_type=content_type or encoded.content_type,
+            correlation_id=correlation_id,
+            reply_to=transport.reply_to,
+            # The broker drops a request that waited longer than its caller would.
+            expiration=str(max(1, int(wait * 1000))),
+            message_id=message_id or correlation_id,
+            delivery_mode=1,
+        )
+        pending = self._pending[correlation_id] = _Pending()
+        try:
+            with anyio.move_on_after(wait):
+                await transport.publish(request, queue if routing_key is None else routing_key, exchange)
+                await pending.done.wait()
+        finally:
+            del self._pending[correlation_id]
+        if pending.error is not None:
+            raise pending.error
+        if pending.reply is None:
+            raise RpcTimeout(f"no reply from {queue!r} within {wait:g} s (correlation id {correlation_id})")
+        reply = pending.reply
+        if ERROR_TYPE_HEADER in reply.headers:
+            raise RemoteError(
+                str(reply.headers.get(ERROR_TYPE_HEADER)),
+                str(reply.headers.get(ERROR_MESSAGE_HEADER, "")),
+                reply=Reply(reply),
+            )
+        return Reply(reply)
+
+    def _deliver(self, message: Message) -> None:
+        pending = self._pending.get(message.correlation_id or "")
+        if pending is None:
+            # The call timed out or was never ours: nobody waits for this reply.
+            logger.debug("dropping a reply nobody waits for (correlation id %r)", message.correlation_id)
+            return
+        if pending.reply is None and pending.error is None:
+            pending.reply = message
+            pending.done.set()
+
+    def _lost(self, error: BaseException) -> None:
+        for pending in list(self._pending.values()):
+            if pending.reply is None and pending.error is None:
+                pending.error = error
+                pending.done.set()

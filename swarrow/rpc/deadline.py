@@ -1,0 +1,29 @@
+"""A request's deadline: when its caller stops waiting (shared by the client and the reply layer)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from swarrow.message import Message
+
+__all__ = ["DEADLINE_HEADER", "request_deadline"]
+
+DEADLINE_HEADER: Final = "x-swarrow-deadline"
+"""Milliseconds since the Unix epoch after which the caller no longer waits (set by `RpcClient`)."""
+
+
+def request_deadline(message: Message) -> float | None:
+    """The wall-clock second after which nobody waits for the reply, or None when the request has none.
+
+    `x-swarrow-deadline` (ms since the epoch) wins; otherwise a request that carries both a
+    `timestamp` and an `expiration` expires at their sum, as RabbitMQ would have expired it in the queue.
+    """
+    raw = message.headers.get(DEADLINE_HEADER) if message.headers else None
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        return float(raw) / 1000.0
+    if message.timestamp is not None and message.expiration is not None:
+        try:
+            return message.timestamp.timestamp() + int(message.expiration) / 1000.0
+        except ValueError:
+            return None
+    return None
