@@ -17,6 +17,7 @@ from swarrow import Broker, Consumer, Layer, Message, PermanentError, PublishErr
 from swarrow.errors import RemoteError, RpcTimeout
 from swarrow.outcome import EXPIRED, get_outcome
 from swarrow.rpc import DEADLINE_HEADER, ReplyBody, RpcClient
+from swarrow.topology import RetryTopology
 
 pytestmark = pytest.mark.anyio
 
@@ -32,10 +33,8 @@ async def serving(
 ) -> AsyncIterator[Consumer]:
     """A worker on `queue`: reply → ack → retry (short delays) → callback, until the block ends."""
     publisher = broker.publisher()
-    retry = RetryProcessor  # the real retry topology, so failures take the real paths
-    topology = retry(lambda m: anyio.sleep(0), publisher=publisher, attempts=attempts,
-                     delays=[0.05] * attempts).topology(queue)  # fmt: skip
-    await topology.declare(broker)
+    # The real retry topology, so failures take the real paths.
+    await RetryTopology(queue, [0.05] * attempts).declare(broker)
     provider = broker.provider(queue, prefetch=100)
     stack = Stack(
         Layer(ReplyProcessor, publisher=publisher, provider=provider),
@@ -76,8 +75,9 @@ async def test_many_concurrent_calls_each_get_their_own_answer(broker: Broker, q
 async def test_values_are_encoded_by_type(broker: Broker, queue_name: str) -> None:
     async def answer(message: Message) -> Any:
         kind = message.body.decode()
-        return {"bytes": b"\x00\xff", "str": "héllo", "none": None, "json": [1, "a"],
-                "false": False, "exact": ReplyBody.json(False), "custom": ReplyBody(b"<x/>", "text/xml")}[kind]  # fmt: skip
+        values: dict[str, Any] = {"bytes": b"\x00\xff", "str": "héllo", "none": None, "json": [1, "a"]}
+        values |= {"false": False, "exact": ReplyBody.json(False), "custom": ReplyBody(b"<x/>", "text/xml")}
+        return values[kind]
 
     async with serving(broker, queue_name, answer), RpcClient(broker) as client:
         raw = await client.call(queue_name, "bytes", timeout=10)
@@ -240,9 +240,7 @@ async def test_a_reply_to_a_caller_that_is_gone_is_lost_and_the_request_acked(
 
     async with serving(broker, queue_name, work, concurrency=1) as consumer:
         publisher = broker.publisher()
-        await publisher.publish(
-            Message(b"x", reply_to=f"{queue_name}.gone", correlation_id="c1"), queue_name
-        )
+        await publisher.publish(Message(b"x", reply_to=f"{queue_name}.gone", correlation_id="c1"), queue_name)
         await publisher.close()
         with anyio.fail_after(10):
             await done.wait()
