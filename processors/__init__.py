@@ -13,6 +13,7 @@ from processors.max_runtime import MaxRuntimeProcessor
 from processors.memory_limit import MemoryLimitProcessor
 from processors.metrics import MetricsProcessor
 from processors.pool_status import PoolStatusProcessor
+from processors.reply import ReplyProcessor
 from processors.retry import RepublishFailed, RetryProcessor
 from processors.signal_handler import SignalHandlerProcessor
 from processors.stop_when_idle import StopWhenIdleProcessor
@@ -31,6 +32,7 @@ __all__ = [
     "MemoryLimitProcessor",
     "MetricsProcessor",
     "PoolStatusProcessor",
+    "ReplyProcessor",
     "RepublishFailed",
     "RetryProcessor",
     "SignalHandlerProcessor",

@@ -16,6 +16,7 @@ from processors.max_messages import MaxMessagesProcessor
 from processors.max_runtime import MaxRuntimeProcessor
 from processors.memory_limit import MemoryLimitProcessor
 from processors.metrics import MetricsProcessor
+from processors.reply import ReplyProcessor
 from processors.retry import RetryProcessor
 from processors.signal_handler import SignalHandlerProcessor
 from processors.stop_when_idle import StopWhenIdleProcessor
@@ -67,6 +68,7 @@ def default_stack(
     log_body: bool = False,
     catch: bool = True,
     requeue_on_error: bool = False,
+    reply: bool = True,
     delivery_limit: int | None = None,
     retry: bool = True,
     retry_attempts: int = 3,
@@ -79,11 +81,12 @@ def default_stack(
     """Layers for `Stack(*layers, callback=...)`, outermost first; disabled ones (None / False) are left out.
 
     Order: signal_handler → max_runtime → max_messages → memory_limit → stop_when_idle → metrics →
-    logger → job_tracker → exception_catcher → ack → delivery_limit → retry → time_limit. Limits sit
-    outside the exception catcher so they count finished messages only; ack sits outside retry so the
-    original is acked once its retry copy is confirmed; the job tracker (`track_jobs`: a store URL or
-    a `JobStore`) sits outside ack to read what the settling layers recorded. Raises
-    `ConfigurationError` for an option that cannot work.
+    logger → job_tracker → exception_catcher → reply → ack → delivery_limit → retry → time_limit.
+    Limits sit outside the exception catcher so they count finished messages only; ack sits outside
+    retry so the original is acked once its retry copy is confirmed; the job tracker (`track_jobs`: a
+    store URL or a `JobStore`) sits outside ack to read what the settling layers recorded; reply sits
+    outside ack so a request is answered once its fate is settled (it needs `publisher`; without one,
+    requests are processed but not answered). Raises `ConfigurationError` for an option that cannot work.
     """
     try:
         _check_options(max_runtime, max_messages, memory_limit, delivery_limit, time_limit, stop_when_idle)
@@ -126,6 +129,8 @@ def default_stack(
         layers.append(Layer(JobTrackerProcessor, store=track_jobs, registry=registry))
     if catch:
         layers.append(Layer(ExceptionCatcherProcessor))
+    if reply and publisher is not None:
+        layers.append(Layer(ReplyProcessor, publisher=publisher, provider=provider))
     layers.append(Layer(AckProcessor, provider=provider, requeue_on_error=requeue_on_error))
     if delivery_limit is not None:
         assert publisher is not None

@@ -10,7 +10,10 @@ from swarrow.errors import (
     InvalidURLError,
     PermanentError,
     PublishError,
+    RemoteError,
     RetryLater,
+    RpcConnectionLost,
+    RpcTimeout,
     StopConsumer,
     SwarrowError,
     TimeLimitExceeded,
@@ -20,6 +23,7 @@ from swarrow.message import Headers, Message
 from swarrow.processor import HasLifespan, Processor
 from swarrow.provider import MessageProvider
 from swarrow.publisher import Publisher
+from swarrow.rpc import Reply, ReplyBody, RpcClient
 from swarrow.runner import consume, run
 from swarrow.stack import BuiltStack, Layer, Stack
 from swarrow.urls import BrokerNode, BrokerURL, parse_url
@@ -53,7 +57,13 @@ __all__ = [
     "PublishError",
     "Publisher",
     "QueueInfo",
+    "RemoteError",
+    "Reply",
+    "ReplyBody",
     "RetryLater",
+    "RpcClient",
+    "RpcConnectionLost",
+    "RpcTimeout",
     "Stack",
     "StopConsumer",
     "StopReason",

@@ -27,6 +27,7 @@ REEXPORTED = {
 # `swarrow.runner` is only partly re-exported (`run`, `consume`): the top level picks by name.
 SUBMODULE_API = {
     "amqp",
+    "amqp_rpc",
     "cli",
     "config",
     "demo",
@@ -34,6 +35,8 @@ SUBMODULE_API = {
     "metrics",
     "outcome",
     "pool",
+    "replies",
+    "rpc",
     "runner",
     "topology",
     "units",

@@ -17,6 +17,7 @@ from processors.max_messages import MaxMessagesProcessor
 from processors.max_runtime import MaxRuntimeProcessor
 from processors.memory_limit import MemoryLimitProcessor
 from processors.metrics import MetricsProcessor
+from processors.reply import ReplyProcessor
 from processors.retry import RetryProcessor
 from processors.signal_handler import SignalHandlerProcessor
 from processors.stop_when_idle import StopWhenIdleProcessor
@@ -60,6 +61,7 @@ def test_full_options_give_the_design_order(broker: MemoryBroker) -> None:
         MetricsProcessor,
         LoggerProcessor,
         ExceptionCatcherProcessor,
+        ReplyProcessor,
         AckProcessor,
         DeliveryLimitProcessor,
         RetryProcessor,
@@ -87,6 +89,7 @@ def test_defaults_leave_out_disabled_layers(broker: MemoryBroker) -> None:
         SignalHandlerProcessor,
         LoggerProcessor,
         ExceptionCatcherProcessor,
+        ReplyProcessor,
         AckProcessor,
         RetryProcessor,
     ]
