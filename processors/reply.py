@@ -20,6 +20,7 @@ from swarrow.outcome import (
     get_outcome,
     record_outcome,
     reset_error,
+    reset_outcome,
 )
 from swarrow.processor import Processor
 from swarrow.provider import MessageProvider
@@ -71,6 +72,9 @@ class ReplyProcessor:
         if deadline is not None and self.clock() >= deadline:
             return await self._expire(message, deadline)
         replies.clear()
+        # The consumer resets these per message too; a hand-built stack without metrics or logger
+        # layers would otherwise read the previous message's outcome here.
+        reset_outcome()
         reset_error()
         try:
             keep_going = await self.inner(message)

@@ -31,6 +31,7 @@ SUBMODULE_API = {
     "cli",
     "config",
     "demo",
+    "jobs",
     "logs",
     "metrics",
     "outcome",
