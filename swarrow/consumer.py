@@ -74,6 +74,14 @@ class Consumer:
             async with built.lifespan(control):
                 if not control.stop_requested:
                     await self.provider.start()
+                    # Logged once it is true: after the lifespans (signals, metrics) and the consume call.
+                    logger.info(
+                        "consuming %s (prefetch %d, concurrency %d)",
+                        control.queue_name,
+                        self.provider.prefetch,
+                        self.concurrency,
+                        extra={"queue": control.queue_name},
+                    )
                     await self._consume(built, control)
         finally:
             with anyio.CancelScope(shield=True):

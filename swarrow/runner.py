@@ -19,7 +19,7 @@ from typing import Any
 
 import anyio
 
-from swarrow.broker import DEFAULT_URL, Broker, open_broker
+from swarrow.broker import DEFAULT_URL, Broker, QueueInfo, open_broker
 from swarrow.callback import Callback, check_callback
 from swarrow.consumer import Consumer
 from swarrow.control import StopReason
@@ -29,7 +29,7 @@ from swarrow.publisher import Publisher
 from swarrow.stack import LayerLike, Stack
 from swarrow.topology import RetryTopology, dead_letter_queue_name, exponential_delays, retry_queue_name
 
-__all__ = ["Processors", "consume", "prepare_queues", "resolve_url", "retry_delays", "run"]
+__all__ = ["Processors", "consume", "describe_queues", "prepare_queues", "resolve_url", "retry_delays", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,30 +54,32 @@ async def prepare_queues(
     retry: bool = True,
     delays: Sequence[float] = (),
     quorum: bool = False,
-) -> None:
+) -> list[QueueInfo]:
     """Declare the queue (and its retry topology), or check it exists, failing with what to run.
 
     Checking up front turns "the retry copy was unroutable" on the first failure, minutes into a
     run, into an error at start naming the missing queue and the command that creates it.
+    Returns what was declared or found, in topology order.
     """
     if declare:
         if retry and delays:
-            await RetryTopology(queue, delays, quorum=quorum).declare(broker)
-        else:
-            await broker.declare_queue(queue, arguments={"x-queue-type": "quorum"} if quorum else None)
-        return
+            return await RetryTopology(queue, delays, quorum=quorum).declare(broker)
+        return [await broker.declare_queue(queue, arguments={"x-queue-type": "quorum"} if quorum else None)]
     hint = "pass --declare (declare=True)"
     if broker.url.startswith("memory://"):
         hint += "; the in-memory broker starts empty in every process"
-    if await broker.inspect_queue(queue) is None:
+    found = await broker.inspect_queue(queue)
+    if found is None:
         raise ConfigurationError(
             f"queue {queue!r} does not exist on {broker.url}: create it with "
             f"`swarrow declare --queue {queue}`, or {hint}"
         )
+    infos = [found]
     if retry and delays:
         names = [retry_queue_name(queue, k) for k in range(1, len(delays) + 1)]
         names.append(dead_letter_queue_name(queue))
-        missing = [name for name in names if await broker.inspect_queue(name) is None]
+        inspected = {name: await broker.inspect_queue(name) for name in names}
+        missing = [name for name, info in inspected.items() if info is None]
         if missing:
             spelled = ",".join(f"{round(d * 1000)}ms" for d in delays)
             raise ConfigurationError(
@@ -85,6 +87,19 @@ async def prepare_queues(
                 f"with `swarrow declare --queue {queue} --retry-delays {spelled}`, or {hint}, "
                 "or turn retries off (--no-retry)"
             )
+        infos.extend(info for info in inspected.values() if info is not None)
+    return infos
+
+
+def describe_queues(infos: Sequence[QueueInfo]) -> str:
+    """One line for a start-up log: `created a, b; found c (12 messages)`."""
+    created = [info.name for info in infos if info.created]
+    found = [f"{info.name} ({info.message_count} message{'' if info.message_count == 1 else 's'})"
+             for info in infos if not info.created]  # fmt: skip
+    parts = [f"created {', '.join(created)}"] if created else []
+    if found:
+        parts.append(f"found {', '.join(found)}")
+    return "; ".join(parts)
 
 
 def _address(value: tuple[str, int] | str | None) -> tuple[str, int] | None:
@@ -167,7 +182,7 @@ async def consume(
     broker = open_broker(resolve_url(url))
     try:
         await broker.connect()
-        await prepare_queues(
+        infos = await prepare_queues(
             broker,
             queue,
             declare=declare,
@@ -175,6 +190,8 @@ async def consume(
             delays=delays,
             quorum=bool(default_stack_options.get("quorum", False)),
         )
+        # What is true now; "consuming" is logged by the consumer once it really consumes.
+        logger.info("%s on %s", describe_queues(infos), broker.url, extra={"queue": queue})
         provider = _provider(broker, queue, prefetch, ack_batch_size, ack_flush_interval)
         publisher = broker.publisher()
         layers: Sequence[LayerLike]
@@ -196,14 +213,6 @@ async def consume(
             layers = processors
         consumer = Consumer(
             provider, Stack(*layers, callback=callback), concurrency=concurrency, grace_period=grace_period
-        )
-        logger.info(
-            "consuming %s on %s (prefetch %d, concurrency %d)",
-            queue,
-            broker.url,
-            prefetch,
-            concurrency,
-            extra={"queue": queue},
         )
         return await consumer.run()
     finally:

@@ -142,7 +142,16 @@ def test_run_logs_like_the_cli_when_the_application_set_up_no_logging() -> None:
     )
     assert done.stdout.splitlines()[-1] == "max_messages"
     lines = done.stderr.splitlines()
-    assert any(" INFO swarrow.runner: consuming jobs on memory://app" in line for line in lines), lines
+    created = (
+        " INFO swarrow.runner: created jobs.retry.1, jobs.retry.2, jobs.retry.3, jobs.dead;"
+        " found jobs (2 messages) on memory://app"
+    )
+    assert any(line.endswith(created) for line in lines), lines
+    consuming = [
+        n for n, line in enumerate(lines) if " INFO swarrow.consumer: consuming jobs (prefetch 100, " in line
+    ]
+    assert len(consuming) == 1, lines  # one line, once it is true
+    assert not any("consuming" in line for line in lines[: consuming[0]]), lines
     assert sum(" INFO processors.logger: message m-" in line for line in lines) == 2, lines
 
 
