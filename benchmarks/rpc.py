@@ -217,7 +217,7 @@ def main() -> None:
     print(f"\nmedian of {args.runs} runs (server concurrency {CONCURRENCY}, ~100-byte bodies, loopback)")
     print(f"| {'peer':38} | callers | calls/s | p50 ms | p99 ms | swarrow ÷ peer |")
     print(f"|{'-' * 40}|---------|---------|--------|--------|----------------|")
-    for peer, by in median.items():
+    for by in median.values():
         for callers, r in by.items():
             ratio = median.get("swarrow", {}).get(callers, {}).get("rate", 0) / r["rate"]
             print(f"| {r['peer']:38} | {callers:7} | {r['rate']:7.0f} | {r['p50_ms']:6.2f} | {r['p99_ms']:6.2f} | "
