@@ -21,6 +21,7 @@ from processors._rss import RssReader
 from swarrow.control import ConsumerControl
 from swarrow.jobs.model import (
     DEAD_LETTERED,
+    EXPIRED,
     FAILED,
     JOB_ID_HEADER,
     MAX_ERROR_MESSAGE,
@@ -49,6 +50,7 @@ _STATE_AFTER_RETURN: Final = {
     "retried": RETRYING,
     "requeued": RETRYING,
     "dead_lettered": DEAD_LETTERED,
+    "expired": EXPIRED,
     "rejected": FAILED,
     "failed": FAILED,
     None: SUCCEEDED,

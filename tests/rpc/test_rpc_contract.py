@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -13,7 +14,7 @@ import pytest
 from processors.ack import AckProcessor
 from processors.reply import ReplyProcessor
 from processors.retry import RetryProcessor
-from swarrow import Broker, Consumer, Layer, Message, PermanentError, PublishError, Stack
+from swarrow import Broker, Consumer, Layer, MemoryBroker, Message, PermanentError, PublishError, Stack
 from swarrow.errors import RemoteError, RpcTimeout
 from swarrow.outcome import EXPIRED, get_outcome
 from swarrow.rpc import DEADLINE_HEADER, ReplyBody, RpcClient
@@ -249,3 +250,33 @@ async def test_a_reply_to_a_caller_that_is_gone_is_lost_and_the_request_acked(
         assert not consumer.control.stop_requested
     info = await broker.inspect_queue(queue_name)
     assert info is not None and info.message_count == 0
+
+
+async def test_an_expired_tracked_request_ends_expired_in_the_job_store(
+    memory_broker: MemoryBroker, tmp_path: Path
+) -> None:
+    from processors.defaults import default_stack
+    from swarrow.jobs import JobStore
+
+    queue = "expiring"
+    await memory_broker.declare_queue(queue)
+    publisher = memory_broker.publisher()
+    past = int((time.time() - 1) * 1000)
+    late = Message(b"late", reply_to="nobody", message_id="job-1", headers={DEADLINE_HEADER: past})
+    await publisher.publish(late, queue)
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    provider = memory_broker.provider(queue, prefetch=10)
+    layers = default_stack(provider=provider, publisher=publisher, signals=False, retry=False, track_jobs=url)
+    consumer = Consumer(provider, Stack(*layers, callback=lambda m: None), concurrency=1, grace_period=1)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(consumer.run)
+        with anyio.fail_after(10):
+            while memory_broker.message_count(queue) or consumer.in_flight:
+                await anyio.sleep(0.01)
+        consumer.control.stop("test", "done")
+    store = JobStore.open(url)
+    try:
+        job = (await store.status(["job-1"]))["job-1"]
+    finally:
+        await store.close()
+    assert job is not None and job.state == "expired"
