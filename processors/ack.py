@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
+from swarrow.control import current_control
 from swarrow.message import Message
 from swarrow.outcome import ACKED, REJECTED, REQUEUED, record_outcome
 from swarrow.processor import Processor
 from swarrow.provider import MessageProvider
 
 __all__ = ["AckProcessor"]
+
+logger = logging.getLogger(__name__)
 
 
 class AckProcessor:
@@ -36,6 +41,17 @@ class AckProcessor:
             requeue = self.requeue_on_error or bool(getattr(exc, "requeue", False))
             await self.provider.reject(message, requeue=requeue)
             record_outcome(REQUEUED if requeue else REJECTED)
+            if not requeue and (control := current_control()) is not None:
+                control.rejected += 1
+                if control.rejected == 1:  # once per run: the broker's side of it is the same every time
+                    logger.warning(
+                        "message %s rejected without requeue: RabbitMQ dead-letters it if %s has a "
+                        "dead-letter exchange, and drops it otherwise (retries would keep it in %s.dead)",
+                        message.message_id,
+                        message.queue,
+                        message.queue,
+                        extra={"queue": message.queue, "message_id": message.message_id},
+                    )
             raise
         # Outside the try: if the ack itself fails, rejecting too would settle the delivery twice.
         await self.provider.ack(message)

@@ -49,6 +49,9 @@ class ConsumerControl:
         self.stop_requested = False
         self.stop_now_requested = False
         self.in_flight = 0
+        # Rejected without requeue (AckProcessor): dead-lettered if the queue has a DLX, else dropped by
+        # the broker. Counted off the hot path, for the warning a run without retries ends with.
+        self.rejected = 0
         self._stop_event: anyio.Event | None = None
         self._stop_now_event: anyio.Event | None = None
 

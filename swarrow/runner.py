@@ -214,7 +214,26 @@ async def consume(
         consumer = Consumer(
             provider, Stack(*layers, callback=callback), concurrency=concurrency, grace_period=grace_period
         )
-        return await consumer.run()
+        if processors is None and not retry:
+            # "No message lost" is the first promise: say where a failure goes when retries are off.
+            logger.warning(
+                "retries are off: a failed message is rejected without requeue; RabbitMQ dead-letters it "
+                "if %s has a dead-letter exchange, and drops it otherwise",
+                queue,
+                extra={"queue": queue},
+            )
+        try:
+            return await consumer.run()
+        finally:
+            if consumer.control.rejected:
+                logger.warning(
+                    "%d message(s) from %s were rejected without requeue this run: dead-lettered if %s "
+                    "has a dead-letter exchange, dropped otherwise",
+                    consumer.control.rejected,
+                    queue,
+                    queue,
+                    extra={"queue": queue},
+                )
     finally:
         with anyio.CancelScope(shield=True):
             await broker.close()
