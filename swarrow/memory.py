@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import anyio
 
@@ -24,6 +24,9 @@ from swarrow.broker import QueueInfo
 from swarrow.errors import ConfigurationError, PublishError
 from swarrow.message import Message
 from swarrow.validation import require_int
+
+if TYPE_CHECKING:
+    from swarrow._memory_scan import MemoryQueueScan
 
 __all__ = ["MemoryBroker", "MemoryMessageProvider", "MemoryPublisher"]
 
@@ -342,6 +345,12 @@ class MemoryBroker:
     def publisher(self) -> MemoryPublisher:
         """A publisher into this broker."""
         return MemoryPublisher(self)
+
+    def scan(self, queue: str) -> MemoryQueueScan:
+        """One pass over `queue` that takes only what it acks (see `swarrow.scan.QueueScan`)."""
+        from swarrow._memory_scan import MemoryQueueScan
+
+        return MemoryQueueScan(self, queue)
 
 
 class _RecentList(list[_T]):

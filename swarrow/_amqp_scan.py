@@ -1,0 +1,366 @@
+"""`AmqpBroker.scan`: one pass over a RabbitMQ queue that takes only what it acks.
+
+Two plain (not robust) aiormq connections: a reader that consumes with manual acks and unlimited
+prefetch (a pass must be able to hold every message of the queue unacked), and a writer for
+publishes with confirms and passive declares. A lost connection is reported, never papered over by
+a reconnect: the broker has already put back every unacked message, and a rerun carries on.
+
+Memory stays bounded however long the queue: deliveries are read in the channel's reader and handed
+over through a small queue, so a slow pass stops reading the socket (TCP back-pressure) instead of
+piling deliveries up in memory. Confirms arrive on the writer connection, which never waits for
+the reader. Closing the reader channel returns the unacked messages to their places (a classic queue
+puts them back where they were; a quorum queue returns them ahead of the rest, in their order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Sequence
+from types import TracebackType
+from typing import Any, Final
+
+import aiormq
+import aiormq.abc
+from pamqp.body import ContentBody
+from pamqp.commands import Basic
+from pamqp.header import ContentHeader
+
+from swarrow._amqp_batch import BatchPublisher
+from swarrow.amqp import _properties, _scrub
+from swarrow.broker import mask_url
+from swarrow.errors import BrokerUnavailableError, ConfigurationError, PublishError
+from swarrow.message import Message
+
+__all__ = ["AmqpQueueScan", "install_inline_delivery"]
+
+_EMPTY: Final[dict[str, Any]] = {}
+# Frames the reader channel may buffer (a delivery is 3+): enough to keep the socket busy, and a
+# bound on memory (x frame_max, 128 KiB by default) while the pass waits for confirms.
+_FRAME_BUFFER: Final = 240
+_GONE: Final = (
+    aiormq.exceptions.AMQPConnectionError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    aiormq.exceptions.ConnectionClosed,
+    ConnectionError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+
+def install_inline_delivery(channel: aiormq.abc.AbstractChannel, take: Any) -> bool:
+    """Read deliveries in the channel's reader and `await take(frame, properties, body)` there.
+
+    aiormq runs each consumer callback in a task of its own, so a slow consumer makes tasks (and
+    bodies) pile up without bound; awaiting in the reader instead lets its bounded frame queue fill
+    and the connection stop reading. Relies on aiormq 7's channel internals (`frames`,
+    `_on_deliver_frame`): returns False, changing nothing, where they are not there.
+    """
+    frames = getattr(channel, "frames", None)
+    if not isinstance(frames, asyncio.Queue) or not hasattr(channel, "_on_deliver_frame"):
+        return False
+
+    async def next_frame() -> Any:
+        item = await frames.get()
+        frames.task_done()
+        return item[1]
+
+    async def on_deliver_frame(frame: Any) -> None:
+        header = await next_frame()
+        if not isinstance(header, ContentHeader):
+            raise ValueError(f"unexpected frame {header!r} instead of a content header")
+        size = header.body_size or 0
+        parts: list[bytes] = []
+        received = 0
+        while received < size:
+            content = await next_frame()
+            if not isinstance(content, ContentBody):
+                raise ValueError(f"unexpected frame {content!r} instead of a content body")
+            parts.append(content.value)
+            received += len(content.value)
+        await take(frame, header.properties, parts[0] if len(parts) == 1 else b"".join(parts))
+
+    channel._on_deliver_frame = on_deliver_frame
+    return True
+
+
+class AmqpQueueScan:
+    """A `QueueScan` over a RabbitMQ queue (see the module docstring for how it stays safe and small)."""
+
+    def __init__(
+        self,
+        url: str,
+        queue: str,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        connect_timeout: float = 10.0,
+        confirm_timeout: float = 30.0,
+        buffer: int = 256,
+        idle_check: float = 1.0,
+    ) -> None:
+        self._url = url
+        self._queue = queue
+        self.ssl_context = ssl_context
+        self.connect_timeout = connect_timeout
+        self.confirm_timeout = confirm_timeout
+        self.idle_check = idle_check
+        self._inbox: asyncio.Queue[Message | None] = asyncio.Queue(maxsize=buffer)
+        self._count = 0
+        self._reader: aiormq.abc.AbstractConnection | None = None
+        self._writer: aiormq.abc.AbstractConnection | None = None
+        self._channel: aiormq.abc.AbstractChannel | None = None
+        self._publisher: aiormq.abc.AbstractChannel | None = None
+        self._draining = False
+        self._floor = 0  # every delivery tag up to this one is acked
+        self._stuck = False  # a delivery below the next ack stays unacked: ack singly from now on
+        self._lost: str | None = None
+        self.inline_delivery = False
+        self._batch: BatchPublisher | None = None
+
+    @property
+    def queue_name(self) -> str:
+        """The queue being read."""
+        return self._queue
+
+    @property
+    def count(self) -> int:
+        """Messages ready when the scan opened."""
+        return self._count
+
+    @property
+    def url(self) -> str:
+        """The broker URL, password masked."""
+        return mask_url(self._url)
+
+    async def _connect(self, role: str) -> aiormq.abc.AbstractConnection:
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                connection: aiormq.abc.AbstractConnection = await aiormq.connect(
+                    self._url,
+                    context=self.ssl_context,
+                    client_properties={"connection_name": f"swarrow dead-letter {role}"},
+                )
+        except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
+            detail = _scrub(str(exc) or type(exc).__name__, self._url)
+            raise BrokerUnavailableError(f"cannot connect to {self.url}: {detail}") from None
+        return connection
+
+    async def __aenter__(self) -> AmqpQueueScan:
+        try:
+            await self._open()
+        except BaseException:
+            await self._shutdown()
+            raise
+        return self
+
+    async def _open(self) -> None:
+        self._writer = await self._connect("writer")
+        ready = await self._ready_count(self._queue)
+        if ready is None:
+            raise ConfigurationError(f"queue {self._queue!r} does not exist on {self.url}")
+        self._count = ready
+        self._reader = await self._connect("reader")
+        try:
+            channel = await self._reader.channel(publisher_confirms=False, frame_buffer_size=_FRAME_BUFFER)
+            self._channel = channel
+            self.inline_delivery = install_inline_delivery(channel, self._take)
+            channel.closing.add_done_callback(self._on_closed)
+            await channel.basic_qos(prefetch_count=0)  # a pass holds the whole queue unacked
+            await channel.basic_consume(self._queue, self._on_delivery, no_ack=False)
+            self._publisher = await self._writer.channel(publisher_confirms=True, on_return_raises=True)
+            self._publisher.closing.add_done_callback(self._on_closed)
+            batch = BatchPublisher(self._publisher)
+            self._batch = batch if batch.install() else None
+        except _GONE as exc:
+            raise self._broker_gone(exc) from None
+
+    def _on_closed(self, future: asyncio.Future[Any]) -> None:
+        if self._draining:
+            return
+        exc = None if future.cancelled() else future.exception()
+        self._lost = f"connection to {self.url} lost" + (f" ({_scrub(str(exc), self._url)})" if exc else "")
+        with contextlib.suppress(asyncio.QueueFull):
+            self._inbox.put_nowait(None)  # wake a waiting reader; a full inbox means nobody waits
+
+    def _broker_gone(self, exc: BaseException) -> BrokerUnavailableError:
+        detail = self._lost or f"connection to {self.url} lost ({_scrub(str(exc) or repr(exc), self._url)})"
+        return BrokerUnavailableError(detail)
+
+    async def _take(self, d: Any, p: Any, body: bytes) -> None:
+        if self._draining:
+            return  # closing: the broker returns it with the channel
+        message = Message(
+            body,
+            p.headers or _EMPTY,
+            p.content_type,
+            p.content_encoding,
+            p.delivery_mode,
+            p.priority,
+            p.correlation_id,
+            p.reply_to,
+            p.expiration,
+            p.message_id,
+            p.timestamp,
+            p.message_type,
+            p.user_id,
+            p.app_id,
+            d.delivery_tag,
+            d.consumer_tag,
+            d.redelivered,
+            d.exchange,
+            d.routing_key,
+            self._queue,
+        )
+        await self._inbox.put(message)
+
+    async def _on_delivery(self, delivered: aiormq.abc.DeliveredMessage) -> None:
+        # Only used where the inline path could not be installed (memory then is not bounded).
+        await self._take(delivered.delivery, delivered.header.properties, delivered.body)
+
+    async def _ready_count(self, name: str) -> int | None:
+        if self._writer is None:
+            raise RuntimeError("the scan is not open")
+        try:
+            channel = await self._writer.channel(publisher_confirms=False)
+            try:
+                ok = await channel.queue_declare(name, passive=True)
+            finally:
+                if not channel.is_closed:
+                    await channel.close()
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return None
+        except _GONE as exc:
+            raise self._broker_gone(exc) from None
+        return int(ok.message_count or 0)
+
+    async def queue_exists(self, name: str) -> bool:
+        """True when queue `name` exists (passive declare)."""
+        return await self._ready_count(name) is not None
+
+    async def _next(self) -> Message | None:
+        inbox = self._inbox
+        while True:
+            if self._lost:
+                raise BrokerUnavailableError(self._lost)
+            try:
+                message = (
+                    inbox.get_nowait()
+                    if inbox.qsize()
+                    else await asyncio.wait_for(inbox.get(), self.idle_check)
+                )
+            except TimeoutError:
+                # Nothing for a while: someone else may have taken the rest, or it expired.
+                if await self._ready_count(self._queue) == 0 and inbox.empty():
+                    return None
+                continue
+            if message is not None:
+                return message
+
+    async def messages(self) -> AsyncIterator[Message]:
+        """Up to `count` messages from the head, each once."""
+        if self._channel is None:
+            raise RuntimeError("enter the scan with `async with` first")
+        for _ in range(self._count):
+            message = await self._next()
+            if message is None:
+                return
+            yield message
+
+    async def ack(self, message: Message) -> None:
+        """Ack `message` on the reader channel (it leaves the queue for good)."""
+        channel = self._channel
+        if channel is None or message.delivery_tag is None:
+            raise RuntimeError("ack of a message this scan did not deliver")
+        if self._lost:
+            raise BrokerUnavailableError(self._lost)
+        self._stuck = True  # an ack of its own: no multiple ack may follow
+        try:
+            await channel.basic_ack(message.delivery_tag, wait=False)
+        except _GONE as exc:
+            raise self._broker_gone(exc) from None
+
+    async def ack_all(self, messages: Sequence[Message]) -> None:
+        """Ack `messages`: one multiple ack when they are exactly the next unacked tags, else one each.
+
+        A multiple ack settles every unacked tag up to its own, so it is only sent while every
+        earlier delivery is acked; once one is left in the queue (kept), the pass acks singly.
+        """
+        channel = self._channel
+        tags = sorted(m.delivery_tag for m in messages if m.delivery_tag is not None)
+        if channel is None or len(tags) != len(messages):
+            raise RuntimeError("ack of a message this scan did not deliver")
+        if not tags:
+            return
+        if self._lost:
+            raise BrokerUnavailableError(self._lost)
+        try:
+            if not self._stuck and tags[0] == self._floor + 1 and tags[-1] == self._floor + len(tags):
+                await channel.basic_ack(tags[-1], multiple=True, wait=False)
+                self._floor = tags[-1]
+                return
+            self._stuck = True
+            for tag in tags:
+                await channel.basic_ack(tag, wait=False)
+        except _GONE as exc:
+            raise self._broker_gone(exc) from None
+
+    async def publish(self, batch: Sequence[tuple[Message, str]]) -> list[Exception | None]:
+        """Publish the batch with mandatory and confirms; wait for every confirm."""
+        channel = self._publisher
+        if channel is None:
+            raise RuntimeError("the scan is not open")
+        if self._lost:
+            raise BrokerUnavailableError(self._lost)
+        try:
+            async with asyncio.timeout(self.confirm_timeout):
+                if self._batch is not None:
+                    reasons = await self._batch.publish([(m.body, _properties(m), q) for m, q in batch])
+                else:
+                    reasons = list(
+                        await asyncio.gather(*(self._publish_one(channel, m, q) for m, q in batch))
+                    )
+        except TimeoutError:
+            raise self._broker_gone(TimeoutError(f"no confirm within {self.confirm_timeout} s")) from None
+        except _GONE as exc:
+            raise self._broker_gone(exc) from None
+        except aiormq.exceptions.AMQPError as exc:
+            raise PublishError(f"the broker closed the publishing channel: {exc}") from exc
+        return [None if why is None else PublishError(why) for why in reasons]
+
+    @staticmethod
+    async def _publish_one(channel: aiormq.abc.AbstractChannel, message: Message, queue: str) -> str | None:
+        """aiormq's own path, where `BatchPublisher` cannot take over the channel."""
+        try:
+            confirmation = await channel.basic_publish(
+                message.body, routing_key=queue, properties=_properties(message), mandatory=True
+            )
+        except aiormq.exceptions.PublishError:
+            return f"returned as unroutable: no queue {queue!r}"
+        if isinstance(confirmation, Basic.Nack):
+            return "the broker nacked it"
+        return None
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        """Close everything; unacked deliveries return to the queue with the reader channel."""
+        self._draining = True
+        while not self._inbox.empty():
+            self._inbox.get_nowait()  # unblocks the reader so the close handshake can be read
+        channel = self._channel
+        if channel is not None and not channel.is_closed and not self._lost:
+            # Closing the channel first flushes the acks queued before it (a connection close may not).
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(10):
+                    await channel.close()
+        for connection in (self._reader, self._writer):
+            if connection is None:
+                continue
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await connection.close()
+        self._reader = self._writer = self._channel = self._publisher = None
