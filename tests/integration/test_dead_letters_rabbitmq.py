@@ -52,9 +52,7 @@ async def fill(broker: AmqpBroker, queue: str, messages: Sequence[Message]) -> N
 
 
 @pytest.fixture(params=["classic", "quorum"])
-async def topology(
-    request: pytest.FixtureRequest, amqp_broker: AmqpBroker, queue_name: str
-) -> str:
+async def topology(request: pytest.FixtureRequest, amqp_broker: AmqpBroker, queue_name: str) -> str:
     """`queue_name` and `queue_name.dead`, classic or quorum."""
     arguments = {"x-queue-type": "quorum"} if request.param == "quorum" else None
     await amqp_broker.declare_queue(queue_name, arguments=arguments)
