@@ -66,24 +66,41 @@ def migrations(dialect: Dialect, current: int) -> list[tuple[int, list[str]]]:
 
 
 def upsert(dialect: Dialect) -> str:
-    """Insert a record, or update the row when the record is not older than it (see `JobRecord`)."""
+    """Insert a record, or merge it into the row by the rule of `JobRecord` (and `merge_records`).
+
+    The newer of the two (by attempts, started, finished-or-not) gives every column; first_seen is the
+    earliest; an error sticks, and an older record's error fills a row that has none (the retrying
+    record of attempt 1 may reach the store after the success of attempt 2, from another worker).
+    """
     least = "min" if dialect == "sqlite" else "LEAST"
     names = ", ".join(COLUMNS)
     values = ", ".join("?" for _ in COLUMNS)
+    newer = (
+        "(excluded.attempts, excluded.started, excluded.state <> 'running') "
+        ">= (swarrow_jobs.attempts, swarrow_jobs.started, swarrow_jobs.state <> 'running')"
+    )
     keep = ("first_seen", "error_type", "error_message")
-    updates = [f"{c} = excluded.{c}" for c in COLUMNS[1:] if c not in keep]
+    updates = [
+        f"{c} = CASE WHEN {newer} THEN excluded.{c} ELSE swarrow_jobs.{c} END"
+        for c in COLUMNS[1:]
+        if c not in keep
+    ]
     updates.append(f"first_seen = {least}(swarrow_jobs.first_seen, excluded.first_seen)")
-    # The last error sticks: a retry that runs again or succeeds keeps what failed before.
-    updates.append("error_type = COALESCE(excluded.error_type, swarrow_jobs.error_type)")
+    # SET expressions all read the row as it was, so error_message can test the old error_type.
     updates.append(
-        "error_message = CASE WHEN excluded.error_type IS NULL THEN swarrow_jobs.error_message "
-        "ELSE excluded.error_message END"
+        f"error_type = CASE WHEN {newer} THEN COALESCE(excluded.error_type, swarrow_jobs.error_type) "
+        "ELSE COALESCE(swarrow_jobs.error_type, excluded.error_type) END"
+    )
+    updates.append(
+        f"error_message = CASE WHEN {newer} "
+        "THEN (CASE WHEN excluded.error_type IS NULL THEN swarrow_jobs.error_message "
+        "ELSE excluded.error_message END) "
+        "ELSE (CASE WHEN swarrow_jobs.error_type IS NULL THEN excluded.error_message "
+        "ELSE swarrow_jobs.error_message END) END"
     )
     return (
         f"INSERT INTO swarrow_jobs ({names}) VALUES ({values}) "
-        f"ON CONFLICT (id) DO UPDATE SET {', '.join(updates)} "
-        "WHERE (excluded.attempts, excluded.started, excluded.state <> 'running') "
-        ">= (swarrow_jobs.attempts, swarrow_jobs.started, swarrow_jobs.state <> 'running')"
+        f"ON CONFLICT (id) DO UPDATE SET {', '.join(updates)}"
     )
 
 

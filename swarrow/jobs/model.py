@@ -72,7 +72,7 @@ def _key(record: JobRecord) -> tuple[int, float, bool]:
 
 
 def merge_records(records: Iterable[JobRecord]) -> list[JobRecord]:
-    """One record per id, by the store's own rule: the latest wins, first_seen is the earliest, errors stick.
+    """One record per id by the store's rule: the latest wins, first_seen is the earliest, an error sticks.
 
     Lets a batch go out as one upsert per job (the running step and the final one of a job often
     travel together) and keeps an upsert from touching one row twice.
@@ -87,7 +87,7 @@ def merge_records(records: Iterable[JobRecord]) -> list[JobRecord]:
         changes: dict[str, Any] = {}
         if other.first_seen < new.first_seen:
             changes["first_seen"] = other.first_seen
-        if new.error_type is None and other.error_type is not None and new is record:
+        if new.error_type is None and other.error_type is not None:
             changes["error_type"] = other.error_type
             changes["error_message"] = other.error_message
         latest[record.id] = new._replace(**changes) if changes else new

@@ -91,6 +91,7 @@ async def test_an_older_record_never_overwrites_a_newer_one(store_url: str) -> N
         job = (await store.status(["j"]))["j"]
     assert job is not None
     assert (job.state, job.attempts) == ("succeeded", 2)
+    assert (job.error_type, job.error_message) == ("E", "first try")  # a late error still fills the row
 
 
 async def test_a_later_delivery_of_the_same_attempt_overwrites_and_finished_beats_running(
