@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,7 +26,7 @@ from swarrow.errors import ConfigurationError
 from swarrow.jobs.store import JobStore
 from swarrow.provider import MessageProvider
 from swarrow.publisher import Publisher
-from swarrow.stack import Layer
+from swarrow.stack import Layer, LayerLike
 from swarrow.validation import require_int, require_positive, require_seconds
 
 __all__ = ["default_stack"]
@@ -77,6 +78,7 @@ def default_stack(
     time_limit: float | None = None,
     stop_when_idle: float | None = None,
     track_jobs: str | JobStore | None = None,
+    layers: Sequence[LayerLike] = (),
 ) -> list[Layer[Any]]:
     """Layers for `Stack(*layers, callback=...)`, outermost first; disabled ones (None / False) are left out.
 
@@ -86,7 +88,10 @@ def default_stack(
     retry so the original is acked once its retry copy is confirmed; the job tracker (`track_jobs`: a
     store URL or a `JobStore`) sits outside ack to read what the settling layers recorded; reply sits
     outside ack so a request is answered once its fate is settled (it needs `publisher`; without one,
-    requests are processed but not answered). Raises `ConfigurationError` for an option that cannot work.
+    requests are processed but not answered). `layers`: processors of your own (a `Layer`, or a
+    class / factory called with the inner processor), added innermost, just around the callback, first
+    listed outermost: inside ack and retry, so what they raise is retried and what they let through is
+    acked. Raises `ConfigurationError` for an option that cannot work.
     """
     try:
         _check_options(max_runtime, max_messages, memory_limit, delivery_limit, time_limit, stop_when_idle)
@@ -109,35 +114,39 @@ def default_stack(
             "publisher=broker.publisher(), or disable them (retry=False, delivery_limit=None)"
         )
 
-    layers: list[Layer[Any]] = []
+    for extra in layers:
+        if not isinstance(extra, Layer):
+            _check_factory(extra)
+    custom = [extra if isinstance(extra, Layer) else Layer(extra) for extra in layers]
+    stack: list[Layer[Any]] = []
     if signals:
-        layers.append(Layer(SignalHandlerProcessor))
+        stack.append(Layer(SignalHandlerProcessor))
     if max_runtime is not None:
-        layers.append(Layer(MaxRuntimeProcessor, seconds=max_runtime))
+        stack.append(Layer(MaxRuntimeProcessor, seconds=max_runtime))
     if max_messages is not None:
-        layers.append(Layer(MaxMessagesProcessor, limit=max_messages))
+        stack.append(Layer(MaxMessagesProcessor, limit=max_messages))
     if memory_limit is not None:
-        layers.append(Layer(MemoryLimitProcessor, megabytes=memory_limit))
+        stack.append(Layer(MemoryLimitProcessor, megabytes=memory_limit))
     if stop_when_idle is not None:
-        layers.append(Layer(StopWhenIdleProcessor, seconds=stop_when_idle))
+        stack.append(Layer(StopWhenIdleProcessor, seconds=stop_when_idle))
     if metrics or metrics_address is not None:
         # The provider feeds swarrow_consumer_up and /readyz; an address serves the endpoint.
-        layers.append(Layer(MetricsProcessor, registry=registry, provider=provider, address=metrics_address))
+        stack.append(Layer(MetricsProcessor, registry=registry, provider=provider, address=metrics_address))
     if log:
-        layers.append(Layer(LoggerProcessor, log_body=log_body))
+        stack.append(Layer(LoggerProcessor, log_body=log_body))
     if track_jobs is not None:
-        layers.append(Layer(JobTrackerProcessor, store=track_jobs, registry=registry))
+        stack.append(Layer(JobTrackerProcessor, store=track_jobs, registry=registry))
     if catch:
-        layers.append(Layer(ExceptionCatcherProcessor))
+        stack.append(Layer(ExceptionCatcherProcessor))
     if reply and publisher is not None:
-        layers.append(Layer(ReplyProcessor, publisher=publisher, provider=provider))
-    layers.append(Layer(AckProcessor, provider=provider, requeue_on_error=requeue_on_error))
+        stack.append(Layer(ReplyProcessor, publisher=publisher, provider=provider))
+    stack.append(Layer(AckProcessor, provider=provider, requeue_on_error=requeue_on_error))
     if delivery_limit is not None:
         assert publisher is not None
-        layers.append(Layer(DeliveryLimitProcessor, publisher=publisher, max_deliveries=delivery_limit))
+        stack.append(Layer(DeliveryLimitProcessor, publisher=publisher, max_deliveries=delivery_limit))
     if retry:
         assert publisher is not None
-        layers.append(
+        stack.append(
             Layer(
                 RetryProcessor,
                 publisher=publisher,
@@ -147,5 +156,24 @@ def default_stack(
             )
         )
     if time_limit is not None:
-        layers.append(Layer(TimeLimitProcessor, seconds=time_limit))
-    return layers
+        stack.append(Layer(TimeLimitProcessor, seconds=time_limit))
+    stack.extend(custom)
+    return stack
+
+
+def _check_factory(factory: object) -> None:
+    """A custom layer must be callable with the inner processor alone (its options come from defaults)."""
+    if not callable(factory):
+        raise ConfigurationError(f"a layer must be a Layer, a processor class or a factory, got {factory!r}")
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(None)
+    except TypeError as exc:
+        name = getattr(factory, "__qualname__", None) or type(factory).__qualname__
+        raise ConfigurationError(
+            f"layer {name} cannot be built around the inner processor alone ({exc}): it must take the "
+            "inner processor first, and give every other option a default"
+        ) from None

@@ -186,3 +186,34 @@ async def test_the_default_stack_consumes_retries_and_stops_at_max_messages(brok
     assert sorted(calls) == [b"0", b"1", b"1", b"2"]
     assert len(provider.acked) == 4
     assert broker.message_count("q.dead") == 0
+
+
+class _Tag:
+    """A processor of one's own: records that it saw the message, then passes it on."""
+
+    def __init__(self, inner: Any, /, *, name: str = "tag") -> None:
+        self.inner, self.name = inner, name
+
+    async def __call__(self, message: Message, /) -> bool:
+        seen.append(self.name)
+        return bool(await self.inner(message))
+
+
+seen: list[str] = []
+
+
+def test_custom_layers_go_innermost_around_the_callback_in_order(broker: MemoryBroker) -> None:
+    layers = default_stack(
+        provider=broker.provider("q"), publisher=broker.publisher(), time_limit=5,
+        layers=[_Tag, Layer(_Tag, name="second")],
+    )  # fmt: skip
+    assert _factories(layers)[-3:] == [TimeLimitProcessor, _Tag, _Tag]
+    assert layers[-1].kwargs == {"name": "second"}
+
+
+@pytest.mark.parametrize("bad", [42, lambda inner, required: inner])
+def test_a_custom_layer_that_cannot_wrap_the_inner_processor_alone_is_refused(
+    broker: MemoryBroker, bad: Any
+) -> None:
+    with pytest.raises(ConfigurationError, match="layer"):
+        default_stack(provider=broker.provider("q"), retry=False, layers=[bad])
