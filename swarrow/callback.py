@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Any, TypeAlias
 
 import anyio
+import anyio.from_thread
 import anyio.to_thread
 
 from swarrow.control import ConsumerControl, current_control
@@ -16,11 +20,88 @@ from swarrow.errors import StopConsumer
 from swarrow.message import Message
 from swarrow.replies import record_result
 
-__all__ = ["AsyncCallback", "Callback", "CallbackProcessor", "SyncCallback", "check_callback"]
+__all__ = [
+    "AsyncCallback",
+    "Callback",
+    "CallbackProcessor",
+    "OverrunningCall",
+    "SyncCallback",
+    "check_callback",
+    "hung_callback_threads",
+    "take_overrunning_call",
+]
+
+logger = logging.getLogger(__name__)
 
 AsyncCallback: TypeAlias = Callable[[Message], Awaitable[bool | None]]
 SyncCallback: TypeAlias = Callable[[Message], bool | None]
 Callback: TypeAlias = AsyncCallback | SyncCallback
+
+
+class OverrunningCall:
+    """One sync callback call in a worker thread, which a cancellation cannot stop: wait for it to return."""
+
+    __slots__ = ("callback", "done", "lock", "started", "waiter")
+
+    def __init__(self, callback: SyncCallback) -> None:
+        self.callback = callback
+        self.started = False
+        self.done = False
+        self.waiter: anyio.Event | None = None
+        self.lock = threading.Lock()
+
+    def run(self, message: Message) -> bool | None:
+        """Run in the worker thread; wake the event loop's waiter, if any, once the callback returns."""
+        with self.lock:
+            if self.done:  # cancelled before the thread picked it up: never run
+                return None
+            self.started = True
+        try:
+            return self.callback(message)
+        finally:
+            # `done` first, `waiter` second, and the reverse in `wait()`: under the GIL one of
+            # the two sides always sees the other, so no wake-up is lost.
+            self.done = True
+            _running_late.discard(self)
+            waiter = self.waiter
+            if waiter is not None:
+                try:
+                    anyio.from_thread.run_sync(waiter.set)
+                except Exception:  # the event loop is gone: nobody waits any more
+                    logger.debug("could not wake the waiter of a late sync callback", exc_info=True)
+
+    def cancelled(self) -> bool:
+        """Called once its message is cancelled: True if the thread is still running the callback."""
+        with self.lock:
+            if not self.started:
+                self.done = True  # the thread will not start it now
+                return False
+        return not self.done
+
+    async def wait(self) -> None:
+        """Return once the thread returned (cancellable: the thread is then left running)."""
+        event = self.waiter = anyio.Event()
+        if not self.done:
+            await event.wait()
+
+
+# Calls whose message was cancelled while their thread still runs (a time limit, a stop).
+_running_late: set[OverrunningCall] = set()
+# The call the current worker task's time limit just cut short, for TimeLimitProcessor to wait on.
+_overrunning: ContextVar[OverrunningCall | None] = ContextVar("swarrow_overrunning_call", default=None)
+
+
+def hung_callback_threads() -> int:
+    """Sync callback threads still running although their message was cancelled (time limit, stop)."""
+    return len(_running_late)
+
+
+def take_overrunning_call() -> OverrunningCall | None:
+    """The call this task's last cancelled sync callback left running (and forget it), or None."""
+    call = _overrunning.get()
+    if call is not None:
+        _overrunning.set(None)
+    return call
 
 
 def _is_async(callback: Callable[..., Any]) -> bool:
@@ -63,8 +144,9 @@ class CallbackProcessor:
 
     Returning `False` stops the consumer after this message; `None` or anything else keeps going.
     `StopConsumer` raised by the function finishes the message normally, then stops.
-    Sync functions run on a thread limiter sized to the consumer's concurrency, so threads never
-    outnumber in-flight messages.
+    Sync functions run on a thread limiter sized to the consumer's concurrency. A cancelled sync call
+    (Python cannot kill a thread) is left running and handed to `TimeLimitProcessor`, which keeps the
+    message's slot until the thread returns; so threads never outnumber the concurrency.
     """
 
     def __init__(self, callback: Callback, /) -> None:
@@ -85,11 +167,20 @@ class CallbackProcessor:
             if self.is_async:
                 result = await self.callback(message)  # type: ignore[misc]
             else:
-                # Abandoned on cancellation (time limit, immediate stop, grace period over): Python
-                # cannot kill a thread, but the worker slot and the stop path must not wait for it.
-                result = await anyio.to_thread.run_sync(
-                    self.callback, message, limiter=self._limiter, abandon_on_cancel=True
-                )
+                # Abandoned on cancellation, so the stop path never waits for a thread that may not
+                # return; a time limit then waits for it outside its cancelled scope (see OverrunningCall).
+                call = OverrunningCall(self.callback)  # type: ignore[arg-type]
+                try:
+                    result = await anyio.to_thread.run_sync(
+                        call.run, message, limiter=self._limiter, abandon_on_cancel=True
+                    )
+                except BaseException:
+                    if call.cancelled():
+                        _running_late.add(call)
+                        if call.done:  # returned meanwhile (it discards itself after setting done)
+                            _running_late.discard(call)
+                        _overrunning.set(call)
+                    raise
                 if inspect.isawaitable(result):
                     result = await result
             if message.reply_to is not None:

@@ -14,13 +14,14 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
 
 from swarrow.broker import DEFAULT_URL, Broker, QueueInfo, open_broker
-from swarrow.callback import Callback, check_callback
+from swarrow.callback import Callback, check_callback, hung_callback_threads
 from swarrow.consumer import Consumer
 from swarrow.control import StopReason
 from swarrow.errors import ConfigurationError
@@ -259,6 +260,10 @@ def run(
     Blocking: starts its own event loop (asyncio, with uvloop when installed). See `consume`.
     When the application has not set up logging (no handler on the root logger), it logs as the CLI
     does: text lines at INFO on stderr, one per message; configure logging first to change that.
+    If a sync callback's thread is still running after the stop (hung past a time limit or the
+    grace period), Python would wait for it forever at exit: `run` then logs a WARNING and ends
+    the process at once (`os._exit`: 0 after a stop, 1 after a crash; atexit handlers do not run).
+    Use `consume` and `swarrow.callback.hung_callback_threads()` to decide otherwise.
     """
     if not _logging_configured():
         from swarrow.logs import configure_logging
@@ -270,22 +275,42 @@ def run(
         backend_options = {"use_uvloop": True}
     except ImportError:
         backend_options = {}
-    return anyio.run(
-        functools.partial(
-            consume,
-            callback,
-            queue=queue,
-            url=url,
-            processors=processors,
-            prefetch=prefetch,
-            concurrency=concurrency,
-            grace_period=grace_period,
-            declare=declare,
-            metrics_address=metrics_address,
-            ack_batch_size=ack_batch_size,
-            ack_flush_interval=ack_flush_interval,
-            **default_stack_options,
-        ),
-        backend="asyncio",
-        backend_options=backend_options,
-    )
+    try:
+        reason = anyio.run(
+            functools.partial(
+                consume,
+                callback,
+                queue=queue,
+                url=url,
+                processors=processors,
+                prefetch=prefetch,
+                concurrency=concurrency,
+                grace_period=grace_period,
+                declare=declare,
+                metrics_address=metrics_address,
+                ack_batch_size=ack_batch_size,
+                ack_flush_interval=ack_flush_interval,
+                **default_stack_options,
+            ),
+            backend="asyncio",
+            backend_options=backend_options,
+        )
+    except BaseException as exc:
+        if hung_callback_threads():
+            logger.error("the consumer failed: %r", exc)
+            _exit_if_callback_threads_hang(1)
+        raise
+    _exit_if_callback_threads_hang(0)
+    return reason
+
+
+def _exit_if_callback_threads_hang(code: int) -> None:
+    """End the process now if sync callback threads outlived the stop: the interpreter would join them."""
+    hung = hung_callback_threads()
+    if not hung:
+        return
+    logger.warning("%d sync callback thread(s) still running after the stop; exiting without them", hung)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
