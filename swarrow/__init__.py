@@ -1,7 +1,15 @@
 """swarrow: consume RabbitMQ messages through a composable stack of processors."""
 
 from swarrow.broker import DEFAULT_URL, Broker, QueueInfo, mask_url, open_broker
-from swarrow.callback import AsyncCallback, Callback, CallbackProcessor, SyncCallback, check_callback
+from swarrow.callback import (
+    AsyncCallback,
+    Callback,
+    CallbackProcessor,
+    SyncCallback,
+    check_callback,
+    hung_callback_threads,
+    take_overrunning_call,
+)
 from swarrow.consumer import Consumer
 from swarrow.control import ConsumerControl, StopReason, current_control
 from swarrow.errors import (
@@ -74,8 +82,10 @@ __all__ = [
     "check_callback",
     "consume",
     "current_control",
+    "hung_callback_threads",
     "mask_url",
     "open_broker",
     "parse_url",
     "run",
+    "take_overrunning_call",
 ]

@@ -24,7 +24,6 @@ __all__ = [
     "AsyncCallback",
     "Callback",
     "CallbackProcessor",
-    "OverrunningCall",
     "SyncCallback",
     "check_callback",
     "hung_callback_threads",
@@ -38,7 +37,7 @@ SyncCallback: TypeAlias = Callable[[Message], bool | None]
 Callback: TypeAlias = AsyncCallback | SyncCallback
 
 
-class OverrunningCall:
+class _OverrunningCall:
     """One sync callback call in a worker thread, which a cancellation cannot stop: wait for it to return."""
 
     __slots__ = ("callback", "done", "lock", "started", "waiter")
@@ -86,9 +85,9 @@ class OverrunningCall:
 
 
 # Calls whose message was cancelled while their thread still runs (a time limit, a stop).
-_running_late: set[OverrunningCall] = set()
+_running_late: set[_OverrunningCall] = set()
 # The call the current worker task's time limit just cut short, for TimeLimitProcessor to wait on.
-_overrunning: ContextVar[OverrunningCall | None] = ContextVar("swarrow_overrunning_call", default=None)
+_overrunning: ContextVar[_OverrunningCall | None] = ContextVar("swarrow_overrunning_call", default=None)
 
 
 def hung_callback_threads() -> int:
@@ -96,7 +95,7 @@ def hung_callback_threads() -> int:
     return len(_running_late)
 
 
-def take_overrunning_call() -> OverrunningCall | None:
+def take_overrunning_call() -> _OverrunningCall | None:
     """The call this task's last cancelled sync callback left running (and forget it), or None."""
     call = _overrunning.get()
     if call is not None:
@@ -168,8 +167,8 @@ class CallbackProcessor:
                 result = await self.callback(message)  # type: ignore[misc]
             else:
                 # Abandoned on cancellation, so the stop path never waits for a thread that may not
-                # return; a time limit then waits for it outside its cancelled scope (see OverrunningCall).
-                call = OverrunningCall(self.callback)  # type: ignore[arg-type]
+                # return; a time limit then waits for it outside its cancelled scope (see _OverrunningCall).
+                call = _OverrunningCall(self.callback)  # type: ignore[arg-type]
                 try:
                     result = await anyio.to_thread.run_sync(
                         call.run, message, limiter=self._limiter, abandon_on_cancel=True
