@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
@@ -105,3 +109,24 @@ def test_no_retry_warns_at_start_once_per_failure_run_and_in_the_summary(
 def test_consume_help_says_where_no_retry_sends_failures() -> None:
     text = " ".join(invoke("consume", "--help").output.split())
     assert "--no-retry" in text and "dropped by RabbitMQ unless QUEUE has a dead-letter exchange" in text
+
+
+# -- 26. shell completion, documented ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("words", "cword", "expected"),
+    [("swarrow cons", "1", "consume"), ("swarrow consume --max-m", "2", "--max-messages")],
+)
+def test_shell_completion_completes_commands_and_flags(words: str, cword: str, expected: str) -> None:
+    env = {**os.environ, "COMP_WORDS": words, "COMP_CWORD": cword, "_SWARROW_COMPLETE": "bash_complete"}
+    done = subprocess.run(
+        [sys.executable, "-m", "swarrow"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert f"plain,{expected}" in done.stdout.splitlines(), done.stdout + done.stderr
+
+
+def test_the_readme_documents_shell_completion() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    for shell in ("bash", "zsh", "fish"):
+        assert f"_SWARROW_COMPLETE={shell}_source swarrow" in readme
