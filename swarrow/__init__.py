@@ -15,6 +15,7 @@ from swarrow.control import ConsumerControl, StopReason, current_control
 from swarrow.errors import (
     BrokerUnavailableError,
     ConfigurationError,
+    InvalidMessageError,
     InvalidURLError,
     PermanentError,
     PublishError,
@@ -53,6 +54,7 @@ __all__ = [
     "ConsumerControl",
     "HasLifespan",
     "Headers",
+    "InvalidMessageError",
     "InvalidURLError",
     "Layer",
     "MemoryBroker",

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "BrokerUnavailableError",
     "ConfigurationError",
+    "InvalidMessageError",
     "InvalidURLError",
     "PermanentError",
     "PublishError",
@@ -36,6 +37,10 @@ class BrokerUnavailableError(SwarrowError):
 
 class PublishError(SwarrowError):
     """Raised when the broker nacks a publish, returns it as unroutable, or the channel dies first."""
+
+
+class InvalidMessageError(PublishError, ValueError):
+    """Raised before publishing when a property or header cannot go over AMQP (the message names it)."""
 
 
 class PermanentError(SwarrowError):

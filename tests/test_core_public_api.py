@@ -37,6 +37,7 @@ SUBMODULE_API = {
     "metrics",
     "outcome",
     "pool",
+    "publishable",
     "replies",
     "rpc",
     "runner",

@@ -68,6 +68,7 @@ async def test_repeated_dead_lettering_counts_in_one_x_death_entry() -> None:
         if expected > 1:
             assert message.headers["x-death"][0]["count"] == expected - 1
         await provider.reject(message)
+    await provider.close()
     assert broker.message_count("q") == 1
 
 

@@ -203,7 +203,7 @@ async def test_dead_letter_false_reraises_for_the_broker_dlx(memory_broker: Memo
 @pytest.mark.parametrize(
     ("header", "expected_queue"),
     [("2", "retry.1"), (-5, "retry.1"), (True, "retry.1"), (None, "retry.1"), (1, "retry.2"),
-     (2, "dead"), (10**30, "dead")],
+     (2, "dead"), (2**62, "dead")],
 )  # fmt: skip
 async def test_garbage_attempt_headers_are_sanitized(
     memory_broker: MemoryBroker, header: Any, expected_queue: str

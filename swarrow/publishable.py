@@ -1,0 +1,182 @@
+"""What a message may carry to a broker: checked on publish by both brokers, before the wire.
+
+AMQP 0-9-1 (as aiormq encodes it and RabbitMQ 3.10 accepts it) cannot carry every Python value: without
+these checks a bad header is a raw `TypeError` from the encoder, an oversized one closes the whole
+connection, and a bad `expiration` or `user_id` closes the publishing channel. Here each is one
+`InvalidMessageError` naming the field, raised while nothing has been sent. `as_delivered` gives the
+in-memory broker the message RabbitMQ would hand back (timestamps to the second, in UTC).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from swarrow.errors import InvalidMessageError
+from swarrow.message import Message
+
+__all__ = ["HEADERS_MAX_BYTES", "as_delivered", "check_publishable"]
+
+# A content header must fit in one frame (RabbitMQ's default frame_max is 131072 bytes, minus the
+# frame envelope and the other properties): past this the broker closes the connection.
+HEADERS_MAX_BYTES = 128_000
+_KEY_MAX_BYTES = 128  # RabbitMQ truncates longer table keys silently
+_SHORTSTR_MAX_BYTES = 255
+_INT64 = (-(2**63), 2**63 - 1)
+_EXPIRATION = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_SHORT_STRINGS = (
+    "content_type",
+    "content_encoding",
+    "correlation_id",
+    "reply_to",
+    "expiration",
+    "message_id",
+    "type",
+    "user_id",
+    "app_id",
+)
+
+
+def check_publishable(message: Message, *, user: str | None = None) -> None:
+    """Raise `InvalidMessageError` naming the first property or header RabbitMQ cannot take.
+
+    `user` is the connection's user name: a `user_id` property must equal it (RabbitMQ refuses
+    anything else and closes the channel). None skips that check.
+    """
+    for name in _SHORT_STRINGS:
+        value = getattr(message, name)
+        if value is not None:
+            _check_short_string(name, value)
+    if message.expiration is not None:
+        _check_expiration(message.expiration)
+    if message.priority is not None:
+        _check_octet("priority", message.priority, 0, 255)
+    if message.delivery_mode is not None:
+        _check_octet("delivery_mode", message.delivery_mode, 1, 2)
+    if message.timestamp is not None and not isinstance(message.timestamp, datetime):
+        raise InvalidMessageError(f"timestamp must be a datetime, got {type(message.timestamp).__name__}")
+    if user is not None and message.user_id is not None and message.user_id != user:
+        raise InvalidMessageError(
+            f"user_id {message.user_id!r} is not the connection's user {user!r}: RabbitMQ refuses it"
+        )
+    if not isinstance(message.body, bytes | bytearray | memoryview):
+        raise InvalidMessageError(f"body must be bytes, got {type(message.body).__name__}")
+    if message.headers:
+        size = _table_size("headers", message.headers)
+        if size > HEADERS_MAX_BYTES:
+            raise InvalidMessageError(
+                f"headers encode to {size} bytes, over the {HEADERS_MAX_BYTES}-byte limit of one AMQP frame:"
+                " put large data in the body"
+            )
+
+
+def as_delivered(message: Message) -> Message:
+    """`message` as RabbitMQ would deliver it: datetimes to the second and in UTC, header tables as dicts."""
+    timestamp = message.timestamp
+    headers = message.headers
+    changes: dict[str, Any] = {}
+    if timestamp is not None:
+        changes["timestamp"] = _to_wire_time(timestamp)
+    if headers and _has_datetime(headers.values()):
+        changes["headers"] = {key: _delivered_value(value) for key, value in headers.items()}
+    return message.replace(**changes) if changes else message
+
+
+def _check_short_string(name: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise InvalidMessageError(f"{name} must be a str, got {type(value).__name__}")
+    try:
+        size = len(value.encode())
+    except UnicodeEncodeError:
+        raise InvalidMessageError(f"{name} is not encodable as UTF-8") from None
+    if size > _SHORTSTR_MAX_BYTES:
+        raise InvalidMessageError(
+            f"{name} is {size} bytes long, over AMQP's {_SHORTSTR_MAX_BYTES}-byte limit"
+        )
+
+
+def _check_expiration(value: str) -> None:
+    if not _EXPIRATION.fullmatch(value) or int(value) < 0:
+        raise InvalidMessageError(
+            f"expiration must be a whole number of milliseconds >= 0 as a string, got {value!r}"
+        )
+
+
+def _check_octet(name: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidMessageError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+
+
+def _table_size(path: str, table: Mapping[Any, Any]) -> int:
+    size = 4
+    for key, value in table.items():
+        if not isinstance(key, str):
+            raise InvalidMessageError(f"{path} keys must be str, got {key!r}")
+        try:
+            key_size = len(key.encode())
+        except UnicodeEncodeError:
+            raise InvalidMessageError(f"{path} key {key!r} is not encodable as UTF-8") from None
+        if key_size > _KEY_MAX_BYTES:
+            raise InvalidMessageError(
+                f"{path} key {key[:40]!r}... is {key_size} bytes, over RabbitMQ's {_KEY_MAX_BYTES}-byte limit"
+            )
+        size += 1 + key_size + 1 + _value_size(f"{path}[{key!r}]", value)
+    return size
+
+
+def _value_size(path: str, value: object) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool):
+        return 1
+    if isinstance(value, int):
+        if not _INT64[0] <= value <= _INT64[1]:
+            raise InvalidMessageError(f"{path} = {value} does not fit in a signed 64-bit integer")
+        return 8
+    if isinstance(value, float | Decimal):
+        return 8
+    if isinstance(value, str):
+        try:
+            return 4 + len(value.encode())
+        except UnicodeEncodeError:
+            raise InvalidMessageError(f"{path} is not encodable as UTF-8") from None
+    if isinstance(value, datetime):
+        return 8
+    if isinstance(value, list):
+        return 4 + sum(1 + _value_size(f"{path}[{i}]", item) for i, item in enumerate(value))
+    if isinstance(value, dict):
+        return _table_size(path, value)
+    raise InvalidMessageError(
+        f"{path} is a {type(value).__name__}, which AMQP headers cannot carry: use str, int, float, bool,"
+        " None, Decimal, datetime, list or dict (bytes, tuples, sets and UUIDs must be converted)"
+    )
+
+
+def _to_wire_time(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).replace(microsecond=0)
+
+
+def _has_datetime(values: Any) -> bool:
+    for value in values:
+        if isinstance(value, datetime):
+            return True
+        if isinstance(value, list) and _has_datetime(value):
+            return True
+        if isinstance(value, dict) and _has_datetime(value.values()):
+            return True
+    return False
+
+
+def _delivered_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return _to_wire_time(value)
+    if isinstance(value, list):
+        return [_delivered_value(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _delivered_value(item) for key, item in value.items()}
+    return value
