@@ -72,8 +72,7 @@ class Consumer:
         built = self.stack.build()
         try:
             async with built.lifespan(control):
-                if not control.stop_requested:
-                    await self.provider.start()
+                if not control.stop_requested and await self._start(control):
                     # Logged once it is true: after the lifespans (signals, metrics) and the consume call.
                     logger.info(
                         "consuming %s (prefetch %d, concurrency %d)",
@@ -96,6 +95,16 @@ class Consumer:
             extra={"queue": control.queue_name, "stop_reason": control.reason.code},
         )
         return control.reason
+
+    async def _start(self, control: ConsumerControl) -> bool:
+        """Start the provider unless a stop comes first (a broker gone silent must not outlast a SIGTERM)."""
+        async with anyio.create_task_group() as race:
+            race.start_soon(_cancel_when_stopping, control, race.cancel_scope)
+            await self.provider.start()
+            race.cancel_scope.cancel()
+            return True
+        logger.info("stopped while starting to consume %s: %s", control.queue_name, control.reason)
+        return False
 
     async def _consume(self, built: BuiltStack, control: ConsumerControl) -> None:
         idle = anyio.Event()
@@ -158,6 +167,11 @@ class Consumer:
                 control.stop("processor", "a processor returned False")
         if control.in_flight == 0:
             idle.set()
+
+
+async def _cancel_when_stopping(control: ConsumerControl, scope: anyio.CancelScope) -> None:
+    await control.wait_stop_requested()
+    scope.cancel()
 
 
 async def _cancel_when(control: ConsumerControl, scope: anyio.CancelScope) -> None:

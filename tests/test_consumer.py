@@ -324,3 +324,31 @@ async def test_a_hung_sync_callback_does_not_block_an_immediate_stop() -> None:
         release.set()
     assert provider.acked == []
     assert broker.message_count("q") == 1  # abandoned, unacked: redelivered
+
+
+async def test_a_stop_wins_over_a_provider_start_that_never_returns() -> None:
+    broker = MemoryBroker()
+    broker.declare_queue_nowait("q")
+
+    starting = anyio.Event()
+
+    class SilentBroker(MemoryMessageProvider):
+        async def start(self) -> None:
+            starting.set()
+            await anyio.sleep_forever()  # a broker that accepted the connection, then went silent
+
+    provider = SilentBroker(broker, "q")
+
+    async def sigterm() -> None:
+        await starting.wait()
+        consumer.control.stop("signal", "SIGTERM")
+
+    async def handle(message: Message) -> None:
+        raise AssertionError("nothing is delivered")
+
+    consumer = Consumer(provider, handle)
+    with anyio.fail_after(3):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sigterm)
+            reason = await consumer.run()
+    assert reason.code == "signal"

@@ -1,0 +1,56 @@
+"""The broker goes silent while the provider starts: a stop still wins, and every start call is bounded."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import anyio
+import pytest
+
+from swarrow.amqp import AmqpBroker
+from tests.tcp_proxy import BASIC_QOS, freezing_proxy
+
+pytestmark = [pytest.mark.integration, pytest.mark.anyio]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _proxied(url: str, port: int) -> str:
+    parts = urlsplit(url)
+    credentials = parts.netloc.rsplit("@", 1)[0]
+    return f"{parts.scheme}://{credentials}@127.0.0.1:{port}{parts.path or '/'}"
+
+
+async def test_sigterm_during_start_stops_within_the_grace_period(
+    amqp_url: str, amqp_broker: AmqpBroker, queue_name: str
+) -> None:
+    # Before the fix: SIGTERM did nothing while basic.qos waited on a silent broker (killed after 20 s).
+    await amqp_broker.declare_queue(queue_name)
+    target = urlsplit(amqp_url).port or 5672
+    async with freezing_proxy(target, BASIC_QOS) as proxy:
+        command = [sys.executable, "-m", "swarrow", "consume", "tests.cli_callbacks:ok", "-q", queue_name,
+                   "--url", _proxied(amqp_url, proxy.port), "--no-retry", "--grace-period", "1s"]  # fmt: skip
+        process = await anyio.open_process(command, cwd=ROOT, env=dict(os.environ), stdin=subprocess.DEVNULL)
+        try:
+            with anyio.fail_after(20):
+                await proxy.frozen.wait()  # the queue checks passed; the broker now says nothing more
+            await anyio.sleep(0.3)  # let the worker block in start(): the state this test is about
+            process.send_signal(signal.SIGTERM)
+            sent = time.monotonic()
+            with anyio.fail_after(20):
+                code = await process.wait()
+            took = time.monotonic() - sent
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+            stderr = (await process.stderr.receive()).decode() if process.stderr else ""
+            await process.aclose()
+    assert code == 0, stderr
+    assert took < 1 + 2, took  # the grace period, plus the time to close
