@@ -243,12 +243,14 @@ class AmqpQueueScan:
         while True:
             if self._lost:
                 raise BrokerUnavailableError(self._lost)
+            if inbox.qsize():
+                message = inbox.get_nowait()
+                if message is not None:
+                    return message
+                continue
             try:
-                message = (
-                    inbox.get_nowait()
-                    if inbox.qsize()
-                    else await asyncio.wait_for(inbox.get(), self.idle_check)
-                )
+                async with asyncio.timeout(self.idle_check):  # no task per wait, unlike wait_for
+                    message = await inbox.get()
             except TimeoutError:
                 # Nothing for a while: someone else may have taken the rest, or it expired.
                 if await self._ready_count(self._queue) == 0 and inbox.empty():

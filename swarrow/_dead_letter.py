@@ -8,7 +8,6 @@ every reader here tolerates garbage (wrong types, bytes, naive dates) and never 
 from __future__ import annotations
 
 import base64
-import dataclasses
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -229,9 +228,9 @@ def replay_copy(message: Message, now: datetime) -> Message:
     headers[REPLAY_COUNT_HEADER] = (header_count(message.headers.get(REPLAY_COUNT_HEADER)) or 0) + 1
     headers[REPLAYED_AT_HEADER] = now.astimezone(UTC).isoformat()
     # user_id goes: RabbitMQ refuses (406) a user_id other than the publishing connection's own user.
-    return dataclasses.replace(message, headers=headers, user_id=None, delivery_tag=None,
-                               consumer_tag=None, redelivered=False, exchange="", routing_key="",
-                               queue="")  # fmt: skip
+    m = message  # built directly: `dataclasses.replace` cost more than the rest of a replay's own work
+    return Message(m.body, headers, m.content_type, m.content_encoding, m.delivery_mode, m.priority,
+                   m.correlation_id, m.reply_to, m.expiration, m.message_id, m.timestamp, m.type)  # fmt: skip
 
 
 def jsonable(value: Any) -> Any:

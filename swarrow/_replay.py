@@ -154,7 +154,8 @@ class _Replay:
             batch = _Batch(pending)
             self._in_flight.append(batch)
             self._group.start_soon(batch.send, self.scan)
-        while len(self._in_flight) > _WINDOW:
+        # Ack what is confirmed as soon as it is (a crash then leaves fewer duplicates), in order.
+        while self._in_flight and (len(self._in_flight) > _WINDOW or self._in_flight[0].done.is_set()):
             await self._settle(self._in_flight.popleft())
 
     async def finish(self) -> None:
