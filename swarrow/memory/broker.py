@@ -135,11 +135,13 @@ class MemoryBroker:
         return QueueInfo(name, True, len(queue.ready), len(queue.subscribers))
 
     async def inspect_queue(self, name: str) -> QueueInfo | None:
-        """The queue's state, or None when it does not exist."""
-        self._expire(time.monotonic())
+        """The queue's state, or None when it does not exist (a passive declare: it counts as use)."""
+        now = time.monotonic()
+        self._expire(now)
         queue = self._queues.get(name)
         if queue is None:
             return None
+        queue.last_used = now
         return QueueInfo(name, False, len(queue.ready), len(queue.subscribers))
 
     async def delete_queue(self, name: str) -> None:
@@ -392,11 +394,13 @@ class MemoryBroker:
             self._dispatch(queue)
         self._notify()
 
-    def _requeue(self, name: str, entries: list[_Entry]) -> None:
-        """Return deliveries: classic queues at their old place, quorum queues at the back."""
+    def _requeue(self, name: str, entries: list[_Entry], *, closing: bool = False) -> None:
+        """Return deliveries: classic queues put them back at their old place; quorum queues at the
+        back when rejected, at the head (in delivery order) when their consumer closes."""
         queue = self._queues.get(name)
         if queue is None:
             return
+        head: list[_Entry] = []
         for entry in entries:
             entry.redelivered = True
             entry.delivery_count += 1
@@ -404,10 +408,13 @@ class MemoryBroker:
             if queue.spec.quorum:
                 if limit is not None and entry.delivery_count > limit:
                     self._dead_letter(queue, entry.message, "delivery_limit")
+                elif closing:
+                    head.append(entry)
                 else:
                     queue.ready.append(entry)
             else:
                 queue.ready.insert(bisect.bisect_left(queue.ready, entry.seq, key=lambda e: e.seq), entry)
+        queue.ready.extendleft(reversed(head))
         self._dispatch(queue)
         self._notify()
 

@@ -198,7 +198,7 @@ class MemoryMessageProvider:
         self._buffer.clear()
         entries = [self._unacked.pop(tag) for tag in sorted(self._unacked)]
         if entries:
-            self.broker._requeue(self._queue_name, entries)
+            self.broker._requeue(self._queue_name, entries, closing=True)
 
 
 class MemoryPublisher:
