@@ -12,10 +12,15 @@ import anyio
 import anyio.to_thread
 from prometheus_client import CollectorRegistry
 
-from swarrow import ConsumerControl, Message, MessageProvider, Processor
 from swarrow._metrics_accumulator import Accumulator
-from swarrow.metrics import HealthState, MetricsServer, QueueMetrics, SwarrowMetrics
+from swarrow.control import ConsumerControl
+from swarrow.health import HealthState
+from swarrow.http import MetricsServer
+from swarrow.message import Message
+from swarrow.metrics import QueueMetrics, SwarrowMetrics
 from swarrow.outcome import FAILED, get_outcome, record_outcome, reset_outcome
+from swarrow.processor import Processor
+from swarrow.provider import MessageProvider
 from swarrow.validation import require_seconds
 
 __all__ = ["MetricsProcessor"]

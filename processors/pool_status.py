@@ -12,9 +12,9 @@ from pathlib import Path
 import anyio
 
 from processors._rss import RssReader
-from swarrow._pool_status import WorkerStatus, status_path, write_status
 from swarrow.control import ConsumerControl
 from swarrow.message import Message
+from swarrow.pool.status import WorkerStatus, status_path, write_status
 from swarrow.processor import Processor
 from swarrow.provider import MessageProvider
 from swarrow.validation import require_int, require_seconds

@@ -1,6 +1,6 @@
 """swarrow: consume RabbitMQ messages through a composable stack of processors."""
 
-from swarrow.broker import DEFAULT_URL, Broker, QueueInfo, mask_url, open_broker
+from swarrow.broker import Broker, QueueInfo
 from swarrow.callback import (
     AsyncCallback,
     Callback,
@@ -27,6 +27,7 @@ from swarrow.errors import (
     SwarrowError,
     TimeLimitExceeded,
 )
+from swarrow.factory import open_broker
 from swarrow.memory import MemoryBroker, MemoryMessageProvider, MemoryPublisher
 from swarrow.message import Headers, Message
 from swarrow.processor import HasLifespan, Processor
@@ -35,7 +36,7 @@ from swarrow.publisher import Publisher
 from swarrow.rpc import Reply, ReplyBody, RpcClient
 from swarrow.runner import consume, run
 from swarrow.stack import BuiltStack, Layer, Stack
-from swarrow.urls import BrokerNode, BrokerURL, parse_url
+from swarrow.urls import DEFAULT_URL, BrokerNode, BrokerURL, mask_url, parse_url
 
 __version__ = "0.1.0"
 

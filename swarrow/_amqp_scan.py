@@ -28,10 +28,11 @@ from pamqp.commands import Basic
 from pamqp.header import ContentHeader
 
 from swarrow._amqp_batch import BatchPublisher
-from swarrow.amqp import _properties, _scrub
-from swarrow.broker import mask_url
+from swarrow.amqp._errors import scrub as _scrub
+from swarrow.amqp.publisher import _properties
 from swarrow.errors import BrokerUnavailableError, ConfigurationError, PublishError
 from swarrow.message import Message
+from swarrow.urls import mask_url
 
 __all__ = ["AmqpQueueScan", "install_inline_delivery"]
 

@@ -17,7 +17,9 @@ import aiormq.abc
 from anyio.abc import TaskGroup
 from pamqp.commands import Basic
 
-from swarrow.amqp import _CHANNEL_GONE, AmqpBroker, _properties
+from swarrow.amqp import AmqpBroker
+from swarrow.amqp._errors import CHANNEL_GONE as _CHANNEL_GONE
+from swarrow.amqp.publisher import _properties
 from swarrow.broker import Broker
 from swarrow.errors import PublishError, RpcConnectionLost
 from swarrow.message import Message

@@ -95,7 +95,7 @@ def _delays(value: Any) -> tuple[float, ...]:
 
 
 def _metrics_addr(value: Any) -> tuple[str, int]:
-    from swarrow.metrics import parse_metrics_addr
+    from swarrow.http import parse_metrics_addr
 
     return parse_metrics_addr(_str(value))
 

@@ -16,11 +16,13 @@ from collections.abc import Sequence
 
 import anyio
 
-from swarrow.broker import DEFAULT_URL, Broker, open_broker
+from swarrow.broker import Broker
 from swarrow.errors import BrokerUnavailableError, PermanentError
+from swarrow.factory import open_broker
 from swarrow.message import Message
 from swarrow.runner import consume
 from swarrow.topology import RETRY_ATTEMPT_HEADER, RetryTopology
+from swarrow.urls import DEFAULT_URL
 
 __all__ = ["main"]
 

@@ -20,15 +20,17 @@ from typing import Any
 
 import anyio
 
-from swarrow.broker import DEFAULT_URL, Broker, QueueInfo, open_broker
+from swarrow.broker import Broker, QueueInfo
 from swarrow.callback import Callback, check_callback, hung_callback_threads
 from swarrow.consumer import Consumer
 from swarrow.control import StopReason
 from swarrow.errors import ConfigurationError
+from swarrow.factory import open_broker
 from swarrow.provider import MessageProvider
 from swarrow.publisher import Publisher
 from swarrow.stack import LayerLike, Stack
 from swarrow.topology import RetryTopology, dead_letter_queue_name, exponential_delays, retry_queue_name
+from swarrow.urls import DEFAULT_URL
 
 __all__ = ["Processors", "consume", "describe_queues", "prepare_queues", "resolve_url", "retry_delays", "run"]
 
@@ -109,7 +111,7 @@ def _address(value: tuple[str, int] | str | None) -> tuple[str, int] | None:
         return value
     if not isinstance(value, str):
         raise TypeError(f"metrics_address must be (host, port) or 'host:port', got {value!r}")
-    from swarrow.metrics import parse_metrics_addr
+    from swarrow.http import parse_metrics_addr
 
     try:
         return parse_metrics_addr(value)

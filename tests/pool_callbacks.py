@@ -50,7 +50,7 @@ async def _memory_worker(args: argparse.Namespace) -> int:
     from processors.pool_status import PoolStatusProcessor
     from processors.signal_handler import SignalHandlerProcessor
     from swarrow import Consumer, Layer, MemoryBroker, Message, Stack
-    from swarrow._pool_status import pool_worker_env
+    from swarrow.pool.status import pool_worker_env
 
     pool = pool_worker_env()
     assert pool is not None, "run me under a WorkerPool"

@@ -10,7 +10,9 @@ from pamqp.commands import Basic
 from pamqp.header import ContentHeader
 
 from swarrow import ConfigurationError, Message
-from swarrow.amqp import AmqpMessageProvider, _AckTracker, _let_reader_run_ahead
+from swarrow.amqp import AmqpMessageProvider
+from swarrow.amqp.acks import AckTracker
+from swarrow.amqp.fastpath import let_reader_run_ahead
 
 URL = "amqp://guest:guest@127.0.0.1:1/"  # never connected to: these tests drive the provider by hand
 
@@ -18,8 +20,8 @@ URL = "amqp://guest:guest@127.0.0.1:1/"  # never connected to: these tests drive
 # -- the tracker ------------------------------------------------------------------------------------
 
 
-def _tracker(*tags: int) -> _AckTracker:
-    tracker = _AckTracker()
+def _tracker(*tags: int) -> AckTracker:
+    tracker = AckTracker()
     for tag in tags:
         tracker.delivered(tag)
     return tracker
@@ -325,11 +327,11 @@ def test_the_consumer_channel_frame_queue_is_unbounded_only_when_it_is_an_asynci
         frames: asyncio.Queue[Any] = asyncio.Queue(maxsize=10)
 
     channel = WithQueue()
-    assert _let_reader_run_ahead(channel)  # type: ignore[arg-type]
+    assert let_reader_run_ahead(channel)  # type: ignore[arg-type]
     assert channel.frames.maxsize == 0
     for _ in range(50):  # more than aiormq's cap of 10: puts no longer wait for the channel's reader
         channel.frames.put_nowait(object())
-    assert not _let_reader_run_ahead(object())  # type: ignore[arg-type]  # another aiormq: left alone
+    assert not let_reader_run_ahead(object())  # type: ignore[arg-type]  # another aiormq: left alone
 
 
 @pytest.mark.anyio

@@ -18,15 +18,9 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
 
 from swarrow.errors import ConfigurationError
-from swarrow.metrics import (
-    DEFAULT_HOST,
-    DEFAULT_PORT,
-    DURATION_BUCKETS,
-    HealthState,
-    MetricsServer,
-    SwarrowMetrics,
-    parse_metrics_addr,
-)
+from swarrow.health import HealthState
+from swarrow.http import DEFAULT_HOST, DEFAULT_PORT, MetricsServer, parse_metrics_addr
+from swarrow.metrics import DURATION_BUCKETS, SwarrowMetrics
 from swarrow.outcome import OUTCOMES
 
 

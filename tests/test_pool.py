@@ -32,7 +32,9 @@ from processors.ack import AckProcessor
 from processors.max_messages import MaxMessagesProcessor
 from processors.pool_status import PoolStatusProcessor
 from swarrow import Consumer, Layer, MemoryBroker, Message, Stack
-from swarrow._pool_status import (
+from swarrow.pool import Backoff, WorkerPool, classify_exit, strip_options
+from swarrow.pool.slots import Slot
+from swarrow.pool.status import (
     WorkerStatus,
     clean_multiproc_dir,
     compact_dead_process,
@@ -41,7 +43,6 @@ from swarrow._pool_status import (
     status_path,
     write_status,
 )
-from swarrow.pool import Backoff, WorkerPool, _Slot, classify_exit, strip_options
 
 FAST = Backoff(initial=0.05, maximum=0.4, reset_after=30.0)
 
@@ -75,7 +76,7 @@ def test_backoff_rejects_options_that_cannot_work(kwargs: dict[str, float], name
 
 
 def test_slot_restarts_a_graceful_exit_at_once_and_backs_off_crashes() -> None:
-    slot = _Slot(0)
+    slot = Slot(0)
     crashes = [slot.after_exit(_exit(1, uptime=0.1), FAST) for _ in range(5)]
     assert crashes == [0.05, 0.1, 0.2, 0.4, 0.4]
     assert slot.after_exit(_exit(0, uptime=2.0), FAST) == 0.0
@@ -83,14 +84,14 @@ def test_slot_restarts_a_graceful_exit_at_once_and_backs_off_crashes() -> None:
 
 
 def test_slot_forgets_crashes_after_a_long_life() -> None:
-    slot = _Slot(0)
+    slot = Slot(0)
     for _ in range(4):
         slot.after_exit(_exit(1, uptime=0.1), FAST)
     assert slot.after_exit(_exit(1, uptime=31.0), FAST) == 0.05
 
 
 def test_instant_graceful_exit_without_messages_is_backed_off_not_looped() -> None:
-    slot = _Slot(0)
+    slot = Slot(0)
     assert slot.after_exit(_exit(0, uptime=0.2, done=0, reason="idle"), FAST) == 0.05
     assert slot.after_exit(_exit(0, uptime=0.2, done=3), FAST) == 0.0
 
@@ -601,7 +602,7 @@ print(",".join(sorted(seen)), flush=True)
 
 def test_stop_now_reaches_a_worker_that_has_not_yet_taken_the_first_signal() -> None:
     # Two pending SIGTERMs merge into one; the supervisor's second signal must be another one.
-    from swarrow.pool import _Worker
+    from swarrow.pool.slots import Worker
 
     child = subprocess.Popen(
         [sys.executable, "-c", _HOLD_SIGNALS], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
@@ -609,7 +610,7 @@ def test_stop_now_reaches_a_worker_that_has_not_yet_taken_the_first_signal() -> 
     try:
         assert child.stdout is not None and child.stdin is not None
         assert child.stdout.readline().strip() == "ready"
-        worker = _Worker(object(), child, 0)  # type: ignore[arg-type]
+        worker = Worker(object(), child, 0)  # type: ignore[arg-type]
         worker.terminate()  # drain
         worker.terminate()  # now
         child.stdin.write("go\n")

@@ -131,7 +131,7 @@ async def test_wrong_credentials_are_a_clear_error(amqp_url: str) -> None:
 
 
 async def test_prefetch_bounds_what_the_provider_holds(amqp_broker: AmqpBroker, queue_name: str) -> None:
-    # The channel's frame queue is unbounded (see _let_reader_run_ahead): prefetch alone bounds it.
+    # The channel's frame queue is unbounded (see let_reader_run_ahead): prefetch alone bounds it.
     await amqp_broker.declare_queue(queue_name, durable=True)
     await _publish(amqp_broker, queue_name, [f"p{i}" for i in range(30)])
     provider = amqp_broker.provider(queue_name, prefetch=5)

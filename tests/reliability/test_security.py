@@ -20,7 +20,7 @@ from callbacks import Recorder
 from processors import default_stack
 from swarrow import Consumer, Stack, open_broker
 from swarrow.cli import EXIT_BROKER, EXIT_OK
-from swarrow.metrics import DEFAULT_HOST, MetricsServer, parse_metrics_addr
+from swarrow.http import DEFAULT_HOST, MetricsServer, parse_metrics_addr
 
 if TYPE_CHECKING:
     from conftest import Chaos

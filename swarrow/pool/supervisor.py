@@ -1,4 +1,4 @@
-"""`swarrow consume --workers N`: a small supervisor that keeps N worker processes consuming.
+"""`WorkerPool`: the supervisor that keeps N worker processes consuming.
 
 Each worker is a full `swarrow consume` process with its own connection. A worker that stopped
 gracefully (a limit reached: max messages, runtime, memory) is replaced at once; one that crashed is
@@ -9,291 +9,46 @@ SIGHUP replaces them one at a time (the deploy case) without ever dropping below
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from collections import Counter as Tally
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
-from wsgiref.types import StartResponse, WSGIEnvironment
 
 import anyio
-from anyio.abc import Process, TaskGroup, TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 from prometheus_client import CollectorRegistry
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
-from swarrow._pool_status import (
+from swarrow.backoff import Backoff
+from swarrow.exits import EXIT_CRASH, EXIT_OK
+from swarrow.health import HealthState
+from swarrow.pool.exits import classify_exit
+from swarrow.pool.http import PoolCollector, PoolServer, Snapshot
+from swarrow.pool.slots import Slot, Worker
+from swarrow.pool.status import (
     MULTIPROC_DIR_ENV,
     POOL_DIR_ENV,
     POOL_WORKER_ENV,
     LockedMultiProcessCollector,
-    WorkerStatus,
     clean_multiproc_dir,
     compact_dead_process,
     read_status,
     status_path,
 )
-from swarrow.metrics import HealthState, MetricsServer
 from swarrow.validation import require_int, require_seconds
 
-__all__ = [
-    "EXIT_BROKER_UNREACHABLE",
-    "EXIT_CRASH",
-    "EXIT_IMPORT",
-    "EXIT_OK",
-    "EXIT_USAGE",
-    "WORKER_STATES",
-    "Backoff",
-    "ExitInfo",
-    "WorkerPool",
-    "classify_exit",
-    "default_command",
-    "strip_options",
-]
+__all__ = ["WorkerPool"]
 
 logger = logging.getLogger(__name__)
 
-EXIT_OK: Final = 0
-EXIT_CRASH: Final = 1
-EXIT_USAGE: Final = 2
-EXIT_IMPORT: Final = 3
-EXIT_BROKER_UNREACHABLE: Final = 4
-
-#: `swarrow_workers{state}`: every state is always exported, at 0 when empty.
-WORKER_STATES: Final = ("starting", "consuming", "disconnected", "stopping", "backoff")
-
-# A graceful exit this early, with nothing processed, is a loop (e.g. --stop-when-idle on an empty
-# queue), not a recycle: it gets the crash backoff instead of a restart at once.
-_MIN_USEFUL_LIFE: Final = 1.0
 _REFRESH_INTERVAL: Final = 0.25
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Delay before restarting a crashed worker: `initial`·2^(n-1) after the n-th crash in a row, at most
-    `maximum`; a worker that lived `reset_after` seconds starts the count again."""
-
-    initial: float = 1.0
-    maximum: float = 30.0
-    reset_after: float = 30.0
-
-    def __post_init__(self) -> None:
-        require_seconds("initial", self.initial)
-        require_seconds("maximum", self.maximum)
-        require_seconds("reset_after", self.reset_after, allow_zero=True)
-        if self.maximum < self.initial:
-            raise ValueError(f"maximum must be >= initial ({self.initial!r}), got {self.maximum!r}")
-
-    def delay(self, failures: int) -> float:
-        """Seconds to wait after `failures` crashes in a row (0 for none)."""
-        if failures <= 0:
-            return 0.0
-        # Capped exponent: 2.0**1100 overflows a float.
-        return min(self.maximum, self.initial * 2.0 ** min(failures - 1, 64))
-
-
-@dataclass(frozen=True, slots=True)
-class ExitInfo:
-    """How and why one worker process ended."""
-
-    pid: int
-    code: int  # the return code; negative: killed by that signal
-    reason: str  # a StopReason code for a graceful exit, else crashed / killed / broker_unreachable / …
-    detail: str
-    uptime: float
-    messages_done: int
-    ended_at: float  # time.time()
-
-    @property
-    def graceful(self) -> bool:
-        """The worker stopped on purpose (a limit, a signal) and can be replaced at once."""
-        return self.code == EXIT_OK
-
-    @property
-    def fatal(self) -> bool:
-        """A usage or import error: every restart would fail the same way."""
-        return self.code in (EXIT_USAGE, EXIT_IMPORT)
-
-    def as_json(self) -> dict[str, Any]:
-        """For `/status`."""
-        return {
-            "pid": self.pid,
-            "code": self.code,
-            "reason": self.reason,
-            "detail": self.detail,
-            "uptime": round(self.uptime, 3),
-            "messages_done": self.messages_done,
-            "ended_at": self.ended_at,
-        }
-
-
-def classify_exit(
-    pid: int, code: int, status: WorkerStatus | None, *, uptime: float, ended_at: float | None = None
-) -> ExitInfo:
-    """Name why a worker ended from its exit code and the last status it wrote."""
-    done = status.messages_done if status is not None else 0
-    detail = status.stop_detail if status is not None else ""
-    if code == EXIT_OK:
-        reason = status.stop_reason if status is not None and status.stop_reason else "graceful"
-    elif code == EXIT_USAGE:
-        reason = "usage_error"
-    elif code == EXIT_IMPORT:
-        reason = "import_error"
-    elif code == EXIT_BROKER_UNREACHABLE:
-        reason = "broker_unreachable"
-    elif code < 0:
-        reason = "killed"
-        try:
-            detail = f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            detail = f"killed by signal {-code}"
-    else:
-        reason = "crashed"
-        detail = detail or f"exit code {code}"
-    return ExitInfo(pid, code, reason, detail, uptime, done, time.time() if ended_at is None else ended_at)
-
-
-def strip_options(args: Sequence[str], options: Mapping[str, bool]) -> list[str]:
-    """`args` without the given long options; `options` maps each name to whether it takes a value.
-
-    Handles `--opt value` and `--opt=value`; stops at `--` (what follows is not an option).
-    """
-    kept: list[str] = []
-    items = iter(args)
-    for arg in items:
-        if arg == "--":
-            kept.append(arg)
-            kept.extend(items)
-            break
-        name, eq, _ = arg.partition("=")
-        if name in options:
-            if options[name] and not eq:
-                next(items, None)
-            continue
-        kept.append(arg)
-    return kept
-
-
-class _Worker:
-    """One worker process, from spawn to reaped."""
-
-    def __init__(self, slot: _Slot, process: Process, generation: int) -> None:
-        self.slot = slot
-        self.process = process
-        self.pid = process.pid
-        self.generation = generation
-        self.started = time.monotonic()
-        self.started_at = time.time()
-        self.status: WorkerStatus | None = None
-        self.terminations = 0  # SIGTERMs we sent: 1 = drain, 2 = stop now
-        self.exit: ExitInfo | None = None
-        self.exited = anyio.Event()
-
-    @property
-    def consuming(self) -> bool:
-        # Once told to stop it takes no new message, whatever its last report said.
-        return (
-            self.exit is None and not self.terminations and self.status is not None and self.status.consuming
-        )
-
-    @property
-    def state(self) -> str:
-        if self.terminations or (self.status is not None and self.status.stop_reason is not None):
-            return "stopping"
-        if self.consuming:
-            return "consuming"
-        return "starting" if self.status is None or self.status.messages_done == 0 else "disconnected"
-
-    def signal(self, signum: int) -> None:
-        if self.exit is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):  # exited, not reaped yet
-            self.process.send_signal(signal.Signals(signum))
-
-    def terminate(self) -> None:
-        # The second time SIGINT, not SIGTERM again: two pending SIGTERMs merge into one when the
-        # worker is not scheduled in between (a loaded machine), and "stop now" would be lost.
-        # The worker's signal handler counts SIGTERM, SIGINT and SIGQUIT alike.
-        self.terminations += 1
-        self.signal(signal.SIGTERM if self.terminations == 1 else signal.SIGINT)
-
-    def as_json(self, now: float) -> dict[str, Any]:
-        status = self.status
-        return {
-            "pid": self.pid,
-            "state": self.state,
-            "generation": self.generation,
-            "uptime": round(now - self.started, 3),
-            "messages_done": status.messages_done if status else 0,
-            "rss": status.rss if status else None,
-            "consuming": self.consuming,
-        }
-
-
-@dataclass(eq=False)
-class _Slot:
-    index: int
-    current: _Worker | None = None
-    incoming: _Worker | None = None  # a rolling restart's replacement, not yet swapped in
-    failures: int = 0
-    restarts: int = 0
-    restart_at: float | None = None  # monotonic; set while waiting out a backoff
-    last_exit: ExitInfo | None = None
-    history: list[ExitInfo] = field(default_factory=list)
-
-    def after_exit(self, info: ExitInfo, backoff: Backoff) -> float:
-        """Seconds to wait before the next start of this slot."""
-        if info.uptime >= backoff.reset_after:
-            self.failures = 0
-        if info.graceful and (info.uptime >= _MIN_USEFUL_LIFE or info.messages_done > 0):
-            self.failures = 0
-            return 0.0
-        self.failures += 1
-        return backoff.delay(self.failures)
-
-
-class _PoolCollector(Collector):
-    """`swarrow_workers{state}` and `swarrow_worker_restarts_total{reason}`, from the pool's snapshot."""
-
-    def __init__(self, pool: WorkerPool) -> None:
-        self.pool = pool
-
-    def collect(self) -> Iterable[Metric]:
-        snapshot = self.pool.snapshot
-        workers = GaugeMetricFamily("swarrow_workers", "Pool worker processes, by state.", labels=["state"])
-        for state in WORKER_STATES:
-            workers.add_metric([state], snapshot.states.get(state, 0))
-        yield workers
-        restarts = CounterMetricFamily(
-            "swarrow_worker_restarts", "Worker processes started to replace one, by why.", labels=["reason"]
-        )
-        for reason, count in sorted(snapshot.restarts.items()):
-            restarts.add_metric([reason], count)
-        yield restarts
-        desired = GaugeMetricFamily("swarrow_workers_desired", "Worker processes the pool keeps alive.")
-        desired.add_metric([], self.pool.workers)
-        yield desired
-
-
-@dataclass(frozen=True, slots=True)
-class _Snapshot:
-    """The pool as the HTTP thread sees it: built on the event loop, replaced whole, never mutated."""
-
-    states: Mapping[str, int]
-    restarts: Mapping[str, int]
-    consuming: int
-    status: Mapping[str, Any]
 
 
 class WorkerPool:
@@ -334,15 +89,15 @@ class WorkerPool:
         self.directory = Path()
         self.status_dir = Path()
         self.metrics_dir = Path()
-        self.slots = [_Slot(index) for index in range(workers)]
+        self.slots = [Slot(index) for index in range(workers)]
         self.restarts: Tally[str] = Tally()
         self.exit_code = EXIT_OK
         self.generation = 0
         self.signals_received = 0
-        self.snapshot = _Snapshot({}, {}, 0, {})
-        self.server: _PoolServer | None = None
+        self.snapshot = Snapshot({}, {}, 0, {})
+        self.server: PoolServer | None = None
         self.health: HealthState | None = None
-        self._live: dict[int, _Worker] = {}
+        self._live: dict[int, Worker] = {}
         self._stopping = False
         self._stop_event: anyio.Event | None = None
         self._changed = anyio.Event()
@@ -412,17 +167,19 @@ class WorkerPool:
             return
         registry = CollectorRegistry(auto_describe=False)
         LockedMultiProcessCollector(self.metrics_dir, self._metrics_lock, registry)
-        registry.register(_PoolCollector(self))
+        registry.register(PoolCollector(lambda: self.snapshot, self.workers))
         health = self.health = HealthState(stale_after=10.0, ready=lambda: self.snapshot.consuming > 0)
         health.beat()
         host, port = self.metrics_address
-        self.server = _PoolServer(host, port, registry=registry, health=health, pool=self)
+        self.server = PoolServer(
+            host, port, registry=registry, health=health, status=lambda: self.snapshot.status
+        )
         self.server.start()
         logger.info("pool status (JSON) on http://%s/status", self.server.address)
 
     # -- one slot -------------------------------------------------------------------------------
 
-    async def _keep_alive(self, slot: _Slot) -> None:
+    async def _keep_alive(self, slot: Slot) -> None:
         """Keep one worker alive in `slot` until the pool stops."""
         worker = await self._spawn(slot, restart_reason=None)
         while worker is not None:
@@ -494,8 +251,8 @@ class WorkerPool:
             worker = await self._spawn(slot, restart_reason=info.reason)
 
     async def _spawn(
-        self, slot: _Slot, *, restart_reason: str | None, incoming: bool = False
-    ) -> _Worker | None:
+        self, slot: Slot, *, restart_reason: str | None, incoming: bool = False
+    ) -> Worker | None:
         """Start a worker for `slot` (as its current one, or as a rolling replacement)."""
         env = dict(self.env)
         env[POOL_WORKER_ENV] = str(slot.index)
@@ -518,7 +275,7 @@ class WorkerPool:
             logger.error("cannot start a worker (%s): %s", self.command[0], exc)
             self._begin_stop(exit_code=EXIT_CRASH)
             return None
-        worker = _Worker(slot, process, self.generation)
+        worker = Worker(slot, process, self.generation)
         self._live[worker.pid] = worker
         if incoming:
             slot.incoming = worker
@@ -541,7 +298,7 @@ class WorkerPool:
         self._refresh()
         return worker
 
-    async def _reap(self, worker: _Worker) -> None:
+    async def _reap(self, worker: Worker) -> None:
         code = await worker.process.wait()
         await worker.process.aclose()
         pid = worker.pid
@@ -620,7 +377,7 @@ class WorkerPool:
             self._rolling = False
             self._refresh()
 
-    async def _replace(self, slot: _Slot) -> bool:
+    async def _replace(self, slot: Slot) -> bool:
         """Start `slot`'s replacement, wait until it consumes, then drain the old one; False to give up.
 
         Replacement first, then stop: N stay consuming throughout (N+1 briefly), where stop-then-start
@@ -759,44 +516,8 @@ class WorkerPool:
             "restarts": dict(self.restarts),
             "workers": slots,
         }
-        self.snapshot = _Snapshot(dict(states), dict(self.restarts), consuming, status)
+        self.snapshot = Snapshot(dict(states), dict(self.restarts), consuming, status)
         self._changed.set()
         self._changed = anyio.Event()
         if self.health is not None:
             self.health.beat()
-
-
-class _PoolServer(MetricsServer):
-    """The workers' summed `/metrics`, the pool's `/healthz` and `/readyz`, and `/status` (JSON)."""
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        *,
-        registry: CollectorRegistry,
-        health: HealthState,
-        pool: WorkerPool,
-    ) -> None:
-        super().__init__(host, port, registry=registry, health=health)
-        self.pool = pool
-
-    def app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        """`/status` here, everything else as the single-process endpoint does."""
-        if environ.get("PATH_INFO", "") != "/status":
-            return super().app(environ, start_response)
-        body = json.dumps(self.pool.snapshot.status, separators=(",", ":")).encode()
-        start_response(
-            "200 OK",
-            [
-                ("Content-Type", "application/json"),
-                ("Content-Length", str(len(body))),
-                ("Cache-Control", "no-store"),
-            ],
-        )
-        return [body]
-
-
-def default_command(args: Sequence[str]) -> list[str]:
-    """The argv of one worker: this interpreter running `swarrow consume` with `args`."""
-    return [sys.executable, "-m", "swarrow", "consume", *args]

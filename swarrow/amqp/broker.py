@@ -1,0 +1,38 @@
+"""`AmqpBroker`: the RabbitMQ broker object, a connection that also makes providers and publishers."""
+
+from __future__ import annotations
+
+from swarrow.amqp.connection import AmqpConnection
+from swarrow.amqp.provider import AmqpMessageProvider
+from swarrow.amqp.publisher import AmqpPublisher
+
+__all__ = ["AmqpBroker"]
+
+
+class AmqpBroker(AmqpConnection):
+    """A robust connection to RabbitMQ; makes providers and publishers, declares queues.
+
+    `reconnect_interval` is the pause between reconnection attempts; `connect_timeout` bounds the
+    first connection; `ssl_context` is passed to aio-pika for `amqps://` (CA, client certificate).
+    """
+
+    def provider(
+        self,
+        queue: str,
+        *,
+        prefetch: int = 100,
+        ack_batch_size: int | None = None,
+        ack_flush_interval: float = 0.02,
+    ) -> AmqpMessageProvider:
+        """A provider consuming `queue` on its own channel (see `AmqpMessageProvider` for ack coalescing)."""
+        return AmqpMessageProvider(
+            self,
+            queue,
+            prefetch=prefetch,
+            ack_batch_size=ack_batch_size,
+            ack_flush_interval=ack_flush_interval,
+        )
+
+    def publisher(self) -> AmqpPublisher:
+        """A publisher with confirms on its own channel."""
+        return AmqpPublisher(self)

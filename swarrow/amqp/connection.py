@@ -1,0 +1,152 @@
+"""A robust aio-pika connection to RabbitMQ and the queue administration done on it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import Any
+
+import aio_pika
+import aiormq
+import aiormq.abc
+from aio_pika.abc import AbstractRobustConnection
+
+from swarrow.amqp._errors import scrub
+from swarrow.broker import QueueInfo
+from swarrow.errors import BrokerUnavailableError, ConfigurationError
+from swarrow.urls import DEFAULT_URL, mask_url
+
+__all__ = ["AmqpConnection"]
+
+logger = logging.getLogger(__name__)
+
+
+class AmqpConnection:
+    """A robust connection to RabbitMQ that declares, inspects, purges and deletes queues.
+
+    `reconnect_interval` is the pause between reconnection attempts; `connect_timeout` bounds the
+    first connection; `ssl_context` is passed to aio-pika for `amqps://` (CA, client certificate).
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        reconnect_interval: float = 2.0,
+        connect_timeout: float = 10.0,
+        ssl_context: ssl.SSLContext | None = None,
+        connection_name: str = "swarrow",
+    ) -> None:
+        if reconnect_interval <= 0:
+            raise ConfigurationError(f"reconnect_interval must be > 0 seconds, got {reconnect_interval!r}")
+        self._url = url
+        self.reconnect_interval = reconnect_interval
+        self.connect_timeout = connect_timeout
+        self.ssl_context = ssl_context
+        self.connection_name = connection_name
+        self._connection: AbstractRobustConnection | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def url(self) -> str:
+        """The URL with the password masked."""
+        return mask_url(self._url)
+
+    @property
+    def is_connected(self) -> bool:
+        """True while the underlying connection is open."""
+        return (
+            self._connection is not None
+            and not self._connection.is_closed
+            and bool(self._connection.connected.is_set())
+        )
+
+    async def connect(self) -> None:
+        """Connect now; `BrokerUnavailableError` (URL masked) when unreachable or refused."""
+        await self._connect()
+
+    async def _connect(self) -> AbstractRobustConnection:
+        async with self._lock:
+            if self._connection is None:
+                options: dict[str, Any] = {
+                    "reconnect_interval": self.reconnect_interval,
+                    "client_properties": {"connection_name": self.connection_name},
+                }
+                if self.ssl_context is not None:
+                    options["ssl_context"] = self.ssl_context
+                try:
+                    self._connection = await aio_pika.connect_robust(
+                        self._url, timeout=self.connect_timeout, **options
+                    )
+                except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
+                    detail = scrub(str(exc) or type(exc).__name__, self._url)
+                    raise BrokerUnavailableError(f"cannot connect to {self.url}: {detail}") from None
+            return self._connection
+
+    async def _scratch_channel(self) -> aiormq.abc.AbstractChannel:
+        """A plain aiormq channel for one-off calls whose failure closes the channel (passive declares)."""
+        connection = await self._connect()
+        await connection.ready()
+        transport = connection.transport
+        if transport is None:
+            raise aiormq.exceptions.ChannelInvalidStateError("the connection is not open")
+        channel: aiormq.abc.AbstractChannel = await transport.connection.channel(publisher_confirms=False)
+        return channel
+
+    async def inspect_queue(self, name: str) -> QueueInfo | None:
+        """Passive declare: the queue's counts, or None when it does not exist."""
+        channel = await self._scratch_channel()
+        try:
+            ok = await channel.queue_declare(name, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return None
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+        return QueueInfo(name, False, int(ok.message_count or 0), int(ok.consumer_count or 0))
+
+    async def declare_queue(
+        self, name: str, *, durable: bool = True, arguments: dict[str, Any] | None = None
+    ) -> QueueInfo:
+        """Declare `name`; `ConfigurationError` naming the queue when it exists with other arguments."""
+        existing = await self.inspect_queue(name)
+        channel = await self._scratch_channel()
+        try:
+            ok = await channel.queue_declare(name, durable=durable, arguments=arguments or None)
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            raise ConfigurationError(
+                f"queue {name!r} already exists with different arguments than {arguments or {}!r} "
+                f"(durable={durable}): {exc.args[0] if exc.args else exc}"
+            ) from None
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+        return QueueInfo(name, existing is None, int(ok.message_count or 0), int(ok.consumer_count or 0))
+
+    async def delete_queue(self, name: str) -> None:
+        """Delete `name` (no error if absent)."""
+        channel = await self._scratch_channel()
+        try:
+            await channel.queue_delete(name)
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+
+    async def purge_queue(self, name: str) -> int:
+        """Drop the ready messages of `name`; return how many."""
+        channel = await self._scratch_channel()
+        try:
+            ok = await channel.queue_purge(name)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return 0
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+        return int(ok.message_count or 0)
+
+    async def close(self) -> None:
+        """Close the connection (unsettled deliveries return to their queues)."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await connection.close()

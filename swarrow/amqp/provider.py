@@ -1,0 +1,349 @@
+"""Consuming one queue: channel, delivery buffer, consuming again after a reconnect or a cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiormq
+import aiormq.abc
+from aio_pika.abc import AbstractRobustChannel
+
+from swarrow.amqp._errors import CHANNEL_GONE, EMPTY_HEADERS
+from swarrow.amqp.acks import AckTracker, Settlement
+from swarrow.amqp.connection import AmqpConnection
+from swarrow.amqp.fastpath import install_fast_delivery, let_reader_run_ahead
+from swarrow.errors import ConfigurationError
+from swarrow.message import Message
+from swarrow.validation import require_int, require_seconds
+
+__all__ = ["AmqpMessageProvider"]
+
+logger = logging.getLogger(__name__)
+
+
+class AmqpMessageProvider(Settlement):
+    """Consumes one RabbitMQ queue (push mode, `prefetch` unsettled at most).
+
+    Survives a broker restart (aio-pika reopens the channel, this re-consumes) and a server-sent
+    `basic.cancel` such as a deleted queue (this re-consumes once the queue exists again). Deliveries
+    buffered or in flight from a channel that died are never settled on the new one: their consumer
+    tag is no longer live, so the settlement is logged and dropped and the broker redelivers them.
+
+    Acks are coalesced: `ack()` records the delivery, and one `basic.ack(multiple=True)` covers the
+    finished prefix every `ack_batch_size` acks or `ack_flush_interval` seconds, and always before a
+    reject, a stop and a close. At-least-once holds: a crash before a flush only redelivers.
+    Default batch: min(100, prefetch // 2); `ack_batch_size=1` acks every message on its own.
+    """
+
+    def __init__(
+        self,
+        broker: AmqpConnection | str,
+        queue: str,
+        *,
+        prefetch: int = 100,
+        ack_batch_size: int | None = None,
+        ack_flush_interval: float = 0.02,
+    ) -> None:
+        try:
+            require_int("prefetch", prefetch)
+            if ack_batch_size is not None:
+                require_int("ack_batch_size", ack_batch_size)
+            require_seconds("ack_flush_interval", ack_flush_interval)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
+        if not queue:
+            raise ConfigurationError("a queue name is required")
+        self._owns_broker = isinstance(broker, str)
+        self.broker = AmqpConnection(broker) if isinstance(broker, str) else broker
+        self._queue_name = queue
+        self._prefetch = prefetch
+        self.ack_batch_size = (
+            ack_batch_size if ack_batch_size is not None else max(1, min(100, prefetch // 2))
+        )
+        self.ack_flush_interval = float(ack_flush_interval)
+        # Past this many finished acks stuck behind a slow head, ack them singly: they hold prefetch slots.
+        self._fallback_after = max(self.ack_batch_size, prefetch // 2)
+        self._coalesce = self.ack_batch_size > 1
+        self._tracker = AckTracker()
+        self._since_flush = 0
+        self._settle_lock = asyncio.Lock()
+        self._flush_due: asyncio.Event | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._buffer: deque[Message] = deque()
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._channel: AbstractRobustChannel | None = None
+        self._underlay: aiormq.abc.AbstractChannel | None = None
+        self._consumer_tag: str | None = None
+        self._live_tags: set[str] = set()
+        self._wanted = False
+        self._closed = False
+        self._recovery: asyncio.Task[None] | None = None
+        self.stale_settlements = 0
+        self.fast_delivery = True
+
+    @property
+    def queue_name(self) -> str:
+        """The queue consumed."""
+        return self._queue_name
+
+    @property
+    def prefetch(self) -> int:
+        """Unsettled deliveries the broker may push at once."""
+        return self._prefetch
+
+    @property
+    def is_consuming(self) -> bool:
+        """True while the channel is open and our consumer is registered."""
+        underlay = self._underlay
+        return (
+            self._wanted
+            and self._consumer_tag is not None
+            and underlay is not None
+            and not underlay.is_closed
+            and self.broker.is_connected
+        )
+
+    async def start(self) -> None:
+        """Connect, open a channel with the prefetch, and consume; `ConfigurationError` if no such queue."""
+        if self._closed:
+            raise RuntimeError("this provider is closed")
+        if self._wanted:
+            return
+        connection = await self.broker._connect()
+        if await self.broker.inspect_queue(self._queue_name) is None:
+            raise ConfigurationError(
+                f"queue {self._queue_name!r} does not exist on {self.broker.url}: "
+                f"declare it first (swarrow declare --queue {self._queue_name})"
+            )
+        channel = connection.channel(publisher_confirms=False)
+        await channel
+        self._channel = channel
+        await self._channel.set_qos(prefetch_count=self._prefetch)
+        self._channel.reopen_callbacks.add(self._on_reopen)
+        self._wanted = True
+        self._start_flusher()
+        await self._consume()
+
+    def _on_channel_closed(self, underlay: aiormq.abc.AbstractChannel, _: object) -> None:
+        """Forget what a dead channel delivered at once, not at the reconnect.
+
+        Buffered deliveries can no longer be acked: running them during the outage would only make
+        duplicates, so the broker's redelivery is the one that gets processed.
+        """
+        if underlay is not self._underlay:
+            return
+        dropped = len(self._buffer)
+        self._buffer.clear()
+        self._live_tags.clear()
+        if dropped:
+            logger.warning(
+                "channel to %s closed: dropped %d buffered deliveries, the broker redelivers them",
+                self.broker.url,
+                dropped,
+                extra={"queue": self._queue_name},
+            )
+
+    def _start_flusher(self) -> None:
+        if self._coalesce and self._flusher is None:
+            self._flush_due = asyncio.Event()
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_periodically(self._flush_due))
+
+    async def _consume(self) -> None:
+        assert self._channel is not None
+        underlay = await self._channel.get_underlay_channel()
+        if underlay is not self._underlay:
+            # A new channel: its delivery tags restart at 1, so nothing from the old one may be settled.
+            dropped = len(self._buffer)
+            unflushed = self._tracker.finished
+            self._buffer.clear()
+            self._live_tags.clear()
+            self._tracker = AckTracker()
+            self._since_flush = 0
+            self._underlay = underlay
+            underlay.on_consumer_cancel_callbacks.add(self._on_cancel)
+            underlay.closing.add_done_callback(functools.partial(self._on_channel_closed, underlay))
+            let_reader_run_ahead(underlay)
+            if self.fast_delivery:
+                install_fast_delivery(underlay, self._take, self._queue_name)
+            if dropped or unflushed:
+                self.stale_settlements += unflushed
+                logger.warning(
+                    "dropped %d buffered deliveries and %d unflushed acks of a closed channel on %s; "
+                    "the broker redelivers them",
+                    dropped,
+                    unflushed,
+                    self._queue_name,
+                    extra={"queue": self._queue_name},
+                )
+        tag = f"swarrow.{self._queue_name}.{uuid.uuid4().hex[:12]}"
+        self._live_tags.add(tag)
+        await underlay.basic_consume(self._queue_name, self._on_delivery, consumer_tag=tag)
+        self._consumer_tag = tag
+        logger.info(
+            "consuming %s (prefetch %d, ack batch %d)",
+            self._queue_name,
+            self._prefetch,
+            self.ack_batch_size,
+            extra={"queue": self._queue_name},
+        )
+
+    async def _on_delivery(self, delivered: aiormq.abc.DeliveredMessage) -> None:
+        self._take(delivered.delivery, delivered.header.properties, delivered.body, delivered.channel)
+
+    def _take(self, d: Any, p: Any, body: bytes, channel: aiormq.abc.AbstractChannel) -> None:
+        """Buffer one delivery as a `Message` and wake one waiting worker."""
+        if d.consumer_tag not in self._live_tags:
+            # Read from a channel that has closed since: its ack could not reach the broker, which
+            # redelivers it, so processing it now would only make a duplicate.
+            return
+        tag = d.delivery_tag
+        if self._coalesce and channel is self._underlay:
+            self._tracker.delivered(tag)
+        self._buffer.append(
+            Message(
+                body,
+                p.headers or EMPTY_HEADERS,
+                p.content_type,
+                p.content_encoding,
+                p.delivery_mode,
+                p.priority,
+                p.correlation_id,
+                p.reply_to,
+                p.expiration,
+                p.message_id,
+                p.timestamp,
+                p.message_type,
+                p.user_id,
+                p.app_id,
+                tag,
+                d.consumer_tag,
+                d.redelivered,
+                d.exchange,
+                d.routing_key,
+                self._queue_name,
+            )
+        )
+        if self._waiters:
+            self._wake_one()
+
+    def _wake_one(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _on_reopen(self, *_: Any) -> None:
+        logger.warning("channel to %s reopened after a connection loss; consuming again", self.broker.url)
+        self._consumer_tag = None
+        self._schedule_recovery()
+
+    def _on_cancel(self, frame: Any) -> None:
+        if frame.consumer_tag != self._consumer_tag:
+            return
+        logger.warning(
+            "the broker cancelled our consumer of %s (queue deleted?); will consume again once it exists",
+            self._queue_name,
+            extra={"queue": self._queue_name},
+        )
+        self._consumer_tag = None
+        self._schedule_recovery()
+
+    def _schedule_recovery(self) -> None:
+        if self._wanted and (self._recovery is None or self._recovery.done()):
+            self._recovery = asyncio.get_running_loop().create_task(self._recover())
+
+    async def _recover(self) -> None:
+        delay = 0.2
+        while self._wanted and self._consumer_tag is None:
+            try:
+                assert self._channel is not None
+                await self._channel.ready()
+                if await self.broker.inspect_queue(self._queue_name) is not None:
+                    await self._consume()
+                    return
+            except Exception as exc:  # the broker may still be going down or up: try again
+                logger.debug("re-consuming %s failed: %r", self._queue_name, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.broker.reconnect_interval * 2)
+
+    def receive_nowait(self) -> Message | None:
+        """A buffered delivery, or None."""
+        buffer = self._buffer
+        return buffer.popleft() if buffer else None
+
+    async def receive(self) -> Message | None:
+        """Wait for a delivery; None once stopped or closed."""
+        buffer = self._buffer
+        while True:
+            if buffer:
+                return buffer.popleft()
+            if not self._wanted:
+                return None
+            # One future per waiting worker, woken one per delivery: no thundering herd at high concurrency.
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # the wake-up meant for us goes to another worker
+                raise
+
+    async def messages(self) -> AsyncIterator[Message]:
+        """Deliveries until the provider stops (starts it first)."""
+        await self.start()
+        while (message := await self.receive()) is not None:
+            yield message
+
+    async def stop_consuming(self) -> None:
+        """Flush acks, cancel our consumer; buffered deliveries stay unsettled and return on close."""
+        if not self._wanted:
+            return
+        self._wanted = False
+        waiters, self._waiters = self._waiters, deque()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        if self._recovery is not None:
+            self._recovery.cancel()
+        await self._flush()
+        tag, self._consumer_tag = self._consumer_tag, None
+        underlay = self._underlay
+        if tag is not None and underlay is not None and not underlay.is_closed:
+            try:
+                await underlay.basic_cancel(tag, timeout=5)
+            except CHANNEL_GONE as exc:
+                logger.debug("basic.cancel on %s failed: %r", self._queue_name, exc)
+
+    async def close(self) -> None:
+        """Flush acks, stop consuming, close the channel (the broker requeues unsettled deliveries)."""
+        if self._closed:
+            return
+        await self.stop_consuming()
+        await self._flush()
+        self._closed = True
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None:
+            flusher.cancel()
+            await asyncio.gather(flusher, return_exceptions=True)
+        if self._recovery is not None:
+            await asyncio.gather(self._recovery, return_exceptions=True)
+        channel, self._channel = self._channel, None
+        self._buffer.clear()
+        self._live_tags.clear()
+        self._tracker = AckTracker()
+        if channel is not None and not channel.is_closed:
+            try:
+                await channel.close()
+            except CHANNEL_GONE as exc:
+                logger.debug("closing the channel of %s failed: %r", self._queue_name, exc)
+        if self._owns_broker:
+            await self.broker.close()

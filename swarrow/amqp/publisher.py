@@ -1,0 +1,86 @@
+"""Publishing with publisher confirms on a channel of its own."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiormq
+import aiormq.abc
+from aio_pika.abc import AbstractRobustChannel
+from pamqp.commands import Basic
+
+from swarrow.amqp._errors import CHANNEL_GONE
+from swarrow.amqp.connection import AmqpConnection
+from swarrow.errors import BrokerUnavailableError, PublishError
+from swarrow.message import Message
+
+__all__ = ["AmqpPublisher"]
+
+
+def _properties(message: Message) -> aiormq.spec.Basic.Properties:
+    return aiormq.spec.Basic.Properties(
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        headers=dict(message.headers) if message.headers else None,
+        delivery_mode=message.delivery_mode,
+        priority=message.priority,
+        correlation_id=message.correlation_id,
+        reply_to=message.reply_to,
+        expiration=message.expiration,
+        message_id=message.message_id,
+        timestamp=message.timestamp,
+        message_type=message.type,
+        user_id=message.user_id,
+        app_id=message.app_id,
+    )
+
+
+class AmqpPublisher:
+    """Publishes with publisher confirms; `PublishError` on nack, return (mandatory) or a dead channel."""
+
+    def __init__(self, broker: AmqpConnection, *, confirm_timeout: float = 30.0) -> None:
+        self.broker = broker
+        self.confirm_timeout = confirm_timeout
+        self._channel: AbstractRobustChannel | None = None
+        self._lock = asyncio.Lock()
+
+    async def _underlay(self) -> aiormq.abc.AbstractChannel:
+        if self._channel is None:
+            async with self._lock:
+                if self._channel is None:
+                    connection = await self.broker._connect()
+                    channel = connection.channel(publisher_confirms=True, on_return_raises=True)
+                    await channel
+                    self._channel = channel
+        assert self._channel is not None
+        return await self._channel.get_underlay_channel()
+
+    async def publish(
+        self, message: Message, routing_key: str, exchange: str = "", *, mandatory: bool = True
+    ) -> None:
+        """Publish and wait for the broker's confirm."""
+        where = f"exchange {exchange!r} routing key {routing_key!r}"
+        try:
+            channel = await self._underlay()
+            confirmation = await channel.basic_publish(
+                message.body,
+                exchange=exchange,
+                routing_key=routing_key,
+                properties=_properties(message),
+                mandatory=mandatory,
+                timeout=self.confirm_timeout,
+            )
+        except aiormq.exceptions.PublishError:
+            raise PublishError(f"message returned as unroutable ({where}): no queue is bound there") from None
+        except BrokerUnavailableError:
+            raise
+        except (*CHANNEL_GONE,) as exc:
+            raise PublishError(f"publish to {where} failed before it was confirmed: {exc!r}") from exc
+        if not isinstance(confirmation, Basic.Ack):
+            raise PublishError(f"broker nacked the publish to {where}")
+
+    async def close(self) -> None:
+        """Close the publishing channel."""
+        channel, self._channel = self._channel, None
+        if channel is not None and not channel.is_closed:
+            await channel.close()

@@ -1,0 +1,28 @@
+"""The `swarrow` command group and the console script's `main`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import click
+
+from swarrow import __version__
+from swarrow.cli.help import EXIT_EPILOG
+
+__all__ = ["cli", "main"]
+
+# -- the commands ------------------------------------------------------------------------------------------
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+    epilog=EXIT_EPILOG,
+)
+@click.version_option(__version__, "-V", "--version", prog_name="swarrow")
+def cli() -> None:
+    """Consume RabbitMQ messages through a stack of processors (declare queues, publish test messages)."""
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The `swarrow` console script."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name="swarrow")

@@ -1,0 +1,319 @@
+"""`swarrow consume`: flags and config into settings, then one consumer (or a pool of them)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+import click
+
+from swarrow import __version__
+from swarrow.cli.bootstrap import configure_cli_logging, exit_now_if_threads_hang, run_anyio
+from swarrow.cli.errors import CliError, fail
+from swarrow.cli.help import ENV_EPILOG, EXIT_EPILOG, ManCommand, option
+from swarrow.cli.imports import import_callable
+from swarrow.cli.params import (
+    Address,
+    Duration,
+    Size,
+    given,
+    resolve_delays,
+    retry_options,
+    url_option,
+)
+from swarrow.cli.supervise import pool_worker_layers, supervise
+from swarrow.config import LOG_FORMATS, LOG_LEVELS, load_config
+from swarrow.control import StopReason
+from swarrow.errors import ConfigurationError
+from swarrow.exits import EXIT_USAGE
+from swarrow.urls import mask_url
+
+__all__ = ["consume"]
+
+logger = logging.getLogger("swarrow.cli")
+
+_CONSUME_HELP = """Consume QUEUE, calling TARGET for each message through the default stack.
+
+\b
+TARGET is module:callable (importable from the working directory), or, with --config, the name of a
+[consumers.NAME] table. The callable takes a swarrow.Message; sync functions run in worker threads,
+async ones on the event loop. Return False or raise StopConsumer to stop after this message; raise
+PermanentError to dead-letter now, RetryLater to retry without spending an attempt.
+
+\b
+Stack, outermost first (disabled layers are left out):
+  signal_handler → max_runtime → max_messages → memory_limit → stop_when_idle → metrics → logger →
+  exception_catcher → ack → delivery_limit → retry → time_limit → your callable
+
+Precedence: flags (and SWARROW_URL) > the --config file > the defaults shown below.
+"""
+
+_CONSUME_EPILOG = (
+    "\b\nExamples:\n"
+    "  swarrow consume myapp.handlers:send_email --queue emails --concurrency 10 --max-messages 10000\n"
+    "  swarrow consume myapp.tasks:run --queue jobs --retry-delays exp:1s..16m --declare --log-format json\n"
+    "  swarrow consume --config swarrow.toml emails --max-runtime 1h\n\n"
+    f"{ENV_EPILOG}\n\n{EXIT_EPILOG}"
+)
+
+
+@click.command(cls=ManCommand, help=_CONSUME_HELP, epilog=_CONSUME_EPILOG, no_args_is_help=True)
+@click.argument("target", required=False, metavar="TARGET")
+@option(
+    "--queue",
+    "-q",
+    section="General",
+    metavar="QUEUE",
+    help="Queue to consume (required unless in --config).",
+)
+@option(
+    "--config",
+    "-c",
+    "config_path",
+    section="General",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="A swarrow.toml with named consumers; TARGET is then the consumer's name.",
+)
+@url_option()
+@option(
+    "--declare",
+    section="Connection",
+    is_flag=True,
+    help="Declare QUEUE and its retry/dead-letter queues first.",
+)
+@option("--quorum", section="Connection", is_flag=True, help="With --declare: declare quorum queues.")
+@option(
+    "--prefetch",
+    section="Concurrency",
+    type=click.IntRange(min=1),
+    default=100,
+    help="Unacked deliveries the broker may push at once (>= --concurrency).",
+)
+@option(
+    "--concurrency",
+    section="Concurrency",
+    type=click.IntRange(min=1),
+    default=1,
+    help="Messages processed at the same time.",
+)
+@option(
+    "--workers",
+    section="Concurrency",
+    type=click.IntRange(min=1),
+    default=1,
+    help="Worker processes. N > 1: a supervisor keeps N consumers (each its own connection) alive, "
+    "replaces one that hit a limit at once and one that crashed with backoff; SIGHUP replaces them "
+    "one at a time; --metrics-addr then serves the whole pool, plus /status.",
+)
+@option(
+    "--restart-backoff-max",
+    section="Concurrency",
+    type=Duration(),
+    default="30s",
+    help="With --workers: longest wait before restarting a crashed worker (1s, 2s, 4s … up to this).",
+)
+@option(
+    "--ack-batch-size",
+    section="Concurrency",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Coalesce acks: one multiple-ack per this many finished messages "
+    "[default: min(100, prefetch/2)]; 1 acks each message alone.",
+)
+@option(
+    "--ack-flush-ms",
+    section="Concurrency",
+    type=click.FloatRange(min=0, min_open=True),
+    default=20.0,
+    help="Flush coalesced acks at least this often, in milliseconds.",
+)
+@option(
+    "--uvloop/--no-uvloop", section="Concurrency", default=True, help="Run on uvloop when it is installed."
+)
+@option(
+    "--max-messages",
+    section="Limits",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop (exit 0) after N messages.",
+)
+@option(
+    "--max-runtime",
+    section="Limits",
+    type=Duration(),
+    default=None,
+    help="Stop (exit 0) after this long: 30m, 2h.",
+)
+@option(
+    "--memory-limit",
+    section="Limits",
+    type=Size(),
+    default=None,
+    help="Stop (exit 0) once RSS reaches this: 256MiB, 1G (binary: MB = MiB; a bare number is MiB).",
+)
+@option(
+    "--time-limit",
+    section="Limits",
+    type=Duration(),
+    default=None,
+    help="Fail a message running longer than this (500ms, 30s); it is retried like any failure.",
+)
+@option(
+    "--retry/--no-retry",
+    section="Retry",
+    default=True,
+    help="Retry failed messages through the broker's TTL queues, then dead-letter to QUEUE.dead.",
+)
+@retry_options
+@option(
+    "--delivery-limit",
+    section="Retry",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Dead-letter a message redelivered more than N times (poison guard).",
+)
+@option(
+    "--requeue-on-error",
+    section="Retry",
+    is_flag=True,
+    help="Requeue (instead of reject) a message whose failure escaped retry.",
+)
+@option(
+    "--catch/--no-catch",
+    section="Retry",
+    default=True,
+    help="Log a failure and keep consuming; --no-catch lets it stop the consumer (exit 1).",
+)
+@option(
+    "--metrics-addr",
+    section="Observability",
+    type=Address(),
+    default=None,
+    help="Serve /metrics, /healthz, /readyz on HOST:PORT (e.g. 127.0.0.1:9100); off unless given.",
+)
+@option(
+    "--log-level",
+    section="Observability",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="INFO",
+    help="Log level; DEBUG also prints tracebacks of crashes.",
+)
+@option(
+    "--log-format",
+    section="Observability",
+    type=click.Choice(LOG_FORMATS),
+    default="text",
+    help="text, or json: one object per line.",
+)
+@option("--log/--no-log", section="Observability", default=True, help="Log one line per message.")
+@option(
+    "--log-body", section="Observability", is_flag=True, help="Include message bodies in per-message logs."
+)
+@option(
+    "--grace-period",
+    section="Lifecycle",
+    type=Duration(allow_zero=True),
+    default="30s",
+    help="On stop, let in-flight messages finish this long; the rest are redelivered.",
+)
+@option(
+    "--stop-when-idle",
+    section="Lifecycle",
+    type=Duration(),
+    default=None,
+    help="Stop (exit 0) once no message arrived for this long: drain and exit.",
+)
+@option(
+    "--signals/--no-signals",
+    section="Lifecycle",
+    default=True,
+    help="Stop gracefully on SIGTERM, SIGINT, SIGQUIT.",
+)
+@click.pass_context
+def consume(ctx: click.Context, /, target: str | None, config_path: str | None, **params: Any) -> None:
+    """Consume (the help text is _CONSUME_HELP)."""
+    settings = _consume_settings(ctx, target, config_path, params)
+    configure_cli_logging(settings["log_level"], settings["log_format"])
+    from swarrow.pool.status import pool_worker_env
+
+    pool_worker = pool_worker_env()
+    if settings["workers"] > 1 and pool_worker is None:
+        ctx.exit(supervise(ctx, settings))
+    callback = import_callable(settings["callable"])
+    from swarrow.runner import consume as consume_async
+
+    url = settings["url"]
+    logger.info("swarrow %s: consuming %s from %s", __version__, settings["queue"], mask_url(url))
+    stack_options = {
+        key: settings[key]
+        for key in (
+            "signals", "max_runtime", "max_messages", "memory_limit", "log", "log_body", "catch",
+            "requeue_on_error", "delivery_limit", "retry", "quorum", "time_limit", "stop_when_idle",
+        )
+    }  # fmt: skip
+    if settings["retry"]:
+        stack_options["retry_delays"] = settings["retry_delays"]
+        stack_options["retry_attempts"] = len(settings["retry_delays"])
+    metrics_address = settings["metrics_addr"]
+    run_options: dict[str, Any] = stack_options
+    if pool_worker is not None:
+        # A pool worker: its supervisor serves the metrics (summed over the pool) and checked the queues.
+        metrics_address = None
+        run_options = {"processors": pool_worker_layers(pool_worker, stack_options)}
+    try:
+        reason: StopReason = run_anyio(
+            functools.partial(
+                consume_async,
+                callback,
+                queue=settings["queue"],
+                url=url,
+                prefetch=settings["prefetch"],
+                concurrency=settings["concurrency"],
+                ack_batch_size=settings["ack_batch_size"],
+                ack_flush_interval=settings["ack_flush_ms"] / 1000.0,
+                grace_period=settings["grace_period"],
+                declare=settings["declare"],
+                metrics_address=metrics_address,
+                **run_options,
+            ),
+            use_uvloop=settings["uvloop"],
+        )
+    except Exception as exc:
+        fail(exc)
+    logger.info("stopped (%s); exiting 0", reason)
+    exit_now_if_threads_hang(0)
+
+
+def _consume_settings(
+    ctx: click.Context, target: str | None, config_path: str | None, params: dict[str, Any]
+) -> dict[str, Any]:
+    """Flags over config over defaults, checked; every value keyed by its option name."""
+    settings = dict(params)
+    settings["callable"] = target
+    if config_path is not None:
+        try:
+            consumer = load_config(config_path).consumer(target)
+        except ConfigurationError as exc:
+            raise CliError(str(exc), EXIT_USAGE) from None
+        settings["callable"] = None
+        for key, value in consumer.values.items():
+            if key == "callable" or not given(ctx, key):
+                settings[key] = value
+        if settings["callable"] is None:
+            raise CliError(f"consumer {consumer.name!r} in {consumer.source} has no 'callable'", EXIT_USAGE)
+    elif target is None:
+        raise click.UsageError("give TARGET (module:callable), or --config FILE [NAME]", ctx)
+    if not settings["queue"]:
+        raise click.UsageError("--queue is required (or `queue` in the --config consumer)", ctx)
+    if settings["prefetch"] < settings["concurrency"]:
+        raise CliError(
+            f"--prefetch ({settings['prefetch']}) must be >= --concurrency ({settings['concurrency']}): "
+            "workers beyond the prefetch window would never get a message",
+            EXIT_USAGE,
+        )
+    settings["log_level"] = str(settings["log_level"]).upper()
+    if settings["retry"]:
+        settings["retry_delays"] = resolve_delays(ctx, settings["retry_attempts"], settings["retry_delays"])
+    return settings

@@ -1,0 +1,137 @@
+"""Shared parameters: value types (durations, sizes, delays, addresses, headers) and common options."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+from click.core import ParameterSource
+
+from swarrow.cli.errors import CliError
+from swarrow.cli.help import option
+from swarrow.exits import EXIT_USAGE
+from swarrow.topology import exponential_delays
+from swarrow.units import format_duration, parse_delays, parse_duration, parse_megabytes
+from swarrow.urls import DEFAULT_URL
+
+__all__ = [
+    "Address",
+    "Delays",
+    "Duration",
+    "Header",
+    "Parsed",
+    "Size",
+    "given",
+    "resolve_delays",
+    "retry_options",
+    "url_option",
+]
+
+T = TypeVar("T")
+_V = TypeVar("_V")
+
+# -- parameter types ---------------------------------------------------------------------------------------
+
+
+class Parsed(click.ParamType[_V]):
+    """A flag value parsed by one of swarrow's parsers; their ValueError becomes click's usage error."""
+
+    def __init__(self, name: str, parse: Callable[[str], _V]) -> None:
+        self.name = name
+        self.parse = parse
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> _V:
+        if not isinstance(value, str):
+            return value  # type: ignore[no-any-return]  # a default or config value, already parsed
+        try:
+            return self.parse(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def Duration(*, allow_zero: bool = False) -> Parsed[float]:
+    return Parsed("DURATION", functools.partial(parse_duration, allow_zero=allow_zero))
+
+
+def Size() -> Parsed[float]:
+    return Parsed("SIZE", parse_megabytes)
+
+
+def Delays() -> Parsed[tuple[float, ...]]:
+    return Parsed("DELAYS", parse_delays)
+
+
+def Address() -> Parsed[tuple[str, int]]:
+    from swarrow.http import parse_metrics_addr
+
+    return Parsed("HOST:PORT", parse_metrics_addr)
+
+
+class Header(click.ParamType[tuple[str, str]]):
+    name = "KEY=VALUE"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str, str]:
+        if isinstance(value, tuple):
+            return value
+        key, sep, text = str(value).partition("=")
+        if not sep or not key:
+            self.fail(f"expected KEY=VALUE, got {value!r}", param, ctx)
+        return key, text
+
+
+def url_option() -> Callable[[Callable[..., T]], Callable[..., T]]:
+    return option(
+        "--url",
+        section="Connection",
+        envvar="SWARROW_URL",
+        default=DEFAULT_URL,
+        metavar="URL",
+        help="Broker URL: amqp://user:pass@host:port/vhost, amqps://..., or memory://NAME (in process).",
+    )
+
+
+def retry_options(func: Callable[..., T]) -> Callable[..., T]:
+    for decorator in reversed(
+        [
+            option(
+                "--retry-attempts",
+                section="Retry",
+                type=click.IntRange(min=1),
+                default=3,
+                help="Broker-delayed retries before dead-lettering (the callback runs at most N+1 times); "
+                "delays 1s, 2s, 4s … unless --retry-delays.",
+            ),
+            option(
+                "--retry-delays",
+                section="Retry",
+                type=Delays(),
+                default=None,
+                show_default="exponential: 1s,2s,4s",
+                help="Delay of each retry: a list (1s,5s,30s) or doubling up to a cap (exp:1s..16m); "
+                "sets the number of attempts.",
+            ),
+        ]
+    ):
+        func = decorator(func)
+    return func
+
+
+def resolve_delays(ctx: click.Context, attempts: int, delays: tuple[float, ...] | None) -> tuple[float, ...]:
+    if delays is None:
+        return exponential_delays(attempts)
+    if given(ctx, "retry_attempts") and attempts != len(delays):
+        spelled = ",".join(format_duration(d) for d in delays)
+        raise CliError(
+            f"--retry-attempts {attempts} does not match --retry-delays {spelled} ({len(delays)} delays): "
+            "give one of them, or as many delays as attempts",
+            EXIT_USAGE,
+        )
+    return delays
+
+
+def given(ctx: click.Context, name: str) -> bool:
+    return ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)

@@ -1,0 +1,91 @@
+"""`swarrow consume --workers N`: check the queues once, then run the pool; a pool worker's extra layer."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from swarrow import __version__
+from swarrow.cli.bootstrap import connected, run_anyio
+from swarrow.cli.errors import CliError, fail
+from swarrow.cli.help import RAW_ARGS
+from swarrow.exits import EXIT_USAGE
+from swarrow.urls import mask_url
+
+__all__ = ["pool_worker_layers", "supervise"]
+
+logger = logging.getLogger("swarrow.cli")
+
+
+def pool_worker_layers(pool: Any, stack_options: dict[str, Any]) -> Callable[..., list[Any]]:
+    """The default stack of a pool worker, under a layer reporting to the supervisor."""
+    from processors.defaults import default_stack
+    from processors.pool_status import PoolStatusProcessor
+    from swarrow.pool.status import MULTIPROC_DIR_ENV
+    from swarrow.stack import Layer
+
+    options = dict(stack_options, metrics=bool(os.environ.get(MULTIPROC_DIR_ENV)))
+
+    def layers(provider: Any, publisher: Any) -> list[Any]:
+        # Outermost: it counts every message and, leaving last, reports the final stop reason.
+        status = Layer(PoolStatusProcessor, directory=pool.directory, slot=pool.slot, provider=provider)
+        return [status, *default_stack(provider=provider, publisher=publisher, **options)]
+
+    return layers
+
+
+def supervise(ctx: click.Context, settings: dict[str, Any]) -> int:
+    """Run `--workers N`: check the queues once, then supervise N copies of this command."""
+    from swarrow.pool import Backoff, WorkerPool, default_command, strip_options
+    from swarrow.runner import prepare_queues
+
+    url = settings["url"]
+
+    async def check() -> None:
+        # Once here rather than N times in the workers (who then skip the retry-queue check): a
+        # missing queue or an unreachable broker is exit 2 or 4 before any worker starts.
+        async with connected(url) as broker:
+            await prepare_queues(
+                broker,
+                settings["queue"],
+                declare=settings["declare"],
+                retry=settings["retry"],
+                delays=settings["retry_delays"] if settings["retry"] else (),
+                quorum=settings["quorum"],
+            )
+
+    if not url.startswith("memory://"):
+        try:
+            run_anyio(check, use_uvloop=False)
+        except Exception as exc:
+            fail(exc)
+    pool_only = {"--workers": True, "--metrics-addr": True, "--restart-backoff-max": True}
+    args = strip_options(ctx.meta.get(RAW_ARGS, sys.argv[2:]), pool_only)
+    try:
+        pool = WorkerPool(
+            default_command(args),
+            workers=settings["workers"],
+            metrics_address=settings["metrics_addr"],
+            grace_period=settings["grace_period"],
+            backoff=Backoff(
+                initial=min(1.0, settings["restart_backoff_max"]), maximum=settings["restart_backoff_max"]
+            ),
+        )
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    logger.info(
+        "swarrow %s: supervising %d workers consuming %s from %s",
+        __version__,
+        settings["workers"],
+        settings["queue"],
+        mask_url(url),
+    )
+    try:
+        return pool.run_sync()
+    except Exception as exc:  # e.g. --metrics-addr in use: exit 2, one line
+        fail(exc)

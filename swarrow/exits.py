@@ -1,0 +1,21 @@
+"""Exit codes: the contract between `swarrow consume` (or a pool of them) and the process manager."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
+
+__all__ = ["EXIT_BROKER", "EXIT_CODES", "EXIT_CRASH", "EXIT_IMPORT", "EXIT_OK", "EXIT_USAGE"]
+
+EXIT_OK: Final = 0
+EXIT_CRASH: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_IMPORT: Final = 3
+EXIT_BROKER: Final = 4
+EXIT_CODES: Final[Mapping[int, str]] = {
+    EXIT_OK: "graceful stop: a limit, a signal (SIGTERM/SIGINT), --stop-when-idle, or the callback asked",
+    EXIT_CRASH: "the consumer crashed: an exception escaped the stack (--no-catch), or a publish was nacked",
+    EXIT_USAGE: "usage: a bad flag, value or config file, a missing queue, conflicting queue arguments",
+    EXIT_IMPORT: "the callable cannot be imported (missing module or attribute, error while importing)",
+    EXIT_BROKER: "the broker is unreachable or refused the credentials",
+}
