@@ -29,7 +29,8 @@ class PoolStatusProcessor:
 
     The file is rewritten every `interval` seconds, at once when consuming starts or stops (the
     supervisor's rolling restart waits for that), and a last time with the stop reason. A worker whose
-    supervisor died (it was re-parented) stops gracefully instead of consuming unsupervised.
+    supervisor died (it was re-parented) stops gracefully instead of consuming unsupervised; give
+    `supervisor` (its pid) so that a supervisor dead before this layer started is noticed too.
     Per message it only counts: the writing happens in the lifespan's background task.
     """
 
@@ -43,6 +44,7 @@ class PoolStatusProcessor:
         provider: MessageProvider | None = None,
         interval: float = 1.0,
         watch_parent: bool = True,
+        supervisor: int | None = None,
     ) -> None:
         self.inner = inner
         self.directory = Path(directory)
@@ -52,6 +54,8 @@ class PoolStatusProcessor:
         self.provider = provider
         self.interval = require_seconds("interval", interval)
         self.watch_parent = watch_parent
+        # The supervisor's pid as it gave it; the parent seen at start-up may already be init's.
+        self.supervisor = None if supervisor is None else require_int("supervisor", supervisor)
         self.messages_done = 0
         self._rss = RssReader()
         self._started_at = time.time()
@@ -83,7 +87,7 @@ class PoolStatusProcessor:
         """Report in the background for the whole run; the last report carries the stop reason."""
         self._started_at = time.time()
         self._rss.open()
-        parent = os.getppid()
+        parent = os.getppid() if self.supervisor is None else self.supervisor
         self._write(False)
         try:
             async with anyio.create_task_group() as background:

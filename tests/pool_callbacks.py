@@ -86,6 +86,9 @@ def main(argv: list[str]) -> int:
     memory.add_argument("--limit", type=int, default=0)
     memory.add_argument("--delay", type=float, default=0.0)
     memory.add_argument("--exit-code", type=int, default=0)
+    steps = sub.add_parser("steps", help="the n-th start runs the n-th step (the last one repeats)")
+    steps.add_argument("counter", help="file counting the starts")
+    steps.add_argument("steps", nargs="+", help="exit:CODE or memory:LIMIT (0: consume until stopped)")
     exit_ = sub.add_parser("exit", help="exit at once with a code")
     exit_.add_argument("code", type=int)
     pool = sub.add_parser("pool", help="a WorkerPool of stand-in workers (the rest: the worker's argv)")
@@ -106,10 +109,25 @@ def main(argv: list[str]) -> int:
             metrics_address=("127.0.0.1", args.port) if args.port else None,
             grace_period=args.grace_period,
         ).run_sync()
+    if args.mode == "steps":
+        return _step(args.counter, args.steps)
     if args.mode == "exit":
         _append(EVENTS_ENV, f"exit {os.getpid()} {args.code}")
         return int(args.code)
     return anyio.run(_memory_worker, args, backend="asyncio")
+
+
+def _step(counter: str, steps: list[str]) -> int:
+    # Starts are sequential in a one-worker pool: a plain read-then-write count is enough.
+    path = Path(counter)
+    start = int(path.read_text()) if path.exists() else 0
+    path.write_text(str(start + 1))
+    kind, _, value = steps[min(start, len(steps) - 1)].partition(":")
+    _append(EVENTS_ENV, f"step {start} {kind}:{value} {os.getpid()}")
+    if kind == "exit":
+        return int(value)
+    memory = argparse.Namespace(messages=2_000, limit=int(value), delay=0.01, exit_code=0)
+    return anyio.run(_memory_worker, memory, backend="asyncio")
 
 
 def command(*args: str) -> list[str]:

@@ -239,6 +239,11 @@ def consume(ctx: click.Context, /, target: str | None, config_path: str | None, 
     from swarrow.pool.status import pool_worker_env
 
     pool_worker = pool_worker_env()
+    if pool_worker is not None and pool_worker.supervisor is not None:
+        from swarrow.pool.parent import watch_supervisor
+
+        # Before the callable's import and the connection: a supervisor killed meanwhile is noticed.
+        watch_supervisor(pool_worker.supervisor, grace=settings["grace_period"] + 10.0)
     if settings["workers"] > 1 and pool_worker is None:
         ctx.exit(supervise(ctx, settings))
     callback = import_callable(settings["callable"])

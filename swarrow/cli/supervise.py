@@ -33,7 +33,13 @@ def pool_worker_layers(pool: Any, stack_options: dict[str, Any]) -> Callable[...
 
     def layers(provider: Any, publisher: Any) -> list[Any]:
         # Outermost: it counts every message and, leaving last, reports the final stop reason.
-        status = Layer(PoolStatusProcessor, directory=pool.directory, slot=pool.slot, provider=provider)
+        status = Layer(
+            PoolStatusProcessor,
+            directory=pool.directory,
+            slot=pool.slot,
+            provider=provider,
+            supervisor=pool.supervisor,
+        )
         return [status, *default_stack(provider=provider, publisher=publisher, **options)]
 
     return layers

@@ -25,6 +25,7 @@ __all__ = [
     "MULTIPROC_DIR_ENV",
     "POOL_DIR_ENV",
     "POOL_WORKER_ENV",
+    "SUPERVISOR_ENV",
     "LockedMultiProcessCollector",
     "PoolWorkerEnv",
     "WorkerStatus",
@@ -41,6 +42,7 @@ logger = logging.getLogger(__name__)
 POOL_WORKER_ENV: Final = "SWARROW_POOL_WORKER"
 POOL_DIR_ENV: Final = "SWARROW_POOL_DIR"
 MULTIPROC_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+SUPERVISOR_ENV: Final = "SWARROW_POOL_SUPERVISOR"
 
 # File kinds whose values simply add up across processes, so a dead worker's file can be folded into
 # one archive file per kind (prometheus-client sums them the same way at scrape time). Without this a
@@ -55,6 +57,7 @@ class PoolWorkerEnv:
 
     slot: int
     directory: Path
+    supervisor: int | None = None  # the supervisor's pid: the worker must not outlive it
 
 
 def pool_worker_env(environ: Mapping[str, str] | None = None) -> PoolWorkerEnv | None:
@@ -64,9 +67,11 @@ def pool_worker_env(environ: Mapping[str, str] | None = None) -> PoolWorkerEnv |
     if slot is None or directory is None:
         return None
     try:
-        return PoolWorkerEnv(slot=int(slot), directory=Path(directory))
+        index = int(slot)
     except ValueError:
         raise ValueError(f"{POOL_WORKER_ENV} must be an integer, got {slot!r}") from None
+    supervisor = env.get(SUPERVISOR_ENV, "")
+    return PoolWorkerEnv(index, Path(directory), int(supervisor) if supervisor.isdigit() else None)
 
 
 @dataclass(frozen=True, slots=True)

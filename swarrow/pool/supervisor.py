@@ -2,19 +2,21 @@
 
 Each worker is a full `swarrow consume` process with its own connection. A worker that stopped
 gracefully (a limit reached: max messages, runtime, memory) is replaced at once; one that crashed is
-replaced after an exponential backoff; one that failed on usage or import stops the pool with its exit
-code (restarting cannot fix a typo). SIGTERM/SIGINT drain every worker, a second one stops them now;
+replaced after an exponential backoff. A usage or import error stops the pool with its exit code only
+at the first start, before any worker consumed (restarting cannot fix a typo); later it is a passing
+condition (a queue deleted and re-declared, a deploy half done) and gets the backoff too, as does a
+worker that cannot be spawned (EAGAIN). SIGTERM/SIGINT drain every worker, a second one stops them now;
 SIGHUP replaces them one at a time (the deploy case) without ever dropping below N consuming.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from collections import Counter as Tally
@@ -29,6 +31,7 @@ from prometheus_client import CollectorRegistry
 from swarrow.backoff import Backoff
 from swarrow.exits import EXIT_CRASH, EXIT_OK
 from swarrow.health import HealthState
+from swarrow.pool.directories import create_locked_directory, remove_abandoned_directories
 from swarrow.pool.exits import classify_exit
 from swarrow.pool.http import PoolCollector, PoolServer, Snapshot
 from swarrow.pool.slots import Slot, Worker
@@ -36,6 +39,7 @@ from swarrow.pool.status import (
     MULTIPROC_DIR_ENV,
     POOL_DIR_ENV,
     POOL_WORKER_ENV,
+    SUPERVISOR_ENV,
     LockedMultiProcessCollector,
     clean_multiproc_dir,
     compact_dead_process,
@@ -49,14 +53,17 @@ __all__ = ["WorkerPool"]
 logger = logging.getLogger(__name__)
 
 _REFRESH_INTERVAL: Final = 0.25
+# Spawn errors that a retry cannot fix, at the first start: a missing or non-executable program.
+_FATAL_SPAWN_ERRORS: Final = frozenset({errno.ENOENT, errno.EACCES, errno.ENOEXEC, errno.ENOTDIR})
 
 
 class WorkerPool:
     """Keeps `workers` processes running `command`, recycles them, and serves one endpoint for all.
 
     `command` is a full argv (normally `sys.executable -m swarrow consume …`). Each worker gets
-    `SWARROW_POOL_WORKER` (its slot) and `SWARROW_POOL_DIR` (where it writes its status file) in its
-    environment. With `metrics_address`, workers also get `PROMETHEUS_MULTIPROC_DIR` (where their
+    `SWARROW_POOL_WORKER` (its slot), `SWARROW_POOL_DIR` (where it writes its status file) and
+    `SWARROW_POOL_SUPERVISOR` (this pid, which it must never outlive) in its environment. With
+    `metrics_address`, workers also get `PROMETHEUS_MULTIPROC_DIR` (where their
     metric values go) and the supervisor serves `/metrics` (every worker, summed, dead ones included),
     `/healthz`, `/readyz` and `/status` (JSON) there. `run()` returns the pool's exit code.
     """
@@ -106,6 +113,10 @@ class WorkerPool:
         self._started = time.monotonic()
         self._workers_tg: TaskGroup | None = None
         self._tg: TaskGroup | None = None
+        self._lock_fd: int | None = None
+        # Set once any worker consumed: from then on a usage or import exit is backed off, not fatal.
+        self.proven = False
+        self.spawn_failures = 0
 
     @property
     def stopping(self) -> bool:
@@ -147,7 +158,11 @@ class WorkerPool:
 
     def _prepare_directories(self) -> None:
         base = self._given_directory
-        self.directory = Path(tempfile.mkdtemp(prefix="swarrow-pool-")) if base is None else base
+        if base is None:
+            remove_abandoned_directories()
+            self.directory, self._lock_fd = create_locked_directory()
+        else:
+            self.directory = base
         self.status_dir = self.directory / "status"
         self.status_dir.mkdir(parents=True, exist_ok=True)
         if self.metrics_address is None:
@@ -161,6 +176,9 @@ class WorkerPool:
     def _remove_directories(self) -> None:
         if self._owns_directory:
             shutil.rmtree(self.directory, ignore_errors=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _start_server(self) -> None:
         if self.metrics_address is None:
@@ -181,7 +199,7 @@ class WorkerPool:
 
     async def _keep_alive(self, slot: Slot) -> None:
         """Keep one worker alive in `slot` until the pool stops."""
-        worker = await self._spawn(slot, restart_reason=None)
+        worker = await self._start(slot, restart_reason=None)
         while worker is not None:
             await worker.exited.wait()
             if slot.current is not worker and slot.current is not None:
@@ -205,10 +223,11 @@ class WorkerPool:
                     extra={"worker": slot.index, "pid": info.pid},
                 )
                 return
-            if info.fatal:
+            self.proven = self.proven or info.messages_done > 0
+            if info.fatal and not self.proven:
                 logger.error(
-                    "worker %d (pid %d) failed with a %s (exit code %d): stopping the pool, "
-                    "a restart would fail the same way",
+                    "worker %d (pid %d) failed with a %s (exit code %d) at the first start: stopping the "
+                    "pool, a restart would fail the same way",
                     slot.index,
                     info.pid,
                     info.reason.replace("_", " "),
@@ -230,13 +249,7 @@ class WorkerPool:
                     slot.failures,
                     extra={"worker": slot.index, "pid": info.pid, "restart_delay": delay},
                 )
-                slot.restart_at = time.monotonic() + delay
-                self._refresh()
-                assert self._stop_event is not None
-                with anyio.move_on_after(delay):
-                    await self._stop_event.wait()
-                slot.restart_at = None
-                if self.stopping:
+                if not await self._back_off(slot, delay):
                     return
             else:
                 logger.info(
@@ -248,7 +261,37 @@ class WorkerPool:
                     info.reason,
                     extra={"worker": slot.index, "pid": info.pid},
                 )
-            worker = await self._spawn(slot, restart_reason=info.reason)
+            worker = await self._start(slot, restart_reason=info.reason)
+
+    async def _back_off(self, slot: Slot, delay: float) -> bool:
+        """Wait `delay` before the slot's next start; False if the pool began to stop meanwhile."""
+        slot.restart_at = time.monotonic() + delay
+        self._refresh()
+        assert self._stop_event is not None
+        with anyio.move_on_after(delay):
+            await self._stop_event.wait()
+        slot.restart_at = None
+        return not self.stopping
+
+    async def _start(self, slot: Slot, *, restart_reason: str | None) -> Worker | None:
+        """Spawn the slot's worker, retrying with the backoff while the system refuses (EAGAIN …)."""
+        while True:
+            try:
+                return await self._spawn(slot, restart_reason=restart_reason)
+            except OSError as exc:
+                slot.failures += 1
+                delay = self.backoff.delay(slot.failures)
+                logger.error(
+                    "cannot start worker %d (%s): %s; retrying in %.3gs (failure %d in a row)",
+                    slot.index,
+                    self.command[0],
+                    exc.strerror or exc,
+                    delay,
+                    slot.failures,
+                    extra={"worker": slot.index, "restart_delay": delay},
+                )
+                if not await self._back_off(slot, delay):
+                    return None
 
     async def _spawn(
         self, slot: Slot, *, restart_reason: str | None, incoming: bool = False
@@ -257,6 +300,7 @@ class WorkerPool:
         env = dict(self.env)
         env[POOL_WORKER_ENV] = str(slot.index)
         env[POOL_DIR_ENV] = str(self.status_dir)
+        env[SUPERVISOR_ENV] = str(os.getpid())
         if self.metrics_address is not None:
             # Before the worker imports prometheus-client: its values then go to files we can sum.
             env[MULTIPROC_DIR_ENV] = str(self.metrics_dir)
@@ -272,7 +316,11 @@ class WorkerPool:
                 start_new_session=True,
             )
         except OSError as exc:
-            logger.error("cannot start a worker (%s): %s", self.command[0], exc)
+            self.spawn_failures += 1
+            self._refresh()
+            if self.proven or exc.errno not in _FATAL_SPAWN_ERRORS:
+                raise  # passing (EAGAIN, ENOMEM, a program replaced mid-deploy): the caller backs off
+            logger.error("cannot start a worker (%s): %s", self.command[0], exc.strerror or exc)
             self._begin_stop(exit_code=EXIT_CRASH)
             return None
         worker = Worker(slot, process, self.generation)
@@ -386,7 +434,16 @@ class WorkerPool:
         """
         old = slot.current
         assert old is not None
-        new = await self._spawn(slot, restart_reason="rolling_restart", incoming=True)
+        try:
+            new = await self._spawn(slot, restart_reason="rolling_restart", incoming=True)
+        except OSError as exc:
+            logger.error(
+                "rolling restart stopped: cannot start the replacement of worker %d (%s); the old workers "
+                "keep running (send SIGHUP again)",
+                slot.index,
+                exc.strerror or exc,
+            )
+            return False
         if new is None:
             return False
         with anyio.move_on_after(self.ready_timeout):
@@ -489,6 +546,7 @@ class WorkerPool:
         states: Tally[str] = Tally(w.state for w in self._live.values())
         states["backoff"] = sum(1 for s in self.slots if s.restart_at is not None)
         consuming = sum(1 for w in self._live.values() if w.consuming)
+        self.proven = self.proven or consuming > 0
         slots = []
         for slot in self.slots:
             entry: dict[str, Any] = {"slot": slot.index}
@@ -514,6 +572,7 @@ class WorkerPool:
             "workers_consuming": consuming,
             "generation": self.generation,
             "restarts": dict(self.restarts),
+            "spawn_failures": self.spawn_failures,
             "workers": slots,
         }
         self.snapshot = Snapshot(dict(states), dict(self.restarts), consuming, status)
