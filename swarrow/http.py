@@ -14,7 +14,6 @@ import socket
 import threading
 from collections.abc import Iterable
 from typing import Final
-from wsgiref.simple_server import WSGIRequestHandler, make_server
 from wsgiref.types import StartResponse, WSGIEnvironment
 
 from prometheus_client import (
@@ -22,11 +21,11 @@ from prometheus_client import (
     CollectorRegistry,
     make_wsgi_app,
 )
-from prometheus_client.exposition import ThreadingWSGIServer
 
+from swarrow._http_server import DEFAULT_MAX_CONNECTIONS, DEFAULT_READ_TIMEOUT, BoundedWSGIServer
 from swarrow.errors import ConfigurationError
 from swarrow.health import HealthState
-from swarrow.validation import require_int
+from swarrow.validation import require_int, require_seconds
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "MetricsServer", "parse_metrics_addr"]
 
@@ -34,11 +33,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 9100
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        logger.debug("metrics endpoint: " + format, *args)
 
 
 def _json(start_response: StartResponse, ok: bool, why: str) -> list[bytes]:
@@ -59,7 +53,10 @@ class MetricsServer:
     """Serves `/metrics`, `/healthz` and `/readyz` from a daemon thread; `start()` / `stop()`.
 
     Binds 127.0.0.1 by default: metrics are not for the whole network unless asked for.
-    Port 0 picks a free port, readable from `port` after `start()`.
+    Port 0 picks a free port, readable from `port` after `start()`. A slow or hostile client cannot
+    exhaust it: at most `max_connections` requests are served at once (one more gets a 503 at once),
+    each must arrive whole within `read_timeout` seconds, and the threads are the endpoint's own,
+    never the ones sync callbacks run in.
     """
 
     def __init__(
@@ -69,6 +66,8 @@ class MetricsServer:
         *,
         registry: CollectorRegistry | None = None,
         health: HealthState | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
     ) -> None:
         if require_int("port", port, minimum=0) > 65535:
             raise ValueError(f"port must be an integer in 0..65535, got {port!r}")
@@ -77,7 +76,9 @@ class MetricsServer:
         self.registry = REGISTRY if registry is None else registry
         self.health = HealthState() if health is None else health
         self._metrics_app = make_wsgi_app(self.registry)
-        self._server: ThreadingWSGIServer | None = None
+        self.max_connections = require_int("max_connections", max_connections)
+        self.read_timeout = require_seconds("read_timeout", read_timeout)
+        self._server: BoundedWSGIServer | None = None
         self._thread: threading.Thread | None = None
 
     @property
@@ -109,14 +110,17 @@ class MetricsServer:
         except OSError as exc:
             raise ConfigurationError(f"cannot listen on {self.address}: {exc}") from None
 
-        class _Server(ThreadingWSGIServer):
-            address_family = family
-
         try:
-            server = make_server(self.host, self.port, self.app, _Server, _QuietHandler)
+            server = BoundedWSGIServer(
+                (self.host, self.port),
+                family=family,
+                max_connections=self.max_connections,
+                read_timeout=self.read_timeout,
+            )
         except OSError as exc:
             why = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
             raise ConfigurationError(f"cannot listen on {self.address}: {why}") from None
+        server.set_app(self.app)
         self._server = server
         self.port = server.server_address[1]
         self._thread = threading.Thread(

@@ -164,3 +164,47 @@ def test_the_endpoint_answers_while_every_callback_thread_is_busy(
 def test_limits_are_checked(limits: dict[str, float], named: str) -> None:
     with pytest.raises(ValueError, match=named):
         BoundedWSGIServer(("127.0.0.1", 0), **limits)  # type: ignore[arg-type]
+
+
+def test_the_metrics_endpoint_holds_at_most_its_cap_of_threads_under_300_half_sent_requests() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from swarrow.health import HealthState
+    from swarrow.http import MetricsServer
+
+    health = HealthState()
+    health.beat()
+    server = MetricsServer("127.0.0.1", 0, registry=CollectorRegistry(), health=health, read_timeout=0.5)
+    server.start()
+    before = _threads()
+    sockets = []
+    try:
+        peak = 0
+        for _ in range(300):
+            client = socket.create_connection(("127.0.0.1", server.port))
+            client.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            sockets.append(client)
+            peak = max(peak, _threads() - before)
+        assert peak <= server.max_connections == 16  # the stdlib/prometheus threading server held 300
+        bounded = server._server
+        assert bounded is not None
+        _wait(lambda: bounded.accepted == 300)  # none left in the kernel's queue
+        deadline = time.monotonic() + 10
+        while _threads() > before:
+            assert time.monotonic() < deadline, "endpoint threads were not freed by the read deadline"
+            time.sleep(0.02)
+        assert _get(server.port, "/healthz")[0] == 200
+    finally:
+        for client in sockets:
+            client.close()
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("limits", "named"), [({"max_connections": 0}, "max_connections"), ({"read_timeout": -1}, "read_timeout")]
+)
+def test_metrics_server_checks_its_limits(limits: dict[str, float], named: str) -> None:
+    from swarrow.http import MetricsServer
+
+    with pytest.raises(ValueError, match=named):
+        MetricsServer("127.0.0.1", 0, **limits)  # type: ignore[arg-type]
