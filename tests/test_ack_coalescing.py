@@ -342,3 +342,21 @@ async def test_a_delivery_read_after_its_channel_closed_is_not_buffered() -> Non
     provider._take(deliver, Basic.Properties(message_id="late"), b"x", channel)  # type: ignore[arg-type]
     assert provider.receive_nowait() is None  # the broker redelivers it: processing it would duplicate it
     assert [m.message_id for m in _deliver(provider, channel, 1)] == ["m1"]
+
+
+def test_only_tags_still_waiting_since_the_last_look_are_taken_for_single_acks() -> None:
+    tracker = AckTracker()
+    for tag in range(1, 7):
+        tracker.delivered(tag)
+    tracker.finish(3)
+    tracker.finish(4)
+    assert tracker.take_prefix() is None  # 1 and 2 still run
+    earlier = tracker.snapshot()
+    tracker.finish(5)  # finished after the look: not stale yet
+    assert tracker.take_still_waiting(earlier) == [3, 4]
+    assert tracker.finished == 1 and not tracker.is_open(3) and tracker.is_open(6)
+    tracker.finish(1)
+    tracker.finish(2)
+    # 3 and 4 were settled singly: the multiple ack names 5, the highest finished tag before 6.
+    assert tracker.take_prefix() == 5
+    assert tracker.finished == 0 and tracker.outstanding == 1

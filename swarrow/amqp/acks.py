@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 
 import aiormq
@@ -12,9 +13,13 @@ import aiormq.abc
 from swarrow.amqp._errors import CHANNEL_GONE
 from swarrow.message import Message
 
-__all__ = ["AckTracker", "Settlement"]
+__all__ = ["SLOW_HEAD_ACK_AFTER", "AckTracker", "Settlement"]
 
 logger = logging.getLogger(__name__)
+
+# Seconds between two looks at the finished deliveries stuck behind an unfinished head; one still
+# stuck at the next look is acked singly, so none stays unacked more than twice this after it finished.
+SLOW_HEAD_ACK_AFTER = 0.5
 
 
 class AckTracker:
@@ -89,6 +94,17 @@ class AckTracker:
         self._finished.clear()
         return blocked
 
+    def snapshot(self) -> set[int]:
+        """The finished tags waiting now (for `take_still_waiting` at the next look)."""
+        return set(self._finished)
+
+    def take_still_waiting(self, earlier: set[int]) -> list[int]:
+        """Tags of `earlier` still finished and waiting: to be acked singly, marked as such."""
+        stale = sorted(earlier & self._finished)
+        self._finished.difference_update(stale)
+        self._single.update(stale)
+        return stale
+
 
 class Settlement:
     """The settlement half of `AmqpMessageProvider`: ack, reject and the coalesced-ack flushes.
@@ -106,6 +122,8 @@ class Settlement:
     _since_flush: int
     _flush_due: asyncio.Event | None
     _fallback_after: int
+    _waiting: set[int]
+    _waiting_since: float
     ack_batch_size: int
     ack_flush_interval: float
     stale_settlements: int
@@ -170,26 +188,41 @@ class Settlement:
             self._flush_due.set()  # the timer flushes a batch that stays short
         return False
 
-    async def _flush(self) -> None:
-        """Write the acks due now (multiple=True for the finished prefix)."""
+    async def _flush(self, *, final: bool = False) -> None:
+        """Write the acks due now (multiple=True for the finished prefix); `final`: every finished one."""
         async with self._settle_lock:
             underlay = self._underlay
             if underlay is None:
                 return
             try:
-                await self._write_flush(underlay, self._tracker)
+                await self._write_flush(underlay, self._tracker, final=final)
             except CHANNEL_GONE as exc:
                 logger.debug("ack flush on %s dropped, channel gone: %r", self._queue_name, exc)
 
-    async def _write_flush(self, underlay: aiormq.abc.AbstractChannel, tracker: AckTracker) -> None:
+    async def _write_flush(
+        self, underlay: aiormq.abc.AbstractChannel, tracker: AckTracker, *, final: bool = False
+    ) -> None:
         # Called with `_settle_lock` held.
         self._since_flush = 0
         last = tracker.take_prefix()
         if last is not None:
             await underlay.basic_ack(last, multiple=True, wait=False)
-        if tracker.finished >= self._fallback_after:
-            for tag in tracker.take_blocked():
-                await underlay.basic_ack(tag, wait=False)
+        if not tracker.finished:
+            return
+        # Finished deliveries stuck behind an unfinished head: ack them singly once there are many
+        # (they hold prefetch slots), once they waited SLOW_HEAD_ACK_AFTER (a crash would redeliver
+        # them), and on close (the head was cancelled: they would be redelivered and run again).
+        if final or tracker.finished >= self._fallback_after:
+            blocked = tracker.take_blocked()
+        else:
+            now = time.monotonic()
+            if now - self._waiting_since < SLOW_HEAD_ACK_AFTER:
+                return
+            blocked = tracker.take_still_waiting(self._waiting)
+            self._waiting = tracker.snapshot()
+            self._waiting_since = now
+        for tag in blocked:
+            await underlay.basic_ack(tag, wait=False)
 
     async def _flush_periodically(self, due: asyncio.Event) -> None:
         """Flush `ack_flush_interval` after the first unflushed ack, so a quiet queue is not left unacked."""

@@ -68,7 +68,22 @@ class AmqpMessageProvider(Settlement):
         )
         self.ack_flush_interval = float(ack_flush_interval)
         # Past this many finished acks stuck behind a slow head, ack them singly: they hold prefetch slots.
-        self._fallback_after = max(self.ack_batch_size, prefetch // 2)
+        # A batch or fallback threshold the prefetch window cannot hold would stall the consumer behind
+        # one slow message (the window fills with finished, unacked deliveries): both stay below it.
+        if self.ack_batch_size > 1 and self.ack_batch_size > prefetch // 2:
+            capped = max(1, prefetch // 2)
+            logger.warning(
+                "ack batch size %d is more than half the prefetch (%d): using %d, so finished messages "
+                "behind a slow one never fill the prefetch window",
+                self.ack_batch_size,
+                prefetch,
+                capped,
+                extra={"queue": queue},
+            )
+            self.ack_batch_size = capped
+        self._fallback_after = max(1, prefetch // 2)
+        self._waiting: set[int] = set()
+        self._waiting_since = 0.0
         self._coalesce = self.ack_batch_size > 1
         self._tracker = AckTracker()
         self._since_flush = 0
@@ -328,7 +343,9 @@ class AmqpMessageProvider(Settlement):
         if self._closed:
             return
         await self.stop_consuming()
-        await self._flush()
+        # Final: the workers are done, so a finished delivery behind a cancelled one is acked now
+        # rather than redelivered and run again.
+        await self._flush(final=True)
         self._closed = True
         flusher, self._flusher = self._flusher, None
         if flusher is not None:
