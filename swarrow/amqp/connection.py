@@ -149,4 +149,9 @@ class AmqpConnection:
         """Close the connection (unsettled deliveries return to their queues)."""
         connection, self._connection = self._connection, None
         if connection is not None:
-            await connection.close()
+            try:
+                async with asyncio.timeout(self.connect_timeout):  # a silent broker: give up, drop it
+                    await connection.close()
+            except TimeoutError:
+                logger.warning("%s did not answer the connection close within %gs; dropped it",
+                               self.url, self.connect_timeout)  # fmt: skip

@@ -18,7 +18,7 @@ from swarrow.amqp._errors import CHANNEL_GONE, EMPTY_HEADERS
 from swarrow.amqp.acks import AckTracker, Settlement
 from swarrow.amqp.connection import AmqpConnection
 from swarrow.amqp.fastpath import install_fast_delivery, let_reader_run_ahead
-from swarrow.errors import ConfigurationError
+from swarrow.errors import BrokerUnavailableError, ConfigurationError
 from swarrow.message import Message
 from swarrow.validation import require_int, require_seconds
 
@@ -130,6 +130,17 @@ class AmqpMessageProvider(Settlement):
             raise RuntimeError("this provider is closed")
         if self._wanted:
             return
+        timeout = self.broker.connect_timeout
+        try:
+            async with asyncio.timeout(timeout):  # a broker gone silent must not hold the start forever
+                await self._start()
+        except TimeoutError:
+            raise BrokerUnavailableError(
+                f"{self.broker.url} did not answer within {timeout:g}s (connect_timeout) while starting "
+                f"to consume {self._queue_name!r}"
+            ) from None
+
+    async def _start(self) -> None:
         connection = await self.broker._connect()
         if await self.broker.inspect_queue(self._queue_name) is None:
             raise ConfigurationError(
@@ -359,7 +370,8 @@ class AmqpMessageProvider(Settlement):
         self._tracker = AckTracker()
         if channel is not None and not channel.is_closed:
             try:
-                await channel.close()
+                async with asyncio.timeout(self.broker.connect_timeout):  # bounded, as every broker call
+                    await channel.close()
             except CHANNEL_GONE as exc:
                 logger.debug("closing the channel of %s failed: %r", self._queue_name, exc)
         if self._owns_broker:

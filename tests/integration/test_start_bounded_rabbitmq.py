@@ -14,7 +14,8 @@ import anyio
 import pytest
 
 from swarrow.amqp import AmqpBroker
-from tests.tcp_proxy import BASIC_QOS, freezing_proxy
+from swarrow.errors import BrokerUnavailableError
+from tests.tcp_proxy import BASIC_CONSUME, BASIC_QOS, freezing_proxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -54,3 +55,24 @@ async def test_sigterm_during_start_stops_within_the_grace_period(
             await process.aclose()
     assert code == 0, stderr
     assert took < 1 + 2, took  # the grace period, plus the time to close
+
+
+@pytest.mark.parametrize("method", [BASIC_QOS, BASIC_CONSUME], ids=["qos", "consume"])
+async def test_every_start_call_gives_up_after_the_connect_timeout(
+    amqp_url: str, amqp_broker: AmqpBroker, queue_name: str, method: tuple[int, int]
+) -> None:
+    # Before the fix: start() waited for the silent broker with no timeout at all.
+    await amqp_broker.declare_queue(queue_name)
+    target = urlsplit(amqp_url).port or 5672
+    async with freezing_proxy(target, method) as proxy:
+        broker = AmqpBroker(_proxied(amqp_url, proxy.port), connect_timeout=1)
+        provider = broker.provider(queue_name, prefetch=10)
+        started = time.monotonic()
+        try:
+            with anyio.fail_after(8), pytest.raises(BrokerUnavailableError, match="did not answer"):
+                await provider.start()
+            assert time.monotonic() - started < 4
+        finally:
+            with anyio.move_on_after(5, shield=True):
+                await provider.close()
+                await broker.close()
