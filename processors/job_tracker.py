@@ -100,6 +100,7 @@ class JobTrackerProcessor:
     `buffer_size` records: when it is full or the store is down, records are dropped, counted in
     `swarrow_job_records_dropped_total` and logged — messages and acks never wait for the database.
     A batch the store refused is tried 3 times, then dropped; writing resumes once the store answers.
+    A URL is opened and closed by the layer; a `JobStore` passed in is connected but left open.
     """
 
     def __init__(
@@ -123,6 +124,7 @@ class JobTrackerProcessor:
             raise ValueError(f"store must be a job store URL or a JobStore, got {store!r}")
         self.inner = inner
         self.store = JobStore.open(store) if isinstance(store, str) else store
+        self._owns_store = isinstance(store, str)  # a JobStore given to us is the caller's to close
         self.buffer_size = buffer_size
         self.clock = clock
         self._metrics = _JobMetrics.for_registry(registry)
@@ -173,8 +175,9 @@ class JobTrackerProcessor:
                 if left:
                     self._drop_batch(left, "the consumer stopped")
                 self._push_drops()
-                with anyio.move_on_after(self.close_timeout):
-                    await self.store.close()
+                if self._owns_store:
+                    with anyio.move_on_after(self.close_timeout):
+                        await self.store.close()
                 self._rss.close()
 
     async def _flush_forever(self) -> None:

@@ -14,6 +14,7 @@ __all__ = [
     "migrations",
     "numbered",
     "upsert",
+    "upsert_arrays",
 ]
 
 Dialect: TypeAlias = Literal["sqlite", "postgresql"]
@@ -102,6 +103,26 @@ def upsert(dialect: Dialect) -> str:
         f"INSERT INTO swarrow_jobs ({names}) VALUES ({values}) "
         f"ON CONFLICT (id) DO UPDATE SET {', '.join(updates)}"
     )
+
+
+# PostgreSQL types of COLUMNS, for one array parameter per column.
+_PG_TYPES: Final = (
+    "text", "text", "text", "int4", "float8", "float8", "float8", "float8", "float8",
+    "text", "int4", "int8", "int8", "text", "text",
+)  # fmt: skip
+
+
+def upsert_arrays() -> str:
+    """PostgreSQL: the upsert of a whole batch as one statement over `unnest` of one array per column.
+
+    A third of the server time of one `executemany` row per job (measured: 25 against 85 µs per row on
+    a loaded 2-core machine), which matters when the database shares the workers' cores. The batch must
+    hold one row per id (`merge_records`): one statement cannot update a row twice.
+    """
+    names = ", ".join(COLUMNS)
+    arrays = ", ".join(f"${n}::{kind}[]" for n, kind in enumerate(_PG_TYPES, start=1))
+    on_conflict = upsert("postgresql").partition(" ON CONFLICT")[2]
+    return f"INSERT INTO swarrow_jobs ({names}) SELECT * FROM unnest({arrays}) ON CONFLICT{on_conflict}"
 
 
 _PLACEHOLDER = re.compile(r"\?")

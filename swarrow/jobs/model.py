@@ -23,7 +23,9 @@ __all__ = [
     "JobRecord",
     "JobState",
     "JobStats",
+    "clean_text",
     "merge_records",
+    "rows_for_write",
 ]
 
 JobState: TypeAlias = Literal["running", "succeeded", "retrying", "failed", "dead_lettered", "expired"]
@@ -92,6 +94,31 @@ def merge_records(records: Iterable[JobRecord]) -> list[JobRecord]:
             changes["error_message"] = other.error_message
         latest[record.id] = new._replace(**changes) if changes else new
     return list(latest.values())
+
+
+def clean_text(text: str) -> str:
+    """`text` as both databases take it: NUL (PostgreSQL refuses it) becomes U+FFFD, a lone surrogate `?`.
+
+    A producer controls message ids and a callback its error text: one bad character must not make
+    the store refuse a whole batch of other jobs' records.
+    """
+    if text.isascii():
+        return text.replace("\x00", "\ufffd") if "\x00" in text else text
+    return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
+
+
+def _clean(text: str | None) -> str | None:
+    return None if text is None else clean_text(text)
+
+
+def rows_for_write(records: Iterable[JobRecord]) -> list[tuple[Any, ...]]:
+    """Merged records as rows in the store's column order (`updated` = finished, else started)."""
+    return [
+        (clean_text(r.id), clean_text(r.queue), r.state, r.attempts, r.first_seen, r.started, r.finished,
+         r.duration, r.started if r.finished is None else r.finished, clean_text(r.host), r.pid, r.rss_before,
+         r.rss_after, _clean(r.error_type), _clean(r.error_message))
+        for r in merge_records(records)
+    ]  # fmt: skip
 
 
 def _time(value: float | None) -> datetime | None:

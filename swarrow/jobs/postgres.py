@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 
 from swarrow.errors import ConfigurationError
-from swarrow.jobs._sql import SCHEMA_VERSION, Dialect, migrations, numbered, upsert
-from swarrow.jobs.model import JobRecord, merge_records
+from swarrow.jobs._sql import SCHEMA_VERSION, Dialect, migrations, numbered, upsert_arrays
+from swarrow.jobs.model import JobRecord, rows_for_write
 from swarrow.jobs.store import JobStoreError, mask_store_url
 
 if TYPE_CHECKING:
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PostgresBackend"]
 
-_UPSERT: Final = numbered(upsert("postgresql"))
+_UPSERT: Final = upsert_arrays()
 # Any constant both sides agree on: serialises first-use migrations of workers that start together.
 _MIGRATION_LOCK: Final = 0x5377_6172_726F_77  # "Swarrow"
 _CONNECT_TIMEOUT_S: Final = 5.0
@@ -38,7 +38,7 @@ class PostgresBackend:
     """One asyncpg connection, reconnected on the next call after it broke (a restart, a failover).
 
     asyncpg because it is the fastest maintained PostgreSQL driver for asyncio (binary protocol,
-    prepared statements, a pipelined `executemany`), and the consumer already runs on asyncio.
+    prepared statements, arrays as parameters), and the consumer already runs on asyncio.
     Calls are serialised on the connection; the tracker writes from one task, the CLI asks one question
     at a time.
     """
@@ -144,17 +144,13 @@ class PostgresBackend:
                 ) from None
 
     async def write(self, records: Sequence[JobRecord]) -> None:
-        """Merge per job and upsert in one transaction (asyncpg pipelines the rows)."""
-        rows = [
-            (r.id, r.queue, r.state, r.attempts, r.first_seen, r.started, r.finished, r.duration,
-             r.started if r.finished is None else r.finished, r.host, r.pid, r.rss_before, r.rss_after,
-             r.error_type, r.error_message)
-            for r in merge_records(records)
-        ]  # fmt: skip
+        """Merge per job and upsert the batch in one statement (`unnest` of one array per column)."""
+        rows = rows_for_write(records)
+
+        columns = list(zip(*rows, strict=True)) if rows else []
 
         async def call(conn: asyncpg.Connection) -> None:
-            async with conn.transaction():
-                await conn.executemany(_UPSERT, rows)
+            await conn.execute(_UPSERT, *columns)  # one statement, its own transaction
 
         await self._run(f"writing {len(rows)} job record(s)", call)
 

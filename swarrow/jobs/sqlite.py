@@ -13,7 +13,7 @@ import anyio.to_thread
 
 from swarrow.errors import ConfigurationError
 from swarrow.jobs._sql import SCHEMA_VERSION, Dialect, migrations, upsert
-from swarrow.jobs.model import JobRecord, merge_records
+from swarrow.jobs.model import JobRecord, rows_for_write
 from swarrow.jobs.store import JobStoreError
 
 __all__ = ["SqliteBackend"]
@@ -133,12 +133,7 @@ class SqliteBackend:
         await anyio.to_thread.run_sync(self._write, records, abandon_on_cancel=True)
 
     def _write(self, records: Sequence[JobRecord]) -> None:
-        rows = [
-            (r.id, r.queue, r.state, r.attempts, r.first_seen, r.started, r.finished, r.duration,
-             r.started if r.finished is None else r.finished, r.host, r.pid, r.rss_before, r.rss_after,
-             r.error_type, r.error_message)
-            for r in merge_records(records)
-        ]  # fmt: skip
+        rows = rows_for_write(records)
         conn = self._connection()
         with self._lock:
             try:

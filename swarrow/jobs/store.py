@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from swarrow.errors import ConfigurationError, SwarrowError
 from swarrow.jobs._sql import COLUMNS, Dialect
-from swarrow.jobs.model import FINAL_STATES, JOB_STATES, Job, JobRecord, JobStats
+from swarrow.jobs.model import FINAL_STATES, JOB_STATES, Job, JobRecord, JobStats, clean_text
 from swarrow.validation import require_int
 
 __all__ = ["JobBackend", "JobStore", "JobStoreError", "mask_store_url"]
@@ -142,13 +142,14 @@ class JobStore:
     async def status(self, ids: Iterable[str]) -> dict[str, Job | None]:
         """Each id's job, None for an id the store never saw; in the order given."""
         wanted = list(dict.fromkeys(ids))
+        asked = {clean_text(i): i for i in wanted}  # an id is stored cleaned; answer under the id asked
         found: dict[str, Job] = {}
         for start in range(0, len(wanted), _CHUNK):
-            chunk = wanted[start : start + _CHUNK]
+            chunk = [clean_text(i) for i in wanted[start : start + _CHUNK]]
             marks = ", ".join("?" for _ in chunk)
             for row in await self.backend.fetch(f"{_SELECT} WHERE id IN ({marks})", chunk):
                 job = Job.from_row(row)
-                found[job.id] = job
+                found[asked.get(job.id, job.id)] = job
         return {job_id: found.get(job_id) for job_id in wanted}
 
     async def unfinished(self, ids: Iterable[str]) -> list[str]:

@@ -270,3 +270,24 @@ async def test_an_unreachable_postgresql_is_a_store_error_without_the_password()
     ) as err:
         await store.connect()
     assert "s3cr3t" not in str(err.value)
+
+
+async def test_hostile_text_is_stored_cleaned_without_losing_the_batch(store_url: str) -> None:
+    weird = "id-\x00-\ud800-é"
+    bad = rec(weird, "failed", error=("Err\x00", "broken \udcff text\nsecond line"))
+    async with JobStore.open(store_url) as store:
+        await store.write([bad, rec("neighbour")])
+        found = await store.status([weird, "neighbour"])
+    job = found[weird]
+    assert job is not None and job.id == "id-\ufffd-?-é" and job.state == "failed"
+    assert (job.error_type, job.error_message) == ("Err\ufffd", "broken ? text\nsecond line")
+    assert found["neighbour"] is not None  # the rest of the batch was written
+
+
+async def test_a_refused_postgresql_password_is_a_store_error_without_it(postgres_url: str) -> None:
+    wrong = postgres_url.replace(":swarrow@", ":Wr0ng-Pa55@")
+    assert wrong != postgres_url
+    with pytest.raises(JobStoreError, match="password authentication failed") as err:
+        async with JobStore.open(wrong):
+            pass
+    assert "Wr0ng-Pa55" not in str(err.value) and ":***@" in str(err.value)
