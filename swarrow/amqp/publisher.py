@@ -36,13 +36,20 @@ def _properties(message: Message) -> aiormq.spec.Basic.Properties:
 
 
 class AmqpPublisher:
-    """Publishes with publisher confirms; `PublishError` on nack, return (mandatory) or a dead channel."""
+    """Publishes with publisher confirms; `PublishError` on nack, return (mandatory) or a dead channel.
+
+    aiormq matches a `basic.return` to its publish by `message_id`, and retry copies keep the
+    original's id: two copies of one id in flight at once could swap outcomes (an unroutable copy
+    reported confirmed, its original then acked and lost). So mandatory publishes sharing a
+    `message_id` go one at a time; publishes with different ids are not held up.
+    """
 
     def __init__(self, broker: AmqpConnection, *, confirm_timeout: float = 30.0) -> None:
         self.broker = broker
         self.confirm_timeout = confirm_timeout
         self._channel: AbstractRobustChannel | None = None
         self._lock = asyncio.Lock()
+        self._in_flight: dict[str, asyncio.Event] = {}  # message ids with a mandatory publish unconfirmed
 
     async def _underlay(self) -> aiormq.abc.AbstractChannel:
         if self._channel is None:
@@ -59,6 +66,21 @@ class AmqpPublisher:
         self, message: Message, routing_key: str, exchange: str = "", *, mandatory: bool = True
     ) -> None:
         """Publish and wait for the broker's confirm."""
+        key = message.message_id
+        if not mandatory or key is None:  # aiormq gives an id-less message a fresh random one
+            await self._publish(message, routing_key, exchange, mandatory)
+            return
+        in_flight = self._in_flight
+        while (other := in_flight.get(key)) is not None:
+            await other.wait()
+        done = in_flight[key] = asyncio.Event()
+        try:
+            await self._publish(message, routing_key, exchange, mandatory)
+        finally:
+            del in_flight[key]
+            done.set()
+
+    async def _publish(self, message: Message, routing_key: str, exchange: str, mandatory: bool) -> None:
         where = f"exchange {exchange!r} routing key {routing_key!r}"
         try:
             channel = await self._underlay()
