@@ -70,7 +70,6 @@ def test_a_memory_limit_below_the_current_rss_is_refused_at_start(memory: tuple[
 # -- 19. a callable that cannot take one message ----------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="import_callable checks it once the CLI is split (house)")
 def test_a_callable_that_cannot_take_one_message_exits_3_naming_its_signature(
     memory: tuple[str, MemoryBroker],
 ) -> None:
@@ -130,3 +129,18 @@ def test_the_readme_documents_shell_completion() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
     for shell in ("bash", "zsh", "fish"):
         assert f"_SWARROW_COMPLETE={shell}_source swarrow" in readme
+
+
+# -- 20. a pool imports the callable before it checks the queues -------------------------------------------
+
+
+def test_a_pool_reports_an_import_error_as_one_before_checking_queues(
+    memory: tuple[str, MemoryBroker],
+) -> None:
+    url, _ = memory  # the queue does not exist: an import error must still be reported as one
+    result = invoke("consume", "tests.no_such_module:handle", "--url", url, "-q", "missing", "--workers", "2")
+    assert result.exit_code == EXIT_IMPORT, result.output
+    assert result.output.count("Error:") == 1
+    assert (
+        "module 'tests.no_such_module' not found" in result.output and "does not exist" not in result.output
+    )

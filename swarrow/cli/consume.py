@@ -244,9 +244,10 @@ def consume(ctx: click.Context, /, target: str | None, config_path: str | None, 
 
         # Before the callable's import and the connection: a supervisor killed meanwhile is noticed.
         watch_supervisor(pool_worker.supervisor, grace=settings["grace_period"] + 10.0)
+    # Imported first, pool or not: an import error is exit 3 naming the module, not a queue error.
+    callback = import_callable(settings["callable"])
     if settings["workers"] > 1 and pool_worker is None:
         ctx.exit(supervise(ctx, settings))
-    callback = import_callable(settings["callable"])
     from swarrow.runner import consume as consume_async
 
     url = settings["url"]

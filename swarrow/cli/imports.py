@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from swarrow.callback import check_callback
 from swarrow.cli.errors import CliError
 from swarrow.exits import EXIT_IMPORT, EXIT_USAGE
 
@@ -43,4 +44,8 @@ def import_callable(spec: str) -> Callable[..., Any]:
         owner = f"{owner}.{part}" if owner != module_name else f"{module_name}:{part}"
     if not callable(obj):
         raise CliError(f"{prefix}: {attr!r} is a {type(obj).__name__}, not a callable", EXIT_IMPORT)
+    try:
+        check_callback(obj)  # `def f(a, b)` would fail every message: say so now, once
+    except TypeError as exc:
+        raise CliError(f"{spec!r}: {exc}", EXIT_IMPORT) from None
     return obj  # type: ignore[no-any-return]

@@ -226,7 +226,7 @@ class WorkerPool:
             self.proven = self.proven or info.messages_done > 0
             if info.fatal and not self.proven:
                 logger.error(
-                    "worker %d (pid %d) failed with a %s (exit code %d) at the first start: stopping the "
+                    "worker %d (pid %d) failed (%s, exit code %d) at the first start: stopping the "
                     "pool, a restart would fail the same way",
                     slot.index,
                     info.pid,
@@ -235,6 +235,18 @@ class WorkerPool:
                     extra={"worker": slot.index, "pid": info.pid},
                 )
                 self._begin_stop(exit_code=info.code)
+                return
+            if info.graceful and info.reason == "idle":
+                # --stop-when-idle in a pool is a batch job draining a queue: a slot whose worker found
+                # nothing to do is finished, and the pool ends (exit 0) once every slot is.
+                logger.info(
+                    "worker %d (pid %d) stopped for idle after %d messages: not restarting it "
+                    "(the pool ends once every worker stopped for idle)",
+                    slot.index,
+                    info.pid,
+                    info.messages_done,
+                    extra={"worker": slot.index, "pid": info.pid},
+                )
                 return
             delay = slot.after_exit(info, self.backoff)
             if delay > 0:

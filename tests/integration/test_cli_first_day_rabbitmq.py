@@ -1,0 +1,71 @@
+"""Issue 23 through the `swarrow` command as a real process against RabbitMQ (the newcomer's first day)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from swarrow.amqp import AmqpBroker
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def swarrow(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "swarrow", *args],
+        cwd=ROOT,
+        env={**{k: v for k, v in os.environ.items() if k != "SWARROW_URL"}, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture
+def queue(amqp_url: str, queue_name: str) -> Iterator[str]:
+    """A unique queue name; it, its retry queues and its dead-letter queue are deleted afterwards."""
+    yield queue_name
+
+    async def cleanup() -> None:
+        broker = AmqpBroker(amqp_url)
+        try:
+            for name in [queue_name, f"{queue_name}.dead", *(f"{queue_name}.retry.{k}" for k in range(1, 6))]:
+                await broker.delete_queue(name)
+        finally:
+            await broker.close()
+
+    anyio.run(cleanup)
+
+
+# -- 2. --workers N --stop-when-idle: a batch job draining a queue -----------------------------------------
+
+
+def test_a_pool_with_stop_when_idle_drains_the_queue_and_exits_0(
+    amqp_url: str, queue: str, tmp_path: Path
+) -> None:
+    assert swarrow("declare", "--url", amqp_url, "-q", queue, "--no-retry").returncode == 0
+    published = swarrow("publish", "--url", amqp_url, "-q", queue, "--body", "job {n}", "--count", "40")
+    assert published.returncode == 0, published.stderr
+    record = tmp_path / "ids"
+    done = swarrow(
+        "consume", "tests.cli_callbacks:record", "--url", amqp_url, "-q", queue, "--no-retry",
+        "--workers", "2", "--stop-when-idle", "1s", "--concurrency", "2", "--prefetch", "2",
+        env={"SWARROW_TEST_RECORD": str(record)},
+        timeout=45,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    ids = record.read_text().split()
+    assert len(ids) == 40 and len(set(ids)) == 40
+    assert "; restarting" not in done.stderr, done.stderr[-3000:]
+    assert done.stderr.count("stopped for idle") == 2, done.stderr[-3000:]
