@@ -68,4 +68,4 @@ def test_a_pool_with_stop_when_idle_drains_the_queue_and_exits_0(
     ids = record.read_text().split()
     assert len(ids) == 40 and len(set(ids)) == 40
     assert "; restarting" not in done.stderr, done.stderr[-3000:]
-    assert done.stderr.count("stopped for idle") == 2, done.stderr[-3000:]
+    assert done.stderr.count("stopped for idle after") == 2, done.stderr[-3000:]
