@@ -483,7 +483,7 @@ def test_declare_prints_created_then_found(memory: tuple[str, MemoryBroker]) -> 
     url, broker = memory
     first = invoke("declare", "--url", url, "-q", "orders", "--retry-delays", "1s,5s")
     assert first.exit_code == EXIT_OK, first.output
-    assert first.output.splitlines() == [
+    assert first.stdout.splitlines() == [
         "created orders",
         "created orders.retry.1 (x-message-ttl=1000ms → orders)",
         "created orders.retry.2 (x-message-ttl=5000ms → orders)",
@@ -492,8 +492,8 @@ def test_declare_prints_created_then_found(memory: tuple[str, MemoryBroker]) -> 
     broker.publish_nowait(Message(b"x"), "orders")
     again = invoke("declare", "--url", url, "-q", "orders", "--retry-delays", "1s,5s")
     assert again.exit_code == EXIT_OK
-    assert again.output.splitlines()[0] == "found orders (1 message)"
-    assert again.output.splitlines()[1] == "found orders.retry.1 (x-message-ttl=1000ms → orders, 0 messages)"
+    assert again.stdout.splitlines()[0] == "found orders (1 message)"
+    assert again.stdout.splitlines()[1] == "found orders.retry.1 (x-message-ttl=1000ms → orders, 0 messages)"
 
 
 def test_declare_conflicting_arguments_exit_2_naming_the_queue(memory: tuple[str, MemoryBroker]) -> None:
@@ -508,7 +508,7 @@ def test_declare_without_retry_declares_one_queue(memory: tuple[str, MemoryBroke
     url, broker = memory
     result = invoke("declare", "--url", url, "-q", "plain", "--no-retry", "--quorum")
     assert result.exit_code == EXIT_OK
-    assert result.output.strip() == "created plain (quorum)"
+    assert result.stdout.strip() == "created plain (quorum)"
     assert broker.queue_names() == ["plain"]
 
 

@@ -144,3 +144,103 @@ def test_a_pool_reports_an_import_error_as_one_before_checking_queues(
     assert (
         "module 'tests.no_such_module' not found" in result.output and "does not exist" not in result.output
     )
+
+
+# -- 8, 24. each command's own exit codes; summaries that fit ----------------------------------------------
+
+
+def _exit_status(help_text: str) -> dict[int, str]:
+    block = help_text.split("Exit status:")[1]
+    return {int(line.split()[0]): line for line in block.strip().splitlines() if line.strip()[:1].isdigit()}
+
+
+def test_each_command_documents_its_own_exit_codes() -> None:
+    consume, declare, publish = (
+        _exit_status(invoke(c, "--help").output) for c in ("consume", "declare", "publish")
+    )
+    assert sorted(consume) == [0, 1, 2, 3, 4] and "callable" in consume[3]
+    assert sorted(declare) == [0, 2, 4] and "other arguments" in declare[2]
+    assert sorted(publish) == [0, 1, 2, 4] and "nacked" in publish[1]
+    assert "graceful stop" not in " ".join(declare.values()) + " ".join(publish.values())
+
+
+def test_swarrow_help_summaries_fit_on_one_line_uncut() -> None:
+    output = CliRunner().invoke(cli, ["--help"], terminal_width=80).output
+    commands = output.split("Commands:")[1].strip().split("\n\n")[0].splitlines()
+    assert [line.split()[0] for line in commands][:3] == ["consume", "declare", "publish"]
+    for line in commands:
+        assert len(line) <= 80 and not line.rstrip().endswith("..."), line
+        assert line.rstrip().endswith("."), line  # a whole sentence, not one cut mid-way
+
+
+# -- 12. memory:// with declare / publish ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["declare", "publish"])
+def test_memory_urls_say_they_live_in_one_process(memory: tuple[str, MemoryBroker], command: str) -> None:
+    url, broker = memory
+    broker.declare_queue_nowait("jobs")
+    extra = ["--body", "x"] if command == "publish" else ["--no-retry"]
+    result = invoke(command, "--url", url, "-q", "jobs", *extra)
+    assert result.exit_code == 0, result.output
+    assert "memory:// lives inside one process" in result.stderr
+
+
+# -- 27. publish: exchange, routing key and properties -----------------------------------------------------
+
+
+def test_publish_sets_every_property_flag(memory: tuple[str, MemoryBroker]) -> None:
+    url, broker = memory
+    broker.declare_queue_nowait("jobs")
+    result = invoke("publish", "--url", url, "-q", "jobs", "--body", "b{n}", "--count", "2",
+                    "--message-id", "order-{n}", "--correlation-id", "c-{n}", "--reply-to", "answers",
+                    "--expiration", "1m", "--type", "order.created", "--app-id", "shop",
+                    "--priority", "7")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    got = sorted((broker.get_nowait("jobs"), broker.get_nowait("jobs")), key=lambda m: m.message_id or "")
+    assert [m.message_id for m in got] == ["order-1", "order-2"]
+    assert [m.correlation_id for m in got] == ["c-1", "c-2"]
+    first = got[0]
+    assert (first.reply_to, first.expiration, first.type, first.app_id, first.priority) == (
+        "answers", "60000", "order.created", "shop", 7,
+    )  # fmt: skip
+
+
+def test_publish_to_an_exchange_with_a_routing_key(memory: tuple[str, MemoryBroker]) -> None:
+    url, broker = memory
+    broker.declare_queue_nowait("orders")
+    broker.declare_exchange("events", "direct")
+    broker.bind_queue("orders", "events", "order.created")
+    result = invoke(
+        "publish", "--url", url, "--exchange", "events", "--routing-key", "order.created", "--body", "x"
+    )
+    assert result.exit_code == 0, result.output
+    assert "to exchange events (routing key 'order.created')" in result.output
+    assert broker.message_count("orders") == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--priority", "256"], "'--priority'"),
+        (["--priority", "-1"], "'--priority'"),
+        (["--expiration", "soon"], "'--expiration'"),
+        (["--count", "2", "--message-id", "same"], "would share the id 'same'"),
+        (["--message-id", ""], "'--message-id'"),
+        (["--routing-key", "other"], "the default exchange routes by queue name"),
+    ],
+)
+def test_bad_publish_flags_exit_2_naming_them(
+    memory: tuple[str, MemoryBroker], args: list[str], needle: str
+) -> None:
+    url, broker = memory
+    broker.declare_queue_nowait("jobs")
+    result = invoke("publish", "--url", url, "-q", "jobs", "--body", "x", *args)
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert needle in result.output and broker.message_count("jobs") == 0
+
+
+def test_publish_needs_a_queue_or_an_exchange(memory: tuple[str, MemoryBroker]) -> None:
+    url, _ = memory
+    result = invoke("publish", "--url", url, "--body", "x")
+    assert result.exit_code == EXIT_USAGE and "give --queue QUEUE (or --exchange" in result.output

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 import click
 
 from swarrow import __version__
-from swarrow.cli.help import EXIT_EPILOG
 
 __all__ = ["cli", "main"]
 
@@ -16,7 +15,8 @@ __all__ = ["cli", "main"]
 
 @click.group(
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
-    epilog=EXIT_EPILOG,
+    epilog="\b\nEach command's --help lists its options, examples and exit status (0 success, 2 usage,\n"
+    "3 cannot import the callable, 4 broker unreachable or credentials refused).",
 )
 @click.version_option(__version__, "-V", "--version", prog_name="swarrow")
 def cli() -> None:

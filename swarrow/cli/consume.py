@@ -58,7 +58,13 @@ _CONSUME_EPILOG = (
 )
 
 
-@click.command(cls=ManCommand, help=_CONSUME_HELP, epilog=_CONSUME_EPILOG, no_args_is_help=True)
+@click.command(
+    cls=ManCommand,
+    help=_CONSUME_HELP,
+    short_help="Consume a queue: your callable inside the processor stack.",
+    epilog=_CONSUME_EPILOG,
+    no_args_is_help=True,
+)
 @click.argument("target", required=False, metavar="TARGET")
 @option(
     "--queue",

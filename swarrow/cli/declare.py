@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Final
 
 import click
 
 from swarrow.cli.bootstrap import connected, run_anyio
 from swarrow.cli.errors import fail
-from swarrow.cli.help import ENV_EPILOG, EXIT_EPILOG, ManCommand, option
+from swarrow.cli.help import ENV_EPILOG, ManCommand, exit_epilog, option
 from swarrow.cli.params import resolve_delays, retry_options, url_option
+from swarrow.exits import EXIT_BROKER, EXIT_OK, EXIT_USAGE
 from swarrow.topology import RetryTopology
 
-__all__ = ["declare"]
+__all__ = ["DECLARE_EXITS", "declare"]
 
 
-@click.command(cls=ManCommand, no_args_is_help=True, epilog=f"{ENV_EPILOG}\n\n{EXIT_EPILOG}")
+DECLARE_EXITS: Final[Mapping[int, str]] = {
+    EXIT_OK: "every queue was created or found as asked",
+    EXIT_USAGE: "usage: a bad flag or value (the message names it), or a queue that exists with other "
+    "arguments (its name and RabbitMQ's reason)",
+    EXIT_BROKER: "the broker is unreachable or refused the credentials",
+}
+
+
+@click.command(
+    cls=ManCommand,
+    no_args_is_help=True,
+    short_help="Declare a queue with its retry and dead-letter queues.",
+    epilog=f"{ENV_EPILOG}\n\n{exit_epilog(DECLARE_EXITS)}",
+)
 @option("--queue", "-q", section="General", required=True, metavar="QUEUE", help="Queue to declare.")
 @url_option()
 @option("--quorum", section="Connection", is_flag=True, help="Declare quorum queues (x-queue-type=quorum).")
@@ -59,9 +74,13 @@ def declare(
     try:
         lines = run_anyio(go)
     except Exception as exc:
-        fail(exc)
+        fail(exc, crashed="declaring failed")
     for line in lines:
         click.echo(line)
+    if url.lower().startswith("memory://"):
+        from swarrow.cli.publish import MEMORY_WARNING
+
+        click.echo(MEMORY_WARNING, err=True)
 
 
 def _describe(created: bool, name: str, arguments: dict[str, Any], count: int, queue: str) -> str:

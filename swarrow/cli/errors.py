@@ -32,8 +32,11 @@ def _leaves(exc: BaseException) -> Iterator[BaseException]:
         yield exc
 
 
-def fail(exc: BaseException) -> NoReturn:
-    """Turn an exception from a run into the exit code and one-line message of its class."""
+def fail(exc: BaseException, *, crashed: str = "the consumer crashed") -> NoReturn:
+    """Turn an exception from a run into the exit code and one-line message of its class.
+
+    `crashed` starts the message of anything else (exit 1): what the command was doing.
+    """
     leaves = list(_leaves(exc))
     for leaf in leaves:
         if isinstance(leaf, click.ClickException):
@@ -43,5 +46,5 @@ def fail(exc: BaseException) -> NoReturn:
             if isinstance(leaf, kind):
                 raise CliError(str(leaf), code) from None
     first = leaves[0] if leaves else exc
-    logger.debug("the consumer crashed", exc_info=first)
-    raise CliError(f"the consumer crashed: {type(first).__name__}: {first}", EXIT_CRASH) from None
+    logger.debug(crashed, exc_info=first)
+    raise CliError(f"{crashed}: {type(first).__name__}: {first}", EXIT_CRASH) from None

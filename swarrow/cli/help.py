@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeVar
 
 import click
 
 from swarrow.exits import EXIT_CODES
 
-__all__ = ["ENV_EPILOG", "EXIT_EPILOG", "RAW_ARGS", "SECTIONS", "GroupedOption", "ManCommand", "option"]
+__all__ = [
+    "ENV_EPILOG",
+    "EXIT_EPILOG",
+    "RAW_ARGS",
+    "SECTIONS",
+    "GroupedOption",
+    "ManCommand",
+    "exit_epilog",
+    "option",
+]
 
 T = TypeVar("T")
 
@@ -56,5 +65,10 @@ def option(*decls: str, section: str, **kwargs: Any) -> Callable[[Callable[..., 
     return click.option(*decls, cls=GroupedOption, section=section, **kwargs)
 
 
-EXIT_EPILOG = "\b\nExit status:\n" + "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items())
+def exit_epilog(codes: Mapping[int, str]) -> str:
+    """The `Exit status:` block of one command's --help (each command documents its own codes)."""
+    return "\b\nExit status:\n" + "\n".join(f"  {code}  {text}" for code, text in codes.items())
+
+
+EXIT_EPILOG = exit_epilog(EXIT_CODES)  # consume's
 ENV_EPILOG = "\b\nEnvironment:\n  SWARROW_URL  broker URL used when --url is not given"

@@ -6,31 +6,74 @@ import functools
 import sys
 import time
 import uuid
-from collections.abc import Sequence
-from typing import IO
+from collections.abc import Mapping, Sequence
+from typing import IO, Final
 
 import anyio
 import click
 
 from swarrow.cli.bootstrap import connected, run_anyio
 from swarrow.cli.errors import fail
-from swarrow.cli.help import ENV_EPILOG, EXIT_EPILOG, ManCommand, option
-from swarrow.cli.params import Header, url_option
+from swarrow.cli.help import ENV_EPILOG, ManCommand, exit_epilog, option
+from swarrow.cli.params import Duration, Header, url_option
 from swarrow.errors import ConfigurationError, PublishError
+from swarrow.exits import EXIT_BROKER, EXIT_CRASH, EXIT_OK, EXIT_USAGE
 from swarrow.message import Message
 
-__all__ = ["publish"]
+__all__ = ["MEMORY_WARNING", "PUBLISH_EXITS", "publish"]
+
+PUBLISH_EXITS: Final[Mapping[int, str]] = {
+    EXIT_OK: "every message was published and confirmed by the broker",
+    EXIT_CRASH: "the broker nacked or returned a message (unroutable); says how many were confirmed",
+    EXIT_USAGE: "usage: a bad flag or value (the message names it), or a queue that does not exist",
+    EXIT_BROKER: "the broker is unreachable or refused the credentials",
+}
+_PROPERTIES = "Properties"
+MEMORY_WARNING: Final = (
+    "warning: memory:// lives inside one process: what this command made is gone when it exits; "
+    "use an amqp:// URL to reach another process (memory:// is for swarrow.run, tests and the demo)"
+)
+_EXAMPLES = (
+    "\b\nExamples:\n"
+    "  swarrow publish -q jobs --body 'job {n}' --count 1000 --persistent\n"
+    "  swarrow publish --exchange events --routing-key order.created -f order.json "
+    "--content-type application/json\n"
+    "  swarrow publish -q rpc --body ping --reply-to replies --correlation-id 'c-{n}' --expiration 30s"
+)
 
 
-@click.command(cls=ManCommand, no_args_is_help=True, epilog=f"{ENV_EPILOG}\n\n{EXIT_EPILOG}")
+@click.command(
+    cls=ManCommand,
+    no_args_is_help=True,
+    short_help="Publish test messages with publisher confirms.",
+    epilog=f"{_EXAMPLES}\n\n{ENV_EPILOG}\n\n{exit_epilog(PUBLISH_EXITS)}",
+)
 @click.argument("stdin", required=False, metavar="[-]")
 @option(
     "--queue",
     "-q",
     section="General",
-    required=True,
+    default=None,
     metavar="QUEUE",
-    help="Queue to publish to (default exchange).",
+    help="Queue to publish to through the default exchange (checked to exist first); "
+    "required unless --exchange is given.",
+)
+@option(
+    "--exchange",
+    "-e",
+    section="General",
+    default=None,
+    metavar="NAME",
+    help="Publish to this exchange instead of the default one (with --routing-key).",
+)
+@option(
+    "--routing-key",
+    "-k",
+    section="General",
+    default=None,
+    metavar="KEY",
+    show_default="QUEUE, or empty with --exchange",
+    help="The routing key; with the default exchange it is the queue's name.",
 )
 @option(
     "--body",
@@ -69,9 +112,41 @@ __all__ = ["publish"]
 )
 @option(
     "--content-type",
-    section="General",
+    section=_PROPERTIES,
     default=None,
     help="The content_type property (e.g. application/json).",
+)
+@option(
+    "--message-id",
+    section=_PROPERTIES,
+    default=None,
+    metavar="ID",
+    show_default="RUN-N, unique per message",
+    help="The message_id property; {n} is the message's number (required with --count > 1).",
+)
+@option(
+    "--correlation-id",
+    section=_PROPERTIES,
+    default=None,
+    metavar="ID",
+    help="The correlation_id property; {n} is the message's number.",
+)
+@option("--reply-to", section=_PROPERTIES, default=None, metavar="QUEUE", help="The reply_to property.")
+@option(
+    "--expiration",
+    section=_PROPERTIES,
+    type=Duration(),
+    default=None,
+    help="Per-message TTL (the expiration property, sent in milliseconds): 500ms, 30s, 5m.",
+)
+@option("--type", "type_", section=_PROPERTIES, default=None, metavar="TYPE", help="The type property.")
+@option("--app-id", section=_PROPERTIES, default=None, metavar="ID", help="The app_id property.")
+@option(
+    "--priority",
+    section=_PROPERTIES,
+    type=click.IntRange(0, 255),
+    default=None,
+    help="The priority property, 0-255 (honoured by queues declared with x-max-priority).",
 )
 @url_option()
 @option(
@@ -90,23 +165,54 @@ __all__ = ["publish"]
 )
 def publish(
     stdin: str | None,
-    queue: str,
+    queue: str | None,
+    exchange: str | None,
+    routing_key: str | None,
     body: str | None,
     file: IO[bytes] | None,
     count: int,
     headers: Sequence[tuple[str, str]],
     persistent: bool,
     content_type: str | None,
+    message_id: str | None,
+    correlation_id: str | None,
+    reply_to: str | None,
+    expiration: float | None,
+    type_: str | None,
+    app_id: str | None,
+    priority: int | None,
     url: str,
     window: int,
     progress: bool | None,
 ) -> None:
-    """Publish messages to QUEUE with publisher confirms and report the confirmed rate.
+    """Publish messages to QUEUE (or an exchange) with publisher confirms and report the confirmed rate.
 
-    The body comes from --body, --file, or '-' (stdin). Each message gets a unique message_id.
-    A queue that does not exist is an error (exit 2); a nacked publish stops with exit 1 and says
-    how many were confirmed before it.
+    The body comes from --body, --file, or '-' (stdin). Each message gets a unique message_id
+    unless --message-id says otherwise. A queue that does not exist is an error (exit 2); a message
+    the broker nacks or returns as unroutable (mandatory publish) stops with exit 1 and says how many
+    were confirmed before it. With memory:// the messages live in this process only (a warning says so).
     """
+    if exchange is None:
+        if queue is None:
+            raise click.UsageError("give --queue QUEUE (or --exchange NAME with --routing-key KEY)")
+        if routing_key is not None and routing_key != queue:
+            raise click.BadParameter(
+                "the default exchange routes by queue name: use --queue, or give --exchange",
+                param_hint="'--routing-key'",
+            )
+    elif queue is not None:
+        raise click.BadParameter(
+            "--queue publishes through the default exchange: with --exchange, use --routing-key",
+            param_hint="'--queue'",
+        )
+    for name, value in (("--message-id", message_id), ("--correlation-id", correlation_id)):
+        if value is not None and not value:
+            raise click.BadParameter("must not be empty", param_hint=f"'{name}'")
+    if message_id is not None and count > 1 and "{n}" not in message_id:
+        raise click.BadParameter(
+            f"{count} messages would share the id {message_id!r}: put {{n}} in it (e.g. {message_id}-{{n}})",
+            param_hint="'--message-id'",
+        )
     sources = [s for s in (body is not None, file is not None, stdin is not None) if s]
     if stdin is not None and stdin != "-":
         raise click.BadParameter(f"only '-' (stdin) is accepted here, got {stdin!r}", param_hint="[-]")
@@ -123,25 +229,56 @@ def publish(
         headers=dict(headers),
         content_type=content_type,
         delivery_mode=2 if persistent else None,
+        correlation_id=correlation_id,
+        reply_to=reply_to,
+        expiration=None if expiration is None else str(max(0, round(expiration * 1000))),
+        type=type_,
+        app_id=app_id,
+        priority=priority,
     )
+    target = _Target(queue, exchange or "", routing_key if routing_key is not None else (queue or ""))
     show = progress if progress is not None else count >= 1000 and sys.stderr.isatty()
     try:
-        elapsed = run_anyio(functools.partial(_publish, url, queue, template, count, window, show))
+        elapsed = run_anyio(
+            functools.partial(_publish, url, target, template, message_id, count, window, show)
+        )
     except Exception as exc:
-        fail(exc)
+        fail(exc, crashed="publishing failed")
     rate = count / elapsed if elapsed > 0 else float("inf")
     plural = "" if count == 1 else "s"
+    if url.lower().startswith("memory://"):
+        click.echo(MEMORY_WARNING, err=True)
     click.echo(
-        f"published {count} message{plural} to {queue} in {elapsed:.2f} s ({rate:,.0f} msg/s, confirmed)"
+        f"published {count} message{plural} to {target} in {elapsed:.2f} s ({rate:,.0f} msg/s, confirmed)"
     )
 
 
-async def _publish(url: str, queue: str, template: Message, count: int, window: int, show: bool) -> float:
+class _Target:
+    """Where the messages go: a queue through the default exchange, or an exchange and a routing key."""
+
+    def __init__(self, queue: str | None, exchange: str, routing_key: str) -> None:
+        self.queue, self.exchange, self.routing_key = queue, exchange, routing_key
+
+    def __str__(self) -> str:
+        if self.queue is not None:
+            return self.queue
+        return f"exchange {self.exchange} (routing key {self.routing_key!r})"
+
+
+def _numbered(text: str | None, n: int) -> str | None:
+    return None if text is None else text.replace("{n}", str(n))
+
+
+async def _publish(
+    url: str, target: _Target, template: Message, message_id: str | None, count: int, window: int, show: bool
+) -> float:
     run_id = uuid.uuid4().hex[:12]
     numbered = b"{n}" in template.body
+    correlation_id = template.correlation_id
     done = 0
+    queue = target.queue
     async with connected(url) as broker:
-        if await broker.inspect_queue(queue) is None:
+        if queue is not None and await broker.inspect_queue(queue) is None:
             raise ConfigurationError(
                 f"queue {queue!r} does not exist on {broker.url}: "
                 f"create it with `swarrow declare --queue {queue}`"
@@ -151,7 +288,7 @@ async def _publish(url: str, queue: str, template: Message, count: int, window: 
         bar = (
             click.progressbar(
                 length=count,
-                label=f"publishing to {queue}",
+                label=f"publishing to {target}",
                 file=sys.stderr,
                 update_min_steps=max(1, count // 200),
             )
@@ -165,10 +302,18 @@ async def _publish(url: str, queue: str, template: Message, count: int, window: 
                 n = next_n
                 next_n += 1
                 body = template.body.replace(b"{n}", str(n).encode()) if numbered else template.body
-                message = template.replace(body=body, message_id=f"{run_id}-{n}")
+                message = template.replace(
+                    body=body,
+                    message_id=_numbered(message_id, n) if message_id is not None else f"{run_id}-{n}",
+                    correlation_id=_numbered(correlation_id, n),
+                )
                 try:
-                    await publisher.publish(message, queue)
+                    await publisher.publish(message, target.routing_key, target.exchange)
                 except PublishError as exc:
+                    if "NOT_FOUND - no exchange" in str(exc):  # RabbitMQ's 404 on the publish channel
+                        raise ConfigurationError(
+                            f"exchange {target.exchange!r} does not exist on {broker.url}"
+                        ) from None
                     raise PublishError(f"{exc} (after {done} of {count} confirmed)") from None
                 done += 1
                 if bar is not None:

@@ -69,3 +69,49 @@ def test_a_pool_with_stop_when_idle_drains_the_queue_and_exits_0(
     assert len(ids) == 40 and len(set(ids)) == 40
     assert "; restarting" not in done.stderr, done.stderr[-3000:]
     assert done.stderr.count("stopped for idle after") == 2, done.stderr[-3000:]
+
+
+# -- 27. publish to an exchange ----------------------------------------------------------------------------
+
+
+def test_publish_to_a_missing_exchange_exits_2_naming_it(amqp_url: str) -> None:
+    done = swarrow(
+        "publish", "--url", amqp_url, "--exchange", "swarrow-no-such-exchange", "-k", "x", "--body", "y"
+    )
+    assert done.returncode == 2, done.stderr
+    assert "exchange 'swarrow-no-such-exchange' does not exist" in done.stderr
+    assert "crashed" not in done.stderr and "guest:guest" not in done.stderr
+
+
+def test_an_unroutable_publish_to_an_exchange_exits_1_saying_so(amqp_url: str) -> None:
+    done = swarrow(
+        "publish", "--url", amqp_url, "--exchange", "amq.direct", "-k", "swarrow.nobody.here", "--body", "y"
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Error: publishing failed: PublishError: message returned as unroutable" in done.stderr
+    assert "after 0 of 1 confirmed" in done.stderr
+
+
+def test_publish_properties_reach_a_real_consumer(amqp_url: str, queue: str, tmp_path: Path) -> None:
+    assert swarrow("declare", "--url", amqp_url, "-q", queue, "--no-retry").returncode == 0
+    published = swarrow("publish", "--url", amqp_url, "-q", queue, "--body", "x", "--message-id", "order-1",
+                        "--correlation-id", "c-1", "--reply-to", "answers", "--expiration", "1h",
+                        "--type", "order.created", "--app-id", "shop", "--priority", "3")  # fmt: skip
+    assert published.returncode == 0, published.stderr
+
+    async def get() -> tuple[object, ...]:
+        broker = AmqpBroker(amqp_url)
+        try:
+            provider = broker.provider(queue, prefetch=1)
+            await provider.start()
+            with anyio.fail_after(10):
+                message = await provider.receive()
+            assert message is not None
+            await provider.ack(message)
+            await provider.close()
+            return (message.message_id, message.correlation_id, message.reply_to, message.expiration,
+                    message.type, message.app_id, message.priority)  # fmt: skip
+        finally:
+            await broker.close()
+
+    assert anyio.run(get) == ("order-1", "c-1", "answers", "3600000", "order.created", "shop", 3)
