@@ -12,7 +12,7 @@ import aiormq
 import aiormq.abc
 from aio_pika.abc import AbstractRobustConnection
 
-from swarrow.amqp._errors import scrub
+from swarrow.amqp._errors import QuietFirstConnect, describe_connect_error
 from swarrow.broker import QueueInfo
 from swarrow.errors import BrokerUnavailableError, ConfigurationError
 from swarrow.urls import DEFAULT_URL, mask_url
@@ -76,11 +76,12 @@ class AmqpConnection:
                 if self.ssl_context is not None:
                     options["ssl_context"] = self.ssl_context
                 try:
-                    self._connection = await aio_pika.connect_robust(
-                        self._url, timeout=self.connect_timeout, **options
-                    )
+                    with QuietFirstConnect():
+                        self._connection = await aio_pika.connect_robust(
+                            self._url, timeout=self.connect_timeout, **options
+                        )
                 except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
-                    detail = scrub(str(exc) or type(exc).__name__, self._url)
+                    detail = describe_connect_error(exc, self._url)
                     raise BrokerUnavailableError(f"cannot connect to {self.url}: {detail}") from None
             return self._connection
 

@@ -211,7 +211,7 @@ class AmqpMessageProvider(Settlement):
         self._live_tags.add(tag)
         await underlay.basic_consume(self._queue_name, self._on_delivery, consumer_tag=tag)
         self._consumer_tag = tag
-        logger.info(
+        logger.debug(
             "consuming %s (prefetch %d, ack batch %d)",
             self._queue_name,
             self._prefetch,

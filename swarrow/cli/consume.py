@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from typing import Any
 
 import click
@@ -27,7 +28,6 @@ from swarrow.config import LOG_FORMATS, LOG_LEVELS, load_config
 from swarrow.control import StopReason
 from swarrow.errors import ConfigurationError
 from swarrow.exits import EXIT_USAGE
-from swarrow.urls import mask_url
 
 __all__ = ["consume"]
 
@@ -257,7 +257,8 @@ def consume(ctx: click.Context, /, target: str | None, config_path: str | None, 
     from swarrow.runner import consume as consume_async
 
     url = settings["url"]
-    logger.info("swarrow %s: consuming %s from %s", __version__, settings["queue"], mask_url(url))
+    # Only what is true now: the queues are reported once checked, "consuming" once it consumes.
+    logger.info("swarrow %s starting (pid %d)", __version__, os.getpid())
     stack_options = {
         key: settings[key]
         for key in (

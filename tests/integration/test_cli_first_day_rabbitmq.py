@@ -115,3 +115,58 @@ def test_publish_properties_reach_a_real_consumer(amqp_url: str, queue: str, tmp
             await broker.close()
 
     assert anyio.run(get) == ("order-1", "c-1", "answers", "3600000", "order.created", "shop", 3)
+
+
+# -- 4. a wrong vhost or a refused login, said in words (exit 4) -------------------------------------------
+
+
+def _with(url: str, *, password: str | None = None, vhost: str | None = None) -> str:
+    scheme, rest = url.split("://", 1)
+    credentials, location = rest.split("@", 1)
+    user, _, old = credentials.partition(":")
+    host = location.split("/", 1)[0]
+    return f"{scheme}://{user}:{password or old}@{host}/{vhost or ''}"
+
+
+@pytest.mark.parametrize("command", ["consume", "declare"])
+def test_an_unknown_vhost_is_exit_4_naming_it_and_the_user(amqp_url: str, command: str) -> None:
+    url = _with(amqp_url, vhost="swarrow-no-such-vhost")
+    target = ["tests.cli_callbacks:ok"] if command == "consume" else []
+    done = swarrow(command, *target, "--url", url, "-q", "q", "--no-retry")
+    assert done.returncode == 4, done.stderr
+    assert "vhost 'swarrow-no-such-vhost' not found or access refused for user 'guest'" in done.stderr
+    assert "Expected one of" not in done.stderr and "Connection.Close" not in done.stderr
+    # what aio-pika and aiormq say about it would be untrue: nothing reconnects after a failed start
+    assert "Reconnecting" not in done.stderr and "creating transport" not in done.stderr
+
+
+def test_a_refused_login_is_exit_4_naming_the_user_never_the_password(amqp_url: str) -> None:
+    done = swarrow(
+        "consume", "tests.cli_callbacks:ok", "--url", _with(amqp_url, password="n0t-Th3-pw"), "-q", "q"
+    )
+    assert done.returncode == 4, done.stderr
+    assert "login refused for user 'guest': wrong user name or password" in done.stderr
+    assert "n0t-Th3-pw" not in done.stderr + done.stdout
+
+
+# -- 11, 21. start-up says what is true, once --------------------------------------------------------------
+
+
+def test_a_missing_queue_is_reported_before_anything_says_consuming(amqp_url: str, queue: str) -> None:
+    done = swarrow("consume", "tests.cli_callbacks:ok", "--url", amqp_url, "-q", queue, "--no-retry")
+    assert done.returncode == 2
+    assert f"queue {queue!r} does not exist" in done.stderr and "consuming" not in done.stderr
+
+
+def test_start_up_is_one_line_for_the_queues_and_one_for_consuming(amqp_url: str, queue: str) -> None:
+    swarrow("declare", "--url", amqp_url, "-q", queue, "--retry-delays", "1s,2s")
+    swarrow("publish", "--url", amqp_url, "-q", queue, "--body", "x", "--count", "2")
+    done = swarrow("consume", "tests.cli_callbacks:ok", "--url", amqp_url, "-q", queue,
+                   "--retry-delays", "1s,2s", "--max-messages", "2", "--declare")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert sum(" consuming " in line for line in lines) == 1, lines
+    queues = [line for line in lines if "swarrow.runner:" in line]
+    assert len(queues) == 1 and f"found {queue} (2 messages), {queue}.retry.1 (0 messages)" in queues[0]
+    consuming = next(n for n, line in enumerate(lines) if " consuming " in line)
+    assert lines.index(queues[0]) < consuming
