@@ -27,11 +27,13 @@ from swarrow.errors import ConfigurationError
 from swarrow.health import HealthState
 from swarrow.validation import require_int, require_seconds
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "MetricsServer", "parse_metrics_addr"]
+__all__ = ["ALL_INTERFACES", "DEFAULT_HOST", "DEFAULT_PORT", "MetricsServer", "parse_metrics_addr"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_HOST: Final = "127.0.0.1"
+# What ":PORT" means, as for Prometheus' exporters (--web.listen-address=:9100).
+ALL_INTERFACES: Final = "0.0.0.0"
 DEFAULT_PORT: Final = 9100
 
 
@@ -142,11 +144,22 @@ class MetricsServer:
 
 
 def parse_metrics_addr(value: str) -> tuple[str, int]:
-    """Parse `--metrics-addr`: "HOST:PORT", ":PORT", "PORT" or "[IPv6]:PORT"; host defaults to 127.0.0.1."""
+    """Parse `--metrics-addr`: "HOST:PORT", "[IPv6]:PORT", "PORT" (127.0.0.1) or ":PORT" (every interface).
+
+    ":PORT" follows Prometheus' exporters (`--web.listen-address=:9100`): every IPv4 interface, on
+    purpose. A bare "PORT" keeps the safe default, loopback. A URL is refused, naming what to give.
+    """
     text = value.strip()
+    if "://" in text or "/" in text:
+        raise ValueError(
+            f"invalid metrics address {value!r}: give HOST:PORT (e.g. 127.0.0.1:9100), not a URL; "
+            "the endpoint serves /metrics, /healthz and /readyz itself"
+        )
     host, sep, port_text = text.rpartition(":")
     if not sep:
-        host, port_text = "", text
+        host, port_text = DEFAULT_HOST, text
+    elif not host:
+        host = ALL_INTERFACES
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
         if not host:
@@ -155,4 +168,4 @@ def parse_metrics_addr(value: str) -> tuple[str, int]:
         raise ValueError(f"invalid metrics address {value!r}: put an IPv6 host in brackets, e.g. [::1]:9100")
     if not port_text.isdigit() or not 0 < int(port_text) <= 65535:
         raise ValueError(f"invalid metrics address {value!r}: the port must be an integer in 1..65535")
-    return host or DEFAULT_HOST, int(port_text)
+    return host, int(port_text)

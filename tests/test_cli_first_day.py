@@ -244,3 +244,17 @@ def test_publish_needs_a_queue_or_an_exchange(memory: tuple[str, MemoryBroker]) 
     url, _ = memory
     result = invoke("publish", "--url", url, "--body", "x")
     assert result.exit_code == EXIT_USAGE and "give --queue QUEUE (or --exchange" in result.output
+
+
+# -- 7. --metrics-addr: one meaning, documented ------------------------------------------------------------
+
+
+def test_a_metrics_url_is_refused_saying_what_to_give(memory: tuple[str, MemoryBroker]) -> None:
+    url, _ = memory
+    result = invoke("consume", "tests.first_day_callbacks:ok", "--url", url, "-q", "jobs",
+                    "--metrics-addr", "http://127.0.0.1:9100")  # fmt: skip
+    assert result.exit_code == EXIT_USAGE
+    assert (
+        "'--metrics-addr'" in result.output
+        and "give HOST:PORT (e.g. 127.0.0.1:9100), not a URL" in result.output
+    )

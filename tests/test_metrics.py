@@ -295,7 +295,7 @@ def test_rejects_a_bad_port() -> None:
     ("text", "expected"),
     [
         ("127.0.0.1:9100", ("127.0.0.1", 9100)),
-        (":9100", ("127.0.0.1", 9100)),
+        (":9100", ("0.0.0.0", 9100)),  # Prometheus' exporters' convention: every interface
         ("9100", ("127.0.0.1", 9100)),
         ("0.0.0.0:9200", ("0.0.0.0", 9200)),
         ("localhost:1", ("localhost", 1)),
@@ -307,7 +307,10 @@ def test_parse_metrics_addr(text: str, expected: tuple[str, int]) -> None:
     assert parse_metrics_addr(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "host", "host:", ":0", ":65536", "::1:9100", "[]:9100", "h:-1", "h:9x"])
+@pytest.mark.parametrize(
+    "text",
+    ["", "host", "host:", ":0", ":65536", "::1:9100", "[]:9100", "h:-1", "h:9x", "http://127.0.0.1:9100"],
+)
 def test_parse_metrics_addr_rejects_with_the_value(text: str) -> None:
     with pytest.raises(ValueError, match="invalid metrics address"):
         parse_metrics_addr(text)

@@ -170,7 +170,8 @@ _CONSUME_EPILOG = (
     "--retry/--no-retry",
     section="Retry",
     default=True,
-    help="Retry failed messages through the broker's TTL queues, then dead-letter to QUEUE.dead.",
+    help="Retry failed messages through the broker's TTL queues, then dead-letter to QUEUE.dead. "
+    "With --no-retry a failure is rejected: dropped by RabbitMQ unless QUEUE has a dead-letter exchange.",
 )
 @retry_options
 @option(
