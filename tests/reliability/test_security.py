@@ -113,7 +113,9 @@ def _listening_addresses(port: int) -> set[str]:
 def test_metrics_endpoint_binds_loopback_by_default() -> None:
     assert DEFAULT_HOST == "127.0.0.1"
     assert parse_metrics_addr("9100") == ("127.0.0.1", 9100)
-    assert parse_metrics_addr(":9100") == ("127.0.0.1", 9100)
+    # ":9100" is the explicit every-interface spelling (Prometheus' exporters' convention): an opt-in,
+    # like 0.0.0.0:9100; only what is left out (no address, a bare port) defaults, and to loopback.
+    assert parse_metrics_addr(":9100") == ("0.0.0.0", 9100)
     server = MetricsServer(port=0)
     server.start()
     try:
