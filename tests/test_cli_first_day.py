@@ -104,7 +104,6 @@ def test_no_retry_warns_at_start_once_per_failure_run_and_in_the_summary(
     assert broker.message_count("jobs") == 0  # gone: the queue has no dead-letter exchange
 
 
-@pytest.mark.xfail(strict=True, reason="the CLI help changes once the CLI is split (house)")
 def test_consume_help_says_where_no_retry_sends_failures() -> None:
     text = " ".join(invoke("consume", "--help").output.split())
     assert "--no-retry" in text and "dropped by RabbitMQ unless QUEUE has a dead-letter exchange" in text
