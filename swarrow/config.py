@@ -94,6 +94,12 @@ def _delays(value: Any) -> tuple[float, ...]:
     return parse_delays(_scalar(value))
 
 
+def _layers(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) and ":" in item for item in value):
+        raise ValueError(f'expected a list of "module:Factory" strings, got {value!r}')
+    return tuple(value)
+
+
 def _metrics_addr(value: Any) -> tuple[str, int]:
     from swarrow.http import parse_metrics_addr
 
@@ -130,6 +136,7 @@ _CONSUMER_SCHEMA: Final[Mapping[str, Mapping[str, tuple[str, Converter]]]] = {
         "declare": ("declare", _bool),
         "quorum": ("quorum", _bool),
         "uvloop": ("uvloop", _bool),
+        "layers": ("layers", _layers),
     },
     "limits": {
         "max_messages": ("max_messages", _int),
@@ -164,6 +171,12 @@ class ConsumerConfig:
     name: str
     source: str
     values: Mapping[str, Any] = field(default_factory=dict)
+    # option name → where it was set, e.g. "attempts in [consumers.emails.retry]" (for error messages)
+    origins: Mapping[str, str] = field(default_factory=dict)
+
+    def where(self, option: str) -> str:
+        """`key in [table] of FILE` for an option this file set."""
+        return f"{self.origins.get(option, option)} of {self.source}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,11 +201,16 @@ class SwarrowConfig:
 
 
 def _read_table(
-    table: Any, schema: Mapping[str, Mapping[str, tuple[str, Converter]]], where: str, source: str
+    table: Any,
+    schema: Mapping[str, Mapping[str, tuple[str, Converter]]],
+    where: str,
+    source: str,
+    origins: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise ConfigurationError(f"[{where}] of {source} must be a table, got {table!r}")
     values: dict[str, Any] = {}
+    origins = {} if origins is None else origins
     for key, value in table.items():
         if key in schema and key != "":
             sub = f"{where}.{key}"
@@ -200,8 +218,10 @@ def _read_table(
                 raise ConfigurationError(f"{key!r} in [{where}] of {source} must be a table [{sub}]")
             for sub_key, sub_value in value.items():
                 _set(values, schema[key], sub_key, sub_value, sub, source)
+                origins[schema[key][sub_key][0]] = f"{sub_key} in [{sub}]"
         else:
             _set(values, schema.get("", {}), key, value, where, source)
+            origins[schema.get("", {})[key][0]] = f"{key} in [{where}]"
     return values
 
 
@@ -234,10 +254,11 @@ def load_config(path: str | Path) -> SwarrowConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"{source} is not valid TOML: {exc}") from None
     shared: dict[str, Any] = {}
+    shared_origins: dict[str, str] = {}
     consumers: dict[str, ConsumerConfig] = {}
     for key, value in data.items():
         if key in _TOP_SCHEMA:
-            shared.update(_read_table(value, {"": _TOP_SCHEMA[key]}, key, source))
+            shared.update(_read_table(value, {"": _TOP_SCHEMA[key]}, key, source, shared_origins))
         elif key == "consumers":
             if not isinstance(value, dict):
                 raise ConfigurationError(
@@ -245,13 +266,17 @@ def load_config(path: str | Path) -> SwarrowConfig:
                 )
             for name, table in value.items():
                 where = f"consumers.{name}"
-                own = _read_table(table, _CONSUMER_SCHEMA, where, source)
-                consumers[name] = ConsumerConfig(name, source, own)
+                origins: dict[str, str] = {}
+                own = _read_table(table, _CONSUMER_SCHEMA, where, source, origins)
+                consumers[name] = ConsumerConfig(name, source, own, origins)
         else:
             known = ", ".join(sorted([*_TOP_SCHEMA, "consumers"]))
             raise ConfigurationError(
                 f"unknown key {key!r} at the top level of {source} (known keys: {known})"
             )
     # Shared tables may come after the consumer tables in the file: merge once everything is read.
-    consumers = {n: ConsumerConfig(n, source, {**shared, **c.values}) for n, c in consumers.items()}
+    consumers = {
+        n: ConsumerConfig(n, source, {**shared, **c.values}, {**shared_origins, **c.origins})
+        for n, c in consumers.items()
+    }
     return SwarrowConfig(source, shared, consumers)

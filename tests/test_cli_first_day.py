@@ -257,3 +257,140 @@ def test_a_metrics_url_is_refused_saying_what_to_give(memory: tuple[str, MemoryB
         "'--metrics-addr'" in result.output
         and "give HOST:PORT (e.g. 127.0.0.1:9100), not a URL" in result.output
     )
+
+
+# -- 3, 23. the same retry rules for flags and config; config errors name the key and the file -------------
+
+
+def _config(tmp_path: Path, body: str, url: str) -> Path:
+    path = tmp_path / "swarrow.toml"
+    path.write_text(f'[connection]\nurl = "{url}"\n\n[consumers.jobs]\nqueue = "jobs"\n'
+                    f'callable = "tests.first_day_callbacks:ok"\n{body}')  # fmt: skip
+    return path
+
+
+def test_config_attempts_and_delays_that_disagree_are_refused_naming_both_keys(
+    memory: tuple[str, MemoryBroker], tmp_path: Path
+) -> None:
+    url, broker = memory
+    path = _config(tmp_path, '[consumers.jobs.retry]\nattempts = 2\ndelays = "1s,2s,4s"\n', url)
+    result = invoke("consume", "--config", str(path), "jobs", "--declare")
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert f"attempts = 2 in [consumers.jobs.retry] of {path} does not match" in result.output
+    assert f"delays = 1s,2s,4s in [consumers.jobs.retry] of {path} (3 delays)" in result.output
+    assert broker.queue_names() == []
+
+
+def test_delays_on_the_command_line_beat_the_config_files_attempts(
+    memory: tuple[str, MemoryBroker], tmp_path: Path
+) -> None:
+    url, _ = memory
+    path = _config(tmp_path, "[consumers.jobs.retry]\nattempts = 5\n", url)
+    result = invoke("consume", "--config", str(path), "jobs", "--retry-delays", "1s,2s", "--print-settings")
+    assert result.exit_code == 0, result.output
+    assert "retry_delays = [1s, 2s] (2 retries)" in result.output
+
+
+def test_a_config_error_names_the_key_and_the_file_not_a_flag(
+    memory: tuple[str, MemoryBroker], tmp_path: Path
+) -> None:
+    url, _ = memory
+    path = _config(tmp_path, "prefetch = 1\nconcurrency = 5\n", url)
+    result = invoke("consume", "--config", str(path), "jobs")
+    assert result.exit_code == EXIT_USAGE
+    assert (
+        f"prefetch = 1 in [consumers.jobs] of {path} must be >= concurrency = 5 in [consumers.jobs] of {path}"
+        in (result.output)
+    )
+    assert "--prefetch" not in result.output
+
+
+# -- 15. ./swarrow.toml is the default config file ---------------------------------------------------------
+
+
+def test_swarrow_toml_in_the_working_directory_is_read_for_a_consumer_name(
+    memory: tuple[str, MemoryBroker], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, _ = memory
+    _config(tmp_path, "prefetch = 7\n", url)
+    monkeypatch.chdir(tmp_path)
+    result = invoke("consume", "jobs", "--print-settings")
+    assert result.exit_code == 0, result.output
+    assert f"# config file: {tmp_path / 'swarrow.toml'}" in result.output
+    assert (
+        "prefetch = 7" in result.output and "# prefetch in [consumers.jobs] of swarrow.toml" in result.output
+    )
+    # a module:callable target never reads it: only what the command line says
+    plain = invoke("consume", "tests.first_day_callbacks:ok", "-q", "other", "--print-settings")
+    assert "config file" not in plain.output and "prefetch = 100" in plain.output
+
+
+def test_a_consumer_name_without_any_config_file_says_what_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = invoke("consume", "jobs", "-q", "jobs")
+    assert result.exit_code == EXIT_USAGE
+    assert "expected module:callable" in result.output and "no ./swarrow.toml here" in result.output
+
+
+# -- 26. --print-settings --------------------------------------------------------------------------------
+
+
+def test_print_settings_shows_how_values_were_understood_and_where_they_came_from() -> None:
+    env = {"SWARROW_URL": "amqp://app:s3cr3t-pw@rabbit:5672/prod"}
+    result = invoke("consume", "tests.first_day_callbacks:ok", "-q", "jobs", "--memory-limit", "512mb",
+                    "--retry-delays", "exp:1s..16m", "--max-runtime", "1h30m", "--print-settings",
+                    env=env)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "memory_limit = 512 MiB (536,870,912 bytes)" in out and "# --memory-limit" in out
+    assert "retry_delays = [1s, 2s, 4s, 8s, 16s, 32s, 64s, 128s, 256s, 512s, 16m] (11 retries)" in out
+    assert "max_runtime = 90m (5400 s)" in out
+    assert 'url = "amqp://app:***@rabbit:5672/prod"' in out and "# SWARROW_URL" in out
+    assert "s3cr3t" not in out and "prefetch = 100" in out and "# default" in out
+
+
+# -- 16. layers of your own from the CLI and the config file ------------------------------------------------
+
+
+def test_layer_adds_a_processor_of_your_own_to_the_cli_stack(memory: tuple[str, MemoryBroker]) -> None:
+    url, broker = memory
+    broker.declare_queue_nowait("jobs")
+    broker.publish_nowait(Message(b"probe", headers={"x-synthetic": True}, message_id="synthetic"), "jobs")
+    broker.publish_nowait(Message(b"real", message_id="real"), "jobs")
+    result = invoke("consume", "tests.cli_callbacks:boom", "--url", url, "-q", "jobs", "--no-retry",
+                    "--layer", "examples.skip_test_traffic:SkipTestTraffic", "--max-messages", "2",
+                    *FAST)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    provider_acks = broker.message_count("jobs")
+    assert provider_acks == 0
+    assert "message synthetic from jobs acked" in result.output  # skipped by the layer, acked
+    assert "message real from jobs rejected" in result.output  # reached the (failing) callback
+
+
+def test_layers_in_the_config_file_and_bad_layers(memory: tuple[str, MemoryBroker], tmp_path: Path) -> None:
+    url, _ = memory
+    path = _config(tmp_path, 'layers = ["examples.skip_test_traffic:SkipTestTraffic"]\n', url)
+    shown = invoke("consume", "--config", str(path), "jobs", "--print-settings")
+    assert "layers = [examples.skip_test_traffic:SkipTestTraffic]" in shown.output
+    missing = invoke(
+        "consume", "tests.first_day_callbacks:ok", "--url", url, "-q", "jobs", "--layer", "nowhere:Layer"
+    )
+    assert missing.exit_code == EXIT_IMPORT and "module 'nowhere' not found" in missing.output
+    bad = _config(tmp_path, 'layers = ["no-colon"]\n', url)
+    result = invoke("consume", "--config", str(bad), "jobs")
+    assert result.exit_code == EXIT_USAGE and "'layers' in [consumers.jobs]" in result.output
+
+
+# -- 22. a pool's default prefetch -------------------------------------------------------------------------
+
+
+def test_a_pools_default_prefetch_is_two_per_concurrency_slot() -> None:
+    args = ["consume", "tests.first_day_callbacks:ok", "-q", "jobs", "--print-settings", "--workers", "3"]
+    assert "prefetch = 8" in invoke(*args, "--concurrency", "4").output
+    assert "prefetch = 50" in invoke(*args, "--prefetch", "50").output
+    assert (
+        "prefetch = 100"
+        in invoke("consume", "tests.first_day_callbacks:ok", "-q", "jobs", "--print-settings").output
+    )

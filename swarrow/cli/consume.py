@@ -11,23 +11,20 @@ import click
 
 from swarrow import __version__
 from swarrow.cli.bootstrap import configure_cli_logging, exit_now_if_threads_hang, run_anyio
-from swarrow.cli.errors import CliError, fail
+from swarrow.cli.consume_settings import DEFAULT_CONFIG, print_settings, resolve_settings
+from swarrow.cli.errors import fail
 from swarrow.cli.help import ENV_EPILOG, EXIT_EPILOG, ManCommand, option
-from swarrow.cli.imports import import_callable
+from swarrow.cli.imports import import_callable, import_object
 from swarrow.cli.params import (
     Address,
     Duration,
     Size,
-    given,
-    resolve_delays,
     retry_options,
     url_option,
 )
 from swarrow.cli.supervise import pool_worker_layers, supervise
-from swarrow.config import LOG_FORMATS, LOG_LEVELS, load_config
+from swarrow.config import LOG_FORMATS, LOG_LEVELS
 from swarrow.control import StopReason
-from swarrow.errors import ConfigurationError
-from swarrow.exits import EXIT_USAGE
 
 __all__ = ["consume"]
 
@@ -80,7 +77,15 @@ _CONSUME_EPILOG = (
     section="General",
     type=click.Path(exists=True, dir_okay=False),
     default=None,
-    help="A swarrow.toml with named consumers; TARGET is then the consumer's name.",
+    show_default=f"./{DEFAULT_CONFIG} when TARGET is a consumer name or left out",
+    help="A config file with named [consumers.NAME] tables; TARGET is then the consumer's name.",
+)
+@option(
+    "--print-settings",
+    section="General",
+    is_flag=True,
+    help="Print the settings in effect (how each value was understood, and where it came from) and exit 0, "
+    "without connecting.",
 )
 @url_option()
 @option(
@@ -137,6 +142,15 @@ _CONSUME_EPILOG = (
 )
 @option(
     "--uvloop/--no-uvloop", section="Concurrency", default=True, help="Run on uvloop when it is installed."
+)
+@option(
+    "--layer",
+    "layers",
+    section="Lifecycle",
+    multiple=True,
+    metavar="MODULE:FACTORY",
+    help="Add a processor of your own (repeatable): a class or factory taking the inner processor, "
+    "innermost around your callable, first given outermost.",
 )
 @option(
     "--max-messages",
@@ -241,7 +255,10 @@ _CONSUME_EPILOG = (
 @click.pass_context
 def consume(ctx: click.Context, /, target: str | None, config_path: str | None, **params: Any) -> None:
     """Consume (the help text is _CONSUME_HELP)."""
-    settings = _consume_settings(ctx, target, config_path, params)
+    settings = resolve_settings(ctx, target, config_path, params)
+    if settings["print_settings"]:
+        print_settings(settings)
+        return
     configure_cli_logging(settings["log_level"], settings["log_format"])
     from swarrow.pool.status import pool_worker_env
 
@@ -253,8 +270,9 @@ def consume(ctx: click.Context, /, target: str | None, config_path: str | None, 
         watch_supervisor(pool_worker.supervisor, grace=settings["grace_period"] + 10.0)
     # Imported first, pool or not: an import error is exit 3 naming the module, not a queue error.
     callback = import_callable(settings["callable"])
+    layers = [import_object(spec, example="myapp.layers:SkipTestTraffic") for spec in settings["layers"]]
     if settings["workers"] > 1 and pool_worker is None:
-        ctx.exit(supervise(ctx, settings))
+        ctx.exit(supervise(ctx, settings.values))
     from swarrow.runner import consume as consume_async
 
     url = settings["url"]
@@ -267,6 +285,7 @@ def consume(ctx: click.Context, /, target: str | None, config_path: str | None, 
             "requeue_on_error", "delivery_limit", "retry", "quorum", "time_limit", "stop_when_idle",
         )
     }  # fmt: skip
+    stack_options["layers"] = layers
     if settings["retry"]:
         stack_options["retry_delays"] = settings["retry_delays"]
         stack_options["retry_attempts"] = len(settings["retry_delays"])
@@ -298,36 +317,3 @@ def consume(ctx: click.Context, /, target: str | None, config_path: str | None, 
         fail(exc)
     logger.info("stopped (%s); exiting 0", reason)
     exit_now_if_threads_hang(0)
-
-
-def _consume_settings(
-    ctx: click.Context, target: str | None, config_path: str | None, params: dict[str, Any]
-) -> dict[str, Any]:
-    """Flags over config over defaults, checked; every value keyed by its option name."""
-    settings = dict(params)
-    settings["callable"] = target
-    if config_path is not None:
-        try:
-            consumer = load_config(config_path).consumer(target)
-        except ConfigurationError as exc:
-            raise CliError(str(exc), EXIT_USAGE) from None
-        settings["callable"] = None
-        for key, value in consumer.values.items():
-            if key == "callable" or not given(ctx, key):
-                settings[key] = value
-        if settings["callable"] is None:
-            raise CliError(f"consumer {consumer.name!r} in {consumer.source} has no 'callable'", EXIT_USAGE)
-    elif target is None:
-        raise click.UsageError("give TARGET (module:callable), or --config FILE [NAME]", ctx)
-    if not settings["queue"]:
-        raise click.UsageError("--queue is required (or `queue` in the --config consumer)", ctx)
-    if settings["prefetch"] < settings["concurrency"]:
-        raise CliError(
-            f"--prefetch ({settings['prefetch']}) must be >= --concurrency ({settings['concurrency']}): "
-            "workers beyond the prefetch window would never get a message",
-            EXIT_USAGE,
-        )
-    settings["log_level"] = str(settings["log_level"]).upper()
-    if settings["retry"]:
-        settings["retry_delays"] = resolve_delays(ctx, settings["retry_attempts"], settings["retry_delays"])
-    return settings
