@@ -222,7 +222,7 @@ def test_time_limit_fails_a_hanging_message_into_the_retry_topology(memory: tupl
         (["--retry-delays", "exp:1s"], "'--retry-delays'"),
         (["--metrics-addr", "localhost:http"], "'--metrics-addr'"),
         (["--log-format", "xml"], "'--log-format'"),
-        (["--prefetch", "5", "--concurrency", "10"], "--prefetch (5) must be >= --concurrency (10)"),
+        (["--prefetch", "5", "--concurrency", "10"], "--prefetch 5 must be >= --concurrency 10"),
         (["--retry-attempts", "5", "--retry-delays", "1s,2s"], "--retry-attempts 5 does not match"),
         (["--ack-batch-size", "0"], "'--ack-batch-size'"),
         (["--ack-flush-ms", "0"], "'--ack-flush-ms'"),
