@@ -35,6 +35,9 @@ __all__ = ["ReplyProcessor"]
 logger = logging.getLogger(__name__)
 
 _GIVEN_UP: Final = frozenset({DEAD_LETTERED, REJECTED})
+# RabbitMQ 3.10 returns every mandatory publish to a direct reply-to address, even one it delivers: those
+# replies go out without `mandatory`, and a caller that is gone loses its reply without a trace.
+_DIRECT: Final = "amq.rabbitmq.reply-to."
 
 
 class ReplyProcessor:
@@ -46,7 +49,9 @@ class ReplyProcessor:
     requests given up for good (dead-lettered, rejected without requeue) get an error reply: an
     empty body with `x-swarrow-error-type` / `x-swarrow-error-message`. Retried or requeued
     requests get nothing now: the next attempt answers. A reply that cannot be delivered (the
-    caller is gone) is logged and counted, never retried. Messages without `reply_to` pass through.
+    caller is gone) is logged and counted, never retried — except to RabbitMQ's direct reply-to
+    addresses, which RabbitMQ 3.10 cannot report on (see `_DIRECT`). Messages without `reply_to`
+    pass through.
     """
 
     def __init__(
@@ -131,7 +136,7 @@ class ReplyProcessor:
         )
         try:
             with anyio.fail_after(self.publish_timeout):
-                await self.publisher.publish(reply, reply_to)
+                await self.publisher.publish(reply, reply_to, mandatory=not reply_to.startswith(_DIRECT))
         except Exception as exc:
             replies.record_reply("lost")
             logger.warning("reply to request %s could not be delivered to %r (the caller is gone?): %s",
