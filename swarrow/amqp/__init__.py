@@ -6,7 +6,8 @@ underlying aiormq channel and turned into swarrow's own `Message` (an `IncomingM
 aio-pika's queue objects, after a reconnect and after a server-sent `basic.cancel`.
 
 Rooms: `connection` (connect, queue admin), `broker` (`AmqpBroker`), `provider` (consuming),
-`acks` (ack coalescing), `publisher` (confirms), `fastpath` (aiormq private internals, quarantined).
+`acks` (ack coalescing), `publisher` (confirms), `rpc` (direct reply-to for `RpcClient`), `fastpath`
+(aiormq private internals, quarantined).
 """
 
 from swarrow.amqp.broker import AmqpBroker

@@ -6,6 +6,7 @@ shared pieces live in `params` (value types, common options), `help` (man-page h
 """
 
 from swarrow.cli.app import cli, main
+from swarrow.cli.call import call
 from swarrow.cli.consume import consume
 from swarrow.cli.declare import declare
 from swarrow.cli.errors import CliError
@@ -14,7 +15,7 @@ from swarrow.cli.publish import publish
 from swarrow.exits import EXIT_BROKER, EXIT_CODES, EXIT_CRASH, EXIT_IMPORT, EXIT_OK, EXIT_USAGE
 
 # The commands, in `swarrow --help` order: a new command is a new module plus one line here.
-for _command in (consume, declare, publish):
+for _command in (consume, declare, publish, call):
     cli.add_command(_command)
 
 __all__ = [

@@ -17,6 +17,7 @@ import anyio
 from swarrow.broker import Broker
 from swarrow.errors import ConfigurationError, RemoteError, RpcConnectionLost, RpcTimeout
 from swarrow.message import Message
+from swarrow.publishable import check_publishable
 from swarrow.rpc.deadline import DEADLINE_HEADER
 from swarrow.rpc.transport import ReplyTransport, open_reply_transport
 from swarrow.rpc.values import encode_value
@@ -55,6 +56,13 @@ class Reply:
     def json(self) -> Any:
         """The body decoded as JSON (an empty body is None)."""
         return json.loads(self.message.body) if self.message.body else None
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for inner in group.exceptions:
+        found.extend(_leaves(inner) if isinstance(inner, BaseExceptionGroup) else [inner])
+    return found
 
 
 class _Pending:
@@ -104,8 +112,19 @@ class RpcClient:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         stack, self._stack = self._stack, None
-        if stack is not None:
+        if stack is None:
+            return
+        try:
             await stack.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            # The reply task group wraps what the `async with` body raised: hand it back as it was, so
+            # `except RpcTimeout` around the block works.
+            leaves = _leaves(group)
+            if exc is not None and all(leaf is exc for leaf in leaves):
+                return
+            if exc is None and len(leaves) == 1 and isinstance(leaves[0], Exception):
+                raise leaves[0] from None
+            raise
 
     async def _close(self, task_group: anyio.abc.TaskGroup) -> None:
         transport, self._transport = self._transport, None
@@ -130,7 +149,8 @@ class RpcClient:
 
         `body`: bytes as is, str as UTF-8 text, anything else as JSON. Raises `RpcTimeout` when no
         reply came within `timeout` seconds, `RemoteError` when the worker gave the request up,
-        `PublishError` at once when no queue takes the request (it does not exist), and
+        `PublishError` at once when no queue takes the request (it does not exist),
+        `InvalidMessageError` for a header or property the broker cannot carry, and
         `RpcConnectionLost` when the connection dropped while waiting.
         """
         transport = self._transport
@@ -154,6 +174,7 @@ class RpcClient:
             message_id=message_id or correlation_id,
             delivery_mode=1,
         )
+        check_publishable(request)  # a bad header is an InvalidMessageError naming it, before the wire
         pending = self._pending[correlation_id] = _Pending()
         try:
             with anyio.move_on_after(wait):

@@ -85,6 +85,6 @@ def open_reply_transport(broker: Broker) -> ReplyTransport:
 
     if isinstance(broker, MemoryBroker):
         return MemoryReplyTransport(broker)
-    from swarrow.amqp_rpc import AmqpReplyTransport
+    from swarrow.amqp.rpc import AmqpReplyTransport
 
     return AmqpReplyTransport(broker)

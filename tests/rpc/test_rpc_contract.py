@@ -280,3 +280,14 @@ async def test_an_expired_tracked_request_ends_expired_in_the_job_store(
     finally:
         await store.close()
     assert job is not None and job.state == "expired"
+
+
+async def test_an_error_raised_in_the_client_block_leaves_it_as_itself(
+    broker: Broker, queue_name: str
+) -> None:
+    with pytest.raises(PublishError):  # not an ExceptionGroup: `except` around the block works
+        async with RpcClient(broker) as client:
+            await client.call(f"{queue_name}.nobody", b"x", timeout=5)
+    with pytest.raises(KeyError):
+        async with RpcClient(broker):
+            raise KeyError("mine")

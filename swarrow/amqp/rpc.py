@@ -18,7 +18,7 @@ from anyio.abc import TaskGroup
 from pamqp.commands import Basic
 
 from swarrow.amqp import AmqpBroker
-from swarrow.amqp._errors import CHANNEL_GONE as _CHANNEL_GONE
+from swarrow.amqp._errors import CHANNEL_GONE as CHANNEL_GONE
 from swarrow.amqp.publisher import _properties
 from swarrow.broker import Broker
 from swarrow.errors import PublishError, RpcConnectionLost
@@ -121,7 +121,7 @@ class AmqpReplyTransport:
             )
         except aiormq.exceptions.PublishError:
             raise PublishError(f"request returned as unroutable ({where}): no queue is bound there") from None
-        except (*_CHANNEL_GONE,) as exc:
+        except (*CHANNEL_GONE,) as exc:
             raise PublishError(f"request to {where} failed before it was confirmed: {exc!r}") from exc
         if not isinstance(confirmation, Basic.Ack):
             raise PublishError(f"broker nacked the request to {where}")
@@ -133,5 +133,5 @@ class AmqpReplyTransport:
         if channel is not None and not channel.is_closed:
             try:
                 await channel.close()
-            except (*_CHANNEL_GONE,):
+            except (*CHANNEL_GONE,):
                 logger.debug("the RPC channel was already gone when closing it")

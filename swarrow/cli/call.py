@@ -1,0 +1,122 @@
+"""`swarrow call`: send one request to a worker queue and print its reply (RPC from a shell)."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Sequence
+from typing import IO, Final
+
+import click
+
+from swarrow.cli.bootstrap import connected, run_anyio
+from swarrow.cli.errors import CliError, fail
+from swarrow.cli.help import ENV_EPILOG, ManCommand, option
+from swarrow.cli.params import Duration, Header, url_option
+from swarrow.errors import PublishError, RemoteError, RpcTimeout
+from swarrow.exits import EXIT_BROKER, EXIT_CRASH, EXIT_OK, EXIT_USAGE
+from swarrow.rpc import Reply, RpcClient
+
+__all__ = ["EXIT_TIMEOUT", "call"]
+
+EXIT_TIMEOUT: Final = 5
+_EXITS = (
+    "\b\nExit status:\n"
+    f"  {EXIT_OK}  a reply came: its body is on stdout\n"
+    f"  {EXIT_CRASH}  an error reply (its type and message on stderr), or no queue took the request\n"
+    f"  {EXIT_USAGE}  usage: a bad flag or value\n"
+    f"  {EXIT_BROKER}  the broker is unreachable, refused the credentials, or the connection dropped\n"
+    f"  {EXIT_TIMEOUT}  no reply within --timeout"
+)
+
+
+@click.command(cls=ManCommand, no_args_is_help=True, epilog=f"{ENV_EPILOG}\n\n{_EXITS}")
+@click.argument("stdin", required=False, metavar="[-]")
+@option("--queue", "-q", section="General", required=True, metavar="QUEUE", help="Queue the worker consumes.")
+@option("--body", "-b", section="General", default=None, metavar="TEXT", help="Request body, as given.")
+@option(
+    "--file",
+    "-f",
+    "file",
+    section="General",
+    type=click.File("rb"),
+    default=None,
+    help="Read the request body from a file ('-' for stdin).",
+)
+@option(
+    "--header",
+    "-H",
+    "headers",
+    section="General",
+    type=Header(),
+    multiple=True,
+    help="Add a header to the request (repeatable).",
+)
+@option(
+    "--content-type",
+    section="General",
+    default=None,
+    help="The request's content_type property (e.g. application/json).",
+)
+@option(
+    "--timeout",
+    "-t",
+    section="General",
+    type=Duration(),
+    default="10s",
+    show_default=True,
+    help="How long to wait for the reply (e.g. 500ms, 10s, 2m); the request carries it as its deadline.",
+)
+@url_option()
+def call(
+    stdin: str | None,
+    queue: str,
+    body: str | None,
+    file: IO[bytes] | None,
+    headers: Sequence[tuple[str, str]],
+    content_type: str | None,
+    timeout: float,
+    url: str,
+) -> None:
+    """Send one request to QUEUE, wait for the worker's reply and print its body.
+
+    The body comes from --body, --file, or '-' (stdin), sent as bytes. A worker running the default
+    stack answers with its callback's return value; a request it gives up for good comes back as an
+    error reply (exit 1). A worker that takes the request after --timeout skips it.
+    """
+    if stdin is not None and stdin != "-":
+        raise click.BadParameter(f"only '-' (stdin) is accepted here, got {stdin!r}", param_hint="[-]")
+    if sum(source is not None for source in (body, file, stdin)) != 1:
+        raise click.UsageError(
+            "give the request body with exactly one of --body TEXT, --file FILE or - (stdin)"
+        )
+    if body is not None:
+        payload = body.encode()
+    elif file is not None:
+        payload = file.read()
+    else:
+        payload = sys.stdin.buffer.read()
+    try:
+        reply = run_anyio(functools.partial(_call, url, queue, payload, dict(headers), content_type, timeout))
+    except RpcTimeout as exc:
+        raise CliError(str(exc), EXIT_TIMEOUT) from None
+    except RemoteError as exc:
+        raise CliError(
+            f"the worker gave the request up: {exc.error_type}: {exc.error_message}", EXIT_CRASH
+        ) from None
+    except PublishError as exc:
+        raise CliError(f"{exc} (is a worker's queue named {queue!r}?)", EXIT_CRASH) from None
+    except Exception as exc:
+        fail(exc)
+    out = sys.stdout.buffer
+    out.write(reply.body)
+    if reply.body and not reply.body.endswith(b"\n") and sys.stdout.isatty():
+        out.write(b"\n")
+    out.flush()
+
+
+async def _call(
+    url: str, queue: str, payload: bytes, headers: dict[str, str], content_type: str | None, timeout: float
+) -> Reply:
+    async with connected(url) as broker, RpcClient(broker, timeout=timeout) as client:
+        return await client.call(queue, payload, headers=headers, content_type=content_type)
