@@ -24,6 +24,7 @@ from processors.stop_when_idle import StopWhenIdleProcessor
 from processors.time_limit import TimeLimitProcessor
 from swarrow.errors import ConfigurationError
 from swarrow.jobs.store import JobStore
+from swarrow.metrics import SwarrowMetrics
 from swarrow.provider import MessageProvider
 from swarrow.publisher import Publisher
 from swarrow.stack import Layer, LayerLike
@@ -139,7 +140,8 @@ def default_stack(
     if catch:
         stack.append(Layer(ExceptionCatcherProcessor))
     if reply and publisher is not None:
-        stack.append(Layer(ReplyProcessor, publisher=publisher, provider=provider))
+        reply_metrics = SwarrowMetrics.for_registry(registry) if metrics or metrics_address else None
+        stack.append(Layer(ReplyProcessor, publisher=publisher, provider=provider, metrics=reply_metrics))
     stack.append(Layer(AckProcessor, provider=provider, requeue_on_error=requeue_on_error))
     if delivery_limit is not None:
         assert publisher is not None

@@ -8,9 +8,11 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import anyio
+from prometheus_client import Counter
 
 from swarrow import replies
 from swarrow.message import Message
+from swarrow.metrics import SwarrowMetrics
 from swarrow.outcome import (
     ACKED,
     DEAD_LETTERED,
@@ -50,8 +52,8 @@ class ReplyProcessor:
     empty body with `x-swarrow-error-type` / `x-swarrow-error-message`. Retried or requeued
     requests get nothing now: the next attempt answers. A reply that cannot be delivered (the
     caller is gone) is logged and counted, never retried — except to RabbitMQ's direct reply-to
-    addresses, which RabbitMQ 3.10 cannot report on (see `_DIRECT`). Messages without `reply_to`
-    pass through.
+    addresses, which RabbitMQ 3.10 cannot report on (see `_DIRECT`). With `metrics`, replies are
+    counted in `swarrow_replies_total`. Messages without `reply_to` pass through.
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class ReplyProcessor:
         publisher: Publisher,
         provider: MessageProvider,
         publish_timeout: float = 5.0,
+        metrics: SwarrowMetrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.inner = inner
@@ -69,6 +72,8 @@ class ReplyProcessor:
         self.provider = provider
         self.publish_timeout = require_seconds("publish_timeout", publish_timeout)
         self.clock = clock
+        self.metrics = metrics
+        self._counters: dict[tuple[str, str], Counter] = {}
 
     async def __call__(self, message: Message, /) -> bool:
         if message.reply_to is None:
@@ -138,9 +143,20 @@ class ReplyProcessor:
             with anyio.fail_after(self.publish_timeout):
                 await self.publisher.publish(reply, reply_to, mandatory=not reply_to.startswith(_DIRECT))
         except Exception as exc:
-            replies.record_reply("lost")
+            self._count(request.queue, "lost")
             logger.warning("reply to request %s could not be delivered to %r (the caller is gone?): %s",
                            request.message_id, reply_to, exc,
                            extra={"queue": request.queue, "message_id": request.message_id})  # fmt: skip
             return
+        self._count(request.queue, status)
+
+    def _count(self, queue: str, status: replies.ReplyStatus) -> None:
         replies.record_reply(status)
+        if self.metrics is None:
+            return
+        counter = self._counters.get((queue, status))
+        if counter is None:
+            counter = self._counters[(queue, status)] = self.metrics.replies.labels(
+                queue=queue, result=status
+            )
+        counter.inc()

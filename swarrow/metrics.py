@@ -150,6 +150,12 @@ class SwarrowMetrics:
         self.stops = Counter(
             "swarrow_consumer_stops", "Consumer stops, by StopReason code.", ["queue", "reason"], registry=reg
         )
+        self.replies = Counter(
+            "swarrow_replies",
+            "Replies to requests (messages with reply_to): sent, error (an error reply) or lost.",
+            ["queue", "result"],
+            registry=reg,
+        )
 
     @classmethod
     def for_registry(cls, registry: CollectorRegistry | None = None) -> SwarrowMetrics:

@@ -28,7 +28,6 @@ REEXPORTED = {
 # `swarrow.runner` is only partly re-exported (`run`, `consume`): the top level picks by name.
 SUBMODULE_API = {
     "amqp",
-    "amqp_rpc",
     "backoff",
     "cli",
     "config",

@@ -291,3 +291,42 @@ async def test_an_error_raised_in_the_client_block_leaves_it_as_itself(
     with pytest.raises(KeyError):
         async with RpcClient(broker):
             raise KeyError("mine")
+
+
+async def test_replies_are_counted_sent_error_and_lost(broker: Broker, queue_name: str) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from processors.defaults import default_stack
+
+    async def work(message: Message) -> str:
+        if message.body == b"refuse":
+            raise PermanentError("no")
+        return "ok"
+
+    await RetryTopology(queue_name, [0.05]).declare(broker)
+    registry = CollectorRegistry()
+    publisher = broker.publisher()
+    provider = broker.provider(queue_name, prefetch=10)
+    layers = default_stack(
+        provider=provider, publisher=publisher, signals=False, metrics=True, registry=registry,
+        retry_attempts=1, retry_delays=[0.05],
+    )  # fmt: skip
+    consumer = Consumer(provider, Stack(*layers, callback=work), concurrency=2, grace_period=1)
+
+    def count(result: str) -> float:
+        value = registry.get_sample_value("swarrow_replies_total", {"queue": queue_name, "result": result})
+        return value or 0.0
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(consumer.run)
+        async with RpcClient(broker) as client:
+            assert (await client.call(queue_name, b"hi", timeout=10)).text() == "ok"
+            with pytest.raises(RemoteError):
+                await client.call(queue_name, b"refuse", timeout=10)
+        await publisher.publish(Message(b"x", reply_to=f"{queue_name}.gone", correlation_id="c"), queue_name)
+        with anyio.fail_after(10):
+            while count("lost") < 1:
+                await anyio.sleep(0.02)
+        consumer.control.stop("test", "done")
+    await publisher.close()
+    assert (count("sent"), count("error"), count("lost")) == (1, 1, 1)
