@@ -10,8 +10,9 @@ from time import perf_counter
 
 import anyio
 import anyio.to_thread
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 
+from processors._republish import RepublishState
 from swarrow._metrics_accumulator import Accumulator
 from swarrow.control import ConsumerControl
 from swarrow.health import HealthState
@@ -88,6 +89,8 @@ class MetricsProcessor:
             ready = lambda: not control.stop_requested  # noqa: E731
         health = self.health
         health.ready = ready
+        republish = _republish_states(self.inner)
+        health.blocked = (lambda: _held_reason(republish)) if republish else None
         health.stopped = None
         health.beat()
         if self.server is not None:
@@ -95,6 +98,8 @@ class MetricsProcessor:
         try:
             async with anyio.create_task_group() as background:
                 background.start_soon(self._heartbeat, bound, ready)
+                if republish:
+                    background.start_soon(self._count_refused_copies, bound, republish)
                 try:
                     yield
                 finally:
@@ -108,6 +113,16 @@ class MetricsProcessor:
             if self.server is not None:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(self.server.stop)
+
+    async def _count_refused_copies(self, bound: QueueMetrics, states: list[RepublishState]) -> None:
+        # Off the hot path: refusals are rare, so a heartbeat-paced delta is exact enough.
+        counter, interval, seen = bound.republish_failures, self.heartbeat_interval, 0
+        try:
+            while True:
+                await anyio.sleep(interval)
+                seen = _add_refusals(counter, states, seen)
+        finally:
+            _add_refusals(counter, states, seen)
 
     async def _heartbeat(self, bound: QueueMetrics, ready: Callable[[], bool]) -> None:
         # Runs on the event loop, so a blocked loop stops the beat and `/healthz` notices.
@@ -153,3 +168,31 @@ class MetricsProcessor:
                     pending.queue,
                     extra={"queue": pending.queue, "message_id": message.message_id},
                 )
+
+
+def _republish_states(processor: object) -> list[RepublishState]:
+    """The refused-copy state of every retry-like layer inside `processor` (retry, delivery_limit)."""
+    states: list[RepublishState] = []
+    for _ in range(64):  # a stack is a short chain; the bound guards against cycles
+        state = getattr(processor, "republish", None)
+        if isinstance(state, RepublishState):
+            states.append(state)
+        processor = getattr(processor, "inner", None)
+        if processor is None:
+            break
+    return states
+
+
+def _held_reason(states: list[RepublishState]) -> str | None:
+    held = sum(state.held for state in states)
+    if not held:
+        return None
+    errors = "; ".join(state.last_error for state in states if state.held)
+    return f"{held} message(s) held: the broker refuses their retry or dead-letter copy ({errors})"
+
+
+def _add_refusals(counter: Counter, states: list[RepublishState], seen: int) -> int:
+    total = sum(state.failures for state in states)
+    if total > seen:
+        counter.inc(total - seen)
+    return total

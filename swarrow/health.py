@@ -29,6 +29,8 @@ class HealthState:
         self.clock = clock
         self.last_beat: float | None = None
         self.stopped: str | None = None
+        # Another reason not to be ready (a refused retry copy holding messages), or None.
+        self.blocked: Callable[[], str | None] | None = None
 
     def beat(self) -> None:
         """Record that the event loop ran just now."""
@@ -58,4 +60,7 @@ class HealthState:
         ready = self.ready
         if ready is not None and not ready():
             return False, "not consuming (broker disconnected or consumer cancelled)"
+        blocked = self.blocked
+        if blocked is not None and (held := blocked()):
+            return False, held
         return True, "consuming"

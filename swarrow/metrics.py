@@ -49,6 +49,7 @@ class QueueMetrics:
     consumer_up: Gauge
     stops: Counter  # the family: reasons are open-ended, so their children are bound on stop
     pending: Accumulator
+    republish_failures: Counter
 
     def stopped(self, reason: str) -> None:
         """Count one consumer stop for `reason` (a StopReason code); once per run, so bound here."""
@@ -156,6 +157,12 @@ class SwarrowMetrics:
             ["queue", "result"],
             registry=reg,
         )
+        self.republish_failures = Counter(
+            "swarrow_republish_failures",
+            "Retry or dead-letter copies the broker refused; the original is held and the copy sent again.",
+            ["queue"],
+            registry=reg,
+        )
 
     @classmethod
     def for_registry(cls, registry: CollectorRegistry | None = None) -> SwarrowMetrics:
@@ -192,6 +199,7 @@ class SwarrowMetrics:
                         in_flight=in_flight,
                         bounds=DURATION_BUCKETS,
                     ),
+                    republish_failures=self.republish_failures.labels(queue=queue),
                 )
             return bound
 

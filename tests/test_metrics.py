@@ -90,6 +90,7 @@ def test_families_have_prefix_base_units_and_types(registry: CollectorRegistry) 
         "swarrow_messages_in_flight": "gauge",
         "swarrow_consumer_up": "gauge",
         "swarrow_consumer_stops": "counter",
+        "swarrow_republish_failures": "counter",
     }
 
 

@@ -352,3 +352,52 @@ class AcklessOutcome:
 
     async def __call__(self, message: Message) -> bool:
         return bool(await self.inner(message))
+
+
+async def test_refused_copies_are_counted_in_metrics_and_make_readyz_fail_while_held() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from processors.metrics import MetricsProcessor
+
+    broker = MemoryBroker()
+    broker.declare_queue_nowait(Q)  # no Q.retry.1 yet: every retry copy is unroutable
+    broker.publish_nowait(Message(b"", message_id="m"), Q)
+    provider = broker.provider(Q)
+    registry = CollectorRegistry()
+    metrics: list[MetricsProcessor] = []
+    calls: list[Message] = []
+
+    def metrics_layer(inner: Any) -> MetricsProcessor:
+        metrics.append(MetricsProcessor(inner, registry=registry, provider=provider, heartbeat_interval=0.05))
+        return metrics[0]
+
+    async def callback(message: Message) -> None:
+        calls.append(message)
+        if RETRY_ATTEMPT_HEADER not in message.headers:
+            raise Boom("first call fails")
+
+    stack = Stack(
+        metrics_layer,
+        Layer(AckProcessor, provider=provider),
+        Layer(RetryProcessor, publisher=broker.publisher(), attempts=1, delays=(0.01,)),
+        callback=callback,
+    )
+    consumer = Consumer(provider, stack)
+
+    def refused() -> float:
+        return registry.get_sample_value("swarrow_republish_failures_total", {"queue": Q}) or 0.0
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(consumer.run)
+        with anyio.fail_after(5):
+            while refused() < 2:
+                await anyio.sleep(0.01)  # polling a condition, bounded by fail_after
+        ready, why = metrics[0].health.readiness()
+        assert not ready and "held" in why and f"{Q}.retry.1" in why
+        _declare(broker, (0.01,))  # the topology comes back: the held copy goes through
+        with anyio.fail_after(5):
+            while len(calls) < 2:
+                await anyio.sleep(0.01)
+        assert metrics[0].health.readiness() == (True, "consuming")
+        consumer.control.stop("test")
+    assert len(calls) == 2
