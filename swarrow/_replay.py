@@ -20,7 +20,7 @@ from anyio.abc import TaskGroup
 from swarrow._dead_letter import DeadLetter, Selection, replay_copy
 from swarrow.errors import BrokerUnavailableError
 from swarrow.message import Message
-from swarrow.scan import QueueScan, open_scan
+from swarrow.scan import QueueScan, Scannable, open_scan
 
 __all__ = ["ReplayInterrupted", "ReplayResult", "replay_dead_letters"]
 
@@ -216,7 +216,7 @@ async def _pass(
 
 
 async def replay_dead_letters(
-    broker: object,
+    broker: Scannable,
     queue: str,
     *,
     to: str | None = None,

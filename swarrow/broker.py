@@ -7,6 +7,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from swarrow.provider import MessageProvider
 from swarrow.publisher import Publisher
+from swarrow.scan import QueueScan
 
 __all__ = ["Broker", "QueueInfo"]
 
@@ -40,6 +41,10 @@ class Broker(Protocol):
 
     def publisher(self) -> Publisher:
         """A publisher with confirms on its own channel."""
+        ...
+
+    def scan(self, queue: str) -> QueueScan:
+        """One pass over `queue` that takes only what it acks (the dead-letter tools read with it)."""
         ...
 
     async def declare_queue(

@@ -26,7 +26,7 @@ from swarrow._dead_letter import (
     replay_copy,
 )
 from swarrow._replay import ReplayInterrupted, ReplayResult, replay_dead_letters
-from swarrow.scan import QueueScan, open_scan
+from swarrow.scan import QueueScan, Scannable, open_scan
 from swarrow.topology import dead_letter_queue_name
 
 __all__ = [
@@ -133,7 +133,7 @@ def _group_key(letter: DeadLetter, group_by: GroupBy) -> str:
 
 
 async def list_dead_letters(
-    broker: object,
+    broker: Scannable,
     queue: str,
     *,
     group_by: GroupBy = "error-type",
@@ -165,7 +165,7 @@ async def list_dead_letters(
 
 
 async def show_dead_letters(
-    broker: object, queue: str, *, message_id: str | None = None, limit: int | None = 10
+    broker: Scannable, queue: str, *, message_id: str | None = None, limit: int | None = 10
 ) -> list[DeadLetter]:
     """The first `limit` dead letters of `queue` (None: all), or those with `message_id`; none is taken.
 
@@ -215,7 +215,7 @@ class PurgeResult:
 
 
 async def purge_dead_letters(
-    broker: object,
+    broker: Scannable,
     queue: str,
     *,
     selection: Selection | None = None,

@@ -86,11 +86,4 @@ def open_scan(broker: object, queue: str) -> QueueScan:
     """`broker.scan(queue)`; `TypeError` naming the broker when it cannot scan."""
     if isinstance(broker, Scannable):
         return broker.scan(queue)
-    from swarrow.amqp import AmqpBroker
-
-    if isinstance(broker, AmqpBroker):  # until AmqpBroker grows its own scan()
-        from swarrow._amqp_scan import AmqpQueueScan
-
-        return AmqpQueueScan(broker._url, queue, ssl_context=broker.ssl_context,
-                             connect_timeout=broker.connect_timeout)  # fmt: skip
     raise TypeError(f"{type(broker).__name__} cannot read a queue without consuming it (no scan())")

@@ -127,6 +127,27 @@ async def test_compose_consumes_through_the_onion_and_closes_the_broker_in_memor
 
 
 @pytest.mark.anyio
+async def test_dead_letters_example_lists_then_replays_one_error_type(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from swarrow.topology import dead_letter_headers
+
+    name = f"dead-{uuid.uuid4().hex[:6]}"
+    broker = MemoryBroker.named(name)
+    _seed(broker, "emails", 0)
+    for n, error in enumerate(
+        ["smtplib.SMTPServerDisconnected", "ValueError", "smtplib.SMTPServerDisconnected"]
+    ):
+        headers = dead_letter_headers(error, "boom", attempts=4, queue="emails")
+        broker.publish_nowait(Message(b"mail %d" % n, headers=headers, message_id=f"d{n}"), "emails.dead")
+    await _load("dead_letters").main(f"memory://{name}")
+    out = capsys.readouterr().out
+    assert "2 smtplib.SMTPServerDisconnected" in out and "1 ValueError" in out
+    assert "replayed 2, kept 1, failed 0" in out
+    assert broker.message_count("emails") == 2 and broker.message_count("emails.dead") == 1
+
+
+@pytest.mark.anyio
 @pytest.mark.integration
 async def test_compose_consumes_from_rabbitmq_and_leaves_nothing_open(
     amqp_broker: AmqpBroker, amqp_url: str, queue_name: str, capsys: pytest.CaptureFixture[str]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from swarrow.amqp.connection import AmqpConnection
 from swarrow.amqp.provider import AmqpMessageProvider
 from swarrow.amqp.publisher import AmqpPublisher
+from swarrow.amqp.scan import AmqpQueueScan
 
 __all__ = ["AmqpBroker"]
 
@@ -36,3 +37,9 @@ class AmqpBroker(AmqpConnection):
     def publisher(self) -> AmqpPublisher:
         """A publisher with confirms on its own channel."""
         return AmqpPublisher(self)
+
+    def scan(self, queue: str) -> AmqpQueueScan:
+        """One pass over `queue` that takes only what it acks, on connections of its own (`swarrow.scan`)."""
+        return AmqpQueueScan(
+            self._url, queue, ssl_context=self.ssl_context, connect_timeout=self.connect_timeout
+        )

@@ -8,6 +8,7 @@ shared pieces live in `params` (value types, common options), `help` (man-page h
 from swarrow.cli.app import cli, main
 from swarrow.cli.call import call
 from swarrow.cli.consume import consume
+from swarrow.cli.dead import dead
 from swarrow.cli.declare import declare
 from swarrow.cli.errors import CliError
 from swarrow.cli.imports import import_callable
@@ -15,7 +16,7 @@ from swarrow.cli.publish import publish
 from swarrow.exits import EXIT_BROKER, EXIT_CODES, EXIT_CRASH, EXIT_IMPORT, EXIT_OK, EXIT_USAGE
 
 # The commands, in `swarrow --help` order: a new command is a new module plus one line here.
-for _command in (consume, declare, publish, call):
+for _command in (consume, declare, publish, call, dead):
     cli.add_command(_command)
 
 __all__ = [

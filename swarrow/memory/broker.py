@@ -21,8 +21,8 @@ from swarrow.message import Message
 from swarrow.publishable import as_delivered, check_publishable
 
 if TYPE_CHECKING:
-    from swarrow._memory_scan import MemoryQueueScan
     from swarrow.memory.provider import MemoryMessageProvider, MemoryPublisher
+    from swarrow.memory.scan import MemoryQueueScan
 
 __all__ = ["MemoryBroker"]
 
@@ -461,6 +461,6 @@ class MemoryBroker:
 
     def scan(self, queue: str) -> MemoryQueueScan:
         """One pass over `queue` that takes only what it acks (see `swarrow.scan.QueueScan`)."""
-        from swarrow._memory_scan import MemoryQueueScan
+        from swarrow.memory.scan import MemoryQueueScan
 
         return MemoryQueueScan(self, queue)

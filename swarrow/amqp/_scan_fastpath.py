@@ -1,4 +1,7 @@
-"""Publish a batch of messages in one socket write and track its confirms without aiormq's per-message path.
+"""The scan's use of aiormq internals: deliveries read with back-pressure, batches published in one write.
+
+`install_inline_delivery` reads a channel's deliveries in its reader task (see its docstring).
+`BatchPublisher` publishes a batch of messages in one socket write and tracks its confirms itself:
 
 aiormq's `basic_publish` costs a lock, a timeout scope, a future and a socket write per message,
 and each multiple confirm walks every pending confirmation: at a replay's thousands of messages per
@@ -22,9 +25,45 @@ from pamqp import commands as spec
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
-__all__ = ["BatchPublisher", "Outcome"]
+__all__ = ["BatchPublisher", "Outcome", "install_inline_delivery"]
 
 Outcome = str | None  # None: confirmed; else why not (nacked, returned as unroutable)
+
+
+def install_inline_delivery(channel: aiormq.abc.AbstractChannel, take: Any) -> bool:
+    """Read deliveries in the channel's reader and `await take(frame, properties, body)` there.
+
+    aiormq runs each consumer callback in a task of its own, so a slow consumer makes tasks (and
+    bodies) pile up without bound; awaiting in the reader instead lets its bounded frame queue fill
+    and the connection stop reading. Relies on aiormq 7's channel internals (`frames`,
+    `_on_deliver_frame`): returns False, changing nothing, where they are not there.
+    """
+    frames = getattr(channel, "frames", None)
+    if not isinstance(frames, asyncio.Queue) or not hasattr(channel, "_on_deliver_frame"):
+        return False
+
+    async def next_frame() -> Any:
+        item = await frames.get()
+        frames.task_done()
+        return item[1]
+
+    async def on_deliver_frame(frame: Any) -> None:
+        header = await next_frame()
+        if not isinstance(header, ContentHeader):
+            raise ValueError(f"unexpected frame {header!r} instead of a content header")
+        size = header.body_size or 0
+        parts: list[bytes] = []
+        received = 0
+        while received < size:
+            content = await next_frame()
+            if not isinstance(content, ContentBody):
+                raise ValueError(f"unexpected frame {content!r} instead of a content body")
+            parts.append(content.value)
+            received += len(content.value)
+        await take(frame, header.properties, parts[0] if len(parts) == 1 else b"".join(parts))
+
+    channel._on_deliver_frame = on_deliver_frame
+    return True
 
 
 class _Pending:

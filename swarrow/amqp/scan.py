@@ -23,18 +23,16 @@ from typing import Any, Final
 
 import aiormq
 import aiormq.abc
-from pamqp.body import ContentBody
 from pamqp.commands import Basic
-from pamqp.header import ContentHeader
 
-from swarrow._amqp_batch import BatchPublisher
 from swarrow.amqp._errors import scrub as _scrub
+from swarrow.amqp._scan_fastpath import BatchPublisher, install_inline_delivery
 from swarrow.amqp.publisher import _properties
 from swarrow.errors import BrokerUnavailableError, ConfigurationError, PublishError
 from swarrow.message import Message
 from swarrow.urls import mask_url
 
-__all__ = ["AmqpQueueScan", "install_inline_delivery"]
+__all__ = ["AmqpQueueScan"]
 
 _EMPTY: Final[dict[str, Any]] = {}
 # Frames the reader channel may buffer (a delivery is 3+): enough to keep the socket busy, and a
@@ -48,42 +46,6 @@ _GONE: Final = (
     OSError,
     asyncio.TimeoutError,
 )
-
-
-def install_inline_delivery(channel: aiormq.abc.AbstractChannel, take: Any) -> bool:
-    """Read deliveries in the channel's reader and `await take(frame, properties, body)` there.
-
-    aiormq runs each consumer callback in a task of its own, so a slow consumer makes tasks (and
-    bodies) pile up without bound; awaiting in the reader instead lets its bounded frame queue fill
-    and the connection stop reading. Relies on aiormq 7's channel internals (`frames`,
-    `_on_deliver_frame`): returns False, changing nothing, where they are not there.
-    """
-    frames = getattr(channel, "frames", None)
-    if not isinstance(frames, asyncio.Queue) or not hasattr(channel, "_on_deliver_frame"):
-        return False
-
-    async def next_frame() -> Any:
-        item = await frames.get()
-        frames.task_done()
-        return item[1]
-
-    async def on_deliver_frame(frame: Any) -> None:
-        header = await next_frame()
-        if not isinstance(header, ContentHeader):
-            raise ValueError(f"unexpected frame {header!r} instead of a content header")
-        size = header.body_size or 0
-        parts: list[bytes] = []
-        received = 0
-        while received < size:
-            content = await next_frame()
-            if not isinstance(content, ContentBody):
-                raise ValueError(f"unexpected frame {content!r} instead of a content body")
-            parts.append(content.value)
-            received += len(content.value)
-        await take(frame, header.properties, parts[0] if len(parts) == 1 else b"".join(parts))
-
-    channel._on_deliver_frame = on_deliver_frame
-    return True
 
 
 class AmqpQueueScan:
