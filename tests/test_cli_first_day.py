@@ -394,3 +394,38 @@ def test_a_pools_default_prefetch_is_two_per_concurrency_slot() -> None:
         "prefetch = 100"
         in invoke("consume", "tests.first_day_callbacks:ok", "-q", "jobs", "--print-settings").output
     )
+
+
+# -- 1. a malformed URL is exit 2 at once, naming what is wrong, password masked ---------------------------
+
+
+@pytest.mark.parametrize("command", ["consume", "declare", "publish"])
+@pytest.mark.parametrize(
+    ("url", "needle"),
+    [
+        ("amqp:/user:s3cret@host/", "expected '//' after 'amqp:'"),
+        ("amqp://guest:s3cret@127.0.0.1:99999/", "port 99999 of host '127.0.0.1' is out of range"),
+        ("amqp://guest:s3cret@127.0.0.1:notaport/", "port 'notaport' of host '127.0.0.1' is not a number"),
+    ],
+)
+@pytest.mark.parametrize("via", ["flag", "env"])
+def test_a_malformed_url_is_a_usage_error_naming_the_problem(
+    command: str, url: str, needle: str, via: str
+) -> None:
+    target = ["tests.first_day_callbacks:ok"] if command == "consume" else []
+    body = ["--body", "x"] if command == "publish" else []
+    args = [command, *target, "-q", "jobs", *body]
+    result = invoke(*args, "--url", url) if via == "flag" else invoke(*args, env={"SWARROW_URL": url})
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert needle in result.output and ("'--url'" if via == "flag" else "SWARROW_URL") in result.output
+    assert "s3cret" not in result.output and "Traceback" not in result.output
+
+
+def test_a_malformed_url_in_the_config_file_names_the_key_and_file(tmp_path: Path) -> None:
+    path = _config(tmp_path, "", "amqp://guest:s3cret@127.0.0.1:99999/")
+    result = invoke("consume", "--config", str(path), "jobs")
+    assert result.exit_code == EXIT_USAGE
+    assert (
+        f"url in [connection] of {path}: invalid broker URL" in result.output
+        and "s3cret" not in result.output
+    )

@@ -121,6 +121,13 @@ def resolve_settings(
         )
     if not settings["queue"]:
         raise click.UsageError("--queue is required (or `queue` in the --config consumer)", ctx)
+    if settings.source("url") == "config":  # a flag or SWARROW_URL was checked as it was parsed
+        from swarrow.urls import parse_url
+
+        try:
+            parse_url(settings["url"])
+        except ValueError as exc:
+            raise CliError(f"{settings.name('url')}: {exc}", EXIT_USAGE) from None
     _default_pool_prefetch(settings)
     if settings["prefetch"] < settings["concurrency"]:
         raise CliError(

@@ -83,6 +83,21 @@ class Header(click.ParamType[tuple[str, str]]):
         return key, text
 
 
+def _check_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Parse the broker URL once, up front: a bad one is a usage error naming the problem, password masked."""
+    if value is None:
+        return None
+    from swarrow.urls import parse_url
+
+    try:
+        parse_url(value)
+    except ValueError as exc:  # InvalidURLError: scheme, host or port named, the password masked
+        source = ctx.get_parameter_source(param.name or "url")
+        hint = "SWARROW_URL" if source == ParameterSource.ENVIRONMENT else "'--url'"
+        raise click.BadParameter(str(exc), ctx=ctx, param_hint=hint) from None
+    return value
+
+
 def url_option() -> Callable[[Callable[..., T]], Callable[..., T]]:
     return option(
         "--url",
@@ -90,6 +105,7 @@ def url_option() -> Callable[[Callable[..., T]], Callable[..., T]]:
         envvar="SWARROW_URL",
         default=DEFAULT_URL,
         metavar="URL",
+        callback=_check_url,
         help="Broker URL: amqp://user:pass@host:port/vhost, amqps://..., or memory://NAME (in process).",
     )
 
