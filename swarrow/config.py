@@ -137,6 +137,7 @@ _CONSUMER_SCHEMA: Final[Mapping[str, Mapping[str, tuple[str, Converter]]]] = {
         "quorum": ("quorum", _bool),
         "uvloop": ("uvloop", _bool),
         "layers": ("layers", _layers),
+        "track_jobs": ("track_jobs", _str),
     },
     "limits": {
         "max_messages": ("max_messages", _int),

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -107,20 +108,35 @@ def postgres_url() -> str:
     return POSTGRES_URL
 
 
+def _in_a_thread(coroutine: Any) -> Any:
+    """Run `coroutine` on its own event loop in another thread: a sync fixture, usable by every test."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 @pytest.fixture
-async def postgres_schema_url(postgres_url: str) -> AsyncIterator[str]:
+def postgres_schema_url(postgres_url: str) -> Iterator[str]:
     """A URL whose tables land in a schema of this test's own (dropped after), so tests never share rows."""
     import asyncpg
 
     schema = f"test_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(postgres_url)
+
+    async def run(sql: str) -> None:
+        conn = await asyncpg.connect(postgres_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    _in_a_thread(run(f"CREATE SCHEMA {schema}"))
     try:
-        await conn.execute(f"CREATE SCHEMA {schema}")
         # asyncpg passes unknown DSN query parameters on as server settings.
         yield f"{postgres_url}?search_path={schema}"
     finally:
-        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        await conn.close()
+        _in_a_thread(run(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
 
 
 @pytest.fixture

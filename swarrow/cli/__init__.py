@@ -12,11 +12,12 @@ from swarrow.cli.dead import dead
 from swarrow.cli.declare import declare
 from swarrow.cli.errors import CliError
 from swarrow.cli.imports import import_callable
+from swarrow.cli.jobs import jobs
 from swarrow.cli.publish import publish
 from swarrow.exits import EXIT_BROKER, EXIT_CODES, EXIT_CRASH, EXIT_IMPORT, EXIT_OK, EXIT_USAGE
 
 # The commands, in `swarrow --help` order: a new command is a new module plus one line here.
-for _command in (consume, declare, publish, call, dead):
+for _command in (consume, declare, publish, call, dead, jobs):
     cli.add_command(_command)
 
 __all__ = [

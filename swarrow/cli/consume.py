@@ -228,6 +228,15 @@ _CONSUME_EPILOG = (
     default="text",
     help="text, or json: one object per line.",
 )
+@option(
+    "--track-jobs",
+    section="Observability",
+    metavar="URL",
+    envvar="SWARROW_TRACK_JOBS",
+    default=None,
+    help="Record what became of each message in a job store (sqlite:///jobs.db, postgresql://…); "
+    "best-effort: never delays an ack. Ask it with `swarrow jobs`. Env SWARROW_TRACK_JOBS.",
+)
 @option("--log/--no-log", section="Observability", default=True, help="Log one line per message.")
 @option(
     "--log-body", section="Observability", is_flag=True, help="Include message bodies in per-message logs."
@@ -283,6 +292,7 @@ def consume(ctx: click.Context, /, target: str | None, config_path: str | None, 
         for key in (
             "signals", "max_runtime", "max_messages", "memory_limit", "log", "log_body", "catch",
             "requeue_on_error", "delivery_limit", "retry", "quorum", "time_limit", "stop_when_idle",
+            "track_jobs",
         )
     }  # fmt: skip
     stack_options["layers"] = layers

@@ -135,6 +135,16 @@ def resolve_settings(
             "workers beyond the prefetch window would never get a message",
             EXIT_USAGE,
         )
+    if settings["track_jobs"]:
+        from swarrow.jobs import JobStore
+
+        try:
+            JobStore.open(settings["track_jobs"])  # a bad URL is a usage error now, not after connecting
+        except ConfigurationError as exc:
+            where = "track_jobs" if settings.source("track_jobs") == "config" else "--track-jobs"
+            raise CliError(f"{where}: {exc}", EXIT_USAGE) from None  # the URL in it is masked
+    else:
+        settings["track_jobs"] = None
     settings["log_level"] = str(settings["log_level"]).upper()
     if settings["retry"]:
         settings["retry_delays"] = _delays(settings)

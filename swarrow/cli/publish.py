@@ -157,6 +157,13 @@ _EXAMPLES = (
     help="Publishes awaiting their confirm at once.",
 )
 @option(
+    "--print-ids",
+    section="Observability",
+    is_flag=True,
+    help="Print each confirmed message's id on stdout, one per line (the summary goes to stderr), "
+    "e.g. for `swarrow jobs status -`.",
+)
+@option(
     "--progress/--no-progress",
     section="Observability",
     default=None,
@@ -184,6 +191,7 @@ def publish(
     url: str,
     window: int,
     progress: bool | None,
+    print_ids: bool,
 ) -> None:
     """Publish messages to QUEUE (or an exchange) with publisher confirms and report the confirmed rate.
 
@@ -240,7 +248,7 @@ def publish(
     show = progress if progress is not None else count >= 1000 and sys.stderr.isatty()
     try:
         elapsed = run_anyio(
-            functools.partial(_publish, url, target, template, message_id, count, window, show)
+            functools.partial(_publish, url, target, template, message_id, count, window, show, print_ids)
         )
     except Exception as exc:
         fail(exc, crashed="publishing failed")
@@ -249,7 +257,8 @@ def publish(
     if url.lower().startswith("memory://"):
         click.echo(MEMORY_WARNING, err=True)
     click.echo(
-        f"published {count} message{plural} to {target} in {elapsed:.2f} s ({rate:,.0f} msg/s, confirmed)"
+        f"published {count} message{plural} to {target} in {elapsed:.2f} s ({rate:,.0f} msg/s, confirmed)",
+        err=print_ids,
     )
 
 
@@ -270,7 +279,8 @@ def _numbered(text: str | None, n: int) -> str | None:
 
 
 async def _publish(
-    url: str, target: _Target, template: Message, message_id: str | None, count: int, window: int, show: bool
+    url: str, target: _Target, template: Message, message_id: str | None, count: int, window: int, show: bool,
+    print_ids: bool = False,
 ) -> float:
     run_id = uuid.uuid4().hex[:12]
     numbered = b"{n}" in template.body
@@ -316,6 +326,8 @@ async def _publish(
                         ) from None
                     raise PublishError(f"{exc} (after {done} of {count} confirmed)") from None
                 done += 1
+                if print_ids:
+                    click.echo(message.message_id)  # confirmed: a script may poll its status from now on
                 if bar is not None:
                     bar.update(1)
 

@@ -278,3 +278,37 @@ async def _none_unfinished(store: JobStore, jobs: dict[str, bytes]) -> bool:
 
 async def _at_least(read: Callable[[], object], value: float) -> bool:
     return await read() >= value  # type: ignore[misc, no-any-return, operator]
+
+
+@pytest.mark.timeout(60)
+async def test_publish_print_ids_then_consume_tracked_then_jobs_status_as_the_readme_says(
+    amqp_url: str, amqp_broker: AmqpBroker, queue_name: str, sqlite_url: str
+) -> None:
+    swarrow = str(Path(sys.executable).with_name("swarrow"))
+    await RetryTopology(queue_name, (0.05,)).declare(amqp_broker)
+
+    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([swarrow, *args], capture_output=True, text=True, timeout=45, check=check)
+
+    published = await anyio.to_thread.run_sync(
+        lambda: run("publish", "--queue", queue_name, "--url", amqp_url, "--body", "once", "--count", "3",
+                    "--print-ids")
+    )  # fmt: skip
+    ids = published.stdout.split()
+    assert len(ids) == 3 and len(set(ids)) == 3 and "published 3 messages" in published.stderr
+    waiting = await anyio.to_thread.run_sync(
+        lambda: run("jobs", "status", *ids, "--store", sqlite_url, check=False)
+    )
+    assert waiting.returncode == 6  # not consumed yet: unknown
+    consumed = await anyio.to_thread.run_sync(
+        lambda: run("consume", "tests.cli_callbacks:ok", "--queue", queue_name, "--url", amqp_url,
+                    "--retry-delays", "50ms", "--track-jobs", sqlite_url, "--stop-when-idle", "1s",
+                    "--no-log")
+    )  # fmt: skip
+    assert consumed.returncode == 0
+    status = await anyio.to_thread.run_sync(
+        lambda: subprocess.run([swarrow, "jobs", "status", "-", "--store", sqlite_url],
+                               input=published.stdout, capture_output=True, text=True, timeout=30)
+    )  # fmt: skip
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert status.stdout.count(" succeeded  attempts=1 ") == 3
