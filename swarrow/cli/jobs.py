@@ -139,7 +139,11 @@ def _echo_json(data: Any) -> None:
 
 @click.group(epilog=_EPILOG)
 def jobs() -> None:
-    """What became of jobs: ask the store that `consume --track-jobs URL` writes to."""
+    """Ask the job store (consume --track-jobs) what became of jobs.
+
+    The store is the one `swarrow consume --track-jobs URL` writes to: give it with --store URL or
+    SWARROW_TRACK_JOBS.
+    """
 
 
 @jobs.command(epilog=_EPILOG)
@@ -147,7 +151,10 @@ def jobs() -> None:
 @_store_option
 @_json_option
 def status(ids: Sequence[str], store_url: str | None, as_json: bool) -> None:
-    """Print each job's state, attempts and last error; exit 0/1/6/7 (see below) for scripts."""
+    """Print each job's state, attempts and last error.
+
+    Exits 0, 1, 6 or 7 (below) so a script can branch on the outcome; `-` reads ids from stdin.
+    """
     wanted = _ids(ids)
     found = _ask(store_url, lambda store: store.status(wanted))
     if as_json:
@@ -171,7 +178,10 @@ def status(ids: Sequence[str], store_url: str | None, as_json: bool) -> None:
 @_store_option
 @_json_option
 def unfinished(ids: Sequence[str], store_url: str | None, as_json: bool) -> None:
-    """Print the ids not finished yet (running, retrying, or never seen); exit 7 if any, else 0."""
+    """Print the ids not finished: running, retrying or never seen.
+
+    Exits 7 when any is printed, 0 when none; `-` reads ids from stdin.
+    """
     wanted = _ids(ids)
     left = _ask(store_url, lambda store: store.unfinished(wanted))
     if as_json:
@@ -215,7 +225,7 @@ def list_(queue: str | None, state: str | None, since: str | None, limit: int, s
 @_store_option
 @_json_option
 def stats(queue: str | None, since: str | None, store_url: str | None, as_json: bool) -> None:
-    """Counts by state, p50/p95 duration of finished jobs, the top error types."""
+    """Count jobs by state, with duration percentiles and top errors."""
     after = _since(since)
     result = _ask(store_url, lambda store: store.stats(queue=queue, since=after))
     if as_json:
@@ -242,7 +252,10 @@ def stats(queue: str | None, since: str | None, store_url: str | None, as_json: 
 )
 @_store_option
 def prune(older_than: str, state: str | None, store_url: str | None) -> None:
-    """Delete finished jobs older than AGE (adt's clear-finished); running ones only with --state."""
+    """Delete finished jobs last updated more than AGE ago.
+
+    adt's clear-finished. Jobs left running or retrying by a dead worker go only with --state.
+    """
     try:
         age = parse_duration(older_than, allow_zero=True)
     except ValueError as exc:
