@@ -216,6 +216,10 @@ def _understood(key: str, value: Any) -> str:
         return "none"
     if key == "url":
         return f'"{masked(str(value))}"'
+    if key == "track_jobs":
+        from swarrow.jobs import mask_store_url
+
+        return f'"{mask_store_url(str(value))}"'
     if key == "memory_limit":
         return f"{value:g} MiB ({round(value * 2**20):,} bytes)"
     if key in ("max_runtime", "time_limit", "stop_when_idle", "grace_period", "restart_backoff_max"):

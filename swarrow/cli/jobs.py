@@ -129,8 +129,21 @@ def _one_line(text: str | None, limit: int = 120) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
+def _seconds(value: float | None) -> str:
+    """A job's duration for people: 85µs, 12.3ms, 1.24s, 2m05s."""
+    if value is None:
+        return "-"
+    if value < 1e-3:
+        return f"{value * 1e6:.0f}µs"
+    if value < 1:
+        return f"{value * 1e3:.1f}ms"
+    if value < 60:
+        return f"{value:.2f}s"
+    return format_duration(round(value))
+
+
 def _duration(job: Job) -> str:
-    return format_duration(job.duration) if job.duration is not None else "-"
+    return _seconds(job.duration)
 
 
 def _echo_json(data: Any) -> None:
@@ -234,8 +247,7 @@ def stats(queue: str | None, since: str | None, store_url: str | None, as_json: 
     click.echo(f"jobs: {result.total}")
     for name, count in result.by_state.items():
         click.echo(f"  {name:<14}{count:>10}")
-    p50 = format_duration(result.p50) if result.p50 is not None else "-"
-    p95 = format_duration(result.p95) if result.p95 is not None else "-"
+    p50, p95 = _seconds(result.p50), _seconds(result.p95)
     click.echo(f"duration p50 {p50}, p95 {p95}")
     if result.top_errors:
         click.echo("top errors:")

@@ -179,3 +179,13 @@ def test_config_track_jobs_key(tmp_path: Path) -> None:
         '[consumers.orders]\nqueue = "orders"\ncallable = "m:f"\ntrack_jobs = "sqlite:///jobs.db"\n'
     )
     assert load_config(str(path)).consumer("orders").values["track_jobs"] == "sqlite:///jobs.db"
+
+
+def test_print_settings_masks_the_job_store_password() -> None:
+    result = invoke("consume", "tests.cli_callbacks:ok", "-q", "q", "--url", "memory://unused", "--print-settings",
+                    "--track-jobs", "postgresql://app:Zz-s3cret@db:5432/jobs")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (
+        'track_jobs = "postgresql://app:***@db:5432/jobs"' in result.output
+        and "Zz-s3cret" not in result.output
+    )
