@@ -183,7 +183,7 @@ def test_config_track_jobs_key(tmp_path: Path) -> None:
 
 def test_print_settings_masks_the_job_store_password() -> None:
     result = invoke("consume", "tests.cli_callbacks:ok", "-q", "q", "--url", "memory://unused",
-                    "--print-settings", "--track-jobs", "postgresql://app:Zz-s3cret@db:5432/jobs")  # fmt: skip
+                    "--print-settings", "--track-jobs", "postgresql://app:Zz-s3cret@db/jobs")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert (
         'track_jobs = "postgresql://app:***@db:5432/jobs"' in result.output
