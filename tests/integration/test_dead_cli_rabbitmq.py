@@ -12,6 +12,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
@@ -54,7 +55,7 @@ async def _setup(
                 headers = dead_letter_headers(
                     error if i % 2 else "Other", f"boom {i}", attempts=4, queue=queue
                 )
-                await publisher.publish(Message(body, headers=headers, message_id=f"m{i}"), f"{queue}.dead")
+                await publisher.publish(Message(body, headers=headers, message_id=f"m{i}", delivery_mode=2), f"{queue}.dead")
 
         async with anyio.create_task_group() as group:
             for start in range(min(50, count)):
@@ -253,3 +254,33 @@ def test_list_reads_100_000_dead_letters_in_bounded_memory(amqp_url: str, queue:
     )
     assert peak_mb < 150
     anyio.run(_settled, amqp_url, queue, total, backend="asyncio")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(
+    "SWARROW_TEST_NODE" not in os.environ,
+    reason="restarts a RabbitMQ node: set SWARROW_TEST_NODE to a node of your own (never a shared one)",
+)
+def test_a_real_broker_restart_mid_replay_exits_4_and_a_rerun_finishes(amqp_url: str, queue: str) -> None:
+    total = 20_000
+    node = os.environ["SWARROW_TEST_NODE"]
+    anyio.run(_setup, amqp_url, queue, total, backend="asyncio")
+    replay = spawn("replay", "-q", queue, url=amqp_url)
+    anyio.run(_replayed_at_least, amqp_url, queue, 3000, backend="asyncio")
+    subprocess.run(["rabbitmqctl", "-n", node, "stop_app"], check=True, capture_output=True, timeout=120)
+    try:
+        _, stderr = replay.communicate(timeout=60)
+    finally:
+        subprocess.run(["rabbitmqctl", "-n", node, "start_app"], check=True, capture_output=True, timeout=120)
+    assert replay.returncode == 4, stderr
+    assert "run the replay again" in stderr and stderr.count("\n") == 1, stderr
+    deadline = time.monotonic() + 60
+    while (
+        rerun := swarrow("replay", "-q", queue, url=amqp_url)
+    ).returncode == 4 and time.monotonic() < deadline:
+        time.sleep(1)  # the node is still starting its listeners
+    assert rerun.returncode == 0, rerun.stderr
+    work, dead = _where(amqp_url, queue)
+    assert not dead and set(work) == {f"m{i}" for i in range(total)}
+    print(f"real broker restart mid-replay: exit 4, rerun finished; duplicates {sum(work.values()) - total}")
