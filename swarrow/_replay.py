@@ -18,7 +18,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from swarrow._dead_letter import DeadLetter, Selection, replay_copy
-from swarrow.errors import BrokerUnavailableError
+from swarrow.errors import BrokerUnavailableError, ConfigurationError
 from swarrow.message import Message
 from swarrow.scan import QueueScan, Scannable, open_scan
 
@@ -117,6 +117,9 @@ class _Replay:
             return None
         if target == self.scan.queue_name:
             self.fail(f"its target is the dead-letter queue {target!r} itself")
+            return None
+        if len(target.encode("utf-8", "replace")) > 255:  # a header's garbage, not a queue AMQP can name
+            self.fail("its original queue header is not a queue name (longer than 255 bytes)")
             return None
         exists = self._exists.get(target)
         if exists is None:
@@ -251,6 +254,8 @@ async def replay_dead_letters(
 
     try:
         async with open_scan(broker, queue) as scan:
+            if to is not None and not await scan.queue_exists(to):
+                raise ConfigurationError(f"target queue {to!r} does not exist: declare it first")
             try:
                 async with anyio.create_task_group() as group:
                     run = _Replay(scan, to=to, fallback=fallback_queue, dry_run=dry_run, now=now(),

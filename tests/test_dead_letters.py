@@ -205,6 +205,20 @@ async def test_replay_to_another_queue_with_a_limit_and_a_nack() -> None:
     assert _ids(broker, "jobs.dead") == ["m0", "m3", "m4", "m5"]
 
 
+async def test_replay_to_a_missing_queue_is_refused_before_anything_moves() -> None:
+    broker = _broker(_letter(1))
+    with pytest.raises(ConfigurationError, match="target queue 'nowhere' does not exist"):
+        await dl.replay_dead_letters(broker, "jobs.dead", to="nowhere")
+    assert broker.message_count("jobs.dead") == 1
+
+
+async def test_an_original_queue_header_that_cannot_name_a_queue_fails_the_letter_only() -> None:
+    broker = _broker(_letter(1, queue="q" * 300), _letter(2))
+    result = await dl.replay_dead_letters(broker, "jobs.dead")
+    assert (result.replayed, result.failed) == (1, 1)
+    assert _ids(broker, "jobs.dead") == ["m1"]
+
+
 async def test_a_dry_run_replay_changes_nothing() -> None:
     broker = _broker(*(_letter(i) for i in range(4)))
     result = await dl.replay_dead_letters(broker, "jobs.dead", dry_run=True)

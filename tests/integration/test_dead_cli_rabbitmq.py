@@ -55,7 +55,10 @@ async def _setup(
                 headers = dead_letter_headers(
                     error if i % 2 else "Other", f"boom {i}", attempts=4, queue=queue
                 )
-                await publisher.publish(Message(body, headers=headers, message_id=f"m{i}", delivery_mode=2), f"{queue}.dead")
+                letter = Message(
+                    body, headers=headers, message_id=f"m{i}", delivery_mode=2
+                )  # survives restarts
+                await publisher.publish(letter, f"{queue}.dead")
 
         async with anyio.create_task_group() as group:
             for start in range(min(50, count)):

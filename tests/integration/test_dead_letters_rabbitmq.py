@@ -9,11 +9,13 @@ import os
 from collections.abc import Sequence
 
 import aio_pika
+import anyio
 import pytest
 
 import swarrow.dead_letters as dl
 from swarrow import ConfigurationError, Message
 from swarrow.amqp import AmqpBroker
+from swarrow.broker import QueueInfo
 from swarrow.topology import dead_letter_headers
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
@@ -176,3 +178,29 @@ async def test_the_scan_uses_its_inline_delivery_and_batch_publisher(
     async with open_scan(amqp_broker, f"{queue_name}.dead") as scan:
         assert getattr(scan, "inline_delivery", False) is True
         assert getattr(scan, "_batch", None) is not None
+
+
+async def test_a_quorum_delivery_limit_dead_letter_is_listed_and_replayed(
+    amqp_broker: AmqpBroker, amqp_url: str, queue_name: str
+) -> None:
+    dead = f"{queue_name}.dead"
+    await amqp_broker.declare_queue(dead)
+    limit = {"x-queue-type": "quorum", "x-delivery-limit": 1}
+    await amqp_broker.declare_queue(
+        queue_name, arguments={**limit, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead}
+    )
+    await fill(amqp_broker, queue_name, [Message(b"poison", message_id="p1")])
+    provider = amqp_broker.provider(queue_name, prefetch=1)
+    await provider.start()
+    with anyio.fail_after(30):
+        while (await amqp_broker.inspect_queue(dead) or QueueInfo(dead, False, 0)).message_count == 0:
+            message = await provider.receive()
+            if message is not None:
+                await provider.reject(message, requeue=True)  # past the limit the broker dead-letters it
+    await provider.close()
+    summary = await dl.list_dead_letters(amqp_broker, dead)
+    assert [(g.key, g.count) for g in summary.groups] == [("x-death:delivery_limit", 1)]
+    result = await dl.replay_dead_letters(amqp_broker, dead)
+    assert (result.replayed, result.targets) == (1, {queue_name: 1})
+    back = await drain(amqp_url, queue_name)
+    assert [m.body for m in back] == [b"poison"] and "x-death" not in back[0].headers
