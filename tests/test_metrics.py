@@ -91,6 +91,7 @@ def test_families_have_prefix_base_units_and_types(registry: CollectorRegistry) 
         "swarrow_consumer_up": "gauge",
         "swarrow_consumer_stops": "counter",
         "swarrow_republish_failures": "counter",
+        "swarrow_replies": "counter",
     }
 
 
@@ -329,7 +330,9 @@ def dashboard_queries() -> list[str]:
 
 
 def test_dashboard_queries_use_exactly_the_exposed_metric_names(registry: CollectorRegistry) -> None:
-    SwarrowMetrics(registry).for_queue("q").stopped("signal")  # stop children exist only after a stop
+    metrics = SwarrowMetrics(registry)
+    metrics.for_queue("q").stopped("signal")  # stop children exist only after a stop
+    metrics.replies.labels(queue="q", result="sent").inc()  # reply children only after a reply
     exposed = {sample.name for family in registry.collect() for sample in family.samples}
     used = {name for expr in dashboard_queries() for name in re.findall(r"\b(?:swarrow|process)_\w+", expr)}
     assert used, "the dashboard queries no metric"
