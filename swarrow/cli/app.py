@@ -13,7 +13,15 @@ __all__ = ["cli", "main"]
 # -- the commands ------------------------------------------------------------------------------------------
 
 
+class _InOrder(click.Group):
+    """Lists commands in the order they are registered (consume first), not alphabetically."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
 @click.group(
+    cls=_InOrder,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
     epilog="\b\nEach command's --help lists its options, examples and exit status (0 success, 2 usage,\n"
     "3 cannot import the callable, 4 broker unreachable or credentials refused).",

@@ -78,9 +78,10 @@ def call(
     timeout: float,
     url: str,
 ) -> None:
-    """Send one request to QUEUE, wait for the worker's reply and print its body.
+    """Send one request to a worker and print its reply.
 
-    The body comes from --body, --file, or '-' (stdin), sent as bytes. A worker running the default
+    Publishes the body to QUEUE with a reply address, waits for the worker's answer and prints its
+    body. The body comes from --body, --file, or '-' (stdin), sent as bytes. A worker running the default
     stack answers with its callback's return value; a request it gives up for good comes back as an
     error reply (exit 1). A worker that takes the request after --timeout skips it.
     """
