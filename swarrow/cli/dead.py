@@ -41,7 +41,7 @@ _EPILOG = (
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 def dead() -> None:
-    """Inspect, replay and purge dead letters (QUEUE.dead) without losing any.
+    """Inspect, replay and purge dead letters without losing any.
 
     Every command reads the dead-letter queue with manual acks and never acks what it only looks
     at: whatever happens (an error, kill -9, a broker restart), unread and unselected letters stay
