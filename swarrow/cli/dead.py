@@ -193,6 +193,11 @@ def _call(url: str, operation: Callable[[Broker], Any]) -> Any:
         raise CliError(f"the dead-letter command failed: {type(exc).__name__}: {exc}", EXIT_CRASH) from None
 
 
+def _can_ask() -> bool:
+    """True when a person can answer a question on stdin."""
+    return sys.stdin.isatty()
+
+
 def _echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
@@ -480,7 +485,7 @@ def purge(
     target = _url(ctx, url, config_path)
     run = functools.partial(dl.purge_dead_letters, queue=name, selection=selection, older_than=older_than)
     if not yes and not dry_run:
-        if not sys.stdin.isatty():
+        if not _can_ask():
             raise CliError("refusing to purge without --yes: stdin is not a terminal to ask on", EXIT_USAGE)
         counted: dl.PurgeResult = _call(target, lambda b: run(b, dry_run=True))
         if counted.purged == 0:

@@ -1,0 +1,102 @@
+"""`swarrow dead ...` in process on `memory://`: output shapes, escaping, bodies, prompts and exit codes."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import uuid
+
+import pytest
+from click.testing import CliRunner
+
+from swarrow import MemoryBroker, Message
+from swarrow.cli import cli
+from swarrow.topology import dead_letter_headers
+
+dead_cli = importlib.import_module("swarrow.cli.dead")  # the package's `dead` attribute is the command
+
+
+@pytest.fixture
+def url() -> str:
+    name = f"dead-cli-{uuid.uuid4().hex[:8]}"
+    broker = MemoryBroker.named(name)
+    broker.declare_queue_nowait("jobs")
+    broker.declare_queue_nowait("jobs.dead")
+    bodies = [b"plain text\nline two", b"\xff\x00\x01binary", b"x" * 5000]
+    for i, body in enumerate(bodies):
+        headers = dead_letter_headers(
+            "myapp.Boom" if i else "ValueError", f"bad \x1b[31m{i}\u202e", attempts=4, queue="jobs"
+        )
+        broker.publish_nowait(Message(body, headers=headers, message_id=f"m{i}"), "jobs.dead")
+    return f"memory://{name}"
+
+
+def run(*args: str, url: str, input: str | None = None) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, ["dead", *args, "--url", url], input=input)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_list_prints_a_table_with_the_time_it_took_and_json_on_request(url: str) -> None:
+    code, out, _ = run("list", "-q", "jobs", url=url)
+    assert code == 0 and "jobs.dead: 3 dead letters, grouped by error-type (read in" in out
+    assert "myapp.Boom" in out and "ValueError" in out
+    code, out, _ = run("list", "-q", "jobs", "--group-by", "error-message", "--json", url=url)
+    data = json.loads(out)
+    assert data["total"] == 3 and len(data["groups"]) == 3 and "elapsed_seconds" in data
+
+
+def test_show_escapes_producer_text_and_prints_bodies_as_text_or_hex_cut(url: str) -> None:
+    code, out, _ = run("show", "-q", "jobs", "--body", "--body-limit", "100", url=url)
+    assert code == 0
+    assert "\x1b" not in out and "\u202e" not in out and "bad \\x1b[31m0" in out
+    assert "body (19 bytes, text):\n    plain text\n    line two" in out
+    assert "body (9 bytes, hex):\n    ff 00 01 62" in out
+    assert "body (5000 bytes, text, first 100 shown)" in out
+
+
+def test_show_json_gives_binary_bodies_in_base64_and_finds_by_message_id(url: str) -> None:
+    code, out, _ = run("show", "-q", "jobs", "--message-id", "m1", "--body", "--json", url=url)
+    [letter] = json.loads(out)
+    assert code == 0 and letter["message_id"] == "m1" and letter["body"]["encoding"] == "base64"
+    assert letter["headers"]["x-swarrow-error-type"] == "myapp.Boom"
+    code, out, _ = run("show", "-q", "jobs", "--message-id", "nope", url=url)
+    assert code == 0 and "no dead letters with message id nope in jobs.dead" in out
+
+
+def test_replay_shows_progress_on_request_and_ends_with_the_closing_line(url: str) -> None:
+    code, out, err = run("replay", "-q", "jobs", "--error-type", "Boom", "--progress", url=url)
+    assert code == 0 and "replayed 2, kept 1, failed 0" in out and "replaying jobs.dead" in err
+    code, out, err = run("replay", "-q", "jobs", "--to", "missing", url=url)
+    assert code == 2 and "target queue 'missing' does not exist" in err
+
+
+def test_replay_that_leaves_failures_exits_1(url: str) -> None:
+    broker = MemoryBroker.named(url.removeprefix("memory://"))
+    broker.publish_nowait(Message(b"?", message_id="orphan"), "jobs.dead")
+    code, out, err = run("replay", "--dead-queue", "jobs.dead", "--message-id", "orphan", url=url)
+    assert code == 1 and "replayed 0, kept 3, failed 1" in out and "still in jobs.dead" in err
+
+
+def test_purge_asks_on_a_terminal_and_refuses_without_one(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    code, _, err = run("purge", "-q", "jobs", url=url)
+    assert code == 2 and "refusing to purge without --yes" in err
+    monkeypatch.setattr(dead_cli, "_can_ask", lambda: True)
+    code, out, err = run("purge", "-q", "jobs", "--error-type", "Boom", url=url, input="n\n")
+    assert code == 1 and "Drop 2 dead letter(s) from jobs.dead for good (keep 1)?" in err
+    code, out, _ = run("purge", "-q", "jobs", "--error-type", "Boom", url=url, input="y\n")
+    assert code == 0 and "purged 2, kept 1" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["list"], "give the work queue with --queue"),
+        (["list", "-q", "jobs", "--group-by", "hour"], "'hour' is not one of"),
+        (["replay", "-q", "jobs", "--since", "2h", "--until", "3h"], "is not before --until"),
+        (["purge", "-q", "jobs", "--older-than", "soon", "--yes"], "invalid duration 'soon'"),
+        (["replay", "-q", "jobs", "--to", "jobs.dead"], "cannot replay 'jobs.dead' into itself"),
+    ],
+)
+def test_bad_input_is_exit_2_naming_it(url: str, args: list[str], message: str) -> None:
+    code, _, err = run(*args, url=url)
+    assert code == 2 and message in err
