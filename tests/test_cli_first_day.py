@@ -166,7 +166,7 @@ def test_each_command_documents_its_own_exit_codes() -> None:
 def test_swarrow_help_summaries_fit_on_one_line_uncut() -> None:
     output = CliRunner().invoke(cli, ["--help"], terminal_width=80).output
     commands = output.split("Commands:")[1].strip().split("\n\n")[0].splitlines()
-    assert [line.split()[0] for line in commands][:3] == ["consume", "declare", "publish"]
+    assert {"consume", "declare", "publish"} <= {line.split()[0] for line in commands}
     for line in commands:
         assert len(line) <= 80 and not line.rstrip().endswith("..."), line
         assert line.rstrip().endswith("."), line  # a whole sentence, not one cut mid-way

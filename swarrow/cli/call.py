@@ -30,7 +30,12 @@ _EXITS = (
 )
 
 
-@click.command(cls=ManCommand, no_args_is_help=True, epilog=f"{ENV_EPILOG}\n\n{_EXITS}")
+@click.command(
+    cls=ManCommand,
+    no_args_is_help=True,
+    short_help="Send one request and print the worker's reply.",
+    epilog=f"{ENV_EPILOG}\n\n{_EXITS}",
+)
 @click.argument("stdin", required=False, metavar="[-]")
 @option("--queue", "-q", section="General", required=True, metavar="QUEUE", help="Queue the worker consumes.")
 @option("--body", "-b", section="General", default=None, metavar="TEXT", help="Request body, as given.")

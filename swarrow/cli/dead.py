@@ -39,7 +39,10 @@ _EPILOG = (
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+    short_help="Inspect, replay and purge dead letters (QUEUE.dead).",
+)
 def dead() -> None:
     """Inspect, replay and purge dead letters without losing any.
 
