@@ -100,3 +100,20 @@ def test_purge_asks_on_a_terminal_and_refuses_without_one(url: str, monkeypatch:
 def test_bad_input_is_exit_2_naming_it(url: str, args: list[str], message: str) -> None:
     code, _, err = run(*args, url=url)
     assert code == 2 and message in err
+
+
+def test_the_url_comes_from_the_config_file_unless_given(url: str, tmp_path: object) -> None:
+    from pathlib import Path
+
+    config = Path(str(tmp_path)) / "swarrow.toml"
+    config.write_text(f'[connection]\nurl = "{url}"\n', encoding="utf-8")
+    result = CliRunner().invoke(
+        cli, ["dead", "list", "-q", "jobs", "--config", str(config)], env={"SWARROW_URL": None}
+    )
+    assert result.exit_code == 0 and "3 dead letters" in result.stdout
+    broken = Path(str(tmp_path)) / "broken.toml"
+    broken.write_text("[connection]\nurl = 3\n", encoding="utf-8")
+    result = CliRunner().invoke(
+        cli, ["dead", "list", "-q", "jobs", "--config", str(broken)], env={"SWARROW_URL": None}
+    )
+    assert result.exit_code == 2 and "broken.toml" in result.stderr
