@@ -286,7 +286,10 @@ class AmqpQueueScan:
                         await asyncio.gather(*(self._publish_one(channel, m, q) for m, q in batch))
                     )
         except TimeoutError:
-            raise self._broker_gone(TimeoutError(f"no confirm within {self.confirm_timeout} s")) from None
+            raise BrokerUnavailableError(
+                f"{self.url} confirmed nothing for {self.confirm_timeout:g} s "
+                "(a memory or disk alarm blocking publishers?)"
+            ) from None
         except _GONE as exc:
             raise self._broker_gone(exc) from None
         except aiormq.exceptions.AMQPError as exc:
