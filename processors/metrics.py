@@ -82,13 +82,23 @@ class MetricsProcessor:
         bound = self.metrics.for_queue(control.queue_name)
         self._pending = bound.pending
         provider = self.provider
-        ready: Callable[[], bool]
-        if provider is not None:
-            ready = lambda: provider.is_consuming and not control.stop_requested  # noqa: E731
-        else:
-            ready = lambda: not control.stop_requested  # noqa: E731
+        consumed = False
+
+        def ready() -> tuple[bool, str]:
+            nonlocal consumed
+            if control.stop_requested:
+                return False, f"draining (stop requested: {control.reason})"
+            if provider is not None and not provider.is_consuming:
+                if not consumed:
+                    return False, "starting (not consuming yet)"
+                return False, "not consuming (broker disconnected or consumer cancelled)"
+            consumed = True
+            return True, "consuming"
+
         health = self.health
         health.ready = ready
+        # One source of truth: the gauge is what /readyz answers, read again at every scrape.
+        bound.up_source[:] = [lambda: health.readiness()[0]]
         republish = _republish_states(self.inner)
         health.blocked = (lambda: _held_reason(republish)) if republish else None
         health.stopped = None
@@ -97,7 +107,7 @@ class MetricsProcessor:
             self.server.start()
         try:
             async with anyio.create_task_group() as background:
-                background.start_soon(self._heartbeat, bound, ready)
+                background.start_soon(self._heartbeat, bound)
                 if republish:
                     background.start_soon(self._count_refused_copies, bound, republish)
                 try:
@@ -105,6 +115,7 @@ class MetricsProcessor:
                 finally:
                     background.cancel_scope.cancel()
         finally:
+            bound.up_source.clear()
             bound.flush()  # a pool worker's last counts: its supervisor reads them from the files
             code = control.reason.code if control.reason is not None else "crashed"
             bound.consumer_up.set(0)
@@ -124,13 +135,13 @@ class MetricsProcessor:
         finally:
             _add_refusals(counter, states, seen)
 
-    async def _heartbeat(self, bound: QueueMetrics, ready: Callable[[], bool]) -> None:
+    async def _heartbeat(self, bound: QueueMetrics) -> None:
         # Runs on the event loop, so a blocked loop stops the beat and `/healthz` notices.
-        # The flush is for multiprocess mode, where nothing collects this process's registry.
-        health, up, interval = self.health, bound.consumer_up, self.heartbeat_interval
+        # The flush (which also sets swarrow_consumer_up from the readiness) is for multiprocess mode,
+        # where nothing collects this process's registry.
+        health, interval = self.health, self.heartbeat_interval
         while True:
             health.beat()
-            up.set(1 if ready() else 0)
             bound.flush()
             await anyio.sleep(interval)
 

@@ -21,7 +21,7 @@ class HealthState:
         self,
         *,
         stale_after: float = 10.0,
-        ready: Callable[[], bool] | None = None,
+        ready: Callable[[], bool | tuple[bool, str]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.stale_after = require_seconds("stale_after", stale_after)
@@ -53,13 +53,20 @@ class HealthState:
         return True, "alive"
 
     def readiness(self) -> tuple[bool, str]:
-        """(ready, why): ready only while alive and the provider is connected and consuming."""
+        """(ready, why): ready only while alive and the provider is connected and consuming.
+
+        `ready` may answer a bool or `(ready, why)`; the metrics layer says why: starting, draining
+        (stop requested: …), or the broker gone.
+        """
         alive, why = self.liveness()
         if not alive:
             return False, why
         ready = self.ready
-        if ready is not None and not ready():
-            return False, "not consuming (broker disconnected or consumer cancelled)"
+        if ready is not None:
+            state = ready()
+            ok, why = state if isinstance(state, tuple) else (state, "")
+            if not ok:
+                return False, why or "not consuming (broker disconnected or consumer cancelled)"
         blocked = self.blocked
         if blocked is not None and (held := blocked()):
             return False, held

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import ClassVar, Final
 
 from prometheus_client import (
@@ -50,6 +51,9 @@ class QueueMetrics:
     stops: Counter  # the family: reasons are open-ended, so their children are bound on stop
     pending: Accumulator
     republish_failures: Counter
+    # What `/readyz` answers, read again at every flush (every scrape and heartbeat), so that
+    # `swarrow_consumer_up` and `/readyz` never disagree. Empty: the gauge is set by hand.
+    up_source: list[Callable[[], bool]] = field(default_factory=list)
 
     def stopped(self, reason: str) -> None:
         """Count one consumer stop for `reason` (a StopReason code); once per run, so bound here."""
@@ -58,6 +62,8 @@ class QueueMetrics:
     def flush(self) -> None:
         """Push what the metrics layer counted since the last flush into the children."""
         self.pending.flush()
+        for source in self.up_source:
+            self.consumer_up.set(1 if source() else 0)
 
 
 class _Flush:
@@ -208,4 +214,4 @@ class SwarrowMetrics:
         with self._lock:
             queues = tuple(self._queues.values())
         for bound in queues:
-            bound.pending.flush()
+            bound.flush()

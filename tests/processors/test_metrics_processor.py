@@ -354,3 +354,55 @@ async def test_a_port_in_use_fails_the_run_with_a_configuration_error() -> None:
         with anyio.fail_after(5), pytest.raises(ConfigurationError, match="address already in use"):
             await consumer.run()
     assert handled == []
+
+
+async def test_readyz_and_consumer_up_agree_at_start_and_say_draining_during_a_graceful_stop() -> None:
+    broker, provider = setup(b"slow")
+    registry = CollectorRegistry()
+    started, release = anyio.Event(), anyio.Event()
+    seen: list[tuple[bool, float | None]] = []
+
+    async def handle(message: Message) -> None:
+        started.set()
+        await release.wait()
+
+    metrics = MetricsProcessor(
+        Settle(CallbackProcessor(handle), provider=provider),
+        registry=registry,
+        provider=provider,
+        heartbeat_interval=60,  # no heartbeat helps: each scrape reads the readiness itself
+        liveness_timeout=120,
+    )
+    consumer = Consumer(provider, Stack(lambda inner: metrics, callback=handle), grace_period=10)
+
+    def observe() -> None:
+        # /readyz and a scrape at the same moment: one source of truth, never 200 with consumer_up 0
+        ready = metrics.health.readiness()[0]
+        seen.append((ready, sample(registry, "swarrow_consumer_up")))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(consumer.run)
+        with anyio.fail_after(5):
+            while not started.is_set():
+                observe()
+                await anyio.sleep(0.001)
+        observe()
+        consumer.control.stop("signal", "SIGTERM received")  # graceful: the slow message drains
+        ready, why = metrics.health.readiness()
+        assert not ready and why == "draining (stop requested: signal: SIGTERM received)"
+        assert sample(registry, "swarrow_consumer_up") == 0
+        release.set()
+    assert all((1.0 if ready else 0.0) == (up or 0.0) for ready, up in seen), seen  # None: not bound yet
+    assert seen[-1] == (True, 1.0)
+    assert metrics.health.liveness() == (False, "consumer stopped: signal")
+
+
+async def test_readyz_says_starting_before_the_first_consume() -> None:
+    _, provider = setup()
+    metrics = MetricsProcessor(
+        CallbackProcessor(lambda m: None), registry=CollectorRegistry(), provider=provider
+    )
+    control = Consumer(provider, Stack(callback=lambda m: None)).control
+    control._bind()
+    async with metrics.lifespan(control):
+        assert metrics.health.readiness() == (False, "starting (not consuming yet)")
