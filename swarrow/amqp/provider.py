@@ -291,10 +291,11 @@ class AmqpMessageProvider(Settlement):
         while self._wanted and self._consumer_tag is None:
             try:
                 assert self._channel is not None
-                await self._channel.ready()
-                if await self.broker.inspect_queue(self._queue_name) is not None:
-                    await self._consume()
-                    return
+                async with asyncio.timeout(self.broker.connect_timeout):  # a silent broker: try again
+                    await self._channel.ready()
+                    if await self.broker.inspect_queue(self._queue_name) is not None:
+                        await self._consume()
+                        return
             except Exception as exc:  # the broker may still be going down or up: try again
                 logger.debug("re-consuming %s failed: %r", self._queue_name, exc)
             await asyncio.sleep(delay)
