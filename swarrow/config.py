@@ -2,7 +2,7 @@
 
 ```toml
 [connection]
-url = "amqp://app:secret@rabbitmq:5672/"
+url = "amqp://app:secret@rabbitmq:5672/"   # or a cluster: ["amqp://app:secret@rabbit1/", "amqp://…@rabbit2/"]
 
 [logging]
 level = "INFO"
@@ -37,6 +37,7 @@ from typing import Any, Final
 
 from swarrow.errors import ConfigurationError
 from swarrow.units import parse_delays, parse_duration, parse_megabytes
+from swarrow.urls import mask_text, parse_url
 
 __all__ = ["LOG_FORMATS", "LOG_LEVELS", "ConsumerConfig", "SwarrowConfig", "load_config"]
 
@@ -50,6 +51,18 @@ def _str(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"expected a non-empty string, got {value!r}")
     return value
+
+
+def _url(value: Any) -> str:
+    # One node, a comma-separated cluster, or a TOML list of URLs (one cluster): checked now, kept as text.
+    if isinstance(value, list) and value and all(isinstance(item, str) for item in value):
+        text = ",".join(item.strip() for item in value)
+    elif isinstance(value, str) and value:
+        text = value
+    else:
+        raise ValueError(f"expected a broker URL or a list of them, got {type(value).__name__}")
+    parse_url(text)  # InvalidURLError is a ValueError: reported with the key and file
+    return text
 
 
 def _int(value: Any) -> int:
@@ -125,7 +138,7 @@ _CONSUMER_SCHEMA: Final[Mapping[str, Mapping[str, tuple[str, Converter]]]] = {
     "": {
         "queue": ("queue", _str),
         "callable": ("callable", _str),
-        "url": ("url", _str),
+        "url": ("url", _url),
         "prefetch": ("prefetch", _int),
         "concurrency": ("concurrency", _int),
         "ack_batch_size": ("ack_batch_size", _int),
@@ -160,7 +173,7 @@ _CONSUMER_SCHEMA: Final[Mapping[str, Mapping[str, tuple[str, Converter]]]] = {
     "logging": {"level": ("log_level", _log_level), "format": ("log_format", _log_format)},
 }
 _TOP_SCHEMA: Final[Mapping[str, Mapping[str, tuple[str, Converter]]]] = {
-    "connection": {"url": ("url", _str)},
+    "connection": {"url": ("url", _url)},
     "logging": _CONSUMER_SCHEMA["logging"],
 }
 
@@ -209,7 +222,7 @@ def _read_table(
     origins: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     if not isinstance(table, dict):
-        raise ConfigurationError(f"[{where}] of {source} must be a table, got {table!r}")
+        raise ConfigurationError(mask_text(f"[{where}] of {source} must be a table, got {table!r}"))
     values: dict[str, Any] = {}
     origins = {} if origins is None else origins
     for key, value in table.items():

@@ -105,6 +105,12 @@ class BrokerURL:
         """The URL to connect to `node`, password included and percent-encoded: never log it."""
         return self._build(node.authority, secret=True)
 
+    def secret_url(self) -> str:
+        """The whole URL (every node) with the password percent-encoded, for a client: never log it."""
+        if self.is_memory:
+            return f"memory://{self.name}"
+        return self._build(",".join(node.authority for node in self.nodes), secret=True)
+
     def node_urls(self) -> tuple[str, ...]:
         """`node_url` of every node, in the order given: never log them."""
         return tuple(self.node_url(node) for node in self.nodes)

@@ -102,6 +102,13 @@ def test_the_client_library_reads_back_what_was_parsed() -> None:
     assert url.query["heartbeat"] == "5"
 
 
+def test_secret_url_rebuilds_the_whole_url_for_a_client() -> None:
+    parsed = parse_url("amqp://svc:s3cr/et@h1,h2:5673/v?heartbeat=5")
+    assert parsed.secret_url() == "amqp://svc:s3cr%2Fet@h1:5672,h2:5673/v?heartbeat=5"
+    assert parse_url(parsed.secret_url()) == parsed
+    assert parse_url("memory://x").secret_url() == "memory://x"
+
+
 def test_ipv6_nodes() -> None:
     parsed = parse_url("amqp://u:p@[::1]:5673,[fe80::1]/")
     assert parsed.nodes == (BrokerNode("::1", 5673), BrokerNode("fe80::1", 5672))

@@ -10,6 +10,7 @@ import click
 
 from swarrow.errors import BrokerUnavailableError, ConfigurationError
 from swarrow.exits import EXIT_BROKER, EXIT_CRASH, EXIT_USAGE
+from swarrow.urls import mask_text
 
 __all__ = ["CliError", "fail"]
 
@@ -41,10 +42,11 @@ def fail(exc: BaseException, *, crashed: str = "the consumer crashed") -> NoRetu
     for leaf in leaves:
         if isinstance(leaf, click.ClickException):
             raise leaf from None
+    # mask_text: a library's error may quote a URL with its password, whatever swarrow masked itself.
     for kind, code in ((BrokerUnavailableError, EXIT_BROKER), (ConfigurationError, EXIT_USAGE)):
         for leaf in leaves:
             if isinstance(leaf, kind):
-                raise CliError(str(leaf), code) from None
+                raise CliError(mask_text(str(leaf)), code) from None
     first = leaves[0] if leaves else exc
     logger.debug(crashed, exc_info=first)
-    raise CliError(f"{crashed}: {type(first).__name__}: {first}", EXIT_CRASH) from None
+    raise CliError(mask_text(f"{crashed}: {type(first).__name__}: {first}"), EXIT_CRASH) from None

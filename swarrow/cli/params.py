@@ -106,7 +106,9 @@ def url_option() -> Callable[[Callable[..., T]], Callable[..., T]]:
         default=DEFAULT_URL,
         metavar="URL",
         callback=_check_url,
-        help="Broker URL: amqp://user:pass@host:port/vhost, amqps://..., or memory://NAME (in process).",
+        help="Broker URL: amqp://user:pass@host:port/vhost, amqps://..., or memory://NAME (in process). "
+        "Several nodes of a cluster: amqp://user:pass@h1:5672,h2:5672/vhost. Prefer SWARROW_URL or the "
+        "config file: other local users can read a command line.",
     )
 
 

@@ -70,11 +70,13 @@ def supervise(ctx: click.Context, settings: dict[str, Any]) -> int:
             run_anyio(check, use_uvloop=False)
         except Exception as exc:
             fail(exc)
-    pool_only = {"--workers": True, "--metrics-addr": True, "--restart-backoff-max": True}
+    # `--url` too: the workers get it in their environment, since any local user can read a command line.
+    pool_only = {"--workers": True, "--metrics-addr": True, "--restart-backoff-max": True, "--url": True}
     args = strip_options(ctx.meta.get(RAW_ARGS, sys.argv[2:]), pool_only)
     try:
         pool = WorkerPool(
             default_command(args),
+            env={**os.environ, "SWARROW_URL": url},
             workers=settings["workers"],
             metrics_address=settings["metrics_addr"],
             grace_period=settings["grace_period"],

@@ -46,6 +46,7 @@ from swarrow.pool.status import (
     read_status,
     status_path,
 )
+from swarrow.urls import mask_argv
 from swarrow.validation import require_int, require_seconds
 
 __all__ = ["WorkerPool"]
@@ -135,7 +136,7 @@ class WorkerPool:
         self._stop_event = anyio.Event()
         try:
             self._start_server()
-            logger.info("starting a pool of %d workers: %s", self.workers, " ".join(self.command))
+            logger.info("starting a pool of %d workers: %s", self.workers, " ".join(mask_argv(self.command)))
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 await tg.start(self._watch_signals)
