@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import IO, Any, Final, Literal
 
+from swarrow.urls import mask_text
+
 __all__ = [
     "STANDARD_FIELDS",
     "BatchingStreamHandler",
@@ -215,6 +217,8 @@ class JsonFormatter(logging.Formatter):
             "pid": record.process,
             "host": self._host,
         }
+        if "@" in entry["message"]:  # a library quoting a URL with its password: masked whoever logged it
+            entry["message"] = mask_text(entry["message"])
         for key in STANDARD_FIELDS:
             if key in fields:
                 entry[key] = fields[key]
@@ -222,7 +226,7 @@ class JsonFormatter(logging.Formatter):
             if key not in _RECORD_ATTRIBUTES and key not in entry:
                 entry[key] = value
         if record.exc_info:
-            entry["exc_info"] = self.formatException(record.exc_info)
+            entry["exc_info"] = mask_text(self.formatException(record.exc_info))
         if record.stack_info:
             entry["stack_info"] = self.formatStack(record.stack_info)
         line: str = self._encode(entry)
@@ -257,6 +261,8 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.message = record.getMessage()
+        if "@" in message:  # a library quoting a URL with its password: masked whoever logged it
+            message = mask_text(message)
         record.asctime = self.formatTime(record)
         key = (record.levelname, record.name)
         middle = self._middles.get(key)
@@ -278,7 +284,9 @@ class TextFormatter(logging.Formatter):
             for text in (record.exc_text, record.stack_info and self.formatStack(record.stack_info))
             if text
         ]
-        return "".join("\n  " + escape_control(line) for text in details for line in text.split("\n"))
+        return "".join(
+            "\n  " + escape_control(mask_text(line)) for text in details for line in text.split("\n")
+        )
 
 
 class _WorkerTag(logging.Filter):

@@ -375,3 +375,22 @@ def test_the_logger_processor_line_of_a_forged_message_id_is_one_line(restore_ro
     lines = [line for line in stream.getvalue().splitlines() if "processors.logger" in line]
     assert len(stream.getvalue().splitlines()) == 1 and len(lines) == 1
     assert "m-1\\n2026-01-01" in lines[0]
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_url_with_a_password_is_masked_in_any_log_record(fmt: str) -> None:
+    # aio-pika and others log their URL; swarrow masks it whoever wrote the line.
+    formatter = JsonFormatter() if fmt == "json" else TextFormatter()
+    record = logging.LogRecord(
+        "aio_pika.robust_connection", logging.WARNING, __file__, 0,
+        "Reconnect attempt failed %s: %s", ("amqp:/svc:s3cr/et@rabbit/", "refused"), None,
+    )  # fmt: skip
+    line = formatter.format(record)
+    assert "s3cr" not in line and "svc:***@rabbit/" in line
+    try:
+        raise ConnectionError("cannot reach amqp://svc:hunter2@rabbit:5672/")
+    except ConnectionError:
+        import sys
+
+        failed = logging.LogRecord("x", logging.ERROR, __file__, 0, "failed", (), sys.exc_info())
+    assert "hunter2" not in formatter.format(failed) and "svc:***@rabbit" in formatter.format(failed)

@@ -205,3 +205,21 @@ def test_a_list_that_cannot_be_one_cluster_is_refused(urls: list[object], names:
     assert names in str(caught.value)
     message = str(caught.value)
     assert "pw1" not in message and "pw2" not in message and ":pw@" not in message
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("postgresql://jobs:p/w@db:5432/app", "postgresql://jobs:***@db:5432/app"),
+        ("postgresql://jobs:s3c#r?t@db/app?sslmode=require", "postgresql://jobs:***@db/app?sslmode=require"),
+        (
+            "postgresql://db/app?user=jobs&password=s3cret&sslmode=require",
+            "postgresql://db/app?user=jobs&password=***&sslmode=require",
+        ),
+        ("sqlite:///var/lib/jobs.db", "sqlite:///var/lib/jobs.db"),
+    ],
+)
+def test_job_store_urls_are_masked_by_the_same_rule(url: str, masked: str) -> None:
+    from swarrow.jobs import mask_store_url
+
+    assert mask_store_url(url) == masked

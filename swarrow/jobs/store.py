@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import builtins
+import re
 import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from swarrow.errors import ConfigurationError, SwarrowError
 from swarrow.jobs._sql import COLUMNS, Dialect
 from swarrow.jobs.model import FINAL_STATES, JOB_STATES, Job, JobRecord, JobStats, clean_text
+from swarrow.urls import mask_url
 from swarrow.validation import require_int
 
 __all__ = ["JobBackend", "JobStore", "JobStoreError", "mask_store_url"]
+
+_QUERY_PASSWORD: Final = re.compile(r"([?&]password=)[^&#]*")
 
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM swarrow_jobs"
 _CHUNK = 500  # ids per IN (…): well under SQLite's and asyncpg's parameter limits
@@ -53,20 +57,9 @@ class JobBackend(Protocol):
 
 def mask_store_url(url: str) -> str:
     """`url` with any password replaced by `***`, whatever its shape (for logs and error messages)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    netloc, slash, path = rest.partition("/")
-    userinfo, at, host = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        user = userinfo.split(":", 1)[0]
-        netloc = f"{user}:***@{host}"
-    query_masked = path
-    if "password=" in path:
-        head, _, tail = path.partition("?")
-        parts = [("password=***" if p.startswith("password=") else p) for p in tail.split("&")]
-        query_masked = f"{head}?{'&'.join(parts)}"
-    return f"{scheme}://{netloc}{slash}{query_masked}"
+    # The user-info part as every URL swarrow prints (a password may hold `/ ? # @`), then libpq's
+    # `?password=` query parameter.
+    return _QUERY_PASSWORD.sub(r"\1***", mask_url(url))
 
 
 def _check_state(state: str | None) -> None:
