@@ -30,9 +30,20 @@ from swarrow.provider import MessageProvider
 from swarrow.publisher import Publisher
 from swarrow.stack import LayerLike, Stack
 from swarrow.topology import RetryTopology, dead_letter_queue_name, exponential_delays, retry_queue_name
+from swarrow.units import MAX_DELAYS, format_duration
 from swarrow.urls import DEFAULT_URL
 
-__all__ = ["Processors", "consume", "describe_queues", "prepare_queues", "resolve_url", "retry_delays", "run"]
+__all__ = [
+    "Processors",
+    "consume",
+    "describe_queues",
+    "existing_retry_delays",
+    "prepare_queues",
+    "resolve_retry_delays",
+    "resolve_url",
+    "retry_delays",
+    "run",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +95,7 @@ async def prepare_queues(
         inspected = {name: await broker.inspect_queue(name) for name in names}
         missing = [name for name, info in inspected.items() if info is None]
         if missing:
-            spelled = ",".join(f"{round(d * 1000)}ms" for d in delays)
+            spelled = ",".join(format_duration(d) for d in delays)
             raise ConfigurationError(
                 f"retry queue(s) {', '.join(repr(m) for m in missing)} missing on {broker.url}: create them "
                 f"with `swarrow declare --queue {queue} --retry-delays {spelled}`, or {hint}, "
@@ -92,6 +103,59 @@ async def prepare_queues(
             )
         infos.extend(info for info in inspected.values() if info is not None)
     return infos
+
+
+async def existing_retry_delays(broker: Broker, queue: str) -> tuple[float, ...] | None:
+    """The delays of the retry queues `queue` already has (`Q.retry.1`, `Q.retry.2` … and their TTLs).
+
+    None when there are none, or when the broker cannot tell a TTL.
+    """
+    ttl_of = getattr(broker, "message_ttl", None)  # both brokers have it; a hand-made one may not
+    if ttl_of is None:
+        return None
+    delays: list[float] = []
+    for attempt in range(1, MAX_DELAYS + 1):
+        name = retry_queue_name(queue, attempt)
+        if await broker.inspect_queue(name) is None:
+            break
+        ttl = await ttl_of(name)
+        if ttl is None:
+            return None
+        delays.append(ttl)
+    return tuple(delays) or None
+
+
+async def resolve_retry_delays(
+    broker: Broker, queue: str, delays: Sequence[float], *, explicit: bool
+) -> tuple[float, ...]:
+    """The retry delays to run with, agreeing with the retry queues that already exist.
+
+    Not given (`explicit=False`): the existing queues' delays when there are some (logged), so
+    `consume` never needs the delays repeated. Given: they must match the existing queues, else a
+    `ConfigurationError` naming the delays that do (RabbitMQ would refuse to redeclare them anyway).
+    """
+    found = await existing_retry_delays(broker, queue)
+    if found is None:
+        return tuple(delays)
+    spelled = ",".join(format_duration(d) for d in found)
+    if not explicit:
+        if tuple(found) != tuple(delays):
+            logger.info(
+                "using the existing retry queues %s.retry.1..%d (delays %s)",
+                queue,
+                len(found),
+                spelled,
+                extra={"queue": queue},
+            )
+        return found
+    if [round(d * 1000) for d in found] != [round(d * 1000) for d in delays]:
+        asked = ",".join(format_duration(d) for d in delays)
+        raise ConfigurationError(
+            f"retry queues {queue}.retry.1..{len(found)} exist on {broker.url} with delays {spelled}, "
+            f"not {asked}: consume with --retry-delays {spelled} (or give no delays to use them), "
+            "or delete the retry queues and declare them again"
+        )
+    return tuple(delays)
 
 
 def describe_queues(infos: Sequence[QueueInfo]) -> str:
@@ -182,9 +246,13 @@ async def consume(
         if retry
         else ()
     )
+    given = default_stack_options
+    explicit = given.get("retry_delays") is not None or "retry_attempts" in given
     broker = open_broker(resolve_url(url))
     try:
         await broker.connect()
+        if retry:
+            delays = await resolve_retry_delays(broker, queue, delays, explicit=explicit)
         infos = await prepare_queues(
             broker,
             queue,

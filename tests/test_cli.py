@@ -259,7 +259,7 @@ def test_missing_retry_queues_are_named_before_consuming(memory: tuple[str, Memo
     result = invoke("consume", "tests.cli_callbacks:ok", "--url", url, "-q", "bare", *FAST)
     assert result.exit_code == EXIT_USAGE
     assert "'bare.retry.1'" in result.output and "'bare.dead'" in result.output
-    assert "swarrow declare --queue bare --retry-delays 1000ms,2000ms,4000ms" in result.output
+    assert "swarrow declare --queue bare --retry-delays 1s,2s,4s" in result.output
     ok = invoke(
         "consume",
         "tests.cli_callbacks:ok",

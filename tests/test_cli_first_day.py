@@ -429,3 +429,34 @@ def test_a_malformed_url_in_the_config_file_names_the_key_and_file(tmp_path: Pat
         f"url in [connection] of {path}: invalid broker URL" in result.output
         and "s3cret" not in result.output
     )
+
+
+# -- 5. consume uses the retry queues that exist; given delays must match them ------------------------------
+
+
+def test_consume_without_delays_uses_the_existing_retry_queues(
+    memory: tuple[str, MemoryBroker], caplog: pytest.LogCaptureFixture
+) -> None:
+    url, broker = memory
+    assert invoke("declare", "--url", url, "-q", "jobs", "--retry-delays", "200ms,200ms").exit_code == 0
+    broker.publish_nowait(Message(b"x", message_id="m-1"), "jobs")
+    result = invoke(
+        "consume", "tests.cli_callbacks:boom", "--url", url, "-q", "jobs", "--max-messages", "1", *FAST
+    )
+    assert result.exit_code == 0, result.output
+    assert "using the existing retry queues jobs.retry.1..2 (delays 200ms,200ms)" in caplog.text
+    assert "retry 1 of 2 in 200ms" in caplog.text  # two attempts, as the queues say, not the default three
+    assert broker.message_count("jobs.retry.1") == 1
+
+
+def test_given_delays_that_differ_from_the_existing_queues_name_the_ones_that_match(
+    memory: tuple[str, MemoryBroker],
+) -> None:
+    url, _ = memory
+    assert invoke("declare", "--url", url, "-q", "jobs", "--retry-delays", "200ms,200ms").exit_code == 0
+    result = invoke(
+        "consume", "tests.cli_callbacks:ok", "--url", url, "-q", "jobs", "--retry-delays", "1s,2s,4s"
+    )
+    assert result.exit_code == EXIT_USAGE
+    assert "retry queues jobs.retry.1..2 exist on" in result.output
+    assert "with delays 200ms,200ms, not 1s,2s,4s: consume with --retry-delays 200ms,200ms" in result.output

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
-from typing import Any
+from typing import Any, Final
 
 import aio_pika
 import aiormq
@@ -20,6 +21,10 @@ from swarrow.urls import DEFAULT_URL, mask_url
 __all__ = ["AmqpConnection"]
 
 logger = logging.getLogger(__name__)
+
+# A TTL no retry queue has (RabbitMQ's largest); RabbitMQ's 406 for it names the current value.
+_TTL_PROBE: Final = 2**31 - 1
+_CURRENT_TTL: Final = re.compile(r"inequivalent arg 'x-message-ttl'.*?current is (?:the value )?'(\d+)'")
 
 
 class AmqpConnection:
@@ -124,6 +129,35 @@ class AmqpConnection:
             if not channel.is_closed:
                 await channel.close()
         return QueueInfo(name, existing is None, int(ok.message_count or 0), int(ok.consumer_count or 0))
+
+    async def message_ttl(self, name: str) -> float | None:
+        """The existing queue's `x-message-ttl` in seconds, or None when it cannot be told (no TTL, no queue).
+
+        AMQP has no call that returns a queue's arguments; declaring it with a TTL no queue has makes
+        RabbitMQ refuse and name the current one (`... received '2147483647' but current is '200'`).
+        Only for a queue that exists (checked first): the probe must never create one.
+        """
+        if await self.inspect_queue(name) is None:
+            return None
+        arguments: dict[str, Any] = {"x-message-ttl": _TTL_PROBE}
+        for _ in range(2):  # a quorum queue first answers about x-queue-type; then ask again as one
+            channel = await self._scratch_channel()
+            try:
+                await channel.queue_declare(name, durable=True, arguments=arguments)
+                return _TTL_PROBE / 1000  # the probe value itself: possible, if improbable
+            except aiormq.exceptions.ChannelPreconditionFailed as exc:
+                text = str(exc)
+            finally:
+                if not channel.is_closed:
+                    await channel.close()
+            found = _CURRENT_TTL.search(text)
+            if found is not None:
+                return int(found.group(1)) / 1000
+            if "'x-queue-type'" in text and "quorum" in text:
+                arguments["x-queue-type"] = "quorum"
+                continue
+            return None
+        return None
 
     async def delete_queue(self, name: str) -> None:
         """Delete `name` (no error if absent)."""

@@ -280,6 +280,9 @@ def consume(ctx: click.Context, /, target: str | None, config_path: str | None, 
     # Imported first, pool or not: an import error is exit 3 naming the module, not a queue error.
     callback = import_callable(settings["callable"])
     layers = [import_object(spec, example="myapp.layers:SkipTestTraffic") for spec in settings["layers"]]
+    settings["retry_explicit"] = {settings.source("retry_attempts"), settings.source("retry_delays")} != {
+        "default"
+    }
     if settings["workers"] > 1 and pool_worker is None:
         ctx.exit(supervise(ctx, settings.values))
     from swarrow.runner import consume as consume_async
@@ -296,7 +299,8 @@ def consume(ctx: click.Context, /, target: str | None, config_path: str | None, 
         )
     }  # fmt: skip
     stack_options["layers"] = layers
-    if settings["retry"]:
+    # Delays nobody gave are left out: the runner then uses the retry queues that already exist.
+    if settings["retry"] and (pool_worker is not None or settings["retry_explicit"]):
         stack_options["retry_delays"] = settings["retry_delays"]
         stack_options["retry_attempts"] = len(settings["retry_delays"])
     metrics_address = settings["metrics_addr"]

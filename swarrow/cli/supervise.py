@@ -48,7 +48,8 @@ def pool_worker_layers(pool: Any, stack_options: dict[str, Any]) -> Callable[...
 def supervise(ctx: click.Context, settings: dict[str, Any]) -> int:
     """Run `--workers N`: check the queues once, then supervise N copies of this command."""
     from swarrow.pool import Backoff, WorkerPool, default_command, strip_options
-    from swarrow.runner import prepare_queues
+    from swarrow.runner import prepare_queues, resolve_retry_delays
+    from swarrow.units import format_duration
 
     url = settings["url"]
 
@@ -56,6 +57,10 @@ def supervise(ctx: click.Context, settings: dict[str, Any]) -> int:
         # Once here rather than N times in the workers (who then skip the retry-queue check): a
         # missing queue or an unreachable broker is exit 2 or 4 before any worker starts.
         async with connected(url) as broker:
+            if settings["retry"]:
+                settings["retry_delays"] = await resolve_retry_delays(
+                    broker, settings["queue"], settings["retry_delays"], explicit=settings["retry_explicit"]
+                )
             await prepare_queues(
                 broker,
                 settings["queue"],
@@ -73,6 +78,9 @@ def supervise(ctx: click.Context, settings: dict[str, Any]) -> int:
     # `--url` too: the workers get it in their environment, since any local user can read a command line.
     pool_only = {"--workers": True, "--metrics-addr": True, "--restart-backoff-max": True, "--url": True}
     args = strip_options(ctx.meta.get(RAW_ARGS, sys.argv[2:]), pool_only)
+    if settings["retry"] and not settings["retry_explicit"]:
+        # What the supervisor found (the existing retry queues' delays), so every worker agrees.
+        args += ["--retry-delays", ",".join(format_duration(d) for d in settings["retry_delays"])]
     try:
         pool = WorkerPool(
             default_command(args),

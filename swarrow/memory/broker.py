@@ -144,6 +144,12 @@ class MemoryBroker:
         queue.last_used = now
         return QueueInfo(name, False, len(queue.ready), len(queue.subscribers))
 
+    async def message_ttl(self, name: str) -> float | None:
+        """The queue's `x-message-ttl` in seconds (None: no TTL, or no such queue)."""
+        queue = self._queues.get(name)
+        ttl = None if queue is None else queue.spec.ttl_ms
+        return None if ttl is None else ttl / 1000
+
     async def delete_queue(self, name: str) -> None:
         """Delete `name` and its messages; its consumers wait for it to come back."""
         self._delete(name)

@@ -170,3 +170,41 @@ def test_start_up_is_one_line_for_the_queues_and_one_for_consuming(amqp_url: str
     assert len(queues) == 1 and f"found {queue} (2 messages), {queue}.retry.1 (0 messages)" in queues[0]
     consuming = next(n for n, line in enumerate(lines) if " consuming " in line)
     assert lines.index(queues[0]) < consuming
+
+
+# -- 5. the retry queues that exist decide the delays (their TTLs read from RabbitMQ) ----------------------
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_consume_without_delays_retries_through_the_existing_queues(
+    amqp_url: str, queue: str, tmp_path: Path, workers: str
+) -> None:
+    assert swarrow("declare", "--url", amqp_url, "-q", queue, "--retry-delays", "200ms,200ms").returncode == 0
+    assert swarrow("publish", "--url", amqp_url, "-q", queue, "--body", "x").returncode == 0
+    done = swarrow("consume", "tests.cli_callbacks:boom", "--url", amqp_url, "-q", queue,
+                   "--workers", workers, "--stop-when-idle", "2s", timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"using the existing retry queues {queue}.retry.1..2 (delays 200ms,200ms)" in done.stderr
+    assert "dead-lettered after 3 call(s)" in done.stderr  # the first call and two retries: as declared
+
+    async def dead() -> int:
+        broker = AmqpBroker(amqp_url)
+        try:
+            info = await broker.inspect_queue(f"{queue}.dead")
+            assert info is not None
+            return info.message_count
+        finally:
+            await broker.close()
+
+    assert anyio.run(dead) == 1
+
+
+def test_given_delays_that_differ_from_rabbitmqs_queues_exit_2_naming_theirs(
+    amqp_url: str, queue: str
+) -> None:
+    assert swarrow("declare", "--url", amqp_url, "-q", queue, "--retry-delays", "200ms,200ms").returncode == 0
+    done = swarrow(
+        "consume", "tests.cli_callbacks:ok", "--url", amqp_url, "-q", queue, "--retry-delays", "1s"
+    )
+    assert done.returncode == 2
+    assert "with delays 200ms,200ms, not 1s: consume with --retry-delays 200ms,200ms" in done.stderr
