@@ -223,3 +223,24 @@ def test_job_store_urls_are_masked_by_the_same_rule(url: str, masked: str) -> No
     from swarrow.jobs import mask_store_url
 
     assert mask_store_url(url) == masked
+
+
+@pytest.mark.parametrize("url", ["amqp:/u:s3cr/et@h/", "amqp://u:s3cr/et@h:99999/", "amqp://u:s3cr/et@h,,g/"])
+def test_the_library_checks_the_url_before_anything_connects(url: str) -> None:
+    import swarrow
+    from swarrow.factory import open_broker
+
+    with pytest.raises(InvalidURLError) as opened:
+        open_broker(url)
+    assert "s3cr" not in str(opened.value)
+    with pytest.raises(InvalidURLError) as ran:
+        swarrow.run(lambda message: None, queue="q", url=url)
+    assert "s3cr" not in str(ran.value) and str(ran.value) == str(opened.value)
+
+
+def test_open_broker_hands_the_client_a_re_encoded_url() -> None:
+    from swarrow.factory import open_broker
+
+    broker = open_broker("amqp://svc:s3cr/et@127.0.0.1:5672/")
+    assert broker.url == "amqp://svc:***@127.0.0.1:5672/"
+    assert "s3cr" not in repr(broker)
