@@ -10,8 +10,7 @@ async def send_email(message: Message) -> None:
 
 
 async def main(url: str = "amqp://guest:guest@127.0.0.1:5672/", queue: str = "emails") -> None:
-    broker = open_broker(url)  # or "memory://" for tests and demos
-    try:
+    async with open_broker(url) as broker:  # or "memory://" for tests and demos; closed whatever happens
         await RetryTopology(queue, exponential_delays(3)).declare(broker)  # emails, emails.retry.1..3, .dead
         provider, publisher = broker.provider(queue, prefetch=100), broker.publisher()
         stack = Stack(
@@ -23,8 +22,6 @@ async def main(url: str = "amqp://guest:guest@127.0.0.1:5672/", queue: str = "em
         )
         reason = await Consumer(provider, stack, concurrency=10, grace_period=30).run()
         print("stopped:", reason)  # why it stopped
-    finally:
-        await broker.close()  # always: it closes the connection and its channels
 
 
 if __name__ == "__main__":

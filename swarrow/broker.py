@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
 
 from swarrow.provider import MessageProvider
 from swarrow.publisher import Publisher
@@ -67,4 +67,12 @@ class Broker(Protocol):
 
     async def close(self) -> None:
         """Close the connection and everything made from it."""
+        ...
+
+    async def __aenter__(self) -> Self:
+        """`async with open_broker(url) as broker:` connects, and closes whatever happens."""
+        ...
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Close the connection (see `close`)."""
         ...

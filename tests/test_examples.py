@@ -220,3 +220,16 @@ def test_the_supervisord_program_uses_only_flags_consume_has() -> None:
     flags = [arg for arg in argv if arg.startswith("--")]
     assert flags and set(flags) <= known, set(flags) - known
     assert program["stopsignal"] == "TERM" and int(program["stopwaitsecs"]) > 30  # above --grace-period 30s
+
+
+@pytest.mark.anyio
+@pytest.mark.integration
+async def test_async_with_a_broker_connects_and_closes_even_when_the_block_fails(amqp_url: str) -> None:
+    broker = AmqpBroker(amqp_url)
+    with pytest.raises(RuntimeError, match="inside"):
+        async with broker as entered:
+            assert entered is broker and broker.is_connected
+            raise RuntimeError("inside")
+    assert not broker.is_connected
+    async with MemoryBroker("with") as memory:
+        assert isinstance(memory, MemoryBroker)

@@ -6,11 +6,12 @@ import asyncio
 import logging
 import re
 import ssl
-from typing import Any, Final
+from typing import Any, Final, Self
 
 import aio_pika
 import aiormq
 import aiormq.abc
+import anyio
 from aio_pika.abc import AbstractRobustConnection
 
 from swarrow.amqp._errors import QuietFirstConnect, describe_connect_error
@@ -179,6 +180,16 @@ class AmqpConnection:
             if not channel.is_closed:
                 await channel.close()
         return int(ok.message_count or 0)
+
+    async def __aenter__(self) -> Self:
+        """`async with open_broker(url) as broker:` connects, and closes whatever happens."""
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Close (shielded, so a cancelled block still closes the connection)."""
+        with anyio.CancelScope(shield=True):
+            await self.close()
 
     async def close(self) -> None:
         """Close the connection (unsettled deliveries return to their queues)."""

@@ -9,7 +9,7 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self
 
 import anyio
 
@@ -101,6 +101,16 @@ class MemoryBroker:
 
     async def connect(self) -> None:
         """Nothing to connect to; present so the two brokers are used alike."""
+
+    async def __aenter__(self) -> Self:
+        """`async with open_broker(url) as broker:` connects, and closes whatever happens."""
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Close (shielded, so a cancelled block still closes the connection)."""
+        with anyio.CancelScope(shield=True):
+            await self.close()
 
     async def close(self) -> None:
         """Nothing to release; queues live as long as the broker object."""
