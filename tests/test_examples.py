@@ -226,10 +226,15 @@ def test_the_supervisord_program_uses_only_flags_consume_has() -> None:
 @pytest.mark.integration
 async def test_async_with_a_broker_connects_and_closes_even_when_the_block_fails(amqp_url: str) -> None:
     broker = AmqpBroker(amqp_url)
-    with pytest.raises(RuntimeError, match="inside"):
+    seen: list[bool] = []
+
+    async def fail_inside() -> None:
         async with broker as entered:
-            assert entered is broker and broker.is_connected
+            seen.append(entered is broker and broker.is_connected)
             raise RuntimeError("inside")
-    assert not broker.is_connected
+
+    with pytest.raises(RuntimeError, match="inside"):
+        await fail_inside()
+    assert seen == [True] and not broker.is_connected
     async with MemoryBroker("with") as memory:
         assert isinstance(memory, MemoryBroker)
