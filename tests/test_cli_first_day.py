@@ -224,6 +224,7 @@ def test_publish_to_an_exchange_with_a_routing_key(memory: tuple[str, MemoryBrok
         (["--priority", "256"], "'--priority'"),
         (["--priority", "-1"], "'--priority'"),
         (["--expiration", "soon"], "'--expiration'"),
+        (["--expiration", "0.1ms"], "at least 1ms"),
         (["--count", "2", "--message-id", "same"], "would share the id 'same'"),
         (["--message-id", ""], "'--message-id'"),
         (["--routing-key", "other"], "the default exchange routes by queue name"),

@@ -148,6 +148,7 @@ def resolve_settings(
     settings["log_level"] = str(settings["log_level"]).upper()
     if settings["retry"]:
         settings["retry_delays"] = _delays(settings)
+        settings["retry_attempts"] = len(settings["retry_delays"])  # what runs, shown by --print-settings
     return settings
 
 
@@ -204,6 +205,10 @@ def print_settings(settings: ConsumeSettings) -> None:
 
 def _origin(settings: ConsumeSettings, key: str) -> str:
     source = settings.source(key)
+    if key == "callable" and source == "default":
+        return "TARGET"
+    if key == "retry_attempts" and source == "default" and settings.source("retry_delays") != "default":
+        return f"the number of retry_delays ({_origin(settings, 'retry_delays')})"
     if source == "flag":
         return "SWARROW_URL" if key in settings.env else "--" + key.replace("_", "-")
     if source == "config" and settings.config is not None:

@@ -213,6 +213,10 @@ def publish(
             "--queue publishes through the default exchange: with --exchange, use --routing-key",
             param_hint="'--queue'",
         )
+    if expiration is not None and round(expiration * 1000) < 1:
+        raise click.BadParameter(
+            "must be at least 1ms (RabbitMQ counts it in milliseconds)", param_hint="'--expiration'"
+        )
     for name, value in (("--message-id", message_id), ("--correlation-id", correlation_id)):
         if value is not None and not value:
             raise click.BadParameter("must not be empty", param_hint=f"'{name}'")
