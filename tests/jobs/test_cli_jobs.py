@@ -189,3 +189,21 @@ def test_print_settings_masks_the_job_store_password() -> None:
         'track_jobs = "postgresql://app:***@db/jobs"' in result.output
         and "Zz-s3cret" not in result.output
     )
+
+
+def test_swarrow_run_takes_track_jobs_like_default_stack(sqlite_url: str) -> None:
+    import swarrow
+
+    name = f"run-jobs-{uuid.uuid4().hex[:8]}"
+    broker = MemoryBroker.named(name)
+    broker.declare_queue_nowait("q")
+    for n in range(5):
+        broker.publish_nowait(Message(b"x", message_id=f"r{n}"), "q")
+
+    def handle(message: Message) -> None:
+        pass
+
+    reason = swarrow.run(handle, queue="q", url=f"memory://{name}", retry=False, signals=False, log=False,
+                         max_messages=5, track_jobs=sqlite_url)  # fmt: skip
+    assert reason.code == "max_messages"
+    assert invoke("jobs", "status", *(f"r{n}" for n in range(5)), "--store", sqlite_url).exit_code == 0
