@@ -2,9 +2,10 @@
 
 dramatiq PR #545: a failed delay publish still acked the original, so it was lost; taskiq PR #371:
 failed tasks acked. Here the original is only acked once its copy is confirmed; when the copy is
-refused (the retry queue is missing and the publish is mandatory) the original is requeued, and
-when the connection dies after the copy but before the ack, the broker redelivers the original:
-a counted duplicate, never a loss.
+refused (the retry queue is missing and the publish is mandatory) the original is held unacked and
+only the copy is published again, with backoff, until the queue exists; when the connection dies
+after the copy but before the ack, the broker redelivers the original: a counted duplicate, never a
+loss.
 """
 
 from __future__ import annotations
