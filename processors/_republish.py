@@ -15,12 +15,20 @@ import math
 import time
 
 import anyio
+from prometheus_client import Counter
 
 from swarrow.errors import SwarrowError
 from swarrow.message import Message
 from swarrow.publisher import Publisher
 
-__all__ = ["RepublishFailed", "RepublishState", "publish_copy"]
+__all__ = [
+    "RepublishFailed",
+    "RepublishState",
+    "add_refusals",
+    "held_reason",
+    "publish_copy",
+    "republish_states",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -90,3 +98,33 @@ async def publish_copy(
             return
     finally:
         state.held -= 1
+
+
+def republish_states(processor: object) -> list[RepublishState]:
+    """The refused-copy state of every retry-like layer inside `processor` (retry, delivery_limit)."""
+    states: list[RepublishState] = []
+    for _ in range(64):  # a stack is a short chain; the bound guards against cycles
+        state = getattr(processor, "republish", None)
+        if isinstance(state, RepublishState):
+            states.append(state)
+        processor = getattr(processor, "inner", None)
+        if processor is None:
+            break
+    return states
+
+
+def held_reason(states: list[RepublishState]) -> str | None:
+    """Why `/readyz` fails while originals are held, or None when none is."""
+    held = sum(state.held for state in states)
+    if not held:
+        return None
+    errors = "; ".join(state.last_error for state in states if state.held)
+    return f"{held} message(s) held: the broker refuses their retry or dead-letter copy ({errors})"
+
+
+def add_refusals(counter: Counter, states: list[RepublishState], seen: int) -> int:
+    """Add the refusals counted since `seen` to `counter`; return the new total."""
+    total = sum(state.failures for state in states)
+    if total > seen:
+        counter.inc(total - seen)
+    return total

@@ -10,9 +10,9 @@ from time import perf_counter
 
 import anyio
 import anyio.to_thread
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 
-from processors._republish import RepublishState
+from processors._republish import RepublishState, add_refusals, held_reason, republish_states
 from swarrow._metrics_accumulator import Accumulator
 from swarrow.control import ConsumerControl
 from swarrow.health import HealthState
@@ -99,8 +99,8 @@ class MetricsProcessor:
         health.ready = ready
         # One source of truth: the gauge is what /readyz answers, read again at every scrape.
         bound.up_source[:] = [lambda: health.readiness()[0]]
-        republish = _republish_states(self.inner)
-        health.blocked = (lambda: _held_reason(republish)) if republish else None
+        republish = republish_states(self.inner)
+        health.blocked = (lambda: held_reason(republish)) if republish else None
         health.stopped = None
         health.beat()
         if self.server is not None:
@@ -131,9 +131,9 @@ class MetricsProcessor:
         try:
             while True:
                 await anyio.sleep(interval)
-                seen = _add_refusals(counter, states, seen)
+                seen = add_refusals(counter, states, seen)
         finally:
-            _add_refusals(counter, states, seen)
+            add_refusals(counter, states, seen)
 
     async def _heartbeat(self, bound: QueueMetrics) -> None:
         # Runs on the event loop, so a blocked loop stops the beat and `/healthz` notices.
@@ -179,31 +179,3 @@ class MetricsProcessor:
                     pending.queue,
                     extra={"queue": pending.queue, "message_id": message.message_id},
                 )
-
-
-def _republish_states(processor: object) -> list[RepublishState]:
-    """The refused-copy state of every retry-like layer inside `processor` (retry, delivery_limit)."""
-    states: list[RepublishState] = []
-    for _ in range(64):  # a stack is a short chain; the bound guards against cycles
-        state = getattr(processor, "republish", None)
-        if isinstance(state, RepublishState):
-            states.append(state)
-        processor = getattr(processor, "inner", None)
-        if processor is None:
-            break
-    return states
-
-
-def _held_reason(states: list[RepublishState]) -> str | None:
-    held = sum(state.held for state in states)
-    if not held:
-        return None
-    errors = "; ".join(state.last_error for state in states if state.held)
-    return f"{held} message(s) held: the broker refuses their retry or dead-letter copy ({errors})"
-
-
-def _add_refusals(counter: Counter, states: list[RepublishState], seen: int) -> int:
-    total = sum(state.failures for state in states)
-    if total > seen:
-        counter.inc(total - seen)
-    return total
