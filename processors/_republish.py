@@ -60,10 +60,14 @@ async def publish_copy(
     *,
     state: RepublishState,
     hold: float | None,
+    exchange: str = "",
 ) -> None:
-    """Publish `copy` to `queue` until confirmed; `RepublishFailed` after `hold` seconds (None: never)."""
+    """Publish `copy` to `queue` until confirmed; `RepublishFailed` after `hold` seconds (None: never).
+
+    `queue` is the routing key; `exchange` "" (the default exchange) routes it straight to that queue.
+    """
     try:
-        await publisher.publish(copy, queue)
+        await publisher.publish(copy, queue, exchange)
         return
     except Exception as exc:
         error: Exception = exc
@@ -89,7 +93,7 @@ async def publish_copy(
             await anyio.sleep(delay)
             delay = min(delay * 2, state.max_backoff)
             try:
-                await publisher.publish(copy, queue)
+                await publisher.publish(copy, queue, exchange)
             except Exception as exc:
                 error = exc
                 continue

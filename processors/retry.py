@@ -11,6 +11,7 @@ from swarrow.message import Message
 from swarrow.outcome import DEAD_LETTERED, RETRIED, record_error, record_outcome
 from swarrow.processor import Processor
 from swarrow.publisher import Publisher
+from swarrow.swarrot import SWARROT_ATTEMPTS_HEADER, RetryTopologyName, SwarrotTopology
 from swarrow.topology import (
     ERROR_MESSAGE_HEADER,
     ERROR_TYPE_HEADER,
@@ -65,6 +66,9 @@ class RetryProcessor:
     original is held unacked and the copy published again with backoff (0.2 s doubling to 5 s), never
     re-running the callback; after `republish_hold` seconds (None: never) `RepublishFailed` makes the
     outer ack requeue it. Declare the queues with `topology(queue).declare(broker)`.
+    `retry_topology="swarrot"` follows swarrot and BlaBlaCar's toolkit instead (see `swarrow.swarrot`):
+    copies go to exchange `retry` with key `Q_retry_{k}` and the header `swarrot_retry_attempts`
+    too, dead letters to exchange `dl` (queue `Q_dl`). Both headers are read in either mode.
     """
 
     def __init__(
@@ -80,8 +84,11 @@ class RetryProcessor:
         give_up_on: tuple[type[Exception], ...] = (),
         quorum: bool = False,
         republish_hold: float | None = None,
+        retry_topology: RetryTopologyName = "swarrow",
     ) -> None:
         require_int("attempts", attempts)
+        if retry_topology not in ("swarrow", "swarrot"):
+            raise ValueError(f"retry_topology must be 'swarrow' or 'swarrot', got {retry_topology!r}")
         if republish_hold is not None:
             require_seconds("republish_hold", republish_hold, allow_zero=True)
         delays = exponential_delays(attempts) if delays is None else tuple(delays)
@@ -102,10 +109,25 @@ class RetryProcessor:
         self.quorum = quorum
         self.republish_hold = republish_hold
         self.republish = RepublishState()
+        self.retry_topology: RetryTopologyName = retry_topology
 
-    def topology(self, queue: str) -> RetryTopology:
+    def topology(self, queue: str) -> RetryTopology | SwarrotTopology:
         """The queues this processor publishes to for `queue`, ready to `declare(broker)`."""
+        if self.retry_topology == "swarrot":
+            return SwarrotTopology(queue, self.delays, quorum=self.quorum)
         return RetryTopology(queue, self.delays, quorum=self.quorum)
+
+    def _retry_target(self, queue: str, attempt: int) -> tuple[str, str]:
+        """(exchange, routing key) of retry number `attempt`."""
+        if self.retry_topology == "swarrot":
+            return SwarrotTopology(queue, self.delays).retry_target(attempt)
+        return "", retry_queue_name(queue, attempt)
+
+    def _dead_target(self, queue: str) -> tuple[str, str]:
+        """(exchange, routing key) of the dead-letter queue."""
+        if self.retry_topology == "swarrot":
+            return SwarrotTopology(queue, self.delays).dead_letter_target()
+        return "", dead_letter_queue_name(queue)
 
     async def __call__(self, message: Message, /) -> bool:
         try:
@@ -114,20 +136,26 @@ class RetryProcessor:
             raise
         except RetryLater as later:
             target = self._queue_for(later.delay)
-            await self._publish(message, republish_copy(message, {}), retry_queue_name(message.queue, target))
+            await self._publish(
+                message, republish_copy(message, {}), self._retry_target(message.queue, target)
+            )
             record_outcome(RETRIED)
             return True
         except Exception as exc:
-            raw = message.headers.get(RETRY_ATTEMPT_HEADER)
-            # Garbage (not an int, negative) counts as no attempt yet; too many as exhausted.
-            seen = raw if isinstance(raw, int) and not isinstance(raw, bool) and raw > 0 else 0
+            # Garbage (not an int, negative) counts as no attempt yet; too many as exhausted. swarrot's
+            # header counts the same retries: a PHP worker's retry is one of ours, and the larger wins.
+            seen = max(_retries(message.headers.get(RETRY_ATTEMPT_HEADER)),
+                       _retries(message.headers.get(SWARROT_ATTEMPTS_HEADER)))  # fmt: skip
             attempt = min(seen, self.attempts) + 1
             queue = message.queue
             extra = {"queue": queue, "message_id": message.message_id, "attempt": attempt}
             give_up = isinstance(exc, self._give_up) or not isinstance(exc, self.retry_on)
             if not give_up and attempt <= self.attempts:
-                copy = republish_copy(message, {RETRY_ATTEMPT_HEADER: attempt})
-                await self._publish(message, copy, retry_queue_name(message.queue, attempt))
+                counts = {RETRY_ATTEMPT_HEADER: attempt}
+                if self.retry_topology == "swarrot":
+                    counts[SWARROT_ATTEMPTS_HEADER] = attempt
+                copy = republish_copy(message, counts)
+                await self._publish(message, copy, self._retry_target(message.queue, attempt))
                 record_outcome(RETRIED)
                 record_error(qualified_name(exc), str(exc)[:MAX_ERROR_MESSAGE])
                 extra["error_type"] = type(exc).__name__
@@ -141,8 +169,7 @@ class RetryProcessor:
                 raise
             # attempt = calls made so far: the first delivery plus the retries it went through.
             headers = dead_letter_headers(qualified_name(exc), str(exc), attempts=attempt, queue=queue)
-            dead = dead_letter_queue_name(message.queue)
-            await self._publish(message, republish_copy(message, headers), dead)
+            await self._publish(message, republish_copy(message, headers), self._dead_target(message.queue))
             record_outcome(DEAD_LETTERED)
             record_error(headers[ERROR_TYPE_HEADER], headers[ERROR_MESSAGE_HEADER])
             extra["error_type"] = type(exc).__name__
@@ -159,9 +186,21 @@ class RetryProcessor:
                 return attempt
         return len(self.delays)
 
-    async def _publish(self, original: Message, copy: Message, queue: str) -> None:
+    async def _publish(self, original: Message, copy: Message, target: tuple[str, str]) -> None:
         if not original.queue:
             raise ConfigurationError("cannot retry a message without a queue name (message.queue is empty)")
+        exchange, routing_key = target
         await publish_copy(
-            self.publisher, original, copy, queue, state=self.republish, hold=self.republish_hold
+            self.publisher,
+            original,
+            copy,
+            routing_key,
+            state=self.republish,
+            hold=self.republish_hold,
+            exchange=exchange,
         )
+
+
+def _retries(value: object) -> int:
+    """A retry count read from a header; garbage (not an int, a bool, negative) is 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0

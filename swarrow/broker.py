@@ -53,6 +53,21 @@ class Broker(Protocol):
         """Declare `name` idempotently; `ConfigurationError` if it exists with other arguments."""
         ...
 
+    async def declare_exchange(
+        self,
+        name: str,
+        type: str = "direct",
+        *,
+        durable: bool = True,
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        """Declare an exchange idempotently; `ConfigurationError` if it exists with other arguments."""
+        ...
+
+    async def bind_queue(self, queue: str, exchange: str, routing_key: str = "") -> None:
+        """Bind `queue` to `exchange` with `routing_key` (idempotent)."""
+        ...
+
     async def inspect_queue(self, name: str) -> QueueInfo | None:
         """The queue's state, or None when it does not exist (declares nothing)."""
         ...

@@ -208,8 +208,8 @@ def test_publish_sets_every_property_flag(memory: tuple[str, MemoryBroker]) -> N
 def test_publish_to_an_exchange_with_a_routing_key(memory: tuple[str, MemoryBroker]) -> None:
     url, broker = memory
     broker.declare_queue_nowait("orders")
-    broker.declare_exchange("events", "direct")
-    broker.bind_queue("orders", "events", "order.created")
+    broker.declare_exchange_nowait("events", "direct")
+    broker.bind_queue_nowait("orders", "events", "order.created")
     result = invoke(
         "publish", "--url", url, "--exchange", "events", "--routing-key", "order.created", "--body", "x"
     )

@@ -76,11 +76,11 @@ async def test_direct_and_fanout_exchanges_route_to_bound_queues() -> None:
     broker = MemoryBroker()
     for name in ("a", "b"):
         broker.declare_queue_nowait(name)
-    broker.declare_exchange("events", "fanout")
-    broker.declare_exchange("orders", "direct")
-    broker.bind_queue("a", "events")
-    broker.bind_queue("b", "events")
-    broker.bind_queue("a", "orders", "created")
+    broker.declare_exchange_nowait("events", "fanout")
+    broker.declare_exchange_nowait("orders", "direct")
+    broker.bind_queue_nowait("a", "events")
+    broker.bind_queue_nowait("b", "events")
+    broker.bind_queue_nowait("a", "orders", "created")
     assert broker.publish_nowait(Message(b"1"), "", "events") == 2
     assert broker.publish_nowait(Message(b"2"), "created", "orders") == 1
     assert broker.publish_nowait(Message(b"3"), "deleted", "orders") == 0
@@ -90,7 +90,7 @@ async def test_direct_and_fanout_exchanges_route_to_bound_queues() -> None:
         broker.publish_nowait(Message(b"5"), "x", "missing-exchange")
     assert (broker.message_count("a"), broker.message_count("b")) == (2, 1)
     with pytest.raises(ConfigurationError):
-        broker.declare_exchange("events", "direct")
+        broker.declare_exchange_nowait("events", "direct")
 
 
 async def test_simulated_nack_fails_the_next_publish_only() -> None:

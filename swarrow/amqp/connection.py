@@ -160,6 +160,42 @@ class AmqpConnection:
             return None
         return None
 
+    async def declare_exchange(
+        self,
+        name: str,
+        type: str = "direct",
+        *,
+        durable: bool = True,
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        """Declare exchange `name`; `ConfigurationError` naming it when it exists with other arguments."""
+        channel = await self._scratch_channel()
+        try:
+            await channel.exchange_declare(
+                name, exchange_type=type, durable=durable, arguments=arguments or None
+            )
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            raise ConfigurationError(
+                f"exchange {name!r} already exists with another type or arguments than {type!r} "
+                f"{arguments or {}!r} (durable={durable}): {exc.args[0] if exc.args else exc}"
+            ) from None
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+
+    async def bind_queue(self, queue: str, exchange: str, routing_key: str = "") -> None:
+        """Bind `queue` to `exchange` with `routing_key` (idempotent)."""
+        channel = await self._scratch_channel()
+        try:
+            await channel.queue_bind(queue, exchange, routing_key=routing_key)
+        except aiormq.exceptions.ChannelNotFoundEntity as exc:
+            raise ConfigurationError(
+                f"cannot bind queue {queue!r} to exchange {exchange!r}: {exc.args[0] if exc.args else exc}"
+            ) from None
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+
     async def delete_queue(self, name: str) -> None:
         """Delete `name` (no error if absent)."""
         channel = await self._scratch_channel()

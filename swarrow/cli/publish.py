@@ -283,7 +283,13 @@ def _numbered(text: str | None, n: int) -> str | None:
 
 
 async def _publish(
-    url: str, target: _Target, template: Message, message_id: str | None, count: int, window: int, show: bool,
+    url: str,
+    target: _Target,
+    template: Message,
+    message_id: str | None,
+    count: int,
+    window: int,
+    show: bool,
     print_ids: bool = False,
 ) -> float:
     run_id = uuid.uuid4().hex[:12]

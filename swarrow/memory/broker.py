@@ -69,6 +69,20 @@ class _Exchange:
     name: str
     type: str
     bindings: dict[str, set[str]] = field(default_factory=dict)
+    alternate: str | None = None  # `alternate-exchange`: where what routes nowhere goes instead
+
+
+def _topic_match(pattern: str, key: str) -> bool:
+    """RabbitMQ's topic matching: words split on '.', `*` is exactly one word, `#` zero or more."""
+
+    def match(p: list[str], k: list[str]) -> bool:
+        if not p:
+            return not k
+        if p[0] == "#":
+            return any(match(p[1:], k[i:]) for i in range(len(k) + 1))
+        return bool(k) and (p[0] == "*" or p[0] == k[0]) and match(p[1:], k[1:])
+
+    return match(pattern.split("."), key.split("."))
 
 
 class MemoryBroker:
@@ -184,23 +198,57 @@ class MemoryBroker:
         queue.ready.clear()
         return count
 
-    def declare_exchange(self, name: str, type: str = "direct") -> None:
-        """Declare a `direct` or `fanout` exchange (`amq.*` exist already, as on RabbitMQ)."""
-        if type not in ("direct", "fanout"):
+    async def declare_exchange(
+        self,
+        name: str,
+        type: str = "direct",
+        *,
+        durable: bool = True,
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        """Declare an exchange (see `declare_exchange_nowait`); `durable` means nothing in one process."""
+        self.declare_exchange_nowait(name, type, arguments=arguments)
+
+    def declare_exchange_nowait(
+        self, name: str, type: str = "direct", *, arguments: dict[str, Any] | None = None
+    ) -> None:
+        """Declare a `direct`, `fanout` or `topic` exchange (`amq.*` exist already, as on RabbitMQ).
+
+        The one argument modelled is `alternate-exchange`; any other is refused (`ConfigurationError`).
+        """
+        if type not in ("direct", "fanout", "topic"):
             raise ConfigurationError(
-                f"the in-memory broker supports direct and fanout exchanges, not {type!r}"
+                f"the in-memory broker supports direct, fanout and topic exchanges, not {type!r}"
+            )
+        options = dict(arguments or {})
+        alternate = options.pop("alternate-exchange", None)
+        if options:
+            raise ConfigurationError(
+                f"exchange {name!r}: memory:// models only the alternate-exchange argument, "
+                f"not {sorted(options)}"
+            )
+        if alternate is not None and not isinstance(alternate, str):
+            raise ConfigurationError(
+                f"exchange {name!r}: alternate-exchange must be a name, got {alternate!r}"
             )
         existing = self._exchanges.get(name)
-        if existing is not None and existing.type != type:
-            raise ConfigurationError(f"exchange {name!r} exists with type {existing.type!r}, not {type!r}")
-        self._exchanges.setdefault(name, _Exchange(name, type))
+        if existing is not None and (existing.type != type or existing.alternate != alternate):
+            raise ConfigurationError(
+                f"exchange {name!r} exists with type {existing.type!r} and alternate-exchange "
+                f"{existing.alternate!r}, not {type!r} and {alternate!r} (PRECONDITION_FAILED)"
+            )
+        self._exchanges.setdefault(name, _Exchange(name, type, alternate=alternate))
 
-    def bind_queue(self, queue: str, exchange: str, routing_key: str = "") -> None:
-        """Route messages published to `exchange` with `routing_key` into `queue`."""
+    async def bind_queue(self, queue: str, exchange: str, routing_key: str = "") -> None:
+        """Route `exchange`'s messages with `routing_key` into `queue` (see `bind_queue_nowait`)."""
+        self.bind_queue_nowait(queue, exchange, routing_key)
+
+    def bind_queue_nowait(self, queue: str, exchange: str, routing_key: str = "") -> None:
+        """Route messages published to `exchange` with `routing_key` into `queue` (topic: `*` and `#`)."""
         found = self._exchanges.get(exchange)
         if found is None:
             raise ConfigurationError(f"exchange {exchange!r} does not exist")
-        if found.type not in ("direct", "fanout"):
+        if found.type not in ("direct", "fanout", "topic"):
             raise ConfigurationError(
                 f"exchange {exchange!r} is a {found.type} exchange: memory:// does not model its routing"
             )
@@ -285,9 +333,25 @@ class MemoryBroker:
         found = self._exchanges.get(exchange)
         if found is None:
             raise PublishError(f"exchange {exchange!r} does not exist (NOT_FOUND)")
-        if found.type == "fanout":
-            return sorted({q for queues in found.bindings.values() for q in queues})
-        return sorted(found.bindings.get(routing_key, ()))
+        seen = {exchange}
+        while True:
+            if found.type == "fanout":
+                targets = {q for queues in found.bindings.values() for q in queues}
+            elif found.type == "topic":
+                targets = {
+                    q
+                    for key, queues in found.bindings.items()
+                    if _topic_match(key, routing_key)
+                    for q in queues
+                }
+            else:
+                targets = set(found.bindings.get(routing_key, ()))
+            # RabbitMQ hands what routes nowhere to the alternate exchange, once per exchange.
+            alternate = found.alternate
+            if targets or alternate is None or alternate in seen or alternate not in self._exchanges:
+                return sorted(targets)
+            seen.add(alternate)
+            found = self._exchanges[alternate]
 
     def _enqueue(self, queue: _Queue, message: Message, now: float) -> bool:
         """Add `message` at the tail; False when the queue's overflow policy refuses it."""
