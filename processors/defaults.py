@@ -28,6 +28,7 @@ from swarrow.metrics import SwarrowMetrics
 from swarrow.provider import MessageProvider
 from swarrow.publisher import Publisher
 from swarrow.stack import Layer, LayerLike
+from swarrow.swarrot import RetryTopologyName
 from swarrow.validation import require_int, require_positive, require_seconds
 
 __all__ = ["default_stack"]
@@ -76,6 +77,7 @@ def default_stack(
     retry_attempts: int = 3,
     retry_delays: Sequence[float] | None = None,
     quorum: bool = False,
+    retry_topology: RetryTopologyName = "swarrow",
     time_limit: float | None = None,
     stop_when_idle: float | None = None,
     track_jobs: str | JobStore | None = None,
@@ -145,7 +147,14 @@ def default_stack(
     stack.append(Layer(AckProcessor, provider=provider, requeue_on_error=requeue_on_error))
     if delivery_limit is not None:
         assert publisher is not None
-        stack.append(Layer(DeliveryLimitProcessor, publisher=publisher, max_deliveries=delivery_limit))
+        stack.append(
+            Layer(
+                DeliveryLimitProcessor,
+                publisher=publisher,
+                max_deliveries=delivery_limit,
+                retry_topology=retry_topology,
+            )
+        )
     if retry:
         assert publisher is not None
         stack.append(
@@ -155,6 +164,7 @@ def default_stack(
                 attempts=retry_attempts,
                 delays=retry_delays,
                 quorum=quorum,
+                retry_topology=retry_topology,
             )
         )
     if time_limit is not None:

@@ -124,6 +124,13 @@ def _log_level(value: Any) -> str:
     return level
 
 
+def _retry_topology(value: Any) -> str:
+    name = _str(value).lower()
+    if name not in ("swarrow", "swarrot"):
+        raise ValueError(f"expected 'swarrow' or 'swarrot', got {value!r}")
+    return name
+
+
 def _log_format(value: Any) -> str:
     fmt = _str(value).lower()
     if fmt not in LOG_FORMATS:
@@ -161,6 +168,7 @@ _CONSUMER_SCHEMA: Final[Mapping[str, Mapping[str, tuple[str, Converter]]]] = {
         "enabled": ("retry", _bool),
         "attempts": ("retry_attempts", _int),
         "delays": ("retry_delays", _delays),
+        "topology": ("retry_topology", _retry_topology),
     },
     "ack": {"requeue_on_error": ("requeue_on_error", _bool)},
     "exception_catcher": {"enabled": ("catch", _bool)},

@@ -29,6 +29,7 @@ from swarrow.factory import open_broker
 from swarrow.provider import MessageProvider
 from swarrow.publisher import Publisher
 from swarrow.stack import LayerLike, Stack
+from swarrow.swarrot import RetryTopologyName, SwarrotTopology
 from swarrow.topology import RetryTopology, dead_letter_queue_name, exponential_delays, retry_queue_name
 from swarrow.units import MAX_DELAYS, format_duration
 from swarrow.urls import DEFAULT_URL
@@ -68,6 +69,7 @@ async def prepare_queues(
     retry: bool = True,
     delays: Sequence[float] = (),
     quorum: bool = False,
+    retry_topology: RetryTopologyName = "swarrow",
 ) -> list[QueueInfo]:
     """Declare the queue (and its retry topology), or check it exists, failing with what to run.
 
@@ -75,7 +77,10 @@ async def prepare_queues(
     run, into an error at start naming the missing queue and the command that creates it.
     Returns what was declared or found, in topology order.
     """
+    swarrot = retry_topology == "swarrot"
     if declare:
+        if retry and delays and swarrot:
+            return await SwarrotTopology(queue, delays, quorum=quorum).declare(broker)
         if retry and delays:
             return await RetryTopology(queue, delays, quorum=quorum).declare(broker)
         return [await broker.declare_queue(queue, arguments={"x-queue-type": "quorum"} if quorum else None)]
@@ -90,15 +95,19 @@ async def prepare_queues(
         )
     infos = [found]
     if retry and delays:
-        names = [retry_queue_name(queue, k) for k in range(1, len(delays) + 1)]
-        names.append(dead_letter_queue_name(queue))
+        if swarrot:
+            names = [name for name, _ in SwarrotTopology(queue, delays).queues() if name != queue]
+        else:
+            names = [retry_queue_name(queue, k) for k in range(1, len(delays) + 1)]
+            names.append(dead_letter_queue_name(queue))
         inspected = {name: await broker.inspect_queue(name) for name in names}
         missing = [name for name, info in inspected.items() if info is None]
         if missing:
             spelled = ",".join(format_duration(d) for d in delays)
             raise ConfigurationError(
                 f"retry queue(s) {', '.join(repr(m) for m in missing)} missing on {broker.url}: create them "
-                f"with `swarrow declare --queue {queue} --retry-delays {spelled}`, or {hint}, "
+                f"with `swarrow declare --queue {queue} --retry-delays {spelled}"
+                f"{' --retry-topology swarrot' if swarrot else ''}`, or {hint}, "
                 "or turn retries off (--no-retry)"
             )
         infos.extend(info for info in inspected.values() if info is not None)
@@ -260,6 +269,7 @@ async def consume(
             retry=retry,
             delays=delays,
             quorum=bool(default_stack_options.get("quorum", False)),
+            retry_topology=default_stack_options.get("retry_topology", "swarrow"),
         )
         # What is true now; "consuming" is logged by the consumer once it really consumes.
         logger.info("%s on %s", describe_queues(infos), broker.url, extra={"queue": queue})

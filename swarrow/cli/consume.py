@@ -295,7 +295,7 @@ def consume(ctx: click.Context, /, target: str | None, config_path: str | None, 
         for key in (
             "signals", "max_runtime", "max_messages", "memory_limit", "log", "log_body", "catch",
             "requeue_on_error", "delivery_limit", "retry", "quorum", "time_limit", "stop_when_idle",
-            "track_jobs",
+            "track_jobs", "retry_topology",
         )
     }  # fmt: skip
     stack_options["layers"] = layers

@@ -12,6 +12,7 @@ from swarrow.cli.errors import fail
 from swarrow.cli.help import ENV_EPILOG, ManCommand, exit_epilog, option
 from swarrow.cli.params import resolve_delays, retry_options, url_option
 from swarrow.exits import EXIT_BROKER, EXIT_OK, EXIT_USAGE
+from swarrow.swarrot import SwarrotTopology
 from swarrow.topology import RetryTopology
 
 __all__ = ["DECLARE_EXITS", "declare"]
@@ -51,15 +52,20 @@ def declare(
     retry: bool,
     retry_attempts: int,
     retry_delays: tuple[float, ...] | None,
+    retry_topology: str,
 ) -> None:
     """Declare QUEUE, its retry queues and QUEUE.dead, idempotently; print what was created or found.
 
     Each QUEUE.retry.N holds a failed message for the Nth delay (x-message-ttl), then the broker
-    dead-letters it back to QUEUE. Declaring again with the same options changes nothing; with
-    other delays or queue type it fails (exit 2) naming the queue, since RabbitMQ cannot change a
-    queue's arguments: delete the retry queues first.
+    dead-letters it back to QUEUE. With --retry-topology swarrot: the layout of BlaBlaCar's
+    rabbit-mq-admin-toolkit instead (exchanges retry, dl and unroutable, QUEUE_retry_<seconds>,
+    QUEUE_dl), compatible with one the toolkit declared. Declaring again with the same options
+    changes nothing; with other delays or queue type it fails (exit 2) naming the queue, since
+    RabbitMQ cannot change a queue's arguments: delete the retry queues first.
     """
     delays = resolve_delays(ctx, retry_attempts, retry_delays) if retry else ()
+    if retry_topology == "swarrot" and retry:
+        return _declare_swarrot(SwarrotTopology(queue, delays, quorum=quorum), url)
     topology = RetryTopology(queue, delays or (1.0,), quorum=quorum)
     planned = topology.queues() if retry else topology.queues()[:1]
 
@@ -81,6 +87,36 @@ def declare(
         from swarrow.cli.publish import MEMORY_WARNING
 
         click.echo(MEMORY_WARNING, err=True)
+
+
+def _declare_swarrot(topology: SwarrotTopology, url: str) -> None:
+    """The toolkit's layout: exchanges, queues, bindings, one line each."""
+
+    async def go() -> list[str]:
+        lines: list[str] = []
+        async with connected(url) as broker:
+            for name, kind, arguments in topology.exchanges():
+                await broker.declare_exchange(name, kind, arguments=arguments or None)
+                extra = f", alternate-exchange={arguments['alternate-exchange']}" if arguments else ""
+                lines.append(f"exchange {name} ({kind}{extra})")
+            for name, arguments in topology.queues():
+                info = await broker.declare_queue(name, arguments=arguments or None)
+                target = arguments.get("x-dead-letter-exchange")
+                line = _describe(info.created, name, arguments, info.message_count, topology.queue)
+                if name == topology.queue and target:
+                    line += f" (dead letters → exchange {target})"
+                lines.append(line)
+            for exchange, queue, key in topology.bindings():
+                await broker.bind_queue(queue, exchange, key)
+                lines.append(f"bound {queue} to {exchange}" + (f" with {key!r}" if key else ""))
+        return lines
+
+    try:
+        lines = run_anyio(go)
+    except Exception as exc:
+        fail(exc, crashed="declaring failed")
+    for line in lines:
+        click.echo(line)
 
 
 def _describe(created: bool, name: str, arguments: dict[str, Any], count: int, queue: str) -> str:

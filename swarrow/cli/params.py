@@ -132,6 +132,16 @@ def retry_options(func: Callable[..., T]) -> Callable[..., T]:
                 help="Delay of each retry: a list (1s,5s,30s) or doubling up to a cap (exp:1s..16m); "
                 "sets the number of attempts.",
             ),
+            option(
+                "--retry-topology",
+                section="Retry",
+                type=click.Choice(["swarrow", "swarrot"]),
+                default="swarrow",
+                show_default=True,
+                help="Queue naming: swarrow's (Q.retry.N, Q.dead) or swarrot's and BlaBlaCar's "
+                "rabbit-mq-admin-toolkit's (exchange retry, Q_retry_<delay>, exchange dl, Q_dl, header "
+                "swarrot_retry_attempts), to share queues with PHP workers.",
+            ),
         ]
     ):
         func = decorator(func)

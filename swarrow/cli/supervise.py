@@ -68,6 +68,7 @@ def supervise(ctx: click.Context, settings: dict[str, Any]) -> int:
                 retry=settings["retry"],
                 delays=settings["retry_delays"] if settings["retry"] else (),
                 quorum=settings["quorum"],
+                retry_topology=settings["retry_topology"],
             )
 
     if not url.startswith("memory://"):

@@ -117,6 +117,7 @@ def test_retry_options_are_passed_on(broker: MemoryBroker) -> None:
         retry_delays=[1, 5],
         quorum=True,
         log_body=True,
+        retry_topology="swarrot",
     )
     options = {layer.factory: layer.kwargs for layer in layers}
     assert options[RetryProcessor] == {
@@ -124,6 +125,7 @@ def test_retry_options_are_passed_on(broker: MemoryBroker) -> None:
         "attempts": 2,
         "delays": [1, 5],
         "quorum": True,
+        "retry_topology": "swarrot",
     }
     assert options[LoggerProcessor] == {"log_body": True}
 
