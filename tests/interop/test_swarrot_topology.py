@@ -1,4 +1,4 @@
-"""The swarrot topology: the toolkit's exact layout, compatible with it, and a worker using it (both brokers)."""
+"""The swarrot topology: the toolkit's exact layout, compatible with it, and a worker using it."""
 
 from __future__ import annotations
 
