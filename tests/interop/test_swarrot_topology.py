@@ -164,3 +164,38 @@ async def test_a_worker_in_swarrot_mode_retries_through_retry_and_dead_letters_i
     assert dead.message_id == "permanent"
     assert dead.headers[ERROR_TYPE_HEADER] == "swarrow.errors.PermanentError"
     await publisher.close()
+
+
+def test_the_migration_example_config_selects_the_swarrot_topology() -> None:
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from swarrow.cli import cli
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "swarrot.toml"
+    result = CliRunner().invoke(cli, ["consume", "send_mail", "--config", str(example), "--print-settings"])
+    assert result.exit_code == 0, result.output
+    assert 'retry_topology = "swarrot"' in result.output
+    assert "retry_delays = [5s, 25s, 100s]" in result.output
+    assert "secret" not in result.output
+
+
+def test_declare_with_the_swarrot_topology_prints_the_toolkits_layout() -> None:
+    from click.testing import CliRunner
+
+    from swarrow.cli import cli
+
+    args = ["declare", "--url", "memory://swarrot-cli", "--queue", "mail", "--retry-topology", "swarrot"]
+    result = CliRunner().invoke(cli, [*args, "--retry-delays", "5s,25s"])
+    assert result.exit_code == 0, result.output
+    for line in (
+        "exchange retry (topic, alternate-exchange=unroutable)",
+        "created mail (dead letters → exchange dl)",
+        "created mail_retry_25 (x-message-ttl=25000ms → mail)",
+        "bound mail_retry_25 to retry with 'mail_retry_2'",
+        "bound mail_dl to dl with 'mail'",
+    ):
+        assert line in result.output
+    bad = CliRunner().invoke(cli, [*args, "--retry-topology", "php"])
+    assert bad.exit_code == 2 and "--retry-topology" in bad.output
