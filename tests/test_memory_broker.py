@@ -147,3 +147,95 @@ async def test_settlement_log_stays_bounded_while_counts_keep_going() -> None:
     assert provider.acked_count == total
     assert len(provider.acked) <= 10_000
     assert provider.acked[-1] == total
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        ({"x-max-priority": 10}, "x-max-priority"),
+        ({"x-max-length-bytes": 1}, "x-max-length-bytes"),
+        ({"x-single-active-consumer": True}, "x-single-active-consumer"),
+        ({"x-queue-type": "stream"}, "x-queue-type"),
+        ({"x-message-ttl": "1000"}, "x-message-ttl"),
+        ({"x-delivery-limit": 2}, "x-delivery-limit"),
+        ({"x-dead-letter-routing-key": "k"}, "x-dead-letter-routing-key"),
+    ],
+)
+def test_refuses_what_rabbitmq_refuses_or_memory_does_not_model_naming_it(
+    arguments: dict[str, object], named: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=named):
+        MemoryBroker().declare_queue_nowait("q", arguments=arguments)
+
+
+def test_unknown_arguments_are_ignored_on_re_declare_but_types_are_compared() -> None:
+    broker = MemoryBroker()
+    broker.declare_queue_nowait("q", arguments={"x-message-ttl": 1000, "x-app": 1})
+    broker.declare_queue_nowait("q", arguments={"x-message-ttl": 1000, "x-app": 2})
+    with pytest.raises(ConfigurationError, match="x-message-ttl"):
+        broker.declare_queue_nowait("q", arguments={"x-message-ttl": 1000.0})
+
+
+def test_the_prefetch_window_is_pushed_and_counts_as_delivered() -> None:
+    broker = MemoryBroker()
+    broker.declare_queue_nowait("q")
+    for n in range(5):
+        broker.publish_nowait(Message(str(n).encode()), "q")
+    provider = broker.provider("q", prefetch=3)
+    anyio.run(provider.start)
+    assert broker.message_count("q") == 2 and provider.unsettled_count == 3
+    anyio.run(provider.close)
+    again = broker.provider("q")
+    anyio.run(again.start)
+    got = [again.receive_nowait() for _ in range(5)]
+    assert [(m.body, m.redelivered) for m in got if m is not None] == [
+        (b"0", True), (b"1", True), (b"2", True), (b"3", False), (b"4", False)
+    ]  # fmt: skip
+
+
+async def test_overflow_reject_publish_raises_and_drop_head_dead_letters_maxlen() -> None:
+    broker = MemoryBroker()
+    broker.declare_queue_nowait("full", arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+    broker.publish_nowait(Message(b"1"), "full")
+    with pytest.raises(PublishError, match="full"):
+        broker.publish_nowait(Message(b"2"), "full")
+    broker.declare_queue_nowait("dead")
+    broker.declare_queue_nowait(
+        "short",
+        arguments={"x-max-length": 1, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": "dead"},
+    )
+    broker.publish_nowait(Message(b"old"), "short")
+    broker.publish_nowait(Message(b"new"), "short")
+    dead = broker.get_nowait("dead")
+    assert dead is not None and dead.body == b"old" and dead.headers["x-death"][0]["reason"] == "maxlen"
+
+
+async def test_an_unused_queue_with_x_expires_is_deleted() -> None:
+    broker = MemoryBroker()
+    broker.declare_queue_nowait("q", arguments={"x-expires": 30})
+    with anyio.fail_after(5):
+        while "q" in broker.queue_names():
+            await anyio.sleep(0.01)
+    assert await broker.inspect_queue("q") is None
+
+
+async def test_a_ttl_cycle_without_a_reject_drops_the_message() -> None:
+    broker = MemoryBroker()
+    broker.declare_queue_nowait(
+        "loop",
+        arguments={"x-message-ttl": 10, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": "loop"},
+    )
+    broker.publish_nowait(Message(b"x"), "loop")
+    with anyio.fail_after(5):
+        while broker.message_count("loop"):
+            await anyio.sleep(0.005)
+    await anyio.sleep(0.05)  # it would have come round several times by now
+    assert broker.message_count("loop") == 0
+
+
+def test_amq_exchanges_exist_and_user_id_is_refused() -> None:
+    broker = MemoryBroker()
+    broker.declare_queue_nowait("q")
+    assert broker.publish_nowait(Message(b"x"), "q", "amq.topic") == 0
+    with pytest.raises(ConfigurationError, match="user_id"):
+        broker.publish_nowait(Message(b"x", user_id="guest"), "q")
