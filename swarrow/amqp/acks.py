@@ -118,6 +118,7 @@ class Settlement:
     _live_tags: set[str]
     _coalesce: bool
     _tracker: AckTracker
+    _open_single: set[int]
     _settle_lock: asyncio.Lock
     _since_flush: int
     _flush_due: asyncio.Event | None
@@ -142,6 +143,13 @@ class Settlement:
             extra={"queue": self._queue_name, "message_id": message.message_id},
         )
 
+    def _ignore_second(self, message: Message) -> None:
+        logger.warning(
+            "delivery %s settled twice; the second settlement is ignored",
+            message.delivery_tag,
+            extra={"queue": self._queue_name, "message_id": message.message_id},
+        )
+
     async def _settle(self, message: Message, *, ack: bool, requeue: bool = False) -> None:
         """The one place a settlement is decided: coalesced ack, single ack, or reject."""
         underlay = self._underlay
@@ -150,6 +158,10 @@ class Settlement:
             self._drop(message, "its channel is closed")
             return
         if not self._coalesce:
+            if tag not in self._open_single:  # a second frame would be a 406 closing the channel
+                self._ignore_second(message)
+                return
+            self._open_single.discard(tag)
             try:
                 if ack:
                     await underlay.basic_ack(tag, wait=False)
@@ -160,11 +172,7 @@ class Settlement:
             return
         tracker = self._tracker
         if not tracker.is_open(tag):
-            logger.warning(
-                "delivery %s settled twice; the second settlement is ignored",
-                tag,
-                extra={"queue": self._queue_name, "message_id": message.message_id},
-            )
+            self._ignore_second(message)
             return
         if ack:
             if self._note_ack(tag):

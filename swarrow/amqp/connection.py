@@ -7,6 +7,7 @@ import logging
 import re
 import ssl
 from typing import Any, Final, Self
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import aiormq
@@ -26,6 +27,9 @@ logger = logging.getLogger(__name__)
 # A TTL no retry queue has (RabbitMQ's largest); RabbitMQ's 406 for it names the current value.
 _TTL_PROBE: Final = 2**31 - 1
 _CURRENT_TTL: Final = re.compile(r"inequivalent arg 'x-message-ttl'.*?current is (?:the value )?'(\d+)'")
+# RabbitMQ's 406 reply names what it refused: "invalid arg 'x-message-ttl' ...", "inequivalent arg
+# 'durable' ...", "invalid property 'non-durable' ...", "invalid type 'byte' for arg 'x-...'".
+_REFUSED_ARG = re.compile(r"(?:arg|property) '([^']+)'")
 
 
 class AmqpConnection:
@@ -58,6 +62,11 @@ class AmqpConnection:
     def url(self) -> str:
         """The URL with the password masked."""
         return mask_url(self._url)
+
+    @property
+    def username(self) -> str:
+        """The user RabbitMQ authenticates (the URL's, else `guest`): a `user_id` property must match."""
+        return unquote(urlsplit(self._url).username or "") or "guest"
 
     @property
     def is_connected(self) -> bool:
@@ -122,10 +131,7 @@ class AmqpConnection:
         try:
             ok = await channel.queue_declare(name, durable=durable, arguments=arguments or None)
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
-            raise ConfigurationError(
-                f"queue {name!r} already exists with different arguments than {arguments or {}!r} "
-                f"(durable={durable}): {exc.args[0] if exc.args else exc}"
-            ) from None
+            raise _declare_error(name, durable, arguments, existing is not None, exc) from None
         finally:
             if not channel.is_closed:
                 await channel.close()
@@ -237,3 +243,19 @@ class AmqpConnection:
             except TimeoutError:
                 logger.warning("%s did not answer the connection close within %gs; dropped it",
                                self.url, self.connect_timeout)  # fmt: skip
+
+
+def _declare_error(
+    name: str, durable: bool, arguments: dict[str, Any] | None, exists: bool, exc: Exception
+) -> ConfigurationError:
+    """RabbitMQ's 406 on a declare, naming the argument it refused (its reply text says which)."""
+    reply = str(exc.args[0] if exc.args else exc)
+    found = _REFUSED_ARG.search(reply)
+    argument = found.group(1) if found else None
+    if exists and (argument is None or "inequivalent" in reply):
+        return ConfigurationError(
+            f"queue {name!r} already exists with different arguments than {arguments or {}!r} "
+            f"(durable={durable}): {reply}"
+        )
+    named = f"argument {argument!r}" if argument else "the arguments"
+    return ConfigurationError(f"RabbitMQ refused {named} of queue {name!r} ({arguments or {}!r}): {reply}")

@@ -86,6 +86,7 @@ class AmqpMessageProvider(Settlement):
         self._waiting_since = 0.0
         self._coalesce = self.ack_batch_size > 1
         self._tracker = AckTracker()
+        self._open_single: set[int] = set()  # delivered, unsettled: the double-settle guard for single acks
         self._since_flush = 0
         self._settle_lock = asyncio.Lock()
         self._flush_due: asyncio.Event | None = None
@@ -190,6 +191,7 @@ class AmqpMessageProvider(Settlement):
             self._buffer.clear()
             self._live_tags.clear()
             self._tracker = AckTracker()
+            self._open_single = set()
             self._since_flush = 0
             self._underlay = underlay
             underlay.on_consumer_cancel_callbacks.add(self._on_cancel)
@@ -231,6 +233,8 @@ class AmqpMessageProvider(Settlement):
         tag = d.delivery_tag
         if self._coalesce and channel is self._underlay:
             self._tracker.delivered(tag)
+        elif channel is self._underlay:
+            self._open_single.add(tag)
         self._buffer.append(
             Message(
                 body,
@@ -369,6 +373,7 @@ class AmqpMessageProvider(Settlement):
         self._buffer.clear()
         self._live_tags.clear()
         self._tracker = AckTracker()
+        self._open_single = set()
         if channel is not None and not channel.is_closed:
             try:
                 async with asyncio.timeout(self.broker.connect_timeout):  # bounded, as every broker call

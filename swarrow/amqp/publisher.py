@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import aiormq
 import aiormq.abc
@@ -13,8 +14,11 @@ from swarrow.amqp._errors import CHANNEL_GONE
 from swarrow.amqp.connection import AmqpConnection
 from swarrow.errors import BrokerUnavailableError, PublishError
 from swarrow.message import Message
+from swarrow.publishable import check_publishable
 
 __all__ = ["AmqpPublisher"]
+
+logger = logging.getLogger(__name__)
 
 
 def _properties(message: Message) -> aiormq.spec.Basic.Properties:
@@ -65,7 +69,12 @@ class AmqpPublisher:
     async def publish(
         self, message: Message, routing_key: str, exchange: str = "", *, mandatory: bool = True
     ) -> None:
-        """Publish and wait for the broker's confirm."""
+        """Publish and wait for the broker's confirm.
+
+        `InvalidMessageError` (nothing sent) for a property or header RabbitMQ cannot take. A channel
+        the broker closed (a missing exchange) is a `PublishError`, and the next publish opens a new one.
+        """
+        check_publishable(message, user=self.broker.username)
         key = message.message_id
         if not mandatory or key is None:  # aiormq gives an id-less message a fresh random one
             await self._publish(message, routing_key, exchange, mandatory)
@@ -96,10 +105,29 @@ class AmqpPublisher:
             raise PublishError(f"message returned as unroutable ({where}): no queue is bound there") from None
         except BrokerUnavailableError:
             raise
+        except (aiormq.exceptions.ChannelClosed, aiormq.exceptions.ChannelInvalidStateError) as exc:
+            # The broker closed the channel (a missing exchange ...): aio-pika would not reopen it.
+            await self._drop_channel(exc)
+            raise PublishError(
+                f"publish to {where} failed, channel closed: {exc!r} (the next publish opens a new channel)"
+            ) from exc
         except (*CHANNEL_GONE,) as exc:
             raise PublishError(f"publish to {where} failed before it was confirmed: {exc!r}") from exc
         if not isinstance(confirmation, Basic.Ack):
             raise PublishError(f"broker nacked the publish to {where}")
+
+    async def _drop_channel(self, exc: BaseException) -> None:
+        """Forget a closed channel, saying so; the next publish opens a new one."""
+        async with self._lock:
+            channel, self._channel = self._channel, None
+        if channel is None:
+            return
+        logger.warning("publisher channel closed by the broker (%r); the next publish opens a new one", exc)
+        if not channel.is_closed:
+            try:
+                await channel.close()
+            except CHANNEL_GONE as close_error:
+                logger.debug("closing the dead publisher channel failed: %r", close_error)
 
     async def close(self) -> None:
         """Close the publishing channel."""

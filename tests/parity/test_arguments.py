@@ -46,6 +46,7 @@ async def test_arguments_rabbitmq_refuses_are_refused_on_both_naming_the_argumen
     memory, rabbit = await on_both(sides, lambda side: _declare_error(side, durable, arguments))
     assert memory is not None and rabbit is not None
     assert named in memory and named in rabbit
+    assert "already exists" not in rabbit, "a new queue with a bad argument is not a conflict"
     assert await sides[1].broker.inspect_queue(sides[1].q("q")) is None
 
 

@@ -1,0 +1,131 @@
+"""Parity: what a message may carry — values that round-trip alike, and values refused before the wire."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from parity.harness import Side, on_both, take
+from swarrow import ConfigurationError, InvalidMessageError, Message, PublishError
+
+pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+
+HEADERS: dict[str, Any] = {
+    "str": "héllo",
+    "int": 5,
+    "negative": -(2**63),
+    "float": 1.5,
+    "decimal": Decimal("1.25"),
+    "bool": True,
+    "none": None,
+    "list": [1, "a", [2], {"k": "v"}],
+    "table": {"a": {"b": 1}},
+    "naive": datetime(2024, 1, 2, 3, 4, 5, 123456),
+    "aware": datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=2))),
+    "k" * 128: "longest key",
+}
+
+
+async def test_headers_and_properties_come_back_alike(sides: list[Side]) -> None:
+    async def scenario(side: Side) -> Message:
+        queue = await side.declare("q")
+        await side.publish(
+            queue, "x", headers=HEADERS, timestamp=datetime(2024, 5, 6, 7, 8, 9, 999999), priority=255,
+            delivery_mode=2, content_type="text/plain", message_id="m" * 255, expiration="60000",
+            correlation_id="c", reply_to="r", type="t", app_id="a", content_encoding="utf-8",
+        )  # fmt: skip
+        provider = side.broker.provider(queue)
+        await provider.start()
+        (message,) = await take(provider, 1)
+        await provider.ack(message)
+        await provider.close()
+        return message.replace(delivery_tag=None, consumer_tag=None)
+
+    memory, rabbit = await on_both(sides, scenario)
+    assert memory == rabbit
+    assert rabbit.headers["naive"] == datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert rabbit.headers["aware"] == datetime(2024, 1, 2, 1, 4, 5, tzinfo=UTC)
+    assert rabbit.timestamp == datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
+
+
+BAD = [
+    ({"headers": {"h": b"bytes"}}, "headers['h']"),
+    ({"headers": {"h": (1, 2)}}, "headers['h']"),
+    ({"headers": {"h": {1}}}, "headers['h']"),
+    ({"headers": {"h": uuid.uuid4()}}, "headers['h']"),
+    ({"headers": {"h": 2**63}}, "headers['h']"),
+    ({"headers": {"h": [1, b"x"]}}, "headers['h'][1]"),
+    ({"headers": {"t": {"deep": (1,)}}}, "headers['t']['deep']"),
+    ({"headers": {"k" * 129: 1}}, "headers key"),
+    ({"headers": {"h": "x" * 200_000}}, "headers encode to"),
+    ({"message_id": "m" * 256}, "message_id"),
+    ({"priority": 300}, "priority"),
+    ({"delivery_mode": 3}, "delivery_mode"),
+    ({"expiration": "abc"}, "expiration"),
+    ({"expiration": "-1"}, "expiration"),
+    ({"expiration": "1.5"}, "expiration"),
+    ({"expiration": " 200"}, "expiration"),
+    ({"user_id": "nobody-at-all"}, "user_id"),
+]
+
+
+@pytest.mark.parametrize(("fields", "named"), BAD, ids=[named for _, named in BAD])
+async def test_what_amqp_cannot_carry_is_refused_before_the_wire_on_both(
+    sides: list[Side], fields: dict[str, Any], named: str
+) -> None:
+    async def scenario(side: Side) -> tuple[str, str, int | None]:
+        queue = await side.declare("q")
+        publisher = side.broker.publisher()
+        try:
+            try:
+                await publisher.publish(Message(b"bad", **fields), queue)
+            except (InvalidMessageError, ConfigurationError) as exc:
+                error = (type(exc).__name__, str(exc))
+            else:
+                error = ("", "published")
+            await publisher.publish(Message(b"good"), queue)  # the same publisher still works
+        finally:
+            await publisher.close()
+        return error[0], error[1], await side.ready(queue)
+
+    memory, rabbit = await on_both(sides, scenario)
+    assert named in memory[1] and named in rabbit[1]
+    assert memory[2] == rabbit[2] == 1
+    if "user_id" in fields:  # RabbitMQ knows the connection's user; memory:// has none, so refuses any
+        assert rabbit[0] == "InvalidMessageError" and memory[0] == "ConfigurationError"
+    else:
+        assert memory[0] == rabbit[0] == "InvalidMessageError"
+
+
+async def test_user_id_of_the_connection_user_is_delivered_on_rabbitmq_and_refused_on_memory(
+    sides: list[Side],
+) -> None:
+    async def scenario(side: Side) -> str:
+        queue = await side.declare("q")
+        try:
+            await side.publish(queue, "x", user_id="guest")
+        except ConfigurationError as exc:
+            return str(exc)
+        return "published"
+
+    memory, rabbit = await on_both(sides, scenario)
+    assert rabbit == "published"
+    assert "user_id" in memory and "memory://" in memory
+
+
+@pytest.mark.parametrize("expiration", ["0", "+5", "007", "-0"])
+async def test_odd_but_valid_expiration_strings_are_taken_on_both(sides: list[Side], expiration: str) -> None:
+    async def scenario(side: Side) -> bool:
+        queue = await side.declare("q")
+        try:
+            await side.publish(queue, "x", expiration=expiration)
+        except PublishError:
+            return False
+        return True
+
+    memory, rabbit = await on_both(sides, scenario)
+    assert memory == rabbit is True
