@@ -118,15 +118,17 @@ class JobTrackerProcessor:
             self._rss.close()
 
     async def __call__(self, message: Message, /) -> bool:
-        job_id = message.message_id
         headers = message.headers
-        if not job_id:
-            header = headers.get(JOB_ID_HEADER) if headers else None
-            if isinstance(header, str) and 0 < len(header) <= MAX_JOB_ID:
-                job_id = header
-            else:
-                job_id = uuid4().hex
-                message = message.replace(headers={**headers, JOB_ID_HEADER: job_id})
+        # The header first: a retry copy of an id-less message gets a random message_id from the
+        # publishing client (aiormq), but it is still the job the header names.
+        header = headers.get(JOB_ID_HEADER) if headers else None
+        if isinstance(header, str) and 0 < len(header) <= MAX_JOB_ID:
+            job_id = header
+        elif message.message_id:
+            job_id = message.message_id
+        else:
+            job_id = uuid4().hex
+            message = message.replace(headers={**headers, JOB_ID_HEADER: job_id})
         attempt = (header_count(headers.get(RETRY_ATTEMPT_HEADER)) or 0) + 1 if headers else 1
         queue = message.queue
         started = self.clock()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import TypeVar
@@ -210,7 +211,13 @@ class MemoryPublisher:
     async def publish(
         self, message: Message, routing_key: str, exchange: str = "", *, mandatory: bool = True
     ) -> None:
-        """Route `message` now; `PublishError` when unroutable (mandatory), refused or nacked."""
+        """Route `message` now; `PublishError` when unroutable (mandatory), refused or nacked.
+
+        An id-less message gets a random `message_id`, as the AMQP publisher's client (aiormq) gives
+        it one; `MemoryBroker.publish_nowait` routes a message exactly as given (a foreign producer).
+        """
+        if not message.message_id:
+            message = message.replace(message_id=uuid.uuid4().hex)
         self.broker.publish_nowait(message, routing_key, exchange, mandatory=mandatory)
 
     async def close(self) -> None:

@@ -129,3 +129,20 @@ async def test_odd_but_valid_expiration_strings_are_taken_on_both(sides: list[Si
 
     memory, rabbit = await on_both(sides, scenario)
     assert memory == rabbit is True
+
+
+async def test_a_message_without_an_id_gets_a_random_one_on_both(sides: list[Side]) -> None:
+    async def scenario(side: Side) -> list[bool]:
+        queue = await side.declare("q")
+        await side.publish(queue, "a", "b")
+        provider = side.broker.provider(queue)
+        await provider.start()
+        first, second = await take(provider, 2)
+        for message in (first, second):
+            await provider.ack(message)
+        await provider.close()
+        ids = [first.message_id or "", second.message_id or ""]
+        return [len(ids[0]) == 32, all(c in "0123456789abcdef" for c in ids[0]), ids[0] != ids[1]]
+
+    memory, rabbit = await on_both(sides, scenario)
+    assert memory == rabbit == [True, True, True]
