@@ -129,7 +129,7 @@ def test_memory_urls_name_process_wide_brokers() -> None:
     assert first is open_broker("memory://shared")
     assert first is not open_broker("memory://other")
     assert open_broker("memory://").url == "memory://default"
-    with pytest.raises(ConfigurationError, match="unsupported scheme .redis."):
+    with pytest.raises(ConfigurationError, match=r"unsupported scheme .redis."):
         open_broker("redis://localhost")
 
 
