@@ -1,11 +1,12 @@
 """Job tracking's cost: the default stack with and without `track_jobs` (SQLite, PostgreSQL), in one run.
 
-    python benchmarks/jobs_tracking.py [--messages 20000] [--runs 3] [--memory-messages 20000]
+    python benchmarks/jobs_tracking.py [--messages 20000] [--runs 3] [--memory-messages 20000] [--memory-only]
         [--postgres-url postgresql://swarrow:swarrow@127.0.0.1:55432/swarrow]   (scripts/postgresql.sh start)
 
 1. In memory (no broker): µs per message on the event loop's thread (`time.thread_time`, so the SQLite
    writer thread is not counted, the to_thread hand-off and the asyncpg writes are) and wall µs, for the
-   default stack (as `swarrow consume` builds it, logger at INFO to a file) without and with tracking.
+   default stack (as `swarrow consume` builds it, logger at INFO to a file) without and with tracking;
+   `sqlite-hot` times the layer alone, with no write running meanwhile.
    The target: tracking with SQLite adds ≤ 10 µs per message on the loop.
 2. Against RabbitMQ: a queue of N persistent messages with unique ids, consumed by one worker (prefetch
    1000, concurrency 10) with that stack; runs alternate none / sqlite / postgresql; medians and the ratio
@@ -32,7 +33,9 @@ from _common import RESULTS, URL, emit
 from prometheus_client import CollectorRegistry
 
 from processors.defaults import default_stack
-from swarrow import Consumer, MemoryBroker, Message, Stack
+from processors.exception_catcher import ExceptionCatcherProcessor
+from processors.job_tracker import JobTrackerProcessor
+from swarrow import Consumer, Layer, MemoryBroker, Message, Stack
 from swarrow.amqp import AmqpBroker
 from swarrow.control import ConsumerControl
 from swarrow.jobs import JobStore
@@ -76,7 +79,13 @@ async def count_succeeded(url: str) -> int:
 
 
 async def in_memory(kind: str, count: int, repeat: int, pg_url: str | None, tmp: str) -> dict[str, float]:
-    """Best of `repeat`: loop-thread CPU µs and wall µs per message through the stack."""
+    """Best of `repeat`: loop-thread CPU µs and wall µs per message through the stack.
+
+    `sqlite-hot`: the layer's own work alone — nothing is written while the messages run (the writes
+    happen when the stack's lifespan ends, outside the timing).
+    """
+    hot = kind.endswith("-hot")
+    kind = kind.removesuffix("-hot")
     best_cpu = best_wall = float("inf")
     recorded = count
     for _ in range(repeat):
@@ -90,7 +99,13 @@ async def in_memory(kind: str, count: int, repeat: int, pg_url: str | None, tmp:
         batch = []
         while (m := provider.receive_nowait()) is not None:
             batch.append(m)
-        layers = stack_layers(provider, broker.publisher(), store, CollectorRegistry())
+        registry = CollectorRegistry()
+        if hot:
+            layers = stack_layers(provider, broker.publisher(), None, registry)
+            at = next(i for i, layer in enumerate(layers) if layer.factory is ExceptionCatcherProcessor)
+            layers.insert(at, Layer(JobTrackerProcessor, store=store, registry=registry, flush_interval=3600))
+        else:
+            layers = stack_layers(provider, broker.publisher(), store, registry)
         built = Stack(*layers, callback=callback).build()
         control = ConsumerControl(queue_name="bench", concurrency=1)
         control._bind()
@@ -177,11 +192,15 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         kinds.append("postgresql")
     result: dict[str, Any] = {"kinds": kinds, "messages": args.messages, "runs": args.runs}
     with tempfile.TemporaryDirectory() as tmp:
-        memory = {k: await in_memory(k, args.memory_messages, 3, pg_url, tmp) for k in kinds}
-        for k in kinds:
+        memory_kinds = ["none", "sqlite-hot", *kinds[1:]]
+        memory = {k: await in_memory(k, args.memory_messages, 3, pg_url, tmp) for k in memory_kinds}
+        for k in memory_kinds:
             memory[k]["loop_cost_us"] = memory[k]["loop_cpu_us"] - memory["none"]["loop_cpu_us"]
         result["memory"] = memory
         rates: dict[str, list[float]] = {k: [] for k in kinds}
+        if args.memory_only:
+            logging.getLogger().handlers.clear()
+            return result
         for _ in range(args.runs):
             for k in kinds:  # interleaved, so drift hits every variant alike
                 rates[k].append(await on_broker(k, args.messages, pg_url, tmp))
@@ -200,6 +219,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--memory-messages", type=int, default=20_000)
     parser.add_argument("--postgres-url", default=DEFAULT_PG)
+    parser.add_argument("--memory-only", action="store_true", help="part 1 alone (no RabbitMQ needed)")
     args = parser.parse_args()
     os.makedirs(RESULTS, exist_ok=True)
     result = anyio.run(measure, args, backend="asyncio")
