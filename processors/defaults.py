@@ -81,11 +81,13 @@ def default_stack(
     time_limit: float | None = None,
     stop_when_idle: float | None = None,
     track_jobs: str | JobStore | None = None,
+    otel: bool = False,
+    otel_server: tuple[str, int] | None = None,
     layers: Sequence[LayerLike] = (),
 ) -> list[Layer[Any]]:
     """Layers for `Stack(*layers, callback=...)`, outermost first; disabled ones (None / False) are left out.
 
-    Order: signal_handler → max_runtime → max_messages → memory_limit → stop_when_idle → metrics →
+    Order: signal_handler → tracing → max_runtime → max_messages → memory_limit → stop_when_idle → metrics →
     logger → job_tracker → exception_catcher → reply → ack → delivery_limit → retry → time_limit.
     Limits sit outside the exception catcher so they count finished messages only; ack sits outside
     retry so the original is acked once its retry copy is confirmed; the job tracker (`track_jobs`: a
@@ -94,7 +96,10 @@ def default_stack(
     requests are processed but not answered). `layers`: processors of your own (a `Layer`, or a
     class / factory called with the inner processor), added innermost, just around the callback, first
     listed outermost: inside ack and retry, so what they raise is retried and what they let through is
-    acked. Raises `ConfigurationError` for an option that cannot work.
+    acked. `otel`: a CONSUMER span per message (`TracingProcessor`, inside the signal handler, outside
+    everything else) and a PRODUCER span per retry, dead-letter and reply copy (`TracingPublisher`);
+    `otel_server` is the broker's (host, port) for their `server.*` attributes. Needs `swarrow[otel]`.
+    Raises `ConfigurationError` for an option that cannot work.
     """
     try:
         _check_options(max_runtime, max_messages, memory_limit, delivery_limit, time_limit, stop_when_idle)
@@ -124,6 +129,13 @@ def default_stack(
     stack: list[Layer[Any]] = []
     if signals:
         stack.append(Layer(SignalHandlerProcessor))
+    if otel:
+        from processors.tracing import TracingProcessor
+        from swarrow.otel import TracingPublisher
+
+        stack.append(Layer(TracingProcessor, server=otel_server))
+        if publisher is not None:
+            publisher = TracingPublisher(publisher, server=otel_server)
     if max_runtime is not None:
         stack.append(Layer(MaxRuntimeProcessor, seconds=max_runtime))
     if max_messages is not None:

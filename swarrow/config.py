@@ -156,6 +156,7 @@ _CONSUMER_SCHEMA: Final[Mapping[str, Mapping[str, tuple[str, Converter]]]] = {
         "uvloop": ("uvloop", _bool),
         "layers": ("layers", _layers),
         "track_jobs": ("track_jobs", _str),
+        "otel": ("otel", _bool),
     },
     "limits": {
         "max_messages": ("max_messages", _int),

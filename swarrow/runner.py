@@ -32,7 +32,7 @@ from swarrow.stack import LayerLike, Stack
 from swarrow.swarrot import RetryTopologyName, SwarrotTopology
 from swarrow.topology import RetryTopology, dead_letter_queue_name, exponential_delays, retry_queue_name
 from swarrow.units import MAX_DELAYS, format_duration
-from swarrow.urls import DEFAULT_URL
+from swarrow.urls import DEFAULT_URL, parse_url
 
 __all__ = [
     "Processors",
@@ -282,6 +282,9 @@ async def consume(
             if retry:
                 default_stack_options["retry_attempts"] = len(delays)
                 default_stack_options["retry_delays"] = delays
+            if default_stack_options.get("otel") and "otel_server" not in default_stack_options:
+                nodes = parse_url(resolve_url(url)).nodes  # none for memory://
+                default_stack_options["otel_server"] = (nodes[0].host, nodes[0].port) if nodes else None
             layers = default_stack(
                 provider=provider,
                 publisher=publisher,

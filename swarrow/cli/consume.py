@@ -239,6 +239,15 @@ _CONSUME_EPILOG = (
 )
 @option("--log/--no-log", section="Observability", default=True, help="Log one line per message.")
 @option(
+    "--otel",
+    section="Observability",
+    is_flag=True,
+    help="Trace with OpenTelemetry: a span per message and per publish, the producer's trace continued "
+    "(pip install 'swarrow[otel]'). Without a tracer provider set up already (opentelemetry-instrument), "
+    "the SDK is configured from OTEL_* variables: OTEL_TRACES_EXPORTER=otlp|console|none, "
+    "OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME.",
+)
+@option(
     "--log-body", section="Observability", is_flag=True, help="Include message bodies in per-message logs."
 )
 @option(
@@ -295,7 +304,7 @@ def consume(ctx: click.Context, /, target: str | None, config_path: str | None, 
         for key in (
             "signals", "max_runtime", "max_messages", "memory_limit", "log", "log_body", "catch",
             "requeue_on_error", "delivery_limit", "retry", "quorum", "time_limit", "stop_when_idle",
-            "track_jobs", "retry_topology",
+            "track_jobs", "otel", "retry_topology",
         )
     }  # fmt: skip
     stack_options["layers"] = layers
@@ -309,6 +318,14 @@ def consume(ctx: click.Context, /, target: str | None, config_path: str | None, 
         # A pool worker: its supervisor serves the metrics (summed over the pool) and checked the queues.
         metrics_address = None
         run_options = {"processors": pool_worker_layers(pool_worker, stack_options)}
+    sdk = None
+    if settings["otel"]:
+        from swarrow.otel import configure_sdk
+
+        try:
+            sdk = configure_sdk()
+        except Exception as exc:
+            fail(exc)
     try:
         reason: StopReason = run_anyio(
             functools.partial(
@@ -329,5 +346,8 @@ def consume(ctx: click.Context, /, target: str | None, config_path: str | None, 
         )
     except Exception as exc:
         fail(exc)
+    finally:
+        if sdk is not None:
+            sdk.shutdown()  # flushes the spans still batched
     logger.info("stopped (%s); exiting 0", reason)
     exit_now_if_threads_hang(0)

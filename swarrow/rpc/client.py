@@ -18,6 +18,7 @@ from swarrow.broker import Broker
 from swarrow.errors import ConfigurationError, RemoteError, RpcConnectionLost, RpcTimeout
 from swarrow.message import Message
 from swarrow.publishable import check_publishable
+from swarrow.publisher import Publisher
 from swarrow.rpc.deadline import DEADLINE_HEADER
 from swarrow.rpc.transport import ReplyTransport, open_reply_transport
 from swarrow.rpc.values import encode_value
@@ -65,6 +66,21 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     return found
 
 
+class _TransportPublisher:
+    """The transport's publish as a `Publisher`, so the tracing wrapper can open a span around it."""
+
+    def __init__(self, transport: ReplyTransport) -> None:
+        self.transport = transport
+
+    async def publish(
+        self, message: Message, routing_key: str, exchange: str = "", *, mandatory: bool = True
+    ) -> None:
+        await self.transport.publish(message, routing_key, exchange)
+
+    async def close(self) -> None:
+        """Nothing: the client closes the transport."""
+
+
 class _Pending:
     __slots__ = ("done", "error", "reply")
 
@@ -81,14 +97,20 @@ class RpcClient:
     clean up. Any number of tasks may `call` at once: each call is matched to its reply by
     `correlation_id`, without a lock. A request carries its deadline (`x-swarrow-deadline` and an
     `expiration`), so a worker skips requests nobody waits for any more. After a connection loss,
-    calls in flight raise `RpcConnectionLost`; later calls reconnect.
+    calls in flight raise `RpcConnectionLost`; later calls reconnect. `otel=True` opens a PRODUCER
+    span per request and carries its context, so the worker's span and its reply join the caller's trace.
     """
 
-    def __init__(self, broker: Broker, *, timeout: float = 30.0) -> None:
+    def __init__(self, broker: Broker, *, timeout: float = 30.0, otel: bool = False) -> None:
         if not timeout > 0:
             raise ConfigurationError(f"timeout must be > 0 seconds, got {timeout!r}")
         self.broker = broker
         self.timeout = timeout
+        self.otel = otel
+        if otel:
+            from swarrow.otel import require_otel
+
+            require_otel()
         self._pending: dict[str, _Pending] = {}
         self._transport: ReplyTransport | None = None
         self._stack: AsyncExitStack | None = None
@@ -105,6 +127,11 @@ class RpcClient:
             await stack.aclose()
             raise
         self._transport = transport
+        self._publisher: Publisher = _TransportPublisher(transport)
+        if self.otel:
+            from swarrow.otel import TracingPublisher
+
+            self._publisher = TracingPublisher(self._publisher)
         self._stack = stack
         return self
 
@@ -178,7 +205,9 @@ class RpcClient:
         pending = self._pending[correlation_id] = _Pending()
         try:
             with anyio.move_on_after(wait):
-                await transport.publish(request, queue if routing_key is None else routing_key, exchange)
+                await self._publisher.publish(
+                    request, queue if routing_key is None else routing_key, exchange
+                )
                 await pending.done.wait()
         finally:
             del self._pending[correlation_id]

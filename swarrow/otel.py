@@ -1,0 +1,236 @@
+"""OpenTelemetry for swarrow: messaging spans, trace context in the headers, and the CLI's SDK set-up.
+
+Follows OpenTelemetry's messaging semantic conventions for RabbitMQ as shipped in
+opentelemetry-semantic-conventions 0.66b2 (schema https://opentelemetry.io/schemas/1.44.0): spans
+`send {destination}` (PRODUCER) and `process {queue}` (CONSUMER) with `messaging.system=rabbitmq`,
+`messaging.operation.name` / `.type`, `messaging.destination.name`,
+`messaging.rabbitmq.destination.routing_key`, `messaging.rabbitmq.message.delivery_tag`,
+`messaging.message.id`, `messaging.message.conversation_id`, `messaging.consumer.group.name`,
+`server.address` / `server.port` and `error.type`. `OTEL_SEMCONV_STABILITY_OPT_IN=messaging/dup`
+adds the older names too (`messaging.operation`, `net.peer.name`, `net.peer.port`) for
+dashboards built on them. Only the API is used here; `configure_sdk` is for the CLI (an application).
+Needs `pip install swarrow[otel]`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from contextvars import ContextVar
+from typing import Any, Final
+
+from swarrow.errors import ConfigurationError
+from swarrow.message import Message
+from swarrow.publisher import Publisher
+
+try:
+    from opentelemetry import propagate, trace
+    from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, Tracer
+except ImportError:  # pragma: no cover - without the [otel] extra: require_otel() says what to install
+    trace = None  # type: ignore[assignment]
+
+__all__ = [
+    "FIRST_ATTEMPT_HEADER",
+    "SYSTEM",
+    "SpanKind",
+    "Status",
+    "StatusCode",
+    "TracingPublisher",
+    "configure_sdk",
+    "dual_emission",
+    "require_otel",
+    "tracer",
+]
+
+logger = logging.getLogger(__name__)
+
+SYSTEM: Final = "rabbitmq"
+FIRST_ATTEMPT_HEADER: Final = "x-swarrow-first-attempt"
+"""The `traceparent` of a message's first `process` span, on its retry copies: later attempts link to it."""
+_VERSION: Final = "0.1.0"
+
+# The first attempt's span of the message being processed, for the copies its layers publish.
+first_attempt: ContextVar[str | None] = ContextVar("swarrow_first_attempt", default=None)
+
+
+def require_otel() -> None:
+    """Raise `ConfigurationError` with the install line when the OpenTelemetry API is missing."""
+    if trace is None:
+        raise ConfigurationError("tracing needs OpenTelemetry: pip install 'swarrow[otel]'")
+
+
+def tracer() -> Tracer:
+    """swarrow's tracer from the global tracer provider (a no-op one until an SDK is set up)."""
+    require_otel()
+    return trace.get_tracer("swarrow", _VERSION, schema_url="https://opentelemetry.io/schemas/1.44.0")
+
+
+def dual_emission() -> bool:
+    """True when OTEL_SEMCONV_STABILITY_OPT_IN asks for the old messaging attribute names too."""
+    values = {v.strip() for v in os.environ.get("OTEL_SEMCONV_STABILITY_OPT_IN", "").split(",")}
+    return "messaging/dup" in values
+
+
+def server_attributes(server: tuple[str, int] | None) -> dict[str, Any]:
+    """`server.address` / `server.port` (and the old `net.peer.*` under dual emission)."""
+    if server is None:
+        return {}
+    host, port = server
+    attributes: dict[str, Any] = {"server.address": host, "server.port": port}
+    if dual_emission():
+        attributes.update({"net.peer.name": host, "net.peer.port": port})
+    return attributes
+
+
+def message_attributes(message: Message) -> dict[str, Any]:
+    """The message's own attributes: id and conversation (correlation) id, when it has them."""
+    attributes: dict[str, Any] = {}
+    if message.message_id is not None:
+        attributes["messaging.message.id"] = message.message_id
+    if message.correlation_id is not None:
+        attributes["messaging.message.conversation_id"] = message.correlation_id
+    return attributes
+
+
+def traceparent_of(span_context: SpanContext) -> str:
+    """A span context in W3C `traceparent` form."""
+    return f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{int(span_context.trace_flags):02x}"
+
+
+def link_from_traceparent(value: object) -> Link | None:
+    """A link to the span a `traceparent` string names, or None when it is not one."""
+    if not isinstance(value, str) and not isinstance(value, bytes):
+        return None
+    text = value.decode() if isinstance(value, bytes) else value
+    parts = text.split("-")
+    if len(parts) != 4:
+        return None
+    try:
+        trace_id, span_id, flags = int(parts[1], 16), int(parts[2], 16), int(parts[3], 16)
+    except ValueError:
+        return None
+    if not trace_id or not span_id:
+        return None
+    context = SpanContext(trace_id, span_id, is_remote=True, trace_flags=trace.TraceFlags(flags))
+    return Link(context, {"swarrow.link": "first_attempt"})
+
+
+class TracingPublisher:
+    """Wraps a publisher: each publish is a PRODUCER span `send {destination}`, its context in the headers.
+
+    Retry, dead-letter and reply copies, RPC requests, `swarrow publish --otel` and your own
+    publishes (wrap `broker.publisher()`) go through it when tracing is on. A copy published while
+    a message is processed also carries that message's first-attempt span
+    (`x-swarrow-first-attempt`), so a retried attempt links to the first one and a message's whole
+    life is one trace.
+    """
+
+    def __init__(self, inner: Publisher, *, server: tuple[str, int] | None = None) -> None:
+        require_otel()
+        self.inner = inner
+        self.server = server
+        self._tracer = tracer()
+
+    async def publish(
+        self, message: Message, routing_key: str, exchange: str = "", *, mandatory: bool = True
+    ) -> None:
+        """Publish inside a `send` span; the span fails (`error.type`) when the publish raises."""
+        destination = exchange or routing_key
+        attributes: dict[str, Any] = {
+            "messaging.system": SYSTEM,
+            "messaging.operation.name": "send",
+            "messaging.operation.type": "send",
+            "messaging.destination.name": destination,
+            "messaging.rabbitmq.destination.routing_key": routing_key,
+            **message_attributes(message),
+            **server_attributes(self.server),
+        }
+        if dual_emission():
+            attributes["messaging.operation"] = "publish"
+        with self._tracer.start_as_current_span(
+            f"send {destination}" if destination else "send (default)",
+            kind=SpanKind.PRODUCER,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            headers: dict[str, Any] = dict(message.headers)
+            propagate.inject(headers)
+            first = first_attempt.get()
+            if first is not None and FIRST_ATTEMPT_HEADER not in headers:
+                headers[FIRST_ATTEMPT_HEADER] = first
+            try:
+                await self.inner.publish(
+                    message.replace(headers=headers), routing_key, exchange, mandatory=mandatory
+                )
+            except Exception as exc:
+                span.set_attribute("error.type", _error_type(exc))
+                span.set_status(Status(StatusCode.ERROR, str(exc)[:200]))
+                raise
+
+    async def close(self) -> None:
+        """Close the wrapped publisher."""
+        await self.inner.close()
+
+
+def _error_type(exc: BaseException) -> str:
+    cls = type(exc)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def extract(headers: Mapping[str, Any]) -> Any:
+    """The trace context (W3C traceparent, tracestate, baggage) a message's headers carry."""
+    carrier = {
+        k: v.decode() if isinstance(v, bytes) else v for k, v in headers.items() if isinstance(v, str | bytes)
+    }
+    return propagate.extract(carrier)
+
+
+def configure_sdk() -> Any:
+    """Set up the SDK from the standard `OTEL_*` variables unless the application already did; return it.
+
+    Used by the CLI (`--otel`). Honours OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES (the resource)
+    and OTEL_TRACES_EXPORTER (`otlp`, the default, over HTTP to OTEL_EXPORTER_OTLP_ENDPOINT;
+    `console`; `none`; a comma-separated list). Under `opentelemetry-instrument`, or when a tracer
+    provider is already installed, it changes nothing and returns None. Call `.shutdown()` on
+    what it returns at exit: that flushes the spans.
+    """
+    require_otel()
+    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        return None
+    try:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import (
+            BatchSpanProcessor,
+            ConsoleSpanExporter,
+            SimpleSpanProcessor,
+        )
+    except ImportError:
+        raise ConfigurationError("--otel needs the OpenTelemetry SDK: pip install 'swarrow[otel]'") from None
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "swarrow")})
+    )
+    names = [
+        n.strip().lower() for n in os.environ.get("OTEL_TRACES_EXPORTER", "otlp").split(",") if n.strip()
+    ]
+    for name in names:
+        if name == "none":
+            continue
+        if name == "console":
+            provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
+        elif name == "otlp":
+            try:
+                from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            except ImportError:
+                raise ConfigurationError(
+                    "OTEL_TRACES_EXPORTER=otlp needs the OTLP exporter: pip install 'swarrow[otel]'"
+                ) from None
+            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        else:
+            raise ConfigurationError(
+                f"OTEL_TRACES_EXPORTER: unknown exporter {name!r} (otlp, console or none)"
+            )
+    trace.set_tracer_provider(provider)
+    return provider

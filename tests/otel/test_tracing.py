@@ -1,0 +1,177 @@
+"""Tracing across queues: producer → consumer → retry → dead letter → reply, one trace, today's attributes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from processors.defaults import default_stack
+from swarrow import Broker, Consumer, Message, PermanentError, Stack
+from swarrow.otel import FIRST_ATTEMPT_HEADER, TracingPublisher
+from swarrow.topology import RetryTopology
+
+pytestmark = pytest.mark.anyio
+
+
+def _by_name(spans: InMemorySpanExporter) -> dict[str, list[ReadableSpan]]:
+    found: dict[str, list[ReadableSpan]] = {}
+    for span in spans.get_finished_spans():
+        found.setdefault(span.name, []).append(span)
+    return found
+
+
+async def _run(broker: Broker, queue: str, callback: Any, messages: int, **options: Any) -> None:
+    await RetryTopology(queue, [0.05]).declare(broker)
+    provider = broker.provider(queue, prefetch=10)
+    layers = default_stack(
+        provider=provider, publisher=broker.publisher(), signals=False, log=False, otel=True,
+        otel_server=("127.0.0.1", 5672), retry_attempts=1, retry_delays=[0.05], max_messages=messages,
+        **options,
+    )  # fmt: skip
+    with anyio.fail_after(20):
+        await Consumer(provider, Stack(*layers, callback=callback), concurrency=2).run()
+
+
+async def test_the_consumer_span_continues_the_producers_trace(
+    broker: Broker, queue_name: str, spans: InMemorySpanExporter
+) -> None:
+    inner: list[Any] = []
+
+    async def work(message: Message) -> None:
+        with trace.get_tracer("app").start_as_current_span("send e-mail") as span:
+            inner.append(span.get_span_context())
+
+    await broker.declare_queue(queue_name)
+    publisher = TracingPublisher(broker.publisher(), server=("127.0.0.1", 5672))
+    await publisher.publish(Message(b"x", message_id="m-1", correlation_id="c-1"), queue_name)
+    await _run(broker, queue_name, work, 1)
+    found = _by_name(spans)
+    (send,) = found[f"send {queue_name}"]
+    (process,) = found[f"process {queue_name}"]
+    (own,) = found["send e-mail"]
+    assert send.kind is SpanKind.PRODUCER and process.kind is SpanKind.CONSUMER
+    assert process.context.trace_id == send.context.trace_id
+    assert process.parent is not None and process.parent.span_id == send.context.span_id
+    assert own.parent is not None and own.parent.span_id == process.context.span_id, (
+        "the callback's spans nest"
+    )
+    attributes = dict(process.attributes or {})
+    assert attributes["messaging.system"] == "rabbitmq"
+    assert attributes["messaging.operation.name"] == "process"
+    assert attributes["messaging.operation.type"] == "process"
+    assert attributes["messaging.destination.name"] == queue_name
+    assert attributes["messaging.consumer.group.name"] == queue_name
+    assert attributes["messaging.rabbitmq.destination.routing_key"] == queue_name
+    assert isinstance(attributes["messaging.rabbitmq.message.delivery_tag"], int)
+    assert attributes["messaging.message.id"] == "m-1"
+    assert attributes["messaging.message.conversation_id"] == "c-1"
+    assert (attributes["server.address"], attributes["server.port"]) == ("127.0.0.1", 5672)
+    assert attributes["swarrow.outcome"] == "acked"
+    assert dict(send.attributes or {})["messaging.operation.type"] == "send"
+
+
+async def test_a_retried_message_is_one_trace_linked_to_its_first_attempt(
+    broker: Broker, queue_name: str, spans: InMemorySpanExporter
+) -> None:
+    calls: list[Message] = []
+
+    async def flaky(message: Message) -> None:
+        calls.append(message)
+        if len(calls) == 1:
+            raise RuntimeError("first time fails")
+
+    await broker.declare_queue(queue_name)
+    await TracingPublisher(broker.publisher()).publish(Message(b"x", message_id="m-2"), queue_name)
+    await _run(broker, queue_name, flaky, 2)
+    found = _by_name(spans)
+    first, second = sorted(found[f"process {queue_name}"], key=lambda s: s.start_time or 0)
+    (retry_send,) = found[f"send {queue_name}.retry.1"]
+    assert dict(first.attributes or {})["swarrow.outcome"] == "retried"
+    assert [e.name for e in first.events] == ["swarrow.retry"]
+    assert dict(second.attributes or {})["swarrow.outcome"] == "acked"
+    assert first.context.trace_id == retry_send.context.trace_id == second.context.trace_id
+    assert retry_send.parent is not None and retry_send.parent.span_id == first.context.span_id
+    assert second.parent is not None and second.parent.span_id == retry_send.context.span_id
+    assert [link.context.span_id for link in second.links] == [first.context.span_id]
+    assert FIRST_ATTEMPT_HEADER in calls[1].headers and "traceparent" in calls[1].headers
+
+
+async def test_a_dead_lettered_message_fails_its_span_with_the_error_type(
+    broker: Broker, queue_name: str, spans: InMemorySpanExporter
+) -> None:
+    async def refuse(message: Message) -> None:
+        raise PermanentError("no card")
+
+    await broker.declare_queue(queue_name)
+    await broker.publisher().publish(Message(b"x", message_id="m-3"), queue_name)
+    await _run(broker, queue_name, refuse, 1)
+    found = _by_name(spans)
+    (process,) = found[f"process {queue_name}"]
+    (dead_send,) = found[f"send {queue_name}.dead"]
+    assert process.status.status_code is StatusCode.ERROR
+    assert dict(process.attributes or {})["error.type"] == "swarrow.errors.PermanentError"
+    assert dict(process.attributes or {})["swarrow.outcome"] == "dead_lettered"
+    assert dead_send.parent is not None and dead_send.parent.span_id == process.context.span_id
+
+
+async def test_a_publish_that_fails_marks_its_send_span(
+    broker: Broker, queue_name: str, spans: InMemorySpanExporter
+) -> None:
+    from swarrow import PublishError
+
+    with pytest.raises(PublishError):
+        await TracingPublisher(broker.publisher()).publish(Message(b"x"), f"{queue_name}.missing")
+    (send,) = spans.get_finished_spans()
+    assert send.status.status_code is StatusCode.ERROR
+    assert dict(send.attributes or {})["error.type"] == "swarrow.errors.PublishError"
+
+
+async def test_old_attribute_names_too_under_dual_emission(
+    broker: Broker, queue_name: str, spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "http,messaging/dup")
+    await broker.declare_queue(queue_name)
+    await TracingPublisher(broker.publisher(), server=("127.0.0.1", 5672)).publish(Message(b"x"), queue_name)
+    await _run(broker, queue_name, lambda m: None, 1)
+    found = _by_name(spans)
+    (send,) = found[f"send {queue_name}"]
+    (process,) = found[f"process {queue_name}"]
+    assert dict(send.attributes or {})["messaging.operation"] == "publish"
+    assert dict(process.attributes or {})["messaging.operation"] == "process"
+    assert dict(process.attributes or {})["net.peer.name"] == "127.0.0.1"
+
+
+async def test_an_rpc_call_and_its_reply_are_one_trace(
+    broker: Broker, queue_name: str, spans: InMemorySpanExporter
+) -> None:
+    from swarrow import RpcClient
+
+    await RetryTopology(queue_name, [0.05]).declare(broker)
+    provider = broker.provider(queue_name, prefetch=10)
+    layers = default_stack(
+        provider=provider, publisher=broker.publisher(), signals=False, log=False, otel=True,
+        retry_attempts=1, retry_delays=[0.05], max_messages=1,
+    )  # fmt: skip
+    consumer = Consumer(provider, Stack(*layers, callback=lambda m: "pong"), concurrency=1)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(consumer.run)
+        async with RpcClient(broker, otel=True) as client:
+            assert (await client.call(queue_name, b"ping", timeout=10)).text() == "pong"
+    found = _by_name(spans)
+    (request,) = found[f"send {queue_name}"]
+    (process,) = found[f"process {queue_name}"]
+    (reply,) = [
+        s
+        for name, group in found.items()
+        if name.startswith("send ") and name != f"send {queue_name}"
+        for s in group
+    ]
+    assert request.context.trace_id == process.context.trace_id == reply.context.trace_id
+    assert process.parent is not None and process.parent.span_id == request.context.span_id
+    assert reply.parent is not None and reply.parent.span_id == process.context.span_id
