@@ -18,6 +18,7 @@ from processors.retry import RepublishFailed, RetryProcessor
 from processors.signal_handler import SignalHandlerProcessor
 from processors.stop_when_idle import StopWhenIdleProcessor
 from processors.time_limit import TimeLimitProcessor
+from processors.tracing import TracingProcessor
 
 __all__ = [
     "AckProcessor",
@@ -38,5 +39,6 @@ __all__ = [
     "SignalHandlerProcessor",
     "StopWhenIdleProcessor",
     "TimeLimitProcessor",
+    "TracingProcessor",
     "default_stack",
 ]
