@@ -15,7 +15,7 @@ PEERS_REQ = benchmarks/peers-requirements.txt
 LINT_PATHS = $(wildcard swarrow processors tests benchmarks)
 
 .DEFAULT_GOAL := help
-.PHONY: help install rabbitmq postgresql cluster cluster-stop test-cluster run test test-unit test-reliability lint bench bench-quick bench-peers-env clean
+.PHONY: test-lowest help install rabbitmq postgresql cluster cluster-stop test-cluster run test test-unit test-reliability lint bench bench-quick bench-peers-env clean
 
 help: ## List the targets
 	@echo "usage: make <target>   (VENV=$(VENV))"
@@ -73,6 +73,29 @@ test: install rabbitmq postgresql ## Run the whole test suite (pass options with
 
 test-unit: install ## Run the tests that need no broker
 	$(PY) -m pytest -q -m "not integration and not reliability and not prometheus and not cluster" $(PYTEST_ARGS)
+
+# The lowest versions pyproject.toml allows, in a venv of their own: a lower bound that does not work
+# fails here, not on a user's machine. Re-installs only when pyproject.toml changes.
+LOWEST_VENV = .venv-lowest
+LOWEST_PY = $(LOWEST_VENV)/bin/python
+LOWEST_STAMP = $(LOWEST_VENV)/.install-stamp
+LOWEST_SMOKE = tests/integration/test_amqp_provider.py tests/integration/test_ack_rabbitmq.py \
+	tests/integration/test_cli_rabbitmq.py
+
+$(LOWEST_STAMP): pyproject.toml scripts/lowest-constraints.py | $(PY)
+	@test -x $(LOWEST_PY) || { echo "creating $(LOWEST_VENV)"; $(PY) -m venv --clear $(LOWEST_VENV); }
+	$(PY) scripts/lowest-constraints.py > $(LOWEST_VENV)/constraints.txt
+	@cat $(LOWEST_VENV)/constraints.txt
+	$(LOWEST_PY) -m pip install --disable-pip-version-check -q -c $(LOWEST_VENV)/constraints.txt -e '.[dev]'
+	$(LOWEST_PY) -m pip list --disable-pip-version-check 2>/dev/null | \
+		grep -iE '^(aio-pika|aiormq|pamqp|anyio|click|prometheus.client|uvloop|asyncpg) '
+	@touch $@
+
+test-lowest: $(LOWEST_STAMP) rabbitmq ## Unit tests + a RabbitMQ smoke test on the lowest dependency versions allowed
+	$(LOWEST_PY) -m pytest -q -p no:cacheprovider -m "not integration and not reliability and not prometheus" \
+		--ignore=tests/cluster \
+		$(PYTEST_ARGS)
+	$(LOWEST_PY) -m pytest -q -p no:cacheprovider $(LOWEST_SMOKE) $(PYTEST_ARGS)
 
 test-reliability: install rabbitmq ## Run the chaos suite in tests/reliability
 	$(PY) -m pytest -q tests/reliability -m reliability $(PYTEST_ARGS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import click
 from click.core import ParameterSource
@@ -35,7 +35,14 @@ _V = TypeVar("_V")
 # -- parameter types ---------------------------------------------------------------------------------------
 
 
-class Parsed(click.ParamType[_V]):
+if TYPE_CHECKING:
+    _ParamType = click.ParamType[Any]
+else:
+    # click >= 8.4 makes ParamType generic; older ones (8.1 to 8.3) cannot be subscripted at run time.
+    _ParamType = click.ParamType
+
+
+class Parsed(_ParamType, Generic[_V]):
     """A flag value parsed by one of swarrow's parsers; their ValueError becomes click's usage error."""
 
     def __init__(self, name: str, parse: Callable[[str], _V]) -> None:
@@ -69,7 +76,7 @@ def Address() -> Parsed[tuple[str, int]]:
     return Parsed("HOST:PORT", parse_metrics_addr)
 
 
-class Header(click.ParamType[tuple[str, str]]):
+class Header(_ParamType):
     name = "KEY=VALUE"
 
     def convert(
