@@ -80,7 +80,7 @@ LOWEST_VENV = .venv-lowest
 LOWEST_PY = $(LOWEST_VENV)/bin/python
 LOWEST_STAMP = $(LOWEST_VENV)/.install-stamp
 LOWEST_SMOKE = tests/integration/test_amqp_provider.py tests/integration/test_ack_rabbitmq.py \
-	tests/integration/test_cli_rabbitmq.py
+	tests/integration/test_cli_rabbitmq.py tests/integration/test_fastpath_rabbitmq.py
 
 $(LOWEST_STAMP): pyproject.toml scripts/lowest-constraints.py | $(PY)
 	@test -x $(LOWEST_PY) || { echo "creating $(LOWEST_VENV)"; $(PY) -m venv --clear $(LOWEST_VENV); }

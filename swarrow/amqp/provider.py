@@ -17,7 +17,7 @@ from aio_pika.abc import AbstractRobustChannel
 from swarrow.amqp._errors import CHANNEL_GONE, EMPTY_HEADERS
 from swarrow.amqp.acks import AckTracker, Settlement
 from swarrow.amqp.connection import AmqpConnection
-from swarrow.amqp.fastpath import install_fast_delivery, let_reader_run_ahead
+from swarrow.amqp.fastpath import FastPath, apply_fast_path
 from swarrow.errors import BrokerUnavailableError, ConfigurationError
 from swarrow.message import Message
 from swarrow.validation import require_int, require_seconds
@@ -101,7 +101,8 @@ class AmqpMessageProvider(Settlement):
         self._closed = False
         self._recovery: asyncio.Task[None] | None = None
         self.stale_settlements = 0
-        self.fast_delivery = True
+        self.fast_delivery = True  # False: aiormq's task-per-delivery consumer callback (benchmarks)
+        self.fast_path: FastPath | None = None  # what the fast path managed on the current channel
 
     @property
     def queue_name(self) -> str:
@@ -196,9 +197,9 @@ class AmqpMessageProvider(Settlement):
             self._underlay = underlay
             underlay.on_consumer_cancel_callbacks.add(self._on_cancel)
             underlay.closing.add_done_callback(functools.partial(self._on_channel_closed, underlay))
-            let_reader_run_ahead(underlay)
-            if self.fast_delivery:
-                install_fast_delivery(underlay, self._take, self._queue_name)
+            self.fast_path = apply_fast_path(
+                underlay, self._take, self._queue_name, inline=self.fast_delivery
+            )
             if dropped or unflushed:
                 self.stale_settlements += unflushed
                 logger.warning(

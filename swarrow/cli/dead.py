@@ -22,7 +22,7 @@ from swarrow.cli._dead_output import describe_letter, letter_as_json, list_lines
 from swarrow.cli.bootstrap import run_anyio
 from swarrow.cli.errors import CliError, fail
 from swarrow.cli.help import ENV_EPILOG, EXIT_EPILOG, ManCommand, option
-from swarrow.cli.params import Duration, url_option
+from swarrow.cli.params import Duration, ParamType, url_option
 from swarrow.config import load_config
 from swarrow.errors import ConfigurationError, SwarrowError
 from swarrow.exits import EXIT_CRASH, EXIT_USAGE
@@ -74,7 +74,7 @@ def _instant(text: str) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
-class _Instant(click.ParamType[datetime]):
+class _Instant(ParamType):
     name = "TIME"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> datetime:

@@ -21,6 +21,7 @@ __all__ = [
     "Delays",
     "Duration",
     "Header",
+    "ParamType",
     "Parsed",
     "Size",
     "given",
@@ -36,13 +37,14 @@ _V = TypeVar("_V")
 
 
 if TYPE_CHECKING:
-    _ParamType = click.ParamType[Any]
+    ParamType = click.ParamType[Any]
 else:
-    # click >= 8.4 makes ParamType generic; older ones (8.1 to 8.3) cannot be subscripted at run time.
-    _ParamType = click.ParamType
+    # click >= 8.4 makes ParamType generic; 8.2 and 8.3 (allowed by pyproject) cannot subscript it at run
+    # time. Subclass this, never `click.ParamType[T]`: `make test-lowest` fails on the latter.
+    ParamType = click.ParamType
 
 
-class Parsed(_ParamType, Generic[_V]):
+class Parsed(ParamType, Generic[_V]):
     """A flag value parsed by one of swarrow's parsers; their ValueError becomes click's usage error."""
 
     def __init__(self, name: str, parse: Callable[[str], _V]) -> None:
@@ -76,7 +78,7 @@ def Address() -> Parsed[tuple[str, int]]:
     return Parsed("HOST:PORT", parse_metrics_addr)
 
 
-class Header(_ParamType):
+class Header(ParamType):
     name = "KEY=VALUE"
 
     def convert(
