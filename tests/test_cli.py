@@ -35,7 +35,15 @@ def memory() -> tuple[str, MemoryBroker]:
 
 
 def invoke(*args: str, input: str | None = None, env: dict[str, str] | None = None) -> Result:
-    return CliRunner().invoke(cli, list(args), input=input, env=env)
+    # Each run configures the root logger onto its runner's stderr, closed once the run returns: a second
+    # run in the same test must not inherit that handler (click < 8.3.2 then fails writing to it).
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        return CliRunner().invoke(cli, list(args), input=input, env=env)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 def fill(broker: MemoryBroker, queue: str, count: int, *, retry_delays: int = 3) -> None:

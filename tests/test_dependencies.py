@@ -78,6 +78,7 @@ def test_every_runtime_dependency_has_a_lower_bound_pinned_by_the_lowest_job() -
     assert all("==" in line for line in pins)
     # 8.1.8 could not import swarrow.cli; 8.2's test runner drops stderr and ends stdin with EOFError.
     assert "click==8.3" in pins
+    assert "aiormq==7.2.1" in pins  # the first whose reader looks up _on_deliver_frame per frame
 
 
 def test_the_constraints_script_refuses_a_dependency_without_a_lower_bound() -> None:

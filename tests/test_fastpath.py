@@ -113,3 +113,21 @@ async def test_an_unsupported_aiormq_turns_both_tricks_off_and_says_so_once(
 async def test_a_channel_without_the_internals_is_left_alone(caplog: pytest.LogCaptureFixture) -> None:
     state = apply_fast_path(object(), lambda *_: None, "q", inline=False)  # type: ignore[arg-type]
     assert state == FastPath(reader_unbounded=False, inline_delivery=False)
+
+
+@pytest.mark.parametrize(
+    ("release", "supported"),
+    [
+        ("7.0.0", False),
+        ("7.2.0", False),
+        ("7.2.1", True),
+        ("7.2.4", True),
+        ("7.10.0", True),
+        ("8.0.0", False),
+    ],
+)
+def test_the_version_gate_admits_only_readers_that_look_the_handler_up_per_frame(
+    release: str, supported: bool
+) -> None:
+    low, high = fastpath._SUPPORTED_RANGE
+    assert (low <= fastpath._release(release) < high) is supported

@@ -12,7 +12,7 @@ Two tricks on the consumer channel, each measured (DESIGN.md, README "Performanc
   `_on_deliver_frame` reads the header and body frames straight into swarrow's buffer (~8% of CPU).
 
 Both rely on aiormq 7's `Channel.frames` (an `asyncio.Queue` of `(weight, frame)`) and
-`Channel._on_deliver_frame`, and on pamqp 4's frame classes: they are applied only on aiormq 7.x
+`Channel._on_deliver_frame`, and on pamqp 4's frame classes: they are applied only on aiormq >= 7.2.1, < 8
 (`SUPPORTED`), and each checks the attribute it changes. When either is off, the consumer still works
 through aiormq's public consumer callback, ~40% slower: logged once per process, and
 `tests/integration/test_fastpath_rabbitmq.py` fails so a dependency change cannot turn them off silently.
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -49,8 +50,17 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 AIORMQ_VERSION: Final = version("aiormq")
-#: The aiormq major version whose private channel internals the tricks were written against.
-SUPPORTED: Final = AIORMQ_VERSION.split(".")[0] == "7"
+# aiormq 7.2.1 is the first whose channel reader looks `_on_deliver_frame` up per frame (7.0 to 7.2.0
+# bound it once in a dict, so replacing it there does nothing); 8 may move any of it.
+_SUPPORTED_RANGE: Final = ((7, 2, 1), (8, 0, 0))
+
+
+def _release(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+
+#: True when the installed aiormq is one whose private channel internals the tricks were written against.
+SUPPORTED: Final = _SUPPORTED_RANGE[0] <= _release(AIORMQ_VERSION) < _SUPPORTED_RANGE[1]
 
 # What the provider does with one delivery: (basic.deliver frame, properties, body, channel).
 Take = Callable[[Any, Any, bytes, aiormq.abc.AbstractChannel], None]
@@ -87,7 +97,7 @@ def _report_off(trick: str, effect: str) -> None:
         return
     _reported_off.add(trick)
     logger.warning(
-        "aiormq fast path %r is off on aiormq %s (written for 7.x): %s; consuming is slower",
+        "aiormq fast path %r is off on aiormq %s (written for 7.2.1 to 7.x): %s; consuming is slower",
         trick,
         AIORMQ_VERSION,
         effect,

@@ -103,6 +103,7 @@ class AmqpMessageProvider(Settlement):
         self.stale_settlements = 0
         self.fast_delivery = True  # False: aiormq's task-per-delivery consumer callback (benchmarks)
         self.fast_path: FastPath | None = None  # what the fast path managed on the current channel
+        self.slow_deliveries = 0  # taken through aiormq's consumer callback: 0 while the fast path works
 
     @property
     def queue_name(self) -> str:
@@ -223,6 +224,7 @@ class AmqpMessageProvider(Settlement):
         )
 
     async def _on_delivery(self, delivered: aiormq.abc.DeliveredMessage) -> None:
+        self.slow_deliveries += 1
         self._take(delivered.delivery, delivered.header.properties, delivered.body, delivered.channel)
 
     def _take(self, d: Any, p: Any, body: bytes, channel: aiormq.abc.AbstractChannel) -> None:

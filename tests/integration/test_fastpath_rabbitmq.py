@@ -44,6 +44,7 @@ async def test_both_tricks_are_active_on_the_installed_aiormq(
         assert is_inline(underlay)
         bodies = [(await _receive(provider)).body for _ in range(3)]
         assert bodies == [b"", b"small", big]
+        assert provider.slow_deliveries == 0  # each came through the reader-side handler, none the slow way
     finally:
         await provider.close()
         await publisher.close()
