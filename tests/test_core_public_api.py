@@ -48,6 +48,7 @@ SUBMODULE_API = {
     "runner",
     "swarrot",
     "scan",
+    "swarrot",
     "topology",
     "units",
     "urls",
