@@ -135,6 +135,7 @@ class WorkerPool:
         self._prepare_directories()
         self._stop_event = anyio.Event()
         try:
+            self._refresh()  # /status is whole from the first request, not `{}` until a worker starts
             self._start_server()
             logger.info("starting a pool of %d workers: %s", self.workers, " ".join(mask_argv(self.command)))
             async with anyio.create_task_group() as tg:
