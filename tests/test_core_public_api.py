@@ -48,7 +48,6 @@ SUBMODULE_API = {
     "runner",
     "swarrot",
     "scan",
-    "swarrot",
     "topology",
     "units",
     "urls",
