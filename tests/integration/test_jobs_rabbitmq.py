@@ -169,7 +169,8 @@ async def test_kill_9_leaves_running_jobs_running_until_redelivered_then_final(
         await until(four_running, 30, "four jobs running in the first worker")
         first.kill()  # SIGKILL: no lifespan, no last flush
         running = {job.id: job for job in await store.list(state="running")}
-        assert len(running) == 4 and {job.pid for job in running.values()} == {first.pid}
+        # (a group of 4 may have finished between the check and the kill; the next 4 then run)
+        assert 1 <= len(running) <= 4 and {job.pid for job in running.values()} == {first.pid}
         await anyio.sleep(0.5)
         still = await store.status(running)
         assert all(
