@@ -35,7 +35,7 @@ __all__ = [
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 DEFAULT_PORTS: Final = {"amqp": 5672, "amqps": 5671}
 _SCHEMES: Final = (*DEFAULT_PORTS, "memory")
-_EXPECTED: Final = "expected amqp://user:password@host:port/vhost, amqps://… or memory://NAME"
+_EXPECTED: Final = "the form is amqp://user:password@host:port/vhost, amqps://… or memory://NAME"
 _MASK: Final = "***"
 _SCHEME_PREFIX: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 # Where a second URL starts in a list written as one string ("amqp://…,amqp://…" or with ";").
