@@ -50,7 +50,9 @@ _CONSUME_EPILOG = (
     "\b\nExamples:\n"
     "  swarrow consume myapp.handlers:send_email --queue emails --concurrency 10 --max-messages 10000\n"
     "  swarrow consume myapp.tasks:run --queue jobs --retry-delays exp:1s..16m --declare --log-format json\n"
-    "  swarrow consume --config swarrow.toml emails --max-runtime 1h\n\n"
+    "  swarrow consume --config swarrow.toml emails --max-runtime 1h\n"
+    "  swarrow consume emails --print-settings          (./swarrow.toml; what would run, and why)\n"
+    "  swarrow consume myapp:handle -q jobs --layer myapp.layers:SkipTestTraffic --workers 4\n\n"
     f"{ENV_EPILOG}\n\n{EXIT_EPILOG}"
 )
 
