@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -62,6 +63,11 @@ async def fill_dead(url: str, queue: str, count: int) -> None:
         await connection.close()
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def dead(*args: str, url: str) -> tuple[dict[str, object], float]:
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "swarrow", "dead", *args, "--url", url, "--json"],
@@ -77,7 +83,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--list", action="store_true", help="also time `swarrow dead list`")
     args = parser.parse_args()
-    rates, lists, fills = [], [], []
+    rates, lists, fills, cpus = [], [], [], []
     for _ in range(args.runs):
         queue = unique_queue("dead-replay")
         try:
@@ -87,7 +93,9 @@ def main() -> None:
             if args.list:
                 listed, _ = dead("list", "-q", queue, url=URL)
                 lists.append(args.messages / float(listed["elapsed_seconds"]))  # type: ignore[arg-type]
+            cpu = _children_cpu()
             result, wall = dead("replay", "-q", queue, url=URL)
+            cpus.append((_children_cpu() - cpu) / args.messages * 1e6)
             if result["replayed"] != args.messages:
                 raise RuntimeError(f"replayed {result['replayed']} of {args.messages}")
             if asyncio.run(queue_depth(URL, queue)) != args.messages:
@@ -97,7 +105,7 @@ def main() -> None:
             rate = args.messages / float(result["elapsed_seconds"])  # type: ignore[arg-type]
             rates.append(rate)
             print(f"replayed {args.messages} in {result['elapsed_seconds']} s ({rate:,.0f} msg/s; "
-                  f"process {wall:.2f} s); the fill, a bare aiormq publisher: {fills[-1]:,.0f} msg/s",
+                  f"process {wall:.2f} s, {cpus[-1]:.0f} µs CPU per message); the fill, a bare aiormq publisher: {fills[-1]:,.0f} msg/s",
                   file=sys.stderr)  # fmt: skip
         finally:
             asyncio.run(delete_queue(URL, queue))
@@ -105,7 +113,8 @@ def main() -> None:
     emit({"benchmark": "dead_replay", "messages": args.messages, "runs": args.runs,
           "replay_msg_per_s_median": round(statistics.median(rates)), "replay_msg_per_s": [round(r) for r in rates],
           "list_msg_per_s": [round(r) for r in lists],
-          "fill_msg_per_s": [round(r) for r in fills]})  # fmt: skip
+          "fill_msg_per_s": [round(r) for r in fills],
+          "replay_cpu_us_per_msg": [round(c) for c in cpus]})  # fmt: skip
 
 
 if __name__ == "__main__":
