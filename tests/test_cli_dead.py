@@ -65,7 +65,9 @@ def test_show_json_gives_binary_bodies_in_base64_and_finds_by_message_id(url: st
 
 def test_replay_shows_progress_on_request_and_ends_with_the_closing_line(url: str) -> None:
     code, out, err = run("replay", "-q", "jobs", "--error-type", "Boom", "--progress", url=url)
-    assert code == 0 and "replayed 2, kept 1, failed 0" in out and "replaying jobs.dead" in err
+    assert (
+        code == 0 and out.splitlines()[-1] == "replayed 2, kept 1, failed 0" and "replaying jobs.dead" in err
+    )
     code, out, err = run("replay", "-q", "jobs", "--to", "missing", url=url)
     assert code == 2 and "target queue 'missing' does not exist" in err
 
@@ -84,7 +86,7 @@ def test_purge_asks_on_a_terminal_and_refuses_without_one(url: str, monkeypatch:
     code, out, err = run("purge", "-q", "jobs", "--error-type", "Boom", url=url, input="n\n")
     assert code == 1 and "Drop 2 dead letter(s) from jobs.dead for good (keep 1)?" in err
     code, out, _ = run("purge", "-q", "jobs", "--error-type", "Boom", url=url, input="y\n")
-    assert code == 0 and "purged 2, kept 1" in out
+    assert code == 0 and out.splitlines()[-1] == "purged 2, kept 1"
 
 
 @pytest.mark.parametrize(

@@ -445,7 +445,9 @@ def _report(
         click.echo(f"  {count:>8}  → {safe(target)}")
     for reason, count in sorted(failures.items(), key=lambda kv: -kv[1]):
         click.echo(f"  {count:>8}  failed: {safe(reason)}")
-    click.echo(f"{line} ({elapsed:.2f} s)")
+    rate = f", {data['replayed'] / elapsed:,.0f} msg/s" if elapsed > 0 and data["replayed"] else ""
+    click.echo(f"took {elapsed:.2f} s{rate}")
+    click.echo(line)  # the closing line, alone: `replayed N, kept M, failed K`
 
 
 @dead.command(cls=ManCommand, epilog=_EPILOG)
@@ -503,4 +505,5 @@ def purge(
     if as_json:
         _echo_json(result.as_dict())
         return
-    click.echo(f"{result.line()} ({result.elapsed:.2f} s)")
+    click.echo(f"took {result.elapsed:.2f} s")
+    click.echo(result.line())
