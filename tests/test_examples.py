@@ -20,6 +20,7 @@ from types import ModuleType
 
 import anyio
 import pytest
+from click.testing import CliRunner
 
 from processors import AckProcessor, MaxMessagesProcessor
 from swarrow import Consumer, Layer, MemoryBroker, Message, Stack
@@ -220,6 +221,12 @@ def test_the_supervisord_program_uses_only_flags_consume_has() -> None:
     flags = [arg for arg in argv if arg.startswith("--")]
     assert flags and set(flags) <= known, set(flags) - known
     assert program["stopsignal"] == "TERM" and int(program["stopwaitsecs"]) > 30  # above --grace-period 30s
+    # the whole command line parses and checks, values included (with a callable that imports here)
+    args = ["consume", "examples.callbacks:send_email", *argv[3:], "--print-settings"]
+    checked = CliRunner().invoke(cli, args)
+    assert checked.exit_code == 0, checked.output
+    assert "retry_delays = [5s, 1m, 10m] (3 retries)" in checked.output
+    assert "memory_limit = 512 MiB" in checked.output
 
 
 @pytest.mark.anyio
