@@ -157,7 +157,8 @@ async def resolve_retry_delays(
                 extra={"queue": queue},
             )
         return found
-    if [round(d * 1000) for d in found] != [round(d * 1000) for d in delays]:
+    # Fewer retries than there are queues is fine (the rest stay unused); other delays are not.
+    if [round(d * 1000) for d in found[: len(delays)]] != [round(d * 1000) for d in delays]:
         asked = ",".join(format_duration(d) for d in delays)
         raise ConfigurationError(
             f"retry queues {queue}.retry.1..{len(found)} exist on {broker.url} with delays {spelled}, "

@@ -461,3 +461,12 @@ def test_given_delays_that_differ_from_the_existing_queues_name_the_ones_that_ma
     assert result.exit_code == EXIT_USAGE
     assert "retry queues jobs.retry.1..2 exist on" in result.output
     assert "with delays 200ms,200ms, not 1s,2s,4s: consume with --retry-delays 200ms,200ms" in result.output
+
+
+def test_given_delays_may_use_fewer_of_the_existing_retry_queues(memory: tuple[str, MemoryBroker]) -> None:
+    url, broker = memory
+    assert invoke("declare", "--url", url, "-q", "jobs", "--retry-delays", "200ms,400ms").exit_code == 0
+    broker.publish_nowait(Message(b"x"), "jobs")
+    result = invoke("consume", "tests.cli_callbacks:ok", "--url", url, "-q", "jobs",
+                    "--retry-delays", "200ms", "--max-messages", "1", *FAST)  # fmt: skip
+    assert result.exit_code == 0, result.output
