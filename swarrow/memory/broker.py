@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import logging
 import math
 import time
-from collections import deque
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import anyio
 
 from swarrow.broker import QueueInfo
 from swarrow.errors import ConfigurationError, PublishError
-from swarrow.memory._arguments import QueueSpec, check_redeclare, parse_queue
+from swarrow.memory._arguments import check_redeclare, parse_queue
+from swarrow.memory._consumers import ConsumerSide
 from swarrow.memory._deadletter import dead_lettered, is_cycle
+from swarrow.memory._exchanges import Exchanges
+from swarrow.memory._queue import Entry, Queue, Subscriber
 from swarrow.message import Message
 from swarrow.publishable import as_delivered, check_publishable
 
@@ -28,73 +28,17 @@ __all__ = ["MemoryBroker"]
 
 logger = logging.getLogger(__name__)
 
-_PREDECLARED = {
-    "amq.direct": "direct",
-    "amq.fanout": "fanout",
-    "amq.topic": "topic",
-    "amq.headers": "headers",
-    "amq.match": "headers",
-}
 
-
-@dataclass(slots=True)
-class _Entry:
-    message: Message
-    seq: int
-    expires_at: float | None = None
-    delivery_count: int = 0
-    redelivered: bool = False
-
-
-class _Subscriber(Protocol):
-    """What the broker needs of a consumer (the provider): room in its prefetch window, and a push."""
-
-    def _has_room(self) -> bool: ...
-
-    def _push(self, entry: _Entry, quorum: bool) -> None: ...
-
-
-@dataclass(slots=True)
-class _Queue:
-    name: str
-    spec: QueueSpec
-    last_used: float
-    ready: deque[_Entry] = field(default_factory=deque)
-    subscribers: list[_Subscriber] = field(default_factory=list)
-    turn: int = 0
-
-
-@dataclass(slots=True)
-class _Exchange:
-    name: str
-    type: str
-    bindings: dict[str, set[str]] = field(default_factory=dict)
-    alternate: str | None = None  # `alternate-exchange`: where what routes nowhere goes instead
-
-
-def _topic_match(pattern: str, key: str) -> bool:
-    """RabbitMQ's topic matching: words split on '.', `*` is exactly one word, `#` zero or more."""
-
-    def match(p: list[str], k: list[str]) -> bool:
-        if not p:
-            return not k
-        if p[0] == "#":
-            return any(match(p[1:], k[i:]) for i in range(len(k) + 1))
-        return bool(k) and (p[0] == "*" or p[0] == k[0]) and match(p[1:], k[1:])
-
-    return match(pattern.split("."), key.split("."))
-
-
-class MemoryBroker:
+class MemoryBroker(ConsumerSide):
     """In-process queues and exchanges with RabbitMQ 3.10's observable behaviour (see the README)."""
 
     _named: ClassVar[dict[str, MemoryBroker]] = {}
 
     def __init__(self, name: str = "memory") -> None:
         self.name = name
-        self._queues: dict[str, _Queue] = {}
-        self._orphans: dict[str, list[_Subscriber]] = {}
-        self._exchanges = {n: _Exchange(n, t) for n, t in _PREDECLARED.items()}
+        self._queues: dict[str, Queue] = {}
+        self._orphans: dict[str, list[Subscriber]] = {}
+        self._exchanges = Exchanges()
         self._changed: anyio.Event | None = None
         self._publish_failures = 0
         self._seq = itertools.count()
@@ -152,7 +96,7 @@ class MemoryBroker:
             check_redeclare(name, existing.spec, durable, args)
             existing.last_used = now
             return QueueInfo(name, False, len(existing.ready), len(existing.subscribers))
-        queue = self._queues[name] = _Queue(name, spec, now)
+        queue = self._queues[name] = Queue(name, spec, now)
         queue.subscribers = self._orphans.pop(name, [])
         self._dispatch(queue)
         self._notify()
@@ -184,9 +128,7 @@ class MemoryBroker:
             return
         if queue.subscribers:
             self._orphans[name] = queue.subscribers
-        for exchange in self._exchanges.values():
-            for queues in exchange.bindings.values():
-                queues.discard(name)
+        self._exchanges.unbind(name)
         self._notify()
 
     async def purge_queue(self, name: str) -> int:
@@ -216,28 +158,7 @@ class MemoryBroker:
 
         The one argument modelled is `alternate-exchange`; any other is refused (`ConfigurationError`).
         """
-        if type not in ("direct", "fanout", "topic"):
-            raise ConfigurationError(
-                f"the in-memory broker supports direct, fanout and topic exchanges, not {type!r}"
-            )
-        options = dict(arguments or {})
-        alternate = options.pop("alternate-exchange", None)
-        if options:
-            raise ConfigurationError(
-                f"exchange {name!r}: memory:// models only the alternate-exchange argument, "
-                f"not {sorted(options)}"
-            )
-        if alternate is not None and not isinstance(alternate, str):
-            raise ConfigurationError(
-                f"exchange {name!r}: alternate-exchange must be a name, got {alternate!r}"
-            )
-        existing = self._exchanges.get(name)
-        if existing is not None and (existing.type != type or existing.alternate != alternate):
-            raise ConfigurationError(
-                f"exchange {name!r} exists with type {existing.type!r} and alternate-exchange "
-                f"{existing.alternate!r}, not {type!r} and {alternate!r} (PRECONDITION_FAILED)"
-            )
-        self._exchanges.setdefault(name, _Exchange(name, type, alternate=alternate))
+        self._exchanges.declare(name, type, arguments)
 
     async def bind_queue(self, queue: str, exchange: str, routing_key: str = "") -> None:
         """Route `exchange`'s messages with `routing_key` into `queue` (see `bind_queue_nowait`)."""
@@ -245,16 +166,9 @@ class MemoryBroker:
 
     def bind_queue_nowait(self, queue: str, exchange: str, routing_key: str = "") -> None:
         """Route messages published to `exchange` with `routing_key` into `queue` (topic: `*` and `#`)."""
-        found = self._exchanges.get(exchange)
-        if found is None:
-            raise ConfigurationError(f"exchange {exchange!r} does not exist")
-        if found.type not in ("direct", "fanout", "topic"):
-            raise ConfigurationError(
-                f"exchange {exchange!r} is a {found.type} exchange: memory:// does not model its routing"
-            )
         if queue not in self._queues:
             raise ConfigurationError(f"queue {queue!r} does not exist")
-        found.bindings.setdefault(routing_key, set()).add(queue)
+        self._exchanges.bind(queue, exchange, routing_key)
 
     # -- inspection, for tests and demos --------------------------------------------------------
 
@@ -330,30 +244,9 @@ class MemoryBroker:
     def _route(self, exchange: str, routing_key: str) -> list[str]:
         if exchange == "":
             return [routing_key] if routing_key in self._queues else []
-        found = self._exchanges.get(exchange)
-        if found is None:
-            raise PublishError(f"exchange {exchange!r} does not exist (NOT_FOUND)")
-        seen = {exchange}
-        while True:
-            if found.type == "fanout":
-                targets = {q for queues in found.bindings.values() for q in queues}
-            elif found.type == "topic":
-                targets = {
-                    q
-                    for key, queues in found.bindings.items()
-                    if _topic_match(key, routing_key)
-                    for q in queues
-                }
-            else:
-                targets = set(found.bindings.get(routing_key, ()))
-            # RabbitMQ hands what routes nowhere to the alternate exchange, once per exchange.
-            alternate = found.alternate
-            if targets or alternate is None or alternate in seen or alternate not in self._exchanges:
-                return sorted(targets)
-            seen.add(alternate)
-            found = self._exchanges[alternate]
+        return self._exchanges.route(exchange, routing_key)
 
-    def _enqueue(self, queue: _Queue, message: Message, now: float) -> bool:
+    def _enqueue(self, queue: Queue, message: Message, now: float) -> bool:
         """Add `message` at the tail; False when the queue's overflow policy refuses it."""
         spec = queue.spec
         if (
@@ -369,7 +262,7 @@ class MemoryBroker:
             per_message = int(message.expiration)
             ttl = per_message if ttl is None else min(ttl, per_message)
         expires_at = None if ttl is None else now + ttl / 1000.0
-        entry = _Entry(message, next(self._seq), expires_at)
+        entry = Entry(message, next(self._seq), expires_at)
         queue.ready.append(entry)
         self._dispatch(queue, now)
         if spec.max_length is not None:
@@ -380,7 +273,7 @@ class MemoryBroker:
             self._dead_letter(queue, queue.ready.pop().message, "expired")
         return True
 
-    def _dead_letter(self, queue: _Queue, message: Message, reason: str) -> None:
+    def _dead_letter(self, queue: Queue, message: Message, reason: str) -> None:
         exchange = queue.spec.dead_letter_exchange
         if exchange is None:
             logger.debug("dropping %s message from %s: no dead-letter exchange", reason, queue.name)
@@ -421,90 +314,6 @@ class MemoryBroker:
             if q.spec.expires_ms is not None and not q.subscribers
         ]
         return min(due) if due else None
-
-    # -- the provider's side: subscribe, push, settle -------------------------------------------
-
-    def _has_queue(self, name: str) -> bool:
-        return name in self._queues
-
-    def _subscribe(self, name: str, subscriber: _Subscriber) -> None:
-        queue = self._queues.get(name)
-        if queue is None:
-            raise ConfigurationError(f"queue {name!r} does not exist on {self.url}: declare it first")
-        queue.subscribers.append(subscriber)
-        self._dispatch(queue)
-        self._notify()
-
-    def _unsubscribe(self, name: str, subscriber: _Subscriber) -> None:
-        queue = self._queues.get(name)
-        subscribers = queue.subscribers if queue is not None else self._orphans.get(name, [])
-        if subscriber in subscribers:
-            subscribers.remove(subscriber)
-        if queue is not None and not queue.subscribers:
-            queue.last_used = time.monotonic()
-        self._notify()
-
-    def _dispatch(self, queue: _Queue, now: float | None = None) -> None:
-        """Push ready messages to subscribers with room, round robin, as RabbitMQ fills prefetch windows."""
-        subscribers = queue.subscribers
-        ready = queue.ready
-        if not subscribers or not ready:
-            return
-        now = time.monotonic() if now is None else now
-        count = len(subscribers)
-        while ready:
-            head = ready[0]
-            if head.expires_at is not None and head.expires_at < now:
-                self._dead_letter(queue, ready.popleft().message, "expired")
-                continue
-            for offset in range(count):
-                subscriber = subscribers[(queue.turn + offset) % count]
-                if subscriber._has_room():
-                    break
-            else:
-                return
-            queue.turn = (queue.turn + offset + 1) % count
-            subscriber._push(ready.popleft(), queue.spec.quorum)
-            self._notify()
-
-    def _settled(self, name: str) -> None:
-        """A delivery of `name` was acked (or dropped): its consumer has room again."""
-        queue = self._queues.get(name)
-        if queue is not None:
-            self._dispatch(queue)
-        self._notify()
-
-    def _requeue(self, name: str, entries: list[_Entry], *, closing: bool = False) -> None:
-        """Return deliveries: classic queues put them back at their old place; quorum queues at the
-        back when rejected, at the head (in delivery order) when their consumer closes."""
-        queue = self._queues.get(name)
-        if queue is None:
-            return
-        head: list[_Entry] = []
-        for entry in entries:
-            entry.redelivered = True
-            entry.delivery_count += 1
-            limit = queue.spec.delivery_limit
-            if queue.spec.quorum:
-                if limit is not None and entry.delivery_count > limit:
-                    self._dead_letter(queue, entry.message, "delivery_limit")
-                elif closing:
-                    head.append(entry)
-                else:
-                    queue.ready.append(entry)
-            else:
-                queue.ready.insert(bisect.bisect_left(queue.ready, entry.seq, key=lambda e: e.seq), entry)
-        queue.ready.extendleft(reversed(head))
-        self._dispatch(queue)
-        self._notify()
-
-    def _reject(self, name: str, entry: _Entry) -> None:
-        """A delivery rejected without requeue: dead-lettered (reason `rejected`) or dropped."""
-        queue = self._queues.get(name)
-        if queue is not None:
-            self._dead_letter(queue, entry.message, "rejected")
-            self._dispatch(queue)
-        self._notify()
 
     def _notify(self) -> None:
         if self._changed is not None:

@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator
 from typing import TypeVar
 
 from swarrow.errors import ConfigurationError
-from swarrow.memory.broker import MemoryBroker, _Entry
+from swarrow.memory._queue import Entry
+from swarrow.memory.broker import MemoryBroker
 from swarrow.message import Message
 from swarrow.validation import require_int
 
@@ -50,7 +51,7 @@ class MemoryMessageProvider:
         self._queue_name = queue
         self._prefetch = prefetch
         self._buffer: deque[Message] = deque()
-        self._unacked: dict[int, _Entry] = {}
+        self._unacked: dict[int, Entry] = {}
         self._tags = itertools.count(1)
         self._consumer_tag = f"memory-{next(_consumer_ids)}"
         self._consuming = False
@@ -98,7 +99,7 @@ class MemoryMessageProvider:
     def _has_room(self) -> bool:
         return self._consuming and len(self._unacked) < self._prefetch
 
-    def _push(self, entry: _Entry, quorum: bool) -> None:
+    def _push(self, entry: Entry, quorum: bool) -> None:
         tag = next(self._tags)
         self._unacked[tag] = entry
         message = entry.message
@@ -151,7 +152,7 @@ class MemoryMessageProvider:
         while (message := await self.receive()) is not None:
             yield message
 
-    def _settle(self, message: Message) -> _Entry | None:
+    def _settle(self, message: Message) -> Entry | None:
         tag = message.delivery_tag
         entry = (
             self._unacked.pop(tag, None)

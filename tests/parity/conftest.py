@@ -36,4 +36,9 @@ async def sides(request: pytest.FixtureRequest) -> AsyncIterator[list[Side]]:
     finally:
         for queue in pair[1].queues:
             await amqp.delete_queue(queue)
+        if pair[1].exchanges:  # no delete_exchange in the Broker API: a raw channel of our own
+            channel = await amqp._scratch_channel()
+            for exchange in pair[1].exchanges:
+                await channel.exchange_delete(exchange)
+            await channel.close()
         await amqp.close()

@@ -36,6 +36,7 @@ class Side:
     broker: Broker
     prefix: str
     queues: list[str] = field(default_factory=list)
+    exchanges: list[str] = field(default_factory=list)
 
     @property
     def memory(self) -> bool:
@@ -53,6 +54,15 @@ class Side:
         name = self.q(suffix)
         await self.broker.declare_queue(
             name, durable=durable, arguments={k.replace("_", "-"): v for k, v in arguments.items()}
+        )
+        return name
+
+    async def exchange(self, suffix: str, type: str, **arguments: Any) -> str:
+        """Declare a non-durable exchange `suffix` (remembered for clean-up)."""
+        name = f"{self.prefix}.{suffix}"
+        self.exchanges.append(name)
+        await self.broker.declare_exchange(
+            name, type, durable=False, arguments={k.replace("_", "-"): v for k, v in arguments.items()}
         )
         return name
 

@@ -72,3 +72,25 @@ async def test_the_amq_exchanges_exist_and_route_nowhere_unbound(sides: list[Sid
 
     memory, rabbit = await on_both(sides, scenario)
     assert memory == rabbit == ("dropped", "unroutable")
+
+
+async def test_topic_routing_and_an_alternate_exchange_route_alike(sides: list[Side]) -> None:
+    async def scenario(side: Side) -> list[int | None]:
+        one, many, rest = side.q("one"), side.q("many"), side.q("rest")
+        for suffix in ("one", "many", "rest"):
+            await side.declare(suffix)
+        fallback = await side.exchange("fallback", "fanout")
+        topic = await side.exchange("events", "topic", alternate_exchange=fallback)
+        await side.broker.bind_queue(one, topic, "order.*")
+        await side.broker.bind_queue(many, topic, "order.#")
+        await side.broker.bind_queue(rest, fallback, "")
+        publisher = side.broker.publisher()
+        try:
+            for key in ("order.placed", "order.placed.eu", "order", "invoice.sent"):
+                await publisher.publish(Message(key.encode()), key, exchange=topic)
+        finally:
+            await publisher.close()
+        return [await side.ready(one), await side.ready(many), await side.ready(rest)]
+
+    memory, rabbit = await on_both(sides, scenario)
+    assert memory == rabbit == [1, 3, 1]
