@@ -61,6 +61,7 @@ class AmqpQueueScan:
         confirm_timeout: float = 30.0,
         buffer: int = 256,
         idle_check: float = 1.0,
+        stall_timeout: float = 15.0,
     ) -> None:
         self._url = url
         self._queue = queue
@@ -68,6 +69,7 @@ class AmqpQueueScan:
         self.connect_timeout = connect_timeout
         self.confirm_timeout = confirm_timeout
         self.idle_check = idle_check
+        self.stall_timeout = stall_timeout
         self._inbox: asyncio.Queue[Message | None] = asyncio.Queue(maxsize=buffer)
         self._count = 0
         self._reader: aiormq.abc.AbstractConnection | None = None
@@ -203,6 +205,7 @@ class AmqpQueueScan:
 
     async def _next(self) -> Message | None:
         inbox = self._inbox
+        idle = 0
         while True:
             if self._lost:
                 raise BrokerUnavailableError(self._lost)
@@ -216,8 +219,15 @@ class AmqpQueueScan:
                     message = await inbox.get()
             except TimeoutError:
                 # Nothing for a while: someone else may have taken the rest, or it expired.
-                if await self._ready_count(self._queue) == 0 and inbox.empty():
+                ready = await self._ready_count(self._queue)
+                if ready == 0 and inbox.empty():
                     return None
+                idle += 1
+                if ready and idle * self.idle_check >= self.stall_timeout:
+                    raise ConfigurationError(
+                        f"{self._queue!r} holds {ready} ready message(s) but delivered none for "
+                        f"{self.stall_timeout:g} s: another consumer holds it (single active consumer?)"
+                    ) from None
                 continue
             if message is not None:
                 return message

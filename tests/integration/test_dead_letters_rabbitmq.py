@@ -204,3 +204,27 @@ async def test_a_quorum_delivery_limit_dead_letter_is_listed_and_replayed(
     assert (result.replayed, result.targets) == (1, {queue_name: 1})
     back = await drain(amqp_url, queue_name)
     assert [m.body for m in back] == [b"poison"] and "x-death" not in back[0].headers
+
+
+async def test_a_dead_letter_queue_held_by_a_single_active_consumer_is_an_error_not_a_hang(
+    amqp_broker: AmqpBroker, queue_name: str
+) -> None:
+    from swarrow.amqp.scan import AmqpQueueScan
+
+    dead = f"{queue_name}.dead"
+    await amqp_broker.declare_queue(dead, arguments={"x-single-active-consumer": True})
+    await fill(amqp_broker, dead, [letter(i) for i in range(3)])
+    holder = amqp_broker.provider(dead, prefetch=1)  # the active consumer: it holds one, two stay ready
+    await holder.start()
+    try:
+        scan = AmqpQueueScan(amqp_broker._url, dead, idle_check=0.1, stall_timeout=0.5)
+
+        async def read_all() -> None:
+            async with scan:
+                async for _ in scan.messages():
+                    pass
+
+        with anyio.fail_after(20), pytest.raises(ConfigurationError, match="single active consumer"):
+            await read_all()
+    finally:
+        await holder.close()
