@@ -114,6 +114,32 @@ async def prepare_queues(
     return infos
 
 
+async def _warn_without_retries(broker: Broker, queue: str) -> None:
+    has_dlx = getattr(broker, "has_dead_letter_exchange", None)
+    dlx = None if has_dlx is None else await has_dlx(queue)
+    if dlx is True:
+        logger.info(
+            "retries are off: a failed message is rejected to %s's dead-letter exchange",
+            queue,
+            extra={"queue": queue},
+        )
+    elif dlx is False:
+        logger.warning(
+            "retries are off and %s has no dead-letter exchange: a failed message is rejected and DROPPED "
+            "by RabbitMQ (unless a policy gives %s one); keep retries on, or give it a dead-letter exchange",
+            queue,
+            queue,
+            extra={"queue": queue},
+        )
+    else:
+        logger.warning(
+            "retries are off: a failed message is rejected without requeue; RabbitMQ dead-letters it "
+            "if %s has a dead-letter exchange, and drops it otherwise",
+            queue,
+            extra={"queue": queue},
+        )
+
+
 async def existing_retry_delays(broker: Broker, queue: str) -> tuple[float, ...] | None:
     """The delays of the retry queues `queue` already has (`Q.retry.1`, `Q.retry.2` … and their TTLs).
 
@@ -301,12 +327,7 @@ async def consume(
         )
         if processors is None and not retry:
             # "No message lost" is the first promise: say where a failure goes when retries are off.
-            logger.warning(
-                "retries are off: a failed message is rejected without requeue; RabbitMQ dead-letters it "
-                "if %s has a dead-letter exchange, and drops it otherwise",
-                queue,
-                extra={"queue": queue},
-            )
+            await _warn_without_retries(broker, queue)
         try:
             return await consumer.run()
         finally:

@@ -97,7 +97,8 @@ def test_no_retry_warns_at_start_once_per_failure_run_and_in_the_summary(
     assert result.exit_code == 0, result.output
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(
-        w.startswith("retries are off: a failed message is rejected without requeue") for w in warnings
+        w.startswith("retries are off and jobs has no dead-letter exchange: a failed message")
+        for w in warnings
     )
     assert sum("rejected without requeue: RabbitMQ dead-letters it if jobs has" in w for w in warnings) == 1
     assert "3 message(s) from jobs were rejected without requeue this run" in "\n".join(warnings)
@@ -470,3 +471,19 @@ def test_given_delays_may_use_fewer_of_the_existing_retry_queues(memory: tuple[s
     result = invoke("consume", "tests.cli_callbacks:ok", "--url", url, "-q", "jobs",
                     "--retry-delays", "200ms", "--max-messages", "1", *FAST)  # fmt: skip
     assert result.exit_code == 0, result.output
+
+
+def test_no_retry_on_a_queue_with_a_dead_letter_exchange_says_where_failures_go(
+    memory: tuple[str, MemoryBroker], caplog: pytest.LogCaptureFixture
+) -> None:
+    url, broker = memory
+    broker.declare_queue_nowait("parked")
+    broker.declare_queue_nowait(
+        "jobs", arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "parked"}
+    )
+    broker.publish_nowait(Message(b"x", message_id="m"), "jobs")
+    result = invoke("consume", "tests.cli_callbacks:boom", "--url", url, "-q", "jobs", "--no-retry",
+                    "--max-messages", "1", *FAST)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "retries are off: a failed message is rejected to jobs's dead-letter exchange" in caplog.text
+    assert "DROPPED" not in caplog.text and broker.message_count("parked") == 1

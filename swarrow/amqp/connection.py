@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 # A TTL no retry queue has (RabbitMQ's largest); RabbitMQ's 406 for it names the current value.
 _TTL_PROBE: Final = 2**31 - 1
+_DLX_PROBE: Final = "swarrow.probe.no-such-exchange"
+_CURRENT_DLX: Final = re.compile(r"inequivalent arg 'x-dead-letter-exchange'.*?but current is (none|.+)$")
 _CURRENT_TTL: Final = re.compile(r"inequivalent arg 'x-message-ttl'.*?current is (?:the value )?'(\d+)'")
 # RabbitMQ's 406 reply names what it refused: "invalid arg 'x-message-ttl' ...", "inequivalent arg
 # 'durable' ...", "invalid property 'non-durable' ...", "invalid type 'byte' for arg 'x-...'".
@@ -136,6 +138,26 @@ class AmqpConnection:
             if not channel.is_closed:
                 await channel.close()
         return QueueInfo(name, existing is None, int(ok.message_count or 0), int(ok.consumer_count or 0))
+
+    async def has_dead_letter_exchange(self, name: str) -> bool | None:
+        """Whether the existing queue has an `x-dead-letter-exchange` argument; None when it cannot be told.
+
+        Read like `message_ttl`: a declaration with a probe value, whose refusal names the current one
+        (`... but current is none`). A RabbitMQ policy can also give a queue a dead-letter exchange;
+        that, AMQP does not show.
+        """
+        if await self.inspect_queue(name) is None:
+            return None
+        channel = await self._scratch_channel()
+        try:
+            await channel.queue_declare(name, durable=True, arguments={"x-dead-letter-exchange": _DLX_PROBE})
+            return True  # its dead-letter exchange is the probe's name: possible, if improbable
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            found = _CURRENT_DLX.search(str(exc))
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+        return None if found is None else found.group(1) != "none"
 
     async def message_ttl(self, name: str) -> float | None:
         """The existing queue's `x-message-ttl` in seconds, or None when it cannot be told (no TTL, no queue).

@@ -112,6 +112,11 @@ class MemoryBroker(ConsumerSide):
         queue.last_used = now
         return QueueInfo(name, False, len(queue.ready), len(queue.subscribers))
 
+    async def has_dead_letter_exchange(self, name: str) -> bool | None:
+        """Whether the queue names a dead-letter exchange (None: no such queue)."""
+        queue = self._queues.get(name)
+        return None if queue is None else queue.spec.dead_letter_exchange is not None
+
     async def message_ttl(self, name: str) -> float | None:
         """The queue's `x-message-ttl` in seconds (None: no TTL, or no such queue)."""
         queue = self._queues.get(name)

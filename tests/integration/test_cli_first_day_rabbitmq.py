@@ -208,3 +208,40 @@ def test_given_delays_that_differ_from_rabbitmqs_queues_exit_2_naming_theirs(
     )
     assert done.returncode == 2
     assert "with delays 200ms,200ms, not 1s: consume with --retry-delays 200ms,200ms" in done.stderr
+
+
+# -- 6. --no-retry on RabbitMQ: the queue's dead-letter exchange read from the broker ----------------------
+
+
+def test_no_retry_on_a_queue_without_a_dead_letter_exchange_says_failures_are_dropped(
+    amqp_url: str, queue: str
+) -> None:
+    assert swarrow("declare", "--url", amqp_url, "-q", queue, "--no-retry").returncode == 0
+    assert swarrow("publish", "--url", amqp_url, "-q", queue, "--body", "x").returncode == 0
+    done = swarrow("consume", "tests.cli_callbacks:boom", "--url", amqp_url, "-q", queue, "--no-retry",
+                   "--max-messages", "1")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (
+        f"retries are off and {queue} has no dead-letter exchange: a failed message is rejected and DROPPED"
+        in (done.stderr)
+    )
+    assert f"1 message(s) from {queue} were rejected without requeue this run" in done.stderr
+
+
+def test_no_retry_on_a_queue_with_a_dead_letter_exchange_says_so(amqp_url: str, queue: str) -> None:
+    async def declare() -> None:
+        broker = AmqpBroker(amqp_url)
+        try:
+            await broker.declare_queue(f"{queue}.dead")
+            await broker.declare_queue(
+                queue, arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": f"{queue}.dead"}
+            )
+        finally:
+            await broker.close()
+
+    anyio.run(declare)
+    done = swarrow("consume", "tests.cli_callbacks:ok", "--url", amqp_url, "-q", queue, "--no-retry",
+                   "--stop-when-idle", "200ms")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"retries are off: a failed message is rejected to {queue}'s dead-letter exchange" in done.stderr
+    assert "DROPPED" not in done.stderr
