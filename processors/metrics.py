@@ -140,8 +140,13 @@ class MetricsProcessor:
         # The flush (which also sets swarrow_consumer_up from the readiness) is for multiprocess mode,
         # where nothing collects this process's registry.
         health, interval = self.health, self.heartbeat_interval
+        # A RabbitMQ provider's connection counts its failovers (swarrow.amqp); others have none.
+        connection = getattr(self.provider, "broker", None)
         while True:
             health.beat()
+            failovers = getattr(connection, "failovers", None)
+            if isinstance(failovers, int) and failovers:
+                self.metrics.count_failovers(connection, failovers)
             bound.flush()
             await anyio.sleep(interval)
 

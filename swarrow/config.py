@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from swarrow.errors import ConfigurationError
+from swarrow.topology import DEAD_LETTER_STRATEGIES
 from swarrow.units import parse_delays, parse_duration, parse_megabytes
 from swarrow.urls import mask_text
 
@@ -61,6 +62,12 @@ def _url(value: Any) -> str:
     if isinstance(value, str) and value:
         return value
     raise ValueError(f"expected a broker URL or a list of them, got {type(value).__name__}")
+
+
+def _dead_letter_strategy(value: Any) -> str:
+    if value not in DEAD_LETTER_STRATEGIES:
+        raise ValueError(f"expected one of {', '.join(DEAD_LETTER_STRATEGIES)}, got {value!r}")
+    return str(value)
 
 
 def _int(value: Any) -> int:
@@ -153,6 +160,7 @@ _CONSUMER_SCHEMA: Final[Mapping[str, Mapping[str, tuple[str, Converter]]]] = {
         "grace_period": ("grace_period", _grace),
         "declare": ("declare", _bool),
         "quorum": ("quorum", _bool),
+        "dead_letter_strategy": ("dead_letter_strategy", _dead_letter_strategy),
         "uvloop": ("uvloop", _bool),
         "layers": ("layers", _layers),
         "track_jobs": ("track_jobs", _str),

@@ -106,6 +106,7 @@ class SwarrowMetrics:
                 except ValueError:  # already registered (duplicated timeseries): keep the existing one
                     logger.debug("%s already present in the registry", make.__name__)
         self._queues: dict[str, QueueMetrics] = {}
+        self._failovers_seen: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         # CollectorRegistry.collect() runs its collectors in registration order: this one comes first.
         flusher = _Flush(self)
@@ -169,6 +170,11 @@ class SwarrowMetrics:
             ["queue"],
             registry=reg,
         )
+        self.failovers = Counter(
+            "swarrow_connection_failovers",
+            "Broker connections re-established after a loss (to the same node or another of the URL's).",
+            registry=reg,
+        )
 
     @classmethod
     def for_registry(cls, registry: CollectorRegistry | None = None) -> SwarrowMetrics:
@@ -208,6 +214,17 @@ class SwarrowMetrics:
                     republish_failures=self.republish_failures.labels(queue=queue),
                 )
             return bound
+
+    def count_failovers(self, connection: object, total: int) -> None:
+        """Bring `swarrow_connection_failovers_total` up to date with `connection`'s own count.
+
+        Several metrics layers may watch one connection (one per queue): each failover counts once.
+        """
+        with self._lock:
+            seen = self._failovers_seen.get(connection, 0)
+            if total > seen:
+                self._failovers_seen[connection] = total
+                self.failovers.inc(total - seen)
 
     def flush(self) -> None:
         """Push every queue's pending counts into the families; collecting the registry calls it."""

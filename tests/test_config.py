@@ -7,6 +7,7 @@ import pytest
 
 from swarrow.config import load_config
 from swarrow.errors import ConfigurationError
+from swarrow.urls import parse_url
 
 
 def pattern(message: str) -> str:
@@ -117,3 +118,33 @@ def test_an_unknown_or_missing_consumer_name_lists_the_defined_ones() -> None:
 def test_a_missing_file_is_a_configuration_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="cannot read"):
         load_config(tmp_path / "absent.toml")
+
+
+def test_the_url_may_list_the_nodes_of_a_cluster(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[connection]\nurl = ["amqp://app:pw@h1:5672/", "amqp://app:pw@h2:5672/"]\n'
+        '[consumers.c]\nqueue = "q"\ncallable = "m:f"\n',
+    )
+    config = load_config(path)
+    url = config.consumer("c").values.get("url", config.shared.get("url"))
+    assert [n.authority for n in parse_url(url).nodes] == ["h1:5672", "h2:5672"]
+
+
+@pytest.mark.parametrize(
+    ("value", "named"),
+    [
+        ('["amqp://app:pw@h1:5672/", "amqp://other:pw@h2/"]', "differ in user"),
+        ('"amqp://app:pw@h1:99999/"', "out of range"),
+        ("[]", "a non-empty list of URLs"),
+        ("42", "got a value of type int"),
+    ],
+)
+def test_a_bad_url_in_the_config_names_the_key_and_never_the_password(
+    tmp_path: Path, value: str, named: str
+) -> None:
+    path = write(tmp_path, f"[connection]\nurl = {value}\n")
+    with pytest.raises(ConfigurationError) as raised:
+        load_config(path)
+    assert "'url' in [connection]" in str(raised.value) and named in str(raised.value)
+    assert ":pw@" not in str(raised.value)

@@ -41,5 +41,5 @@ class AmqpBroker(AmqpConnection):
     def scan(self, queue: str) -> AmqpQueueScan:
         """One pass over `queue` that takes only what it acks, on connections of its own (`swarrow.scan`)."""
         return AmqpQueueScan(
-            self._url, queue, ssl_context=self.ssl_context, connect_timeout=self.connect_timeout
+            self.node_url, queue, ssl_context=self.ssl_context, connect_timeout=self.connect_timeout
         )

@@ -1,4 +1,4 @@
-"""A robust aio-pika connection to RabbitMQ and the queue administration done on it."""
+"""A robust aio-pika connection to RabbitMQ (one node or a cluster) and the queue administration on it."""
 
 from __future__ import annotations
 
@@ -6,19 +6,19 @@ import asyncio
 import logging
 import re
 import ssl
+from collections.abc import Sequence
 from typing import Any, Final, Self
 from urllib.parse import unquote, urlsplit
 
-import aio_pika
 import aiormq
 import aiormq.abc
 import anyio
-from aio_pika.abc import AbstractRobustConnection
 
-from swarrow.amqp._errors import QuietFirstConnect, describe_connect_error
+from swarrow.amqp._errors import QuietFirstConnect
+from swarrow.amqp.failover import FailoverConnection, connect_first
 from swarrow.broker import QueueInfo
-from swarrow.errors import BrokerUnavailableError, ConfigurationError
-from swarrow.urls import DEFAULT_URL, mask_url
+from swarrow.errors import ConfigurationError
+from swarrow.urls import DEFAULT_URL, BrokerURL, parse_url
 
 __all__ = ["AmqpConnection"]
 
@@ -37,33 +37,66 @@ _REFUSED_ARG = re.compile(r"(?:arg|property) '([^']+)'")
 class AmqpConnection:
     """A robust connection to RabbitMQ that declares, inspects, purges and deletes queues.
 
-    `reconnect_interval` is the pause between reconnection attempts; `connect_timeout` bounds the
-    first connection; `ssl_context` is passed to aio-pika for `amqps://` (CA, client certificate).
+    `url` names one node or a cluster (`amqp://u:p@h1:5672,h2:5672/vhost`, or a list of URLs): on
+    start and after every lost connection the nodes are tried in turn from a random one (`shuffle`),
+    each for at most `connect_timeout` seconds (`node_timeout` for a cluster); `BrokerUnavailableError`
+    only when every node refuses at start. `reconnect_interval` is the pause once every node refused
+    (0.1 s between the nodes of one round). `ssl_context` is passed to aio-pika for `amqps://`.
     """
 
     def __init__(
         self,
-        url: str = DEFAULT_URL,
+        url: str | Sequence[str] | BrokerURL = DEFAULT_URL,
         *,
         reconnect_interval: float = 2.0,
         connect_timeout: float = 10.0,
+        node_timeout: float = 5.0,
+        shuffle: bool = True,
         ssl_context: ssl.SSLContext | None = None,
         connection_name: str = "swarrow",
     ) -> None:
         if reconnect_interval <= 0:
             raise ConfigurationError(f"reconnect_interval must be > 0 seconds, got {reconnect_interval!r}")
-        self._url = url
+        parsed = url if isinstance(url, BrokerURL) else parse_url(url)
+        if parsed.is_memory:
+            raise ConfigurationError(
+                f"{parsed.masked!r} is not a RabbitMQ URL: use open_broker() for memory://"
+            )
+        self.broker_url = parsed
         self.reconnect_interval = reconnect_interval
         self.connect_timeout = connect_timeout
+        self.node_timeout = node_timeout
+        self.shuffle = shuffle
         self.ssl_context = ssl_context
         self.connection_name = connection_name
-        self._connection: AbstractRobustConnection | None = None
+        self._connection: FailoverConnection | None = None
         self._lock = asyncio.Lock()
 
     @property
     def url(self) -> str:
-        """The URL with the password masked."""
-        return mask_url(self._url)
+        """The URL (every node) with the password masked."""
+        return self.broker_url.masked
+
+    @property
+    def node(self) -> str:
+        """The node connected to (or tried next), masked; the first node before any connection."""
+        connection = self._connection
+        if connection is None:
+            return self.broker_url.masked_node(self.broker_url.nodes[0])
+        return self.broker_url.masked_node(connection.node)
+
+    @property
+    def node_url(self) -> str:
+        """The URL of `node`, password included, for code that opens a connection of its own: never log it."""
+        connection = self._connection
+        node = connection.node if connection is not None else self.broker_url.nodes[0]
+        return self.broker_url.node_url(node)
+
+    @property
+    def failovers(self) -> int:
+        """Connections re-established after a loss (to the same node or another) since the start."""
+        connection = self._connection
+        return connection.failovers if connection is not None else 0
 
     @property
     def username(self) -> str:
@@ -83,23 +116,23 @@ class AmqpConnection:
         """Connect now; `BrokerUnavailableError` (URL masked) when unreachable or refused."""
         await self._connect()
 
-    async def _connect(self) -> AbstractRobustConnection:
+    async def _connect(self) -> FailoverConnection:
         async with self._lock:
             if self._connection is None:
-                options: dict[str, Any] = {
-                    "reconnect_interval": self.reconnect_interval,
-                    "client_properties": {"connection_name": self.connection_name},
-                }
+                options: dict[str, Any] = {"client_properties": {"connection_name": self.connection_name}}
                 if self.ssl_context is not None:
                     options["ssl_context"] = self.ssl_context
-                try:
-                    with QuietFirstConnect():
-                        self._connection = await aio_pika.connect_robust(
-                            self._url, timeout=self.connect_timeout, **options
-                        )
-                except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
-                    detail = describe_connect_error(exc, self._url)
-                    raise BrokerUnavailableError(f"cannot connect to {self.url}: {detail}") from None
+                timeout = self.connect_timeout
+                if self.broker_url.is_cluster:
+                    timeout = min(timeout, self.node_timeout)
+                with QuietFirstConnect():
+                    self._connection = await connect_first(
+                        self.broker_url,
+                        node_timeout=timeout,
+                        reconnect_interval=self.reconnect_interval,
+                        shuffle=self.shuffle,
+                        **options,
+                    )
             return self._connection
 
     async def _scratch_channel(self) -> aiormq.abc.AbstractChannel:

@@ -92,7 +92,8 @@ class AmqpPublisher:
     async def _publish(self, message: Message, routing_key: str, exchange: str, mandatory: bool) -> None:
         where = f"exchange {exchange!r} routing key {routing_key!r}"
         try:
-            channel = await self._underlay()
+            # Bounded: with every node of a cluster down the channel would wait for a reconnect forever.
+            channel = await asyncio.wait_for(self._underlay(), self.confirm_timeout)
             confirmation = await channel.basic_publish(
                 message.body,
                 exchange=exchange,

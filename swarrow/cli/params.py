@@ -12,9 +12,9 @@ from click.core import ParameterSource
 from swarrow.cli.errors import CliError
 from swarrow.cli.help import option
 from swarrow.exits import EXIT_USAGE
-from swarrow.topology import exponential_delays
+from swarrow.topology import DEAD_LETTER_STRATEGIES, exponential_delays
 from swarrow.units import format_duration, parse_delays, parse_duration, parse_megabytes
-from swarrow.urls import DEFAULT_URL
+from swarrow.urls import DEFAULT_URL, parse_url
 
 __all__ = [
     "Address",
@@ -96,7 +96,6 @@ def _check_url(ctx: click.Context, param: click.Parameter, value: str | None) ->
     """Parse the broker URL once, up front: a bad one is a usage error naming the problem, password masked."""
     if value is None:
         return None
-    from swarrow.urls import parse_url
 
     try:
         parse_url(value)
@@ -118,6 +117,19 @@ def url_option() -> Callable[[Callable[..., T]], Callable[..., T]]:
         help="Broker URL: amqp://user:pass@host:port/vhost, amqps://..., or memory://NAME (in process). "
         "Several nodes of a cluster: amqp://user:pass@h1:5672,h2:5672/vhost. Prefer SWARROW_URL or the "
         "config file: other local users can read a command line.",
+    )
+
+
+def dead_letter_strategy_option() -> Callable[[Callable[..., T]], Callable[..., T]]:
+    return option(
+        "--dead-letter-strategy",
+        section="Connection",
+        type=click.Choice(DEAD_LETTER_STRATEGIES),
+        default="at-most-once",
+        show_default=True,
+        help="Quorum only: how QUEUE.retry.N move expired copies back to QUEUE. at-least-once keeps a copy "
+        "until QUEUE confirmed it (x-dead-letter-strategy, with x-overflow=reject-publish); at-most-once "
+        "can drop a retry copy when a node stops as it expires.",
     )
 
 

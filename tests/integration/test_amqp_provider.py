@@ -31,7 +31,7 @@ async def test_consumer_resumes_after_the_broker_restarts(amqp_broker: AmqpBroke
     await amqp_broker.declare_queue(queue_name, durable=True)
     ids = [f"r{i}" for i in range(300)]
     await _publish(amqp_broker, queue_name, ids)
-    consumer_broker = AmqpBroker(amqp_broker._url, reconnect_interval=0.5)
+    consumer_broker = AmqpBroker(amqp_broker.broker_url, reconnect_interval=0.5)
     provider = consumer_broker.provider(queue_name, prefetch=20)
     processed: list[str] = []
     halfway = anyio.Event()

@@ -60,7 +60,7 @@ async def test_a_caller_that_vanishes_costs_the_worker_nothing(
     consumer = _worker(amqp_broker, queue_name, work)
     async with anyio.create_task_group() as tg:
         tg.start_soon(consumer.run)
-        caller = AmqpBroker(amqp_broker._url, reconnect_interval=0.5)
+        caller = AmqpBroker(amqp_broker.broker_url, reconnect_interval=0.5)
         async with RpcClient(caller) as client:
             with pytest.raises(RpcTimeout):
                 await client.call(queue_name, b"held", timeout=0.5)
@@ -87,7 +87,7 @@ async def test_a_dropped_connection_fails_calls_in_flight_and_later_calls_work(
 
     consumer = _worker(amqp_broker, queue_name, work)
     name = f"rpc-caller-{queue_name}"
-    caller = AmqpBroker(amqp_broker._url, reconnect_interval=0.3, connection_name=name)
+    caller = AmqpBroker(amqp_broker.broker_url, reconnect_interval=0.3, connection_name=name)
     async with anyio.create_task_group() as tg:
         tg.start_soon(consumer.run)
         async with RpcClient(caller) as client:
