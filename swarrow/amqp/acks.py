@@ -128,6 +128,7 @@ class Settlement:
     ack_batch_size: int
     ack_flush_interval: float
     stale_settlements: int
+    _unsettled: int  # deliveries of the live channel not settled by the application yet
 
     # -- settlement -----------------------------------------------------------------------------
     # Every settlement frame is written under `_settle_lock`, in the order the tracker decided it:
@@ -162,6 +163,7 @@ class Settlement:
                 self._ignore_second(message)
                 return
             self._open_single.discard(tag)
+            self._unsettled -= 1
             try:
                 if ack:
                     await underlay.basic_ack(tag, wait=False)
@@ -178,6 +180,7 @@ class Settlement:
             if self._note_ack(tag):
                 await self._flush()
             return
+        self._unsettled -= 1
         async with self._settle_lock:
             try:
                 await self._write_flush(underlay, tracker)
@@ -189,6 +192,7 @@ class Settlement:
     def _note_ack(self, tag: int) -> bool:
         """Record a coalesced ack of an open delivery; True when a batch is due to be written now."""
         self._tracker.finish(tag)
+        self._unsettled -= 1
         self._since_flush += 1
         if self._since_flush >= self.ack_batch_size:
             return True

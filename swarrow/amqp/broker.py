@@ -24,14 +24,20 @@ class AmqpBroker(AmqpConnection):
         prefetch: int = 100,
         ack_batch_size: int | None = None,
         ack_flush_interval: float = 0.02,
+        stall_check_interval: float | None = 5.0,
     ) -> AmqpMessageProvider:
-        """A provider consuming `queue` on its own channel (see `AmqpMessageProvider` for ack coalescing)."""
+        """A provider consuming `queue` on its own channel (see `AmqpMessageProvider` for ack coalescing).
+
+        `stall_check_interval`: how often an idle consumer checks that its queue has no ready
+        messages it is not being fed (see `swarrow.amqp.stall`); None turns the check off.
+        """
         return AmqpMessageProvider(
             self,
             queue,
             prefetch=prefetch,
             ack_batch_size=ack_batch_size,
             ack_flush_interval=ack_flush_interval,
+            stall_check_interval=stall_check_interval,
         )
 
     def publisher(self) -> AmqpPublisher:

@@ -18,6 +18,7 @@ from swarrow.amqp._errors import CHANNEL_GONE, EMPTY_HEADERS
 from swarrow.amqp.acks import AckTracker, Settlement
 from swarrow.amqp.connection import AmqpConnection
 from swarrow.amqp.fastpath import FastPath, apply_fast_path
+from swarrow.amqp.stall import watch_for_stall
 from swarrow.errors import BrokerUnavailableError, ConfigurationError
 from swarrow.message import Message
 from swarrow.validation import require_int, require_seconds
@@ -49,9 +50,14 @@ class AmqpMessageProvider(Settlement):
         prefetch: int = 100,
         ack_batch_size: int | None = None,
         ack_flush_interval: float = 0.02,
+        stall_check_interval: float | None = 5.0,
+        consume_timeout: float = 15.0,
     ) -> None:
         try:
             require_int("prefetch", prefetch)
+            if stall_check_interval is not None:
+                require_seconds("stall_check_interval", stall_check_interval)
+            require_seconds("consume_timeout", consume_timeout)
             if ack_batch_size is not None:
                 require_int("ack_batch_size", ack_batch_size)
             require_seconds("ack_flush_interval", ack_flush_interval)
@@ -104,6 +110,12 @@ class AmqpMessageProvider(Settlement):
         self.fast_delivery = True  # False: aiormq's task-per-delivery consumer callback (benchmarks)
         self.fast_path: FastPath | None = None  # what the fast path managed on the current channel
         self.slow_deliveries = 0  # taken through aiormq's consumer callback: 0 while the fast path works
+        self.delivered = 0  # deliveries taken, ever (progress for the stall watch)
+        self._unsettled = 0
+        self.stalled = False
+        self.stall_check_interval = stall_check_interval
+        self.consume_timeout = consume_timeout
+        self._stall_watch: asyncio.Task[None] | None = None
 
     @property
     def queue_name(self) -> str:
@@ -116,7 +128,7 @@ class AmqpMessageProvider(Settlement):
         return self._prefetch
 
     @property
-    def is_consuming(self) -> bool:
+    def consumer_registered(self) -> bool:
         """True while the channel is open and our consumer is registered."""
         underlay = self._underlay
         return (
@@ -126,6 +138,21 @@ class AmqpMessageProvider(Settlement):
             and not underlay.is_closed
             and self.broker.is_connected
         )
+
+    @property
+    def is_consuming(self) -> bool:
+        """True while our consumer is registered and not stalled (see `swarrow.amqp.stall`)."""
+        return self.consumer_registered and not self.stalled
+
+    @property
+    def buffered(self) -> int:
+        """Deliveries waiting for a worker."""
+        return len(self._buffer)
+
+    @property
+    def unsettled(self) -> int:
+        """Deliveries of the live channel the application has not acked or rejected yet."""
+        return self._unsettled
 
     async def start(self) -> None:
         """Connect, open a channel with the prefetch, and consume; `ConfigurationError` if no such queue."""
@@ -157,6 +184,10 @@ class AmqpMessageProvider(Settlement):
         self._channel.reopen_callbacks.add(self._on_reopen)
         self._wanted = True
         self._start_flusher()
+        if self.stall_check_interval is not None and self._stall_watch is None:
+            self._stall_watch = asyncio.get_running_loop().create_task(
+                watch_for_stall(self, self.stall_check_interval)
+            )
         await self._consume()
 
     def _on_channel_closed(self, underlay: aiormq.abc.AbstractChannel, _: object) -> None:
@@ -170,6 +201,7 @@ class AmqpMessageProvider(Settlement):
         dropped = len(self._buffer)
         self._buffer.clear()
         self._live_tags.clear()
+        self._unsettled = 0
         if dropped:
             logger.warning(
                 "channel to %s closed: dropped %d buffered deliveries, the broker redelivers them",
@@ -195,6 +227,7 @@ class AmqpMessageProvider(Settlement):
             self._tracker = AckTracker()
             self._open_single = set()
             self._since_flush = 0
+            self._unsettled = 0
             self._underlay = underlay
             underlay.on_consumer_cancel_callbacks.add(self._on_cancel)
             underlay.closing.add_done_callback(functools.partial(self._on_channel_closed, underlay))
@@ -213,11 +246,15 @@ class AmqpMessageProvider(Settlement):
                 )
         tag = f"swarrow.{self._queue_name}.{uuid.uuid4().hex[:12]}"
         self._live_tags.add(tag)
-        await underlay.basic_consume(self._queue_name, self._on_delivery, consumer_tag=tag)
+        # Bounded: a quorum queue without a majority never answers basic.consume; _recover retries.
+        await underlay.basic_consume(
+            self._queue_name, self._on_delivery, consumer_tag=tag, timeout=self.consume_timeout
+        )
         self._consumer_tag = tag
         logger.debug(
-            "consuming %s (prefetch %d, ack batch %d)",
+            "consuming %s on %s (prefetch %d, ack batch %d)",
             self._queue_name,
+            self.broker.node,
             self._prefetch,
             self.ack_batch_size,
             extra={"queue": self._queue_name},
@@ -233,6 +270,8 @@ class AmqpMessageProvider(Settlement):
             # Read from a channel that has closed since: its ack could not reach the broker, which
             # redelivers it, so processing it now would only make a duplicate.
             return
+        self.delivered += 1
+        self._unsettled += 1
         tag = d.delivery_tag
         if self._coalesce and channel is self._underlay:
             self._tracker.delivered(tag)
@@ -303,6 +342,13 @@ class AmqpMessageProvider(Settlement):
                     if await self.broker.inspect_queue(self._queue_name) is not None:
                         await self._consume()
                         return
+            except TimeoutError:  # a silent broker, or a quorum queue without a majority: say so, retry
+                logger.warning(
+                    "%s on %s did not accept our consumer in time (no quorum?); retrying",
+                    self._queue_name,
+                    self.broker.node,
+                    extra={"queue": self._queue_name},
+                )
             except Exception as exc:  # the broker may still be going down or up: try again
                 logger.debug("re-consuming %s failed: %r", self._queue_name, exc)
             await asyncio.sleep(delay)
@@ -366,10 +412,11 @@ class AmqpMessageProvider(Settlement):
         # rather than redelivered and run again.
         await self._flush(final=True)
         self._closed = True
-        flusher, self._flusher = self._flusher, None
-        if flusher is not None:
-            flusher.cancel()
-            await asyncio.gather(flusher, return_exceptions=True)
+        for task in (self._flusher, self._stall_watch):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._flusher = self._stall_watch = None
         if self._recovery is not None:
             await asyncio.gather(self._recovery, return_exceptions=True)
         channel, self._channel = self._channel, None
