@@ -30,7 +30,13 @@ from swarrow.provider import MessageProvider
 from swarrow.publisher import Publisher
 from swarrow.stack import LayerLike, Stack
 from swarrow.swarrot import RetryTopologyName, SwarrotTopology
-from swarrow.topology import RetryTopology, dead_letter_queue_name, exponential_delays, retry_queue_name
+from swarrow.topology import (
+    DeadLetterStrategy,
+    RetryTopology,
+    dead_letter_queue_name,
+    exponential_delays,
+    retry_queue_name,
+)
 from swarrow.units import MAX_DELAYS, format_duration
 from swarrow.urls import DEFAULT_URL, parse_url
 
@@ -70,6 +76,7 @@ async def prepare_queues(
     delays: Sequence[float] = (),
     quorum: bool = False,
     retry_topology: RetryTopologyName = "swarrow",
+    dead_letter_strategy: DeadLetterStrategy = "at-most-once",
 ) -> list[QueueInfo]:
     """Declare the queue (and its retry topology), or check it exists, failing with what to run.
 
@@ -82,7 +89,8 @@ async def prepare_queues(
         if retry and delays and swarrot:
             return await SwarrotTopology(queue, delays, quorum=quorum).declare(broker)
         if retry and delays:
-            return await RetryTopology(queue, delays, quorum=quorum).declare(broker)
+            topology = RetryTopology(queue, delays, quorum=quorum, dead_letter_strategy=dead_letter_strategy)
+            return await topology.declare(broker)
         return [await broker.declare_queue(queue, arguments={"x-queue-type": "quorum"} if quorum else None)]
     hint = "pass --declare (declare=True)"
     if broker.url.startswith("memory://"):
@@ -252,6 +260,7 @@ async def consume(
     metrics_address: tuple[str, int] | str | None = None,
     ack_batch_size: int | None = None,
     ack_flush_interval: float | None = None,
+    dead_letter_strategy: DeadLetterStrategy = "at-most-once",
     **default_stack_options: Any,
 ) -> StopReason:
     """Consume `queue` until a limit, a signal or the callback stops it; return why (async form of `run`).
@@ -297,6 +306,7 @@ async def consume(
             delays=delays,
             quorum=bool(default_stack_options.get("quorum", False)),
             retry_topology=default_stack_options.get("retry_topology", "swarrow"),
+            dead_letter_strategy=dead_letter_strategy,
         )
         # What is true now; "consuming" is logged by the consumer once it really consumes.
         logger.info("%s on %s", describe_queues(infos), broker.url, extra={"queue": queue})

@@ -19,6 +19,7 @@ from swarrow.cli.params import (
     Address,
     Duration,
     Size,
+    dead_letter_strategy_option,
     retry_options,
     url_option,
 )
@@ -97,6 +98,7 @@ _CONSUME_EPILOG = (
     help="Declare QUEUE and its retry/dead-letter queues first.",
 )
 @option("--quorum", section="Connection", is_flag=True, help="With --declare: declare quorum queues.")
+@dead_letter_strategy_option()
 @option(
     "--prefetch",
     section="Concurrency",
@@ -341,6 +343,7 @@ def consume(ctx: click.Context, /, target: str | None, config_path: str | None, 
                 ack_flush_interval=settings["ack_flush_ms"] / 1000.0,
                 grace_period=settings["grace_period"],
                 declare=settings["declare"],
+                dead_letter_strategy=settings["dead_letter_strategy"],
                 metrics_address=metrics_address,
                 **run_options,
             ),

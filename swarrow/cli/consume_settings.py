@@ -135,6 +135,8 @@ def resolve_settings(
             "workers beyond the prefetch window would never get a message",
             EXIT_USAGE,
         )
+    if settings["dead_letter_strategy"] != "at-most-once" and not settings["quorum"]:
+        raise CliError(f"{settings.spell('dead_letter_strategy')} at-least-once needs --quorum", EXIT_USAGE)
     if settings["track_jobs"]:
         from swarrow.jobs import JobStore
 

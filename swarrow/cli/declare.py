@@ -8,12 +8,12 @@ from typing import Any, Final
 import click
 
 from swarrow.cli.bootstrap import connected, run_anyio
-from swarrow.cli.errors import fail
+from swarrow.cli.errors import CliError, fail
 from swarrow.cli.help import ENV_EPILOG, ManCommand, exit_epilog, option
-from swarrow.cli.params import resolve_delays, retry_options, url_option
+from swarrow.cli.params import dead_letter_strategy_option, resolve_delays, retry_options, url_option
 from swarrow.exits import EXIT_BROKER, EXIT_OK, EXIT_USAGE
 from swarrow.swarrot import SwarrotTopology
-from swarrow.topology import RetryTopology
+from swarrow.topology import DeadLetterStrategy, RetryTopology
 
 __all__ = ["DECLARE_EXITS", "declare"]
 
@@ -35,6 +35,16 @@ DECLARE_EXITS: Final[Mapping[int, str]] = {
 @option("--queue", "-q", section="General", required=True, metavar="QUEUE", help="Queue to declare.")
 @url_option()
 @option("--quorum", section="Connection", is_flag=True, help="Declare quorum queues (x-queue-type=quorum).")
+@dead_letter_strategy_option()
+@option(
+    "--queue-delivery-limit",
+    section="Connection",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Quorum only: the broker's x-delivery-limit on QUEUE; past N requeues it dead-letters into "
+    "QUEUE.dead. Keep it above consume's --delivery-limit, which dead-letters first and says why.",
+)
 @option(
     "--retry/--no-retry",
     section="Retry",
@@ -49,6 +59,8 @@ def declare(
     queue: str,
     url: str,
     quorum: bool,
+    dead_letter_strategy: DeadLetterStrategy,
+    queue_delivery_limit: int | None,
     retry: bool,
     retry_attempts: int,
     retry_delays: tuple[float, ...] | None,
@@ -64,9 +76,18 @@ def declare(
     RabbitMQ cannot change a queue's arguments: delete the retry queues first.
     """
     delays = resolve_delays(ctx, retry_attempts, retry_delays) if retry else ()
+    if not quorum and (dead_letter_strategy != "at-most-once" or queue_delivery_limit is not None):
+        flag = "--queue-delivery-limit" if queue_delivery_limit is not None else "--dead-letter-strategy"
+        raise CliError(f"{flag} needs --quorum: classic queues ignore it", EXIT_USAGE)
     if retry_topology == "swarrot" and retry:
         return _declare_swarrot(SwarrotTopology(queue, delays, quorum=quorum), url)
-    topology = RetryTopology(queue, delays or (1.0,), quorum=quorum)
+    topology = RetryTopology(
+        queue,
+        delays or (1.0,),
+        quorum=quorum,
+        dead_letter_strategy=dead_letter_strategy,
+        delivery_limit=queue_delivery_limit,
+    )
     planned = topology.queues() if retry else topology.queues()[:1]
 
     async def go() -> list[str]:
@@ -125,6 +146,10 @@ def _describe(created: bool, name: str, arguments: dict[str, Any], count: int, q
         details.append(f"x-message-ttl={arguments['x-message-ttl']}ms → {queue}")
     if arguments.get("x-queue-type") == "quorum":
         details.append("quorum")
+    if "x-dead-letter-strategy" in arguments:
+        details.append(f"dead-lettering {arguments['x-dead-letter-strategy']}")
+    if "x-delivery-limit" in arguments:
+        details.append(f"x-delivery-limit={arguments['x-delivery-limit']} → {queue}.dead")
     if not created:
         details.append(f"{count} message{'' if count == 1 else 's'}")
     return f"{'created' if created else 'found'} {name}" + (f" ({', '.join(details)})" if details else "")

@@ -69,6 +69,7 @@ def supervise(ctx: click.Context, settings: dict[str, Any]) -> int:
                 delays=settings["retry_delays"] if settings["retry"] else (),
                 quorum=settings["quorum"],
                 retry_topology=settings["retry_topology"],
+                dead_letter_strategy=settings["dead_letter_strategy"],
             )
 
     if not url.startswith("memory://"):

@@ -63,3 +63,43 @@ async def test_the_broker_delivery_limit_dead_letters_into_the_dead_queue(
         assert (await (await channel.get_queue(queue_name)).get(fail=False)) is None
     finally:
         await connection.close()
+
+
+def test_swarrow_declare_offers_at_least_once_dead_lettering_and_a_queue_delivery_limit(
+    amqp_url: str, queue_name: str
+) -> None:
+    from click.testing import CliRunner
+
+    from swarrow.cli import cli
+
+    args = ["declare", "--url", amqp_url, "-q", queue_name, "--quorum", "--retry-delays", "1s"]
+    runner = CliRunner()
+    try:
+        result = runner.invoke(
+            cli, [*args, "--dead-letter-strategy", "at-least-once", "--queue-delivery-limit", "10"]
+        )
+        assert result.exit_code == 0, result.output
+        lines = result.output.splitlines()
+        assert lines[0] == (
+            f"created {queue_name} (quorum, dead-lettering at-least-once, "
+            f"x-delivery-limit=10 → {queue_name}.dead)"
+        )
+        assert "dead-lettering at-least-once" in lines[1] and lines[1].startswith(
+            f"created {queue_name}.retry.1"
+        )
+        # Declaring again without the options asks RabbitMQ to change the arguments: exit 2 naming the queue.
+        again = runner.invoke(cli, args)
+        assert again.exit_code == 2 and queue_name in again.output
+        classic = runner.invoke(
+            cli, ["declare", "--url", amqp_url, "-q", "other", "--dead-letter-strategy", "at-least-once"]
+        )
+        assert classic.exit_code == 2 and "--dead-letter-strategy needs --quorum" in classic.output
+    finally:
+
+        async def delete() -> None:
+            broker = AmqpBroker(amqp_url)
+            for name in (queue_name, f"{queue_name}.retry.1", f"{queue_name}.dead"):
+                await broker.delete_queue(name)
+            await broker.close()
+
+        anyio.run(delete)
