@@ -135,7 +135,9 @@ class FakeChannel:
     async def basic_reject(self, tag: int, *, requeue: bool = True, wait: bool = True) -> None:
         self.frames.append(("reject", tag, requeue))
 
-    async def basic_consume(self, queue: str, callback: Any, *, consumer_tag: str) -> None:
+    async def basic_consume(
+        self, queue: str, callback: Any, *, consumer_tag: str, timeout: float | None = None
+    ) -> None:
         self.consumers[consumer_tag] = callback
 
     async def basic_cancel(self, tag: str, *, timeout: float | None = None) -> None:

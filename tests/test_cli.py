@@ -364,6 +364,28 @@ def test_swarrow_url_from_the_environment_is_used_and_masked() -> None:
     assert "hunter2" not in result.output and "u:***@127.0.0.1:1" in result.output
 
 
+@pytest.mark.parametrize("command", ["consume", "declare", "publish"])
+def test_an_unparsable_cluster_url_is_a_usage_error_naming_what_is_wrong(command: str) -> None:
+    url = "amqp://app:s3cr/et@h1:5672,h2:notaport,h3/"
+    args = {"consume": ["tests.cli_callbacks:ok"], "declare": [], "publish": ["--body", "x"]}[command]
+    result = invoke(command, *args, "--url", url, "-q", "q")
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert "Invalid value for '--url'" in result.output
+    assert "port 'notaport' of host 'h2' is not a number" in result.output
+    assert "s3cr" not in result.output and "Traceback" not in result.output
+
+
+def test_a_cluster_whose_every_node_refuses_exits_4_naming_each_node_masked() -> None:
+    result = invoke("declare", "--url", "amqp://guest:s3cr3t@127.0.0.1:1,127.0.0.1:2,127.0.0.1:3/", "-q", "q")
+    assert result.exit_code == EXIT_BROKER, result.output
+    assert (
+        "cannot connect to any of the 3 nodes of amqp://guest:***@127.0.0.1:1,127.0.0.1:2,127.0.0.1:3/"
+        in (result.output)
+    )
+    assert all(f"127.0.0.1:{port}: " in result.output for port in (1, 2, 3))
+    assert "s3cr3t" not in result.output
+
+
 def test_an_exception_escaping_the_stack_exits_1_with_one_line(memory: tuple[str, MemoryBroker]) -> None:
     url, broker = memory
     fill(broker, "jobs", 1)

@@ -129,22 +129,3 @@ def test_the_url_may_list_the_nodes_of_a_cluster(tmp_path: Path) -> None:
     config = load_config(path)
     url = config.consumer("c").values.get("url", config.shared.get("url"))
     assert [n.authority for n in parse_url(url).nodes] == ["h1:5672", "h2:5672"]
-
-
-@pytest.mark.parametrize(
-    ("value", "named"),
-    [
-        ('["amqp://app:pw@h1:5672/", "amqp://other:pw@h2/"]', "differ in user"),
-        ('"amqp://app:pw@h1:99999/"', "out of range"),
-        ("[]", "a non-empty list of URLs"),
-        ("42", "got a value of type int"),
-    ],
-)
-def test_a_bad_url_in_the_config_names_the_key_and_never_the_password(
-    tmp_path: Path, value: str, named: str
-) -> None:
-    path = write(tmp_path, f"[connection]\nurl = {value}\n")
-    with pytest.raises(ConfigurationError) as raised:
-        load_config(path)
-    assert "'url' in [connection]" in str(raised.value) and named in str(raised.value)
-    assert ":pw@" not in str(raised.value)

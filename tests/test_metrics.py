@@ -92,6 +92,7 @@ def test_families_have_prefix_base_units_and_types(registry: CollectorRegistry) 
         "swarrow_consumer_stops": "counter",
         "swarrow_republish_failures": "counter",
         "swarrow_replies": "counter",
+        "swarrow_connection_failovers": "counter",
     }
 
 

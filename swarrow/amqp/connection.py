@@ -8,7 +8,6 @@ import re
 import ssl
 from collections.abc import Sequence
 from typing import Any, Final, Self
-from urllib.parse import unquote, urlsplit
 
 import aiormq
 import aiormq.abc
@@ -101,7 +100,7 @@ class AmqpConnection:
     @property
     def username(self) -> str:
         """The user RabbitMQ authenticates (the URL's, else `guest`): a `user_id` property must match."""
-        return unquote(urlsplit(self._url).username or "") or "guest"
+        return self.broker_url.username or "guest"
 
     @property
     def is_connected(self) -> bool:

@@ -140,7 +140,7 @@ async def connect_first(
             await connection.connect(timeout=node_timeout)
         except CONNECT_ERRORS as exc:
             await asyncio.gather(connection.close(), return_exceptions=True)
-            detail = broker_url.scrub(describe_connect_error(exc, broker_url.node_url(nodes[index])))
+            detail = describe_connect_error(exc, broker_url.node_url(nodes[index]))
             errors.append(f"{nodes[index].authority}: {detail}")
             if len(nodes) > 1:
                 logger.warning("cannot connect to %s: %s", broker_url.masked_node(nodes[index]), detail)
