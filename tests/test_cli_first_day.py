@@ -487,3 +487,19 @@ def test_no_retry_on_a_queue_with_a_dead_letter_exchange_says_where_failures_go(
     assert result.exit_code == 0, result.output
     assert "retries are off: a failed message is rejected to jobs's dead-letter exchange" in caplog.text
     assert "DROPPED" not in caplog.text and broker.message_count("parked") == 1
+
+
+def test_json_log_lines_of_the_cli_carry_pid_and_host(memory: tuple[str, MemoryBroker]) -> None:
+    import json
+    import socket
+
+    url, broker = memory
+    broker.declare_queue_nowait("jobs")
+    broker.publish_nowait(Message(b"x", message_id="m-1"), "jobs")
+    result = invoke("consume", "tests.first_day_callbacks:ok", "--url", url, "-q", "jobs", "--no-retry",
+                    "--max-messages", "1", "--log-format", "json", *FAST)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    entries = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    message = next(e for e in entries if e.get("message_id") == "m-1")
+    assert message["pid"] == os.getpid() and message["host"] == socket.gethostname()
+    assert message["attempt"] == 1
