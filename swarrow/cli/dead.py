@@ -7,11 +7,10 @@ dead-letter queue without taking what it only looks at (see `swarrow.scan`).
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 import click
@@ -19,16 +18,20 @@ import click
 from swarrow import dead_letters as dl
 from swarrow.broker import Broker
 from swarrow.cli._dead_output import describe_letter, letter_as_json, list_lines, safe
-from swarrow.cli.bootstrap import run_anyio
-from swarrow.cli.errors import CliError, fail
+from swarrow.cli._dead_params import (
+    Instant,
+    call,
+    common_options,
+    echo_json,
+    queue_to_read,
+    resolve_url,
+    selection,
+    selection_options,
+)
+from swarrow.cli.errors import CliError
 from swarrow.cli.help import ENV_EPILOG, EXIT_EPILOG, ManCommand, option
-from swarrow.cli.params import Duration, ParamType, url_option
-from swarrow.config import load_config
-from swarrow.errors import ConfigurationError, SwarrowError
+from swarrow.cli.params import Duration
 from swarrow.exits import EXIT_CRASH, EXIT_USAGE
-from swarrow.factory import open_broker
-from swarrow.topology import dead_letter_queue_name
-from swarrow.units import parse_duration
 
 __all__ = ["dead"]
 
@@ -56,157 +59,13 @@ def dead() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-def _instant(text: str) -> datetime:
-    """An ISO-8601 date or time (UTC unless it says otherwise), or a duration ago (`2h`, `7d`)."""
-    try:
-        seconds = parse_duration(text)
-    except ValueError:
-        pass
-    else:
-        return datetime.now(UTC) - timedelta(seconds=seconds)
-    try:
-        value = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ValueError(
-            f"invalid time {text!r}: use ISO-8601 (2026-01-31, 2026-01-31T12:00:00Z) "
-            "or a duration ago (2h, 7d)"
-        ) from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
-
-
-class _Instant(ParamType):
-    name = "TIME"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
-        if isinstance(value, datetime):
-            return value
-        try:
-            return _instant(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-def _common(func: Callable[..., T]) -> Callable[..., T]:
-    """--queue / --dead-queue, --url, --config: how every `dead` command finds its queue."""
-    for decorator in reversed(
-        [
-            option(
-                "--queue",
-                "-q",
-                section="General",
-                default=None,
-                metavar="QUEUE",
-                help="The work queue: its dead letters are read from QUEUE.dead.",
-            ),
-            option(
-                "--dead-queue",
-                section="General",
-                default=None,
-                metavar="NAME",
-                help="Read this dead-letter queue instead of QUEUE.dead (e.g. a DLX queue of your own).",
-            ),
-            url_option(),
-            option(
-                "--config",
-                "config_path",
-                section="Connection",
-                default=None,
-                metavar="FILE",
-                type=click.Path(dir_okay=False),
-                help="A swarrow.toml whose [connection] url is used without --url / SWARROW_URL.",
-            ),
-        ]
-    ):
-        func = decorator(func)
-    return func
-
-
-def _selection_options(func: Callable[..., T]) -> Callable[..., T]:
-    for decorator in reversed(
-        [
-            option(
-                "--error-type",
-                "error_types",
-                section="Selection",
-                multiple=True,
-                metavar="TYPE",
-                help="Only letters with this error type (repeatable): a full name (myapp.errors.Boom), "
-                "a class name (Boom), or x-death:REASON for the broker's own dead letters.",
-            ),
-            option(
-                "--message-id",
-                "message_ids",
-                section="Selection",
-                multiple=True,
-                metavar="ID",
-                help="Only letters with this message id (repeatable).",
-            ),
-        ]
-    ):
-        func = decorator(func)
-    return func
-
-
-def _queue(queue: str | None, dead_queue: str | None) -> str:
-    if dead_queue:
-        return dead_queue
-    if not queue:
-        raise click.UsageError(
-            "give the work queue with --queue QUEUE (or a dead-letter queue with --dead-queue)"
-        )
-    return dead_letter_queue_name(queue)
-
-
-def _url(ctx: click.Context, url: str, config_path: str | None) -> str:
-    source = ctx.get_parameter_source("url")
-    if config_path is None or source in (
-        click.core.ParameterSource.COMMANDLINE,
-        click.core.ParameterSource.ENVIRONMENT,
-    ):
-        return url
-    try:
-        configured = load_config(config_path).shared.get("url")
-    except ConfigurationError as exc:
-        raise CliError(str(exc), EXIT_USAGE) from None
-    return str(configured) if configured else url
-
-
-def _broker(url: str) -> Broker:
-    try:
-        return open_broker(url)
-    except (ConfigurationError, ValueError) as exc:
-        raise CliError(str(exc), EXIT_USAGE) from None
-
-
-def _call(url: str, operation: Callable[[Broker], Any]) -> Any:
-    """Run `operation(broker)` on an event loop; every failure becomes one `Error:` line and its code."""
-    broker = _broker(url)
-
-    async def go() -> Any:
-        try:
-            return await operation(broker)
-        finally:
-            await broker.close()
-
-    try:
-        return run_anyio(go)
-    except (SwarrowError, click.ClickException, BaseExceptionGroup) as exc:
-        fail(exc)  # broker unreachable or lost: 4; a missing queue, bad configuration: 2
-    except Exception as exc:
-        raise CliError(f"the dead-letter command failed: {type(exc).__name__}: {exc}", EXIT_CRASH) from None
-
-
 def _can_ask() -> bool:
     """True when a person can answer a question on stdin."""
     return sys.stdin.isatty()
 
 
-def _echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
-
-
 @dead.command("list", cls=ManCommand, epilog=_EPILOG)
-@_common
+@common_options
 @option(
     "--group-by",
     section="Output",
@@ -230,19 +89,19 @@ def list_(
 
     Every letter read goes back to the queue, in its order; memory stays small however many there are.
     """
-    name = _queue(queue, dead_queue)
-    summary: dl.DeadLetterSummary = _call(
-        _url(ctx, url, config_path), lambda b: dl.list_dead_letters(b, name, group_by=group_by)
+    name = queue_to_read(queue, dead_queue)
+    summary: dl.DeadLetterSummary = call(
+        resolve_url(ctx, url, config_path), lambda b: dl.list_dead_letters(b, name, group_by=group_by)
     )
     if as_json:
-        _echo_json(summary.as_dict())
+        echo_json(summary.as_dict())
         return
     for line in list_lines(summary):
         click.echo(line)
 
 
 @dead.command(cls=ManCommand, epilog=_EPILOG)
-@_common
+@common_options
 @option(
     "--message-id",
     section="Selection",
@@ -291,13 +150,13 @@ def show(
     as_json: bool,
 ) -> None:
     """Print dead letters in full: error, attempts, failure time, original queue, x-death, all headers."""
-    name = _queue(queue, dead_queue)
-    letters: list[dl.DeadLetter] = _call(
-        _url(ctx, url, config_path),
+    name = queue_to_read(queue, dead_queue)
+    letters: list[dl.DeadLetter] = call(
+        resolve_url(ctx, url, config_path),
         lambda b: dl.show_dead_letters(b, name, message_id=message_id, limit=limit),
     )
     if as_json:
-        _echo_json([letter_as_json(x, body=show_body, body_limit=body_limit) for x in letters])
+        echo_json([letter_as_json(x, body=show_body, body_limit=body_limit) for x in letters])
         return
     if not letters:
         what = f"with message id {safe(message_id)}" if message_id is not None else "at all"
@@ -308,20 +167,8 @@ def show(
             click.echo(line)
 
 
-def _selection(
-    error_types: Sequence[str],
-    message_ids: Sequence[str],
-    since: datetime | None = None,
-    until: datetime | None = None,
-    limit: int | None = None,
-) -> dl.Selection:
-    if since is not None and until is not None and since >= until:
-        raise click.BadParameter(f"--since {since.isoformat()} is not before --until {until.isoformat()}")
-    return dl.Selection(tuple(error_types), tuple(message_ids), since, until, limit)
-
-
 @dead.command(cls=ManCommand, epilog=_EPILOG)
-@_common
+@common_options
 @option(
     "--to",
     section="General",
@@ -329,18 +176,18 @@ def _selection(
     metavar="QUEUE",
     help="Publish every copy to this queue instead of each letter's original queue.",
 )
-@_selection_options
+@selection_options
 @option(
     "--since",
     section="Selection",
-    type=_Instant(),
+    type=Instant(),
     default=None,
     help="Only letters that failed at or after TIME (ISO-8601, or a duration ago: 2h, 7d).",
 )
 @option(
     "--until",
     section="Selection",
-    type=_Instant(),
+    type=Instant(),
     default=None,
     help="Only letters that failed before TIME.",
 )
@@ -391,10 +238,10 @@ def replay(
     Letters not selected stay where they are, in order. Ends with `replayed N, kept M, failed K`
     (failed: selected but still in the dead-letter queue, e.g. no such target queue; exit 1).
     """
-    name = _queue(queue, dead_queue)
+    name = queue_to_read(queue, dead_queue)
     if to is not None and to == name:
         raise click.BadParameter(f"cannot replay {name!r} into itself", param_hint="--to")
-    selection = _selection(error_types, message_ids, since, until, limit)
+    chosen = selection(error_types, message_ids, since, until, limit)
     show_bar = progress if progress is not None else sys.stderr.isatty() and not as_json
     bar: Any = None
 
@@ -414,14 +261,14 @@ def replay(
             broker,
             name,
             to=to,
-            selection=selection,
+            selection=chosen,
             fallback_queue=queue,
             dry_run=dry_run,
             progress=on_progress if show_bar else None,
         )
 
     try:
-        result: dl.ReplayResult = _call(_url(ctx, url, config_path), operation)
+        result: dl.ReplayResult = call(resolve_url(ctx, url, config_path), operation)
     finally:
         if bar is not None:
             bar.render_finish()
@@ -439,7 +286,7 @@ def _report(
     elapsed: float,
 ) -> None:
     if as_json:
-        _echo_json(data)
+        echo_json(data)
         return
     for target, count in sorted(targets.items(), key=lambda kv: -kv[1]):
         click.echo(f"  {count:>8}  → {safe(target)}")
@@ -451,7 +298,7 @@ def _report(
 
 
 @dead.command(cls=ManCommand, epilog=_EPILOG)
-@_common
+@common_options
 @option(
     "--older-than",
     section="Selection",
@@ -460,7 +307,7 @@ def _report(
     metavar="DURATION",
     help="Only letters that failed longer ago than this (14d, 12h); those without a failure time stay.",
 )
-@_selection_options
+@selection_options
 @option(
     "--yes", "-y", section="General", is_flag=True, help="Do not ask; required when stdin is not a terminal."
 )
@@ -485,14 +332,14 @@ def purge(
 
     Asks first, unless --yes; refuses without --yes when stdin is not a terminal (exit 2).
     """
-    name = _queue(queue, dead_queue)
-    selection = _selection(error_types, message_ids)
-    target = _url(ctx, url, config_path)
-    run = functools.partial(dl.purge_dead_letters, queue=name, selection=selection, older_than=older_than)
+    name = queue_to_read(queue, dead_queue)
+    chosen = selection(error_types, message_ids)
+    target = resolve_url(ctx, url, config_path)
+    run = functools.partial(dl.purge_dead_letters, queue=name, selection=chosen, older_than=older_than)
     if not yes and not dry_run:
         if not _can_ask():
             raise CliError("refusing to purge without --yes: stdin is not a terminal to ask on", EXIT_USAGE)
-        counted: dl.PurgeResult = _call(target, lambda b: run(b, dry_run=True))
+        counted: dl.PurgeResult = call(target, lambda b: run(b, dry_run=True))
         if counted.purged == 0:
             click.echo(f"nothing to purge in {safe(name)} ({counted.kept} kept)")
             return
@@ -501,9 +348,9 @@ def purge(
             abort=True,
             err=True,
         )
-    result: dl.PurgeResult = _call(target, lambda b: run(b, dry_run=dry_run))
+    result: dl.PurgeResult = call(target, lambda b: run(b, dry_run=dry_run))
     if as_json:
-        _echo_json(result.as_dict())
+        echo_json(result.as_dict())
         return
     click.echo(f"took {result.elapsed:.2f} s")
     click.echo(result.line())

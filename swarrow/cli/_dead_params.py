@@ -1,0 +1,192 @@
+"""Shared options and plumbing of the `swarrow dead` commands: queue and URL, time values, running one."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import click
+
+from swarrow import dead_letters as dl
+from swarrow.broker import Broker
+from swarrow.cli.bootstrap import run_anyio
+from swarrow.cli.errors import CliError, fail
+from swarrow.cli.help import option
+from swarrow.cli.params import ParamType, url_option
+from swarrow.config import load_config
+from swarrow.errors import ConfigurationError, SwarrowError
+from swarrow.exits import EXIT_CRASH, EXIT_USAGE
+from swarrow.factory import open_broker
+from swarrow.topology import dead_letter_queue_name
+from swarrow.units import parse_duration
+
+__all__ = [
+    "Instant",
+    "call",
+    "common_options",
+    "echo_json",
+    "queue_to_read",
+    "resolve_url",
+    "selection",
+    "selection_options",
+]
+
+T = TypeVar("T")
+
+
+def _instant(text: str) -> datetime:
+    """An ISO-8601 date or time (UTC unless it says otherwise), or a duration ago (`2h`, `7d`)."""
+    try:
+        seconds = parse_duration(text)
+    except ValueError:
+        pass
+    else:
+        return datetime.now(UTC) - timedelta(seconds=seconds)
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"invalid time {text!r}: use ISO-8601 (2026-01-31, 2026-01-31T12:00:00Z) "
+            "or a duration ago (2h, 7d)"
+        ) from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+class Instant(ParamType):
+    name = "TIME"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            return _instant(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def common_options(func: Callable[..., T]) -> Callable[..., T]:
+    """--queue / --dead-queue, --url, --config: how every `dead` command finds its queue."""
+    for decorator in reversed(
+        [
+            option(
+                "--queue",
+                "-q",
+                section="General",
+                default=None,
+                metavar="QUEUE",
+                help="The work queue: its dead letters are read from QUEUE.dead.",
+            ),
+            option(
+                "--dead-queue",
+                section="General",
+                default=None,
+                metavar="NAME",
+                help="Read this dead-letter queue instead of QUEUE.dead (e.g. a DLX queue of your own).",
+            ),
+            url_option(),
+            option(
+                "--config",
+                "config_path",
+                section="Connection",
+                default=None,
+                metavar="FILE",
+                type=click.Path(dir_okay=False),
+                help="A swarrow.toml whose [connection] url is used without --url / SWARROW_URL.",
+            ),
+        ]
+    ):
+        func = decorator(func)
+    return func
+
+
+def selection_options(func: Callable[..., T]) -> Callable[..., T]:
+    for decorator in reversed(
+        [
+            option(
+                "--error-type",
+                "error_types",
+                section="Selection",
+                multiple=True,
+                metavar="TYPE",
+                help="Only letters with this error type (repeatable): a full name (myapp.errors.Boom), "
+                "a class name (Boom), or x-death:REASON for the broker's own dead letters.",
+            ),
+            option(
+                "--message-id",
+                "message_ids",
+                section="Selection",
+                multiple=True,
+                metavar="ID",
+                help="Only letters with this message id (repeatable).",
+            ),
+        ]
+    ):
+        func = decorator(func)
+    return func
+
+
+def queue_to_read(queue: str | None, dead_queue: str | None) -> str:
+    if dead_queue:
+        return dead_queue
+    if not queue:
+        raise click.UsageError(
+            "give the work queue with --queue QUEUE (or a dead-letter queue with --dead-queue)"
+        )
+    return dead_letter_queue_name(queue)
+
+
+def resolve_url(ctx: click.Context, url: str, config_path: str | None) -> str:
+    source = ctx.get_parameter_source("url")
+    if config_path is None or source in (
+        click.core.ParameterSource.COMMANDLINE,
+        click.core.ParameterSource.ENVIRONMENT,
+    ):
+        return url
+    try:
+        configured = load_config(config_path).shared.get("url")
+    except ConfigurationError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    return str(configured) if configured else url
+
+
+def _broker(url: str) -> Broker:
+    try:
+        return open_broker(url)
+    except (ConfigurationError, ValueError) as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+
+
+def call(url: str, operation: Callable[[Broker], Any]) -> Any:
+    """Run `operation(broker)` on an event loop; every failure becomes one `Error:` line and its code."""
+    broker = _broker(url)
+
+    async def go() -> Any:
+        try:
+            return await operation(broker)
+        finally:
+            await broker.close()
+
+    try:
+        return run_anyio(go)
+    except (SwarrowError, click.ClickException, BaseExceptionGroup) as exc:
+        fail(exc)  # broker unreachable or lost: 4; a missing queue, bad configuration: 2
+    except Exception as exc:
+        raise CliError(f"the dead-letter command failed: {type(exc).__name__}: {exc}", EXIT_CRASH) from None
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def selection(
+    error_types: Sequence[str],
+    message_ids: Sequence[str],
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int | None = None,
+) -> dl.Selection:
+    if since is not None and until is not None and since >= until:
+        raise click.BadParameter(f"--since {since.isoformat()} is not before --until {until.isoformat()}")
+    return dl.Selection(tuple(error_types), tuple(message_ids), since, until, limit)
