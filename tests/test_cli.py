@@ -610,13 +610,51 @@ def test_publish_to_a_missing_queue_exits_2(memory: tuple[str, MemoryBroker]) ->
     assert "queue 'absent' does not exist" in result.output
 
 
-def test_a_nacked_publish_exits_1_saying_how_many_were_confirmed(memory: tuple[str, MemoryBroker]) -> None:
+def test_a_nacked_publish_is_reported_by_id_the_others_go_on_and_it_exits_1(
+    memory: tuple[str, MemoryBroker],
+) -> None:
     url, broker = memory
     broker.declare_queue_nowait("q")
     broker.fail_next_publishes(1)
-    result = invoke("publish", "--url", url, "-q", "q", "--body", "x", "--count", "3", "--window", "1")
+    result = invoke(
+        "publish",
+        "--url",
+        url,
+        "-q",
+        "q",
+        "--body",
+        "x",
+        "--count",
+        "3",
+        "--window",
+        "2",
+        "--message-id",
+        "run-{n}",
+    )
     assert result.exit_code == EXIT_CRASH
-    assert "nacked" in result.output and "after 0 of 3 confirmed" in result.output
+    assert "not confirmed: run-1 (" in result.stderr and "nacked" in result.stderr
+    assert "published 2 of 3 messages to q" in result.stdout
+    assert "1 message(s) not confirmed" in result.stderr
+    queued = [broker.get_nowait("q") for _ in range(broker.message_count("q"))]
+    assert sorted(m.message_id or "" for m in queued if m is not None) == ["run-2", "run-3"]
+
+
+def test_publish_gives_up_after_a_window_of_failures_and_nothing_confirmed_for_a_while(
+    memory: tuple[str, MemoryBroker],
+) -> None:
+    url, broker = memory
+    broker.declare_queue_nowait("q")
+    broker.fail_next_publishes(4)
+    args = ["publish", "--url", url, "-q", "q", "--body", "x", "--count", "50", "--window", "4"]
+    result = invoke(*args, "--give-up-after", "0s")
+    assert result.exit_code == EXIT_CRASH
+    assert "gave up after 4 failures in a row and nothing confirmed for 0 s, 46 not sent" in result.stderr
+    assert result.stderr.count("\nnot confirmed: ") + result.stderr.startswith("not confirmed: ") == 4
+    # A burst of failures (a whole window lost with a node) while confirms still come recently goes on.
+    broker.fail_next_publishes(8)
+    again = invoke(*args)  # default --give-up-after 60s
+    assert again.exit_code == EXIT_CRASH and "gave up" not in again.stderr
+    assert "published 42 of 50 messages" in again.stdout
 
 
 def test_publish_progress_bar_on_request(memory: tuple[str, MemoryBroker]) -> None:

@@ -13,7 +13,7 @@ import anyio
 import click
 
 from swarrow.cli.bootstrap import connected, run_anyio
-from swarrow.cli.errors import fail
+from swarrow.cli.errors import CliError, fail
 from swarrow.cli.help import ENV_EPILOG, ManCommand, exit_epilog, option
 from swarrow.cli.params import Duration, Header, url_option
 from swarrow.errors import ConfigurationError, PublishError
@@ -157,6 +157,14 @@ _EXAMPLES = (
 )
 @url_option()
 @option(
+    "--give-up-after",
+    section="Concurrency",
+    type=Duration(allow_zero=True),
+    default="60s",
+    show_default=True,
+    help="Give up once --window publishes in a row failed and none was confirmed for this long.",
+)
+@option(
     "--window",
     section="Concurrency",
     type=click.IntRange(min=1),
@@ -196,6 +204,7 @@ def publish(
     app_id: str | None,
     priority: int | None,
     url: str,
+    give_up_after: float,
     window: int,
     progress: bool | None,
     print_ids: bool,
@@ -204,9 +213,12 @@ def publish(
     """Publish messages to QUEUE (or an exchange) with publisher confirms and report the confirmed rate.
 
     The body comes from --body, --file, or '-' (stdin). Each message gets a unique message_id
-    unless --message-id says otherwise. A queue that does not exist is an error (exit 2); a message
-    the broker nacks or returns as unroutable (mandatory publish) stops with exit 1 and says how many
-    were confirmed before it. With memory:// the messages live in this process only (a warning says so).
+    unless --message-id says otherwise. A queue that does not exist is an error (exit 2). A message
+    the broker does not confirm (a nack, an unroutable return, a connection lost before the confirm,
+    e.g. a cluster node dying: the next node takes over) is reported on stderr as `not confirmed: ID
+    (why)` and the others go on; the run then exits 1. Such a message may or may not have arrived; a
+    confirmed one did. It gives up on the rest once --window publishes in a row failed and nothing
+    was confirmed for --give-up-after. With memory:// the messages live in this process only.
     """
     if exchange is None:
         if queue is None:
@@ -259,6 +271,7 @@ def publish(
     target = _Target(queue, exchange or "", routing_key if routing_key is not None else (queue or ""))
     show = progress if progress is not None else count >= 1000 and sys.stderr.isatty()
     sdk = None
+    outcome = _Outcome(window, give_up_after)
     try:
         if otel:
             from swarrow.otel import configure_sdk
@@ -266,7 +279,7 @@ def publish(
             sdk = configure_sdk()
         elapsed = run_anyio(
             functools.partial(
-                _publish, url, target, template, message_id, count, window, show, print_ids, otel
+                _publish, url, target, template, message_id, count, window, show, print_ids, outcome, otel
             )
         )
     except Exception as exc:
@@ -274,14 +287,54 @@ def publish(
     finally:
         if sdk is not None:
             sdk.shutdown()
-    rate = count / elapsed if elapsed > 0 else float("inf")
+    rate = outcome.confirmed / elapsed if elapsed > 0 else float("inf")
     plural = "" if count == 1 else "s"
     if url.lower().startswith("memory://"):
         click.echo(MEMORY_WARNING, err=True)
+    of = f"{outcome.confirmed} of " if outcome.failed else ""
     click.echo(
-        f"published {count} message{plural} to {target} in {elapsed:.2f} s ({rate:,.0f} msg/s, confirmed)",
+        f"published {of}{count} message{plural} to {target} in {elapsed:.2f} s "
+        f"({rate:,.0f} msg/s, confirmed)",
         err=print_ids,
     )
+    if outcome.failed:
+        unsent = count - outcome.confirmed - len(outcome.failed)
+        detail = (
+            f"; gave up after {outcome.in_a_row} failures in a row and nothing confirmed for "
+            f"{give_up_after:g} s, {unsent} not sent"
+            if unsent
+            else ""
+        )
+        raise CliError(
+            f"{len(outcome.failed)} message(s) not confirmed (listed above: they may or may not have "
+            f"arrived){detail}",
+            EXIT_CRASH,
+        )
+
+
+class _Outcome:
+    """What a run did: how many were confirmed, which ids were not, and whether to give up."""
+
+    def __init__(self, window: int, give_up_after: float) -> None:
+        self.window, self.give_up_after = window, give_up_after
+        self.confirmed = 0
+        self.failed: list[str] = []
+        self.in_a_row = 0
+        self.last_confirm = time.monotonic()
+        self.gave_up = False
+
+    def confirm(self) -> None:
+        self.confirmed += 1
+        self.in_a_row = 0
+        self.last_confirm = time.monotonic()
+
+    def fail(self, message_id: str) -> None:
+        # A lost connection fails a whole window at once and the next node takes over: give up only
+        # when failures go on and nothing was confirmed for a while (every node down).
+        self.failed.append(message_id)
+        self.in_a_row += 1
+        if self.in_a_row >= self.window and time.monotonic() - self.last_confirm >= self.give_up_after:
+            self.gave_up = True
 
 
 class _Target:
@@ -308,13 +361,13 @@ async def _publish(
     count: int,
     window: int,
     show: bool,
-    print_ids: bool = False,
+    print_ids: bool,
+    outcome: _Outcome,
     otel: bool = False,
 ) -> float:
     run_id = uuid.uuid4().hex[:12]
     numbered = b"{n}" in template.body
     correlation_id = template.correlation_id
-    done = 0
     queue = target.queue
     async with connected(url) as broker:
         if queue is not None and await broker.inspect_queue(queue) is None:
@@ -340,8 +393,8 @@ async def _publish(
         )
 
         async def worker() -> None:
-            nonlocal next_n, done
-            while next_n <= count:
+            nonlocal next_n
+            while next_n <= count and not outcome.gave_up:
                 n = next_n
                 next_n += 1
                 body = template.body.replace(b"{n}", str(n).encode()) if numbered else template.body
@@ -357,14 +410,17 @@ async def _publish(
                         raise ConfigurationError(
                             f"exchange {target.exchange!r} does not exist on {broker.url}"
                         ) from None
-                    raise PublishError(f"{exc} (after {done} of {count} confirmed)") from None
-                done += 1
+                    outcome.fail(message.message_id or "")
+                    click.echo(f"not confirmed: {message.message_id} ({exc})", err=True)
+                    continue
+                outcome.confirm()
                 if print_ids:
                     click.echo(message.message_id)  # confirmed: a script may poll its status from now on
                 if bar is not None:
                     bar.update(1)
 
         started = time.perf_counter()
+        outcome.last_confirm = time.monotonic()
         try:
             async with anyio.create_task_group() as group:
                 for _ in range(min(window, count)):
