@@ -82,3 +82,11 @@ def test_the_memory_broker_refuses_before_routing_anything() -> None:
     with pytest.raises(InvalidMessageError, match="expiration"):
         broker.publish_nowait(Message(b"x", expiration="soon"), "q")
     assert broker.message_count("q") == 0 and broker.published_count == 0
+
+
+def test_the_amqp_broker_checks_user_id_against_the_url_user_unless_a_certificate_names_it() -> None:
+    from swarrow.amqp import AmqpBroker
+
+    assert AmqpBroker("amqp://worker%40eu:secret@127.0.0.1/").username == "worker@eu"
+    assert AmqpBroker("amqp://127.0.0.1/").username == "guest"
+    assert AmqpBroker("amqps://127.0.0.1/?auth=EXTERNAL").username is None

@@ -98,8 +98,13 @@ class AmqpConnection:
         return connection.failovers if connection is not None else 0
 
     @property
-    def username(self) -> str:
-        """The user RabbitMQ authenticates (the URL's, else `guest`): a `user_id` property must match."""
+    def username(self) -> str | None:
+        """The user RabbitMQ authenticates (the URL's, else `guest`): a `user_id` property must match.
+
+        None with `auth=external` (a client certificate names the user): then the broker alone checks.
+        """
+        if "auth=external" in self.broker_url.query.lower():
+            return None
         return self.broker_url.username or "guest"
 
     @property
