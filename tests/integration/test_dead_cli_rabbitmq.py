@@ -287,3 +287,36 @@ def test_a_real_broker_restart_mid_replay_exits_4_and_a_rerun_finishes(amqp_url:
     work, dead = _where(amqp_url, queue)
     assert not dead and set(work) == {f"m{i}" for i in range(total)}
     print(f"real broker restart mid-replay: exit 4, rerun finished; duplicates {sum(work.values()) - total}")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_kill_9_during_a_filtered_purge_only_ever_drops_selected_letters(amqp_url: str, queue: str) -> None:
+    total = 4000
+    anyio.run(_setup, amqp_url, queue, total, backend="asyncio")  # odd ids ValueError, even ids Other
+    purge = spawn("purge", "-q", queue, "--error-type", "ValueError", "--yes", url=amqp_url)
+    anyio.run(_held_by_a_consumer, amqp_url, queue, backend="asyncio")
+    time.sleep(
+        random.Random(os.environ.get("SWARROW_TEST_SEED", "purge")).uniform(0.0, 0.5)
+    )  # any point will do
+    purge.send_signal(signal.SIGKILL)
+    purge.wait(10)
+    anyio.run(_settled_held, amqp_url, queue, total // 2, backend="asyncio")
+    work, dead = _where(amqp_url, queue)
+    assert not work
+    assert {f"m{i}" for i in range(0, total, 2)} <= set(dead), "a letter that was not selected left Q.dead"
+    assert max(dead.values()) == 1
+
+
+async def _settled_held(url: str, queue: str, at_least: int) -> None:
+    """Wait until nothing holds Q.dead and `at_least` letters are ready (the broker put back what it held)."""
+    broker = AmqpBroker(url)
+    await broker.connect()
+    try:
+        with anyio.fail_after(30):
+            while (info := await broker.inspect_queue(f"{queue}.dead")) is None or (
+                info.consumer_count or info.message_count < at_least
+            ):
+                await anyio.sleep(0.05)
+    finally:
+        await broker.close()
