@@ -217,7 +217,7 @@ async def test_a_dead_letter_queue_held_by_a_single_active_consumer_is_an_error_
     holder = amqp_broker.provider(dead, prefetch=1)  # the active consumer: it holds one, two stay ready
     await holder.start()
     try:
-        scan = AmqpQueueScan(amqp_broker._url, dead, idle_check=0.1, stall_timeout=0.5)
+        scan = AmqpQueueScan(amqp_broker.node_url, dead, idle_check=0.1, stall_timeout=0.5)
 
         async def read_all() -> None:
             async with scan:
