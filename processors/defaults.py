@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -22,6 +22,7 @@ from processors.retry import RetryProcessor
 from processors.signal_handler import SignalHandlerProcessor
 from processors.stop_when_idle import StopWhenIdleProcessor
 from processors.time_limit import TimeLimitProcessor
+from swarrow.broker import QueueInfo
 from swarrow.errors import ConfigurationError
 from swarrow.jobs.store import JobStore
 from swarrow.metrics import SwarrowMetrics
@@ -83,6 +84,8 @@ def default_stack(
     track_jobs: str | JobStore | None = None,
     otel: bool = False,
     otel_server: tuple[str, int] | None = None,
+    queue_stats: Callable[[], Awaitable[QueueInfo | None]] | None = None,
+    queue_stats_interval: float = 5.0,
     layers: Sequence[LayerLike] = (),
 ) -> list[Layer[Any]]:
     """Layers for `Stack(*layers, callback=...)`, outermost first; disabled ones (None / False) are left out.
@@ -99,6 +102,8 @@ def default_stack(
     acked. `otel`: a CONSUMER span per message (`TracingProcessor`, inside the signal handler, outside
     everything else) and a PRODUCER span per retry, dead-letter and reply copy (`TracingPublisher`);
     `otel_server` is the broker's (host, port) for their `server.*` attributes. Needs `swarrow[otel]`.
+    `queue_stats` (e.g. `functools.partial(broker.inspect_queue, queue)`) feeds the metrics layer's
+    `swarrow_queue_messages_ready` / `swarrow_queue_consumers` every `queue_stats_interval` seconds.
     Raises `ConfigurationError` for an option that cannot work.
     """
     try:
@@ -146,7 +151,17 @@ def default_stack(
         stack.append(Layer(StopWhenIdleProcessor, seconds=stop_when_idle))
     if metrics or metrics_address is not None:
         # The provider feeds swarrow_consumer_up and /readyz; an address serves the endpoint.
-        stack.append(Layer(MetricsProcessor, registry=registry, provider=provider, address=metrics_address))
+        metrics_layer = Layer(MetricsProcessor, registry=registry, provider=provider, address=metrics_address)
+        if queue_stats is not None:
+            metrics_layer = Layer(
+                MetricsProcessor,
+                registry=registry,
+                provider=provider,
+                address=metrics_address,
+                queue_stats=queue_stats,
+                queue_stats_interval=queue_stats_interval,
+            )
+        stack.append(metrics_layer)
     if log:
         stack.append(Layer(LoggerProcessor, log_body=log_body))
     if track_jobs is not None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 from bisect import bisect_left
-from collections.abc import AsyncIterator, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from time import perf_counter
 
@@ -14,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from processors._republish import RepublishState, add_refusals, held_reason, republish_states
 from swarrow._metrics_accumulator import Accumulator
+from swarrow.broker import QueueInfo
 from swarrow.control import ConsumerControl
 from swarrow.health import HealthState
 from swarrow.http import MetricsServer
@@ -56,6 +58,8 @@ class MetricsProcessor:
         liveness_timeout: float = 10.0,
         heartbeat_interval: float = 1.0,
         clock: Callable[[], float] = perf_counter,
+        queue_stats: Callable[[], Awaitable[QueueInfo | None]] | None = None,
+        queue_stats_interval: float = 5.0,
     ) -> None:
         self.heartbeat_interval = require_seconds("heartbeat_interval", heartbeat_interval)
         if liveness_timeout <= heartbeat_interval:
@@ -73,6 +77,8 @@ class MetricsProcessor:
             else MetricsServer(address[0], address[1], registry=self.metrics.registry, health=self.health)
         )
         self.clock = clock
+        self.queue_stats = queue_stats
+        self.queue_stats_interval = require_seconds("queue_stats_interval", queue_stats_interval)
         self._pending: Accumulator | None = None
         self._warned_no_outcome = False
 
@@ -108,6 +114,9 @@ class MetricsProcessor:
         try:
             async with anyio.create_task_group() as background:
                 background.start_soon(self._heartbeat, bound)
+                background.start_soon(self._sample_utilization, bound, control)
+                if self.queue_stats is not None:
+                    background.start_soon(self._poll_queue_stats, bound, self.queue_stats)
                 if republish:
                     background.start_soon(self._count_refused_copies, bound, republish)
                 try:
@@ -134,6 +143,34 @@ class MetricsProcessor:
                 seen = add_refusals(counter, states, seen)
         finally:
             add_refusals(counter, states, seen)
+
+    async def _sample_utilization(self, bound: QueueMetrics, control: ConsumerControl) -> None:
+        # in_flight ÷ concurrency sampled once a heartbeat, averaged over the last ten samples: a
+        # steady number for an autoscaler, off the hot path.
+        samples: deque[float] = deque(maxlen=10)
+        slots = max(1, control.concurrency)
+        while True:
+            samples.append(min(1.0, control.in_flight / slots))
+            bound.utilization.set(sum(samples) / len(samples))
+            await anyio.sleep(self.heartbeat_interval)
+
+    async def _poll_queue_stats(
+        self, bound: QueueMetrics, inspect: Callable[[], Awaitable[QueueInfo | None]]
+    ) -> None:
+        # A passive declare every few seconds: the backlog as RabbitMQ counts it (ready messages, not
+        # the ones already pushed into prefetch windows), without the management plugin.
+        interval = self.queue_stats_interval
+        while True:
+            with anyio.move_on_after(interval):
+                try:
+                    info = await inspect()
+                except Exception as exc:
+                    logger.debug("queue stats of %s unavailable: %s", bound.queue, exc)
+                else:
+                    if info is not None:
+                        bound.queue_ready.set(info.message_count)
+                        bound.queue_consumers.set(info.consumer_count)
+            await anyio.sleep(interval)
 
     async def _heartbeat(self, bound: QueueMetrics) -> None:
         # Runs on the event loop, so a blocked loop stops the beat and `/healthz` notices.

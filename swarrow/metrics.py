@@ -51,6 +51,9 @@ class QueueMetrics:
     stops: Counter  # the family: reasons are open-ended, so their children are bound on stop
     pending: Accumulator
     republish_failures: Counter
+    utilization: Gauge
+    queue_ready: Gauge
+    queue_consumers: Gauge
     # What `/readyz` answers, read again at every flush (every scrape and heartbeat), so that
     # `swarrow_consumer_up` and `/readyz` never disagree. Empty: the gauge is set by hand.
     up_source: list[Callable[[], bool]] = field(default_factory=list)
@@ -175,6 +178,29 @@ class SwarrowMetrics:
             "Broker connections re-established after a loss (to the same node or another of the URL's).",
             registry=reg,
         )
+        # A pool shows one series per worker (`pid`): average them (avg by (queue)) for the pool's share.
+        self.utilization = Gauge(
+            "swarrow_worker_utilization",
+            "Share of the worker's concurrency slots busy, averaged over the last 10 heartbeats (0 to 1).",
+            ["queue"],
+            registry=reg,
+            multiprocess_mode="liveall",
+        )
+        # Every worker of a pool reads the same queue: the pool reports the largest (the most recent) value.
+        self.queue_ready = Gauge(
+            "swarrow_queue_messages_ready",
+            "Messages ready in the queue, as a passive declare saw them (refreshed every few seconds).",
+            ["queue"],
+            registry=reg,
+            multiprocess_mode="livemax",
+        )
+        self.queue_consumers = Gauge(
+            "swarrow_queue_consumers",
+            "Consumers of the queue, as a passive declare saw them (refreshed every few seconds).",
+            ["queue"],
+            registry=reg,
+            multiprocess_mode="livemax",
+        )
 
     @classmethod
     def for_registry(cls, registry: CollectorRegistry | None = None) -> SwarrowMetrics:
@@ -212,6 +238,9 @@ class SwarrowMetrics:
                         bounds=DURATION_BUCKETS,
                     ),
                     republish_failures=self.republish_failures.labels(queue=queue),
+                    utilization=self.utilization.labels(queue=queue),
+                    queue_ready=self.queue_ready.labels(queue=queue),
+                    queue_consumers=self.queue_consumers.labels(queue=queue),
                 )
             return bound
 

@@ -319,6 +319,14 @@ async def consume(
             if retry:
                 default_stack_options["retry_attempts"] = len(delays)
                 default_stack_options["retry_delays"] = delays
+            if (
+                default_stack_options.pop("queue_stats", True)
+                and "queue_stats_interval" in default_stack_options
+            ) or (
+                default_stack_options.get("queue_stats_interval", 5.0)
+                and (metrics_address is not None or default_stack_options.get("metrics"))
+            ):
+                default_stack_options["queue_stats"] = functools.partial(broker.inspect_queue, queue)
             if default_stack_options.get("otel") and "otel_server" not in default_stack_options:
                 nodes = parse_url(resolve_url(url)).nodes  # none for memory://
                 default_stack_options["otel_server"] = (nodes[0].host, nodes[0].port) if nodes else None

@@ -93,6 +93,9 @@ def test_families_have_prefix_base_units_and_types(registry: CollectorRegistry) 
         "swarrow_republish_failures": "counter",
         "swarrow_replies": "counter",
         "swarrow_connection_failovers": "counter",
+        "swarrow_worker_utilization": "gauge",
+        "swarrow_queue_messages_ready": "gauge",
+        "swarrow_queue_consumers": "gauge",
     }
 
 
