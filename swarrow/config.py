@@ -184,7 +184,11 @@ _CONSUMER_SCHEMA: Final[Mapping[str, Mapping[str, tuple[str, Converter]]]] = {
     "logger": {"enabled": ("log", _bool), "log_body": ("log_body", _bool)},
     "signal_handler": {"enabled": ("signals", _bool)},
     "delivery_limit": {"max_deliveries": ("delivery_limit", _int)},
-    "metrics": {"addr": ("metrics_addr", _metrics_addr)},
+    "metrics": {
+        "addr": ("metrics_addr", _metrics_addr),
+        "queue_stats": ("queue_stats", _bool),
+        "queue_stats_interval": ("queue_stats_interval", _duration),
+    },
     "logging": {"level": ("log_level", _log_level), "format": ("log_format", _log_format)},
 }
 _TOP_SCHEMA: Final[Mapping[str, Mapping[str, tuple[str, Converter]]]] = {

@@ -243,6 +243,20 @@ _CONSUME_EPILOG = (
 )
 @option("--log/--no-log", section="Observability", default=True, help="Log one line per message.")
 @option(
+    "--queue-stats/--no-queue-stats",
+    section="Observability",
+    default=True,
+    help="With --metrics-addr: read the queue's ready messages and consumers with a passive declare every "
+    "--queue-stats-interval (swarrow_queue_messages_ready, swarrow_queue_consumers: what KEDA can scale on).",
+)
+@option(
+    "--queue-stats-interval",
+    section="Observability",
+    type=Duration(),
+    default="5s",
+    help="How often --queue-stats asks RabbitMQ.",
+)
+@option(
     "--otel",
     section="Observability",
     is_flag=True,
@@ -308,7 +322,7 @@ def consume(ctx: click.Context, /, target: str | None, config_path: str | None, 
         for key in (
             "signals", "max_runtime", "max_messages", "memory_limit", "log", "log_body", "catch",
             "requeue_on_error", "delivery_limit", "retry", "quorum", "time_limit", "stop_when_idle",
-            "track_jobs", "otel", "retry_topology",
+            "track_jobs", "otel", "queue_stats", "queue_stats_interval", "retry_topology",
         )
     }  # fmt: skip
     stack_options["layers"] = layers

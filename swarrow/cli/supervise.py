@@ -30,6 +30,8 @@ def pool_worker_layers(pool: Any, stack_options: dict[str, Any]) -> Callable[...
     from swarrow.stack import Layer
 
     options = dict(stack_options, metrics=bool(os.environ.get(MULTIPROC_DIR_ENV)))
+    # The queue's backlog needs the broker, which a pool worker's layers do not see (documented).
+    options.pop("queue_stats", None)
 
     def layers(provider: Any, publisher: Any) -> list[Any]:
         # Outermost: it counts every message and, leaving last, reports the final stop reason.
