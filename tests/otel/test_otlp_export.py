@@ -1,0 +1,106 @@
+"""End to end over OTLP/HTTP: `swarrow publish --otel` and `swarrow consume --otel` export one trace.
+
+No OpenTelemetry Collector or Jaeger installs here (neither Debian nor PyPI ships one), so the receiving
+end is a minimal OTLP/HTTP receiver in this test, decoding what the real exporter sends with
+opentelemetry-proto.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    spans: list[Any] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        request = ExportTraceServiceRequest()
+        request.ParseFromString(body)
+        for resource in request.resource_spans:
+            service = {a.key: a.value.string_value for a in resource.resource.attributes}.get("service.name")
+            for scope in resource.scope_spans:
+                for span in scope.spans:
+                    _Receiver.spans.append((service, span))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        return
+
+
+async def _delete(url: str, queue: str) -> None:
+    from swarrow.amqp import AmqpBroker
+
+    broker = AmqpBroker(url)
+    for name in (queue, f"{queue}.dead", *(f"{queue}.retry.{k}" for k in (1, 2, 3))):
+        await broker.delete_queue(name)
+    await broker.close()
+
+
+@pytest.fixture
+def collector() -> Iterator[str]:
+    _Receiver.spans = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_publish_and_consume_export_one_trace_over_otlp(
+    amqp_url: str, queue_name: str, collector: str
+) -> None:
+    env = {
+        **os.environ, "PYTHONPATH": str(ROOT), "SWARROW_URL": amqp_url, "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": collector, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+    }  # fmt: skip
+    swarrow = [sys.executable, "-m", "swarrow"]
+
+    def run(*args: str, service: str) -> None:
+        done = subprocess.run([*swarrow, *args], env={**env, "OTEL_SERVICE_NAME": service},
+                              capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+
+    try:
+        run("declare", "--queue", queue_name, service="setup")
+        run("publish", "--queue", queue_name, "--body", "hello", "--otel", service="web")
+        run("consume", "tests.rpc.callbacks:echo", "--queue", queue_name, "--otel", "--max-messages", "1",
+            service="worker")  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(_Receiver.spans) < 2:
+            time.sleep(0.05)
+    finally:
+        subprocess.run(
+            [*swarrow, "declare", "--queue", queue_name, "--no-retry"],
+            env=env,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    by_name = {span.name: (service, span) for service, span in _Receiver.spans}
+    web, send = by_name[f"send {queue_name}"]
+    worker, process = by_name[f"process {queue_name}"]
+    assert (web, worker) == ("web", "worker")
+    assert process.trace_id == send.trace_id, "the worker's span continues the publisher's trace"
+    assert process.parent_span_id == send.span_id
+    attributes = {a.key: a.value for a in process.attributes}
+    assert attributes["messaging.system"].string_value == "rabbitmq"
+    assert attributes["messaging.destination.name"].string_value == queue_name
