@@ -257,7 +257,8 @@ class MemoryBroker(ConsumerSide):
         if (
             spec.max_length is not None
             and spec.overflow != "drop-head"
-            and len(queue.ready) >= spec.max_length
+            # A quorum queue refuses only once it is over the limit (it takes one message past it).
+            and len(queue.ready) >= spec.max_length + spec.quorum
         ):
             if spec.overflow == "reject-publish-dlx":
                 self._dead_letter(queue, message, "maxlen")
@@ -270,7 +271,7 @@ class MemoryBroker(ConsumerSide):
         entry = Entry(message, next(self._seq), expires_at)
         queue.ready.append(entry)
         self._dispatch(queue, now)
-        if spec.max_length is not None:
+        if spec.max_length is not None and spec.overflow == "drop-head":
             while len(queue.ready) > spec.max_length:
                 self._dead_letter(queue, queue.ready.popleft().message, "maxlen")
         if ttl == 0 and queue.ready and queue.ready[-1] is entry:

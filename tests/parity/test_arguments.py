@@ -10,7 +10,7 @@ import pytest
 from parity.harness import Side, eventually, on_both
 from swarrow import ConfigurationError, PublishError
 
-pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+pytestmark = [pytest.mark.anyio, pytest.mark.integration, pytest.mark.timeout(60)]
 
 
 async def _declare_error(side: Side, durable: bool, arguments: dict[str, Any]) -> str | None:
@@ -110,13 +110,14 @@ async def test_re_declaring_with_another_durability_is_refused_on_both(sides: li
     assert "durable" in memory and "durable" in rabbit
 
 
+@pytest.mark.parametrize("kind", [{}, {"x_queue_type": "quorum"}], ids=["classic", "quorum"])
 @pytest.mark.parametrize("overflow", [None, "drop-head"])
 async def test_max_length_drops_the_head_and_dead_letters_it_as_maxlen(
-    sides: list[Side], overflow: str | None
+    sides: list[Side], overflow: str | None, kind: dict[str, str]
 ) -> None:
     async def scenario(side: Side) -> tuple[int | None, list[str], list[object]]:
         dead = await side.declare("dead")
-        extra = {} if overflow is None else {"x_overflow": overflow}
+        extra: dict[str, str] = dict(kind) if overflow is None else {"x_overflow": overflow, **kind}
         queue = await side.declare(
             "q", x_max_length=2, x_dead_letter_exchange="", x_dead_letter_routing_key=dead, **extra
         )
@@ -144,10 +145,13 @@ async def test_max_length_drops_the_head_and_dead_letters_it_as_maxlen(
     assert memory == rabbit == (0, ["m2", "m3"], [b"m1", "maxlen", sides[1].q("q"), 1])
 
 
-async def test_reject_publish_overflow_refuses_the_publish(sides: list[Side]) -> None:
+@pytest.mark.parametrize("kind", [{}, {"x_queue_type": "quorum"}], ids=["classic", "quorum"])
+async def test_reject_publish_overflow_refuses_the_publish(sides: list[Side], kind: dict[str, str]) -> None:
     async def scenario(side: Side) -> tuple[bool, int | None]:
-        queue = await side.declare("q", x_max_length=1, x_overflow="reject-publish")
+        queue = await side.declare("q", x_max_length=1, x_overflow="reject-publish", **kind)
         await side.publish(queue, "fits")
+        if kind:
+            await side.publish(queue, "one past the limit: a quorum queue refuses once it is over it")
         try:
             await side.publish(queue, "refused")
         except PublishError:
@@ -157,7 +161,7 @@ async def test_reject_publish_overflow_refuses_the_publish(sides: list[Side]) ->
         return refused, await side.ready(queue)
 
     memory, rabbit = await on_both(sides, scenario)
-    assert memory == rabbit == (True, 1)
+    assert memory == rabbit == (True, 2 if kind else 1)
 
 
 async def test_reject_publish_dlx_refuses_and_dead_letters(sides: list[Side]) -> None:

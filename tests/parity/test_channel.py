@@ -7,13 +7,16 @@ import pytest
 from parity.harness import Side, eventually, on_both, take
 from swarrow import Message, PublishError
 
-pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+pytestmark = [pytest.mark.anyio, pytest.mark.integration, pytest.mark.timeout(60)]
 
 
+@pytest.mark.parametrize("kind", [{}, {"x_queue_type": "quorum"}], ids=["classic", "quorum"])
 @pytest.mark.parametrize("second", ["ack", "reject", "requeue"])
-async def test_a_delivery_settled_twice_changes_nothing_else(sides: list[Side], second: str) -> None:
+async def test_a_delivery_settled_twice_changes_nothing_else(
+    sides: list[Side], second: str, kind: dict[str, str]
+) -> None:
     async def scenario(side: Side) -> tuple[int | None, int | None]:
-        queue = await side.declare("q")
+        queue = await side.declare("q", **kind)
         await side.publish(queue, "a", "b", "c")
         provider = side.broker.provider(queue, prefetch=3)  # acks go one at a time
         await provider.start()

@@ -10,7 +10,7 @@ import pytest
 
 from parity.harness import Side, eventually, on_both, take
 
-pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+pytestmark = [pytest.mark.anyio, pytest.mark.integration, pytest.mark.timeout(60)]
 
 
 def _shape(headers: Any) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import pytest
 
 from parity.harness import Side, bodies, eventually, on_both, take
 
-pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+pytestmark = [pytest.mark.anyio, pytest.mark.integration, pytest.mark.timeout(60)]
 
 QUEUE_TYPES = [{}, {"x_queue_type": "quorum"}]
 TYPE_IDS = ["classic", "quorum"]
@@ -126,9 +126,12 @@ async def test_quorum_delivery_count_grows_by_two_per_reject_and_close_round(sid
     assert memory == rabbit == [None, 2, 4]
 
 
-async def test_stop_consuming_still_hands_over_what_was_pushed(sides: list[Side]) -> None:
+@pytest.mark.parametrize("kind", QUEUE_TYPES, ids=TYPE_IDS)
+async def test_stop_consuming_still_hands_over_what_was_pushed(
+    sides: list[Side], kind: dict[str, str]
+) -> None:
     async def scenario(side: Side) -> tuple[list[str], object]:
-        queue = await side.declare("q")
+        queue = await side.declare("q", **kind)
         await side.publish(queue, "a", "b", "c")
         provider = side.broker.provider(queue, prefetch=10)
         await provider.start()
@@ -145,11 +148,14 @@ async def test_stop_consuming_still_hands_over_what_was_pushed(sides: list[Side]
     assert memory == rabbit == (["a", "b", "c"], None)
 
 
-async def test_ttl_zero_delivers_to_a_waiting_consumer_and_expires_otherwise(sides: list[Side]) -> None:
+@pytest.mark.parametrize("kind", QUEUE_TYPES, ids=TYPE_IDS)
+async def test_ttl_zero_delivers_to_a_waiting_consumer_and_expires_otherwise(
+    sides: list[Side], kind: dict[str, str]
+) -> None:
     async def scenario(side: Side) -> tuple[list[str], int | None, int | None]:
         dead = await side.declare("dead")
         queue = await side.declare(
-            "q", x_message_ttl=0, x_dead_letter_exchange="", x_dead_letter_routing_key=dead
+            "q", x_message_ttl=0, x_dead_letter_exchange="", x_dead_letter_routing_key=dead, **kind
         )
         provider = side.broker.provider(queue, prefetch=10)
         await provider.start()
@@ -158,7 +164,8 @@ async def test_ttl_zero_delivers_to_a_waiting_consumer_and_expires_otherwise(sid
         await provider.ack(received[0])
         await provider.close()
         await side.publish(queue, "nobody-waits")
-        return bodies(received), await side.ready(queue), await eventually(lambda: side.ready(dead), 1)
+        expired = await eventually(lambda: side.ready(queue), 0)  # a quorum queue expires on its own timer
+        return bodies(received), expired, await eventually(lambda: side.ready(dead), 1)
 
     memory, rabbit = await on_both(sides, scenario)
     assert memory == rabbit == (["to-the-consumer"], 0, 1)

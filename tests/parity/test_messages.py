@@ -12,7 +12,7 @@ import pytest
 from parity.harness import Side, on_both, take
 from swarrow import ConfigurationError, InvalidMessageError, Message, PublishError
 
-pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+pytestmark = [pytest.mark.anyio, pytest.mark.integration, pytest.mark.timeout(60)]
 
 HEADERS: dict[str, Any] = {
     "str": "héllo",
