@@ -11,6 +11,7 @@ import anyio
 from prometheus_client import Counter
 
 from swarrow import replies
+from swarrow.errors import InvalidMessageError
 from swarrow.message import Message
 from swarrow.metrics import SwarrowMetrics
 from swarrow.outcome import (
@@ -26,6 +27,7 @@ from swarrow.outcome import (
 )
 from swarrow.processor import Processor
 from swarrow.provider import MessageProvider
+from swarrow.publishable import check_publishable
 from swarrow.publisher import Publisher
 from swarrow.rpc.deadline import request_deadline
 from swarrow.rpc.values import ReplyBody, UnencodableValue, encode_value
@@ -120,6 +122,19 @@ class ReplyProcessor:
             return
         await self._publish(message, body, "sent")
 
+    def _reply(self, request: Message, body: ReplyBody) -> Message:
+        reply = Message(
+            body=body.body,
+            headers=body.headers,
+            content_type=body.content_type,
+            correlation_id=request.correlation_id,
+            delivery_mode=1,
+        )
+        # A header the wire cannot carry is the callback's fault: an error reply says so, where a
+        # publish would fail (or, for a NaN float, get the worker's whole connection closed by RabbitMQ).
+        check_publishable(reply)
+        return reply
+
     async def _send_error(self, message: Message, error: tuple[str, str]) -> None:
         error_type, error_message = error
         headers: dict[str, Any] = {
@@ -132,13 +147,13 @@ class ReplyProcessor:
         reply_to = request.reply_to
         if reply_to is None:  # pragma: no cover - checked by the caller
             return
-        reply = Message(
-            body=body.body,
-            headers=body.headers,
-            content_type=body.content_type,
-            correlation_id=request.correlation_id,
-            delivery_mode=1,
-        )
+        try:
+            reply = self._reply(request, body)
+        except InvalidMessageError as exc:
+            if status == "error":  # pragma: no cover - error replies carry two str headers
+                raise
+            await self._send_error(request, (qualified_name(exc), str(exc)))
+            return
         try:
             with anyio.fail_after(self.publish_timeout):
                 await self.publisher.publish(reply, reply_to, mandatory=not reply_to.startswith(_DIRECT))

@@ -9,6 +9,7 @@ in-memory broker the message RabbitMQ would hand back (timestamps to the second,
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ HEADERS_MAX_BYTES = 128_000
 _KEY_MAX_BYTES = 128  # RabbitMQ truncates longer table keys silently
 _SHORTSTR_MAX_BYTES = 255
 _INT64 = (-(2**63), 2**63 - 1)
+_FLOAT32_MAX = 3.4028234663852886e38  # aiormq packs a float header in 32 bits
 _EXPIRATION = re.compile(r"[+-]?[0-9]+", re.ASCII)
 _SHORT_STRINGS = (
     "content_type",
@@ -136,7 +138,16 @@ def _value_size(path: str, value: object) -> int:
         if not _INT64[0] <= value <= _INT64[1]:
             raise InvalidMessageError(f"{path} = {value} does not fit in a signed 64-bit integer")
         return 8
-    if isinstance(value, float | Decimal):
+    if isinstance(value, float):
+        # RabbitMQ 3.10 closes the whole connection (541 INTERNAL_ERROR) on a NaN or infinite float.
+        if not math.isfinite(value) or abs(value) > _FLOAT32_MAX:
+            raise InvalidMessageError(
+                f"{path} = {value!r} cannot be sent: a header float must be finite and fit in 32 bits"
+            )
+        return 8
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise InvalidMessageError(f"{path} = {value!r} cannot be sent: a header Decimal must be finite")
         return 8
     if isinstance(value, str):
         try:

@@ -45,7 +45,7 @@ class ReplyBody:
 def _dumps(value: Any) -> bytes:
     try:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:  # too deep: RecursionError
         raise UnencodableValue(
             f"a value of type {type(value).__qualname__!r} cannot be sent: it is not bytes, str or "
             f"JSON-encodable ({exc})"

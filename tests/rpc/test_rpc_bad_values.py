@@ -1,0 +1,71 @@
+"""Reply values the wire cannot carry: each an error reply naming why, never a dead connection or a hang."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import anyio
+import pytest
+
+from swarrow import Broker, Message
+from swarrow.errors import InvalidMessageError, RemoteError
+from swarrow.rpc import ReplyBody, RpcClient
+from tests.rpc.test_rpc_contract import serving
+
+pytestmark = pytest.mark.anyio
+
+BAD_HEADERS: dict[str, Any] = {
+    "nan": float("nan"),  # RabbitMQ 3.10 closes the publisher's whole connection (541 INTERNAL_ERROR)
+    "inf": float("-inf"),
+    "huge": 1e300,  # aiormq packs floats in 32 bits: OverflowError from the encoder
+    "decimal": Decimal("NaN"),
+    "object": object(),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_HEADERS))
+async def test_a_reply_whose_headers_cannot_be_sent_is_an_error_reply(
+    broker: Broker, queue_name: str, kind: str
+) -> None:
+    async def answer(message: Message) -> object:
+        if message.body == b"bad":
+            return ReplyBody(b"x", None, {"k": BAD_HEADERS[kind]})
+        return "fine"
+
+    async with serving(broker, queue_name, answer), RpcClient(broker) as client:
+        with anyio.fail_after(10), pytest.raises(RemoteError) as caught:
+            await client.call(queue_name, b"bad", timeout=8)
+        # The worker and the caller's connection are intact: the next call is answered.
+        assert (await client.call(queue_name, b"good", timeout=8)).text() == "fine"
+    assert caught.value.error_type == "swarrow.errors.InvalidMessageError"
+    assert "headers['k']" in caught.value.error_message
+    info = await broker.inspect_queue(queue_name)
+    assert info is not None and info.message_count == 0
+
+
+async def test_a_value_too_deep_to_encode_is_an_error_reply(broker: Broker, queue_name: str) -> None:
+    async def deep(message: Message) -> object:
+        value: list[Any] = []
+        for _ in range(100_000):
+            value = [value]
+        return value
+
+    async with serving(broker, queue_name, deep), RpcClient(broker) as client:
+        with anyio.fail_after(10), pytest.raises(RemoteError) as caught:
+            await client.call(queue_name, b"x", timeout=8)
+    assert caught.value.error_type == "TypeError"
+    assert "'list'" in caught.value.error_message
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 1e300], ids=["nan", "inf", "huge"])
+async def test_a_request_header_the_wire_cannot_carry_is_refused_before_it_leaves(
+    broker: Broker, queue_name: str, value: float
+) -> None:
+    async def answer(message: Message) -> str:
+        return "fine"
+
+    async with serving(broker, queue_name, answer), RpcClient(broker) as client:
+        with pytest.raises(InvalidMessageError, match=r"headers\['k'\]"):
+            await client.call(queue_name, b"x", headers={"k": value}, timeout=8)
+        assert (await client.call(queue_name, b"next", timeout=8)).text() == "fine"
