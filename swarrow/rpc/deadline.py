@@ -16,14 +16,16 @@ def request_deadline(message: Message) -> float | None:
     """The wall-clock second after which nobody waits for the reply, or None when the request has none.
 
     `x-swarrow-deadline` (ms since the epoch) wins; otherwise a request that carries both a
-    `timestamp` and an `expiration` expires at their sum, as RabbitMQ would have expired it in the queue.
+    `timestamp` and an `expiration` expires at their sum, as RabbitMQ would have expired it in the queue,
+    plus one second: AMQP carries the timestamp truncated to the second, so without it a request with a
+    sub-second expiration would count as expired before it was even published.
     """
     raw = message.headers.get(DEADLINE_HEADER) if message.headers else None
     if isinstance(raw, int | float) and not isinstance(raw, bool):
         return float(raw) / 1000.0
     if message.timestamp is not None and message.expiration is not None:
         try:
-            return message.timestamp.timestamp() + int(message.expiration) / 1000.0
+            return message.timestamp.timestamp() + 1.0 + int(message.expiration) / 1000.0
         except ValueError:
             return None
     return None
