@@ -15,6 +15,7 @@ from processors.metrics import MetricsProcessor
 from processors.pool_status import PoolStatusProcessor
 from processors.reply import ReplyProcessor
 from processors.retry import RepublishFailed, RetryProcessor
+from processors.serial_group import SerialGroupProcessor
 from processors.signal_handler import SignalHandlerProcessor
 from processors.stop_when_idle import StopWhenIdleProcessor
 from processors.time_limit import TimeLimitProcessor
@@ -36,6 +37,7 @@ __all__ = [
     "ReplyProcessor",
     "RepublishFailed",
     "RetryProcessor",
+    "SerialGroupProcessor",
     "SignalHandlerProcessor",
     "StopWhenIdleProcessor",
     "TimeLimitProcessor",

@@ -82,6 +82,7 @@ def default_stack(
     time_limit: float | None = None,
     stop_when_idle: float | None = None,
     track_jobs: str | JobStore | None = None,
+    serial_header: str | None = None,
     otel: bool = False,
     otel_server: tuple[str, int] | None = None,
     queue_stats: Callable[[], Awaitable[QueueInfo | None]] | None = None,
@@ -90,8 +91,9 @@ def default_stack(
 ) -> list[Layer[Any]]:
     """Layers for `Stack(*layers, callback=...)`, outermost first; disabled ones (None / False) are left out.
 
-    Order: signal_handler → tracing → max_runtime → max_messages → memory_limit → stop_when_idle → metrics →
-    logger → job_tracker → exception_catcher → reply → ack → delivery_limit → retry → time_limit.
+    Order: signal_handler → serial_group → tracing → max_runtime → max_messages → memory_limit →
+    stop_when_idle → metrics → logger → job_tracker → exception_catcher → reply → ack →
+    delivery_limit → retry → time_limit.
     Limits sit outside the exception catcher so they count finished messages only; ack sits outside
     retry so the original is acked once its retry copy is confirmed; the job tracker (`track_jobs`: a
     store URL or a `JobStore`) sits outside ack to read what the settling layers recorded; reply sits
@@ -102,8 +104,11 @@ def default_stack(
     acked. `otel`: a CONSUMER span per message (`TracingProcessor`, inside the signal handler, outside
     everything else) and a PRODUCER span per retry, dead-letter and reply copy (`TracingPublisher`);
     `otel_server` is the broker's (host, port) for their `server.*` attributes. Needs `swarrow[otel]`.
-    `queue_stats` (e.g. `functools.partial(broker.inspect_queue, queue)`) feeds the metrics layer's
-    `swarrow_queue_messages_ready` / `swarrow_queue_consumers` every `queue_stats_interval` seconds.
+    `serial_header` (e.g. "x-serial-group"): messages sharing that header's value run one at a time,
+    in arrival order (`SerialGroupProcessor`), outside every other layer so each is counted and
+    settled in turn. `queue_stats` (e.g. `functools.partial(broker.inspect_queue, queue)`) feeds the
+    metrics layer's `swarrow_queue_messages_ready` / `swarrow_queue_consumers` every
+    `queue_stats_interval` seconds.
     Raises `ConfigurationError` for an option that cannot work.
     """
     try:
@@ -134,6 +139,10 @@ def default_stack(
     stack: list[Layer[Any]] = []
     if signals:
         stack.append(Layer(SignalHandlerProcessor))
+    if serial_header is not None:
+        from processors.serial_group import SerialGroupProcessor
+
+        stack.append(Layer(SerialGroupProcessor, header=serial_header))
     if otel:
         from processors.tracing import TracingProcessor
         from swarrow.otel import TracingPublisher

@@ -165,7 +165,18 @@ cmd_start() {
         exit 1
     fi
     log "RabbitMQ is up on $HOST:$PORT"
+    enable_plugins
     cmd_status
+}
+
+enable_plugins() {
+    # The consistent-hash exchange (it ships with RabbitMQ) backs `swarrow declare --shards`; enabling it
+    # on a running node needs no restart. A broker we did not start is left as it is.
+    if command -v rabbitmq-plugins >/dev/null 2>&1 && can_be_root; then
+        as_root timeout 60 rabbitmq-plugins -n "$NODE" enable rabbitmq_consistent_hash_exchange >/dev/null 2>&1 \
+            && log "plugin rabbitmq_consistent_hash_exchange enabled" \
+            || log "could not enable rabbitmq_consistent_hash_exchange (swarrow declare --shards needs it)"
+    fi
 }
 
 cmd_stop() {

@@ -165,6 +165,7 @@ _CONSUMER_SCHEMA: Final[Mapping[str, Mapping[str, tuple[str, Converter]]]] = {
         "layers": ("layers", _layers),
         "track_jobs": ("track_jobs", _str),
         "otel": ("otel", _bool),
+        "serial_header": ("serial_header", _str),
     },
     "limits": {
         "max_messages": ("max_messages", _int),

@@ -39,6 +39,7 @@ SUBMODULE_API = {
     "jobs",
     "logs",
     "metrics",
+    "ordering",
     "otel",
     "outcome",
     "pool",

@@ -269,6 +269,15 @@ _CONSUME_EPILOG = (
     "--log-body", section="Observability", is_flag=True, help="Include message bodies in per-message logs."
 )
 @option(
+    "--serial-header",
+    section="Concurrency",
+    default=None,
+    metavar="HEADER",
+    help="Run messages sharing this header's value (e.g. x-serial-group) one at a time, in arrival order; "
+    "other groups run concurrently up to --concurrency (waiting ones hold no slot, but count against "
+    "--prefetch).",
+)
+@option(
     "--grace-period",
     section="Lifecycle",
     type=Duration(allow_zero=True),
@@ -322,7 +331,7 @@ def consume(ctx: click.Context, /, target: str | None, config_path: str | None, 
         for key in (
             "signals", "max_runtime", "max_messages", "memory_limit", "log", "log_body", "catch",
             "requeue_on_error", "delivery_limit", "retry", "quorum", "time_limit", "stop_when_idle",
-            "track_jobs", "otel", "queue_stats", "queue_stats_interval", "retry_topology",
+            "track_jobs", "otel", "serial_header", "queue_stats", "queue_stats_interval", "retry_topology",
         )
     }  # fmt: skip
     stack_options["layers"] = layers

@@ -11,7 +11,9 @@ from swarrow.cli.bootstrap import connected, run_anyio
 from swarrow.cli.errors import CliError, fail
 from swarrow.cli.help import ENV_EPILOG, ManCommand, exit_epilog, option
 from swarrow.cli.params import dead_letter_strategy_option, resolve_delays, retry_options, url_option
+from swarrow.errors import ConfigurationError
 from swarrow.exits import EXIT_BROKER, EXIT_OK, EXIT_USAGE
+from swarrow.ordering import HASH_EXCHANGE_TYPE, shard_exchange_name, shard_queue_name
 from swarrow.swarrot import SwarrotTopology
 from swarrow.topology import DeadLetterStrategy, RetryTopology
 
@@ -46,6 +48,32 @@ DECLARE_EXITS: Final[Mapping[int, str]] = {
     "QUEUE.dead. Keep it above consume's --delivery-limit, which dead-letters first and says why.",
 )
 @option(
+    "--max-priority",
+    section="Ordering",
+    type=click.IntRange(1, 255),
+    default=None,
+    metavar="N",
+    help="A priority queue (x-max-priority, classic queues only): messages published with --priority up "
+    "to N are delivered highest first.",
+)
+@option(
+    "--single-active-consumer",
+    section="Ordering",
+    is_flag=True,
+    help="x-single-active-consumer: one consumer at a time gets QUEUE, the others stand by (serial groups "
+    "across workers, strict order).",
+)
+@option(
+    "--shards",
+    section="Ordering",
+    type=click.IntRange(2, 1024),
+    default=None,
+    metavar="N",
+    help="Declare QUEUE.shard.1..N (each with its retry queues) behind the consistent-hash exchange "
+    "QUEUE.shards: publish --exchange QUEUE.shards --serial-group G always reaches one shard. Needs "
+    "RabbitMQ's rabbitmq_consistent_hash_exchange plugin.",
+)
+@option(
     "--retry/--no-retry",
     section="Retry",
     default=True,
@@ -65,6 +93,9 @@ def declare(
     retry_attempts: int,
     retry_delays: tuple[float, ...] | None,
     retry_topology: str,
+    max_priority: int | None,
+    single_active_consumer: bool,
+    shards: int | None,
 ) -> None:
     """Declare QUEUE, its retry queues and QUEUE.dead, idempotently; print what was created or found.
 
@@ -79,8 +110,24 @@ def declare(
     if not quorum and (dead_letter_strategy != "at-most-once" or queue_delivery_limit is not None):
         flag = "--queue-delivery-limit" if queue_delivery_limit is not None else "--dead-letter-strategy"
         raise CliError(f"{flag} needs --quorum: classic queues ignore it", EXIT_USAGE)
+    if max_priority is not None and quorum:
+        raise CliError(
+            "--max-priority needs a classic queue: quorum queues have no priorities on RabbitMQ 3.10 "
+            "(use several queues in order of preference instead)",
+            EXIT_USAGE,
+        )
+    ordering: dict[str, Any] = {}
+    if max_priority is not None:
+        ordering["x-max-priority"] = max_priority
+    if single_active_consumer:
+        ordering["x-single-active-consumer"] = True
+    if retry_topology == "swarrot" and (ordering or shards):
+        raise CliError("--max-priority, --single-active-consumer and --shards go with swarrow's own "
+                       "topology, not --retry-topology swarrot", EXIT_USAGE)  # fmt: skip
     if retry_topology == "swarrot" and retry:
         return _declare_swarrot(SwarrotTopology(queue, delays, quorum=quorum), url)
+    if shards is not None:
+        return _declare_shards(queue, shards, delays, quorum, ordering, retry, url)
     topology = RetryTopology(
         queue,
         delays or (1.0,),
@@ -89,6 +136,8 @@ def declare(
         delivery_limit=queue_delivery_limit,
     )
     planned = topology.queues() if retry else topology.queues()[:1]
+    if ordering:  # on QUEUE itself: its retry queues only hold copies for a while
+        planned[0] = (planned[0][0], {**planned[0][1], **ordering})
 
     async def go() -> list[str]:
         lines: list[str] = []
@@ -108,6 +157,50 @@ def declare(
         from swarrow.cli.publish import MEMORY_WARNING
 
         click.echo(MEMORY_WARNING, err=True)
+
+
+def _declare_shards(
+    queue: str,
+    shards: int,
+    delays: tuple[float, ...],
+    quorum: bool,
+    ordering: dict[str, Any],
+    retry: bool,
+    url: str,
+) -> None:
+    """QUEUE.shards (x-consistent-hash) and QUEUE.shard.1..N, each a work queue with its retry topology."""
+    exchange = shard_exchange_name(queue)
+
+    async def go() -> list[str]:
+        lines: list[str] = []
+        async with connected(url) as broker:
+            try:
+                await broker.declare_exchange(exchange, HASH_EXCHANGE_TYPE)
+            except ConfigurationError as exc:
+                raise ConfigurationError(
+                    f"{exc} (is the plugin on? rabbitmq-plugins enable rabbitmq_consistent_hash_exchange)"
+                ) from None
+            lines.append(
+                f"exchange {exchange} ({HASH_EXCHANGE_TYPE}: a serial group always reaches one shard)"
+            )
+            for k in range(1, shards + 1):
+                shard = shard_queue_name(queue, k)
+                planned = RetryTopology(shard, delays or (1.0,), quorum=quorum).queues()
+                planned = planned if retry else planned[:1]
+                planned[0] = (planned[0][0], {**planned[0][1], **ordering})
+                for name, arguments in planned:
+                    info = await broker.declare_queue(name, arguments=arguments or None)
+                    lines.append(_describe(info.created, name, arguments, info.message_count, shard))
+                await broker.bind_queue(shard, exchange, "1")  # the binding key is the shard's weight
+                lines.append(f"bound {shard} to {exchange} (weight 1)")
+        return lines
+
+    try:
+        lines = run_anyio(go)
+    except Exception as exc:
+        fail(exc, crashed="declaring failed")
+    for line in lines:
+        click.echo(line)
 
 
 def _declare_swarrot(topology: SwarrotTopology, url: str) -> None:
@@ -146,6 +239,10 @@ def _describe(created: bool, name: str, arguments: dict[str, Any], count: int, q
         details.append(f"x-message-ttl={arguments['x-message-ttl']}ms → {queue}")
     if arguments.get("x-queue-type") == "quorum":
         details.append("quorum")
+    if "x-max-priority" in arguments:
+        details.append(f"priorities 0-{arguments['x-max-priority']}")
+    if arguments.get("x-single-active-consumer"):
+        details.append("single active consumer")
     if "x-dead-letter-strategy" in arguments:
         details.append(f"dead-lettering {arguments['x-dead-letter-strategy']}")
     if "x-delivery-limit" in arguments:

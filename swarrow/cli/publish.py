@@ -19,6 +19,7 @@ from swarrow.cli.params import Duration, Header, url_option
 from swarrow.errors import ConfigurationError, PublishError
 from swarrow.exits import EXIT_BROKER, EXIT_CRASH, EXIT_OK, EXIT_USAGE
 from swarrow.message import Message
+from swarrow.ordering import SERIAL_HEADER
 
 __all__ = ["MEMORY_WARNING", "PUBLISH_EXITS", "publish"]
 
@@ -149,6 +150,15 @@ _EXAMPLES = (
     help="The priority property, 0-255 (honoured by queues declared with x-max-priority).",
 )
 @option(
+    "--serial-group",
+    section=_PROPERTIES,
+    default=None,
+    metavar="GROUP",
+    help="Put the message in a serial group: the header x-serial-group (consume --serial-header runs a "
+    "group's messages one at a time, in order) and, with --exchange (a --shards exchange), the routing "
+    "key, so a group always reaches the same shard.",
+)
+@option(
     "--otel",
     section="General",
     is_flag=True,
@@ -203,6 +213,7 @@ def publish(
     type_: str | None,
     app_id: str | None,
     priority: int | None,
+    serial_group: str | None,
     url: str,
     give_up_after: float,
     window: int,
@@ -220,6 +231,12 @@ def publish(
     confirmed one did. It gives up on the rest once --window publishes in a row failed and nothing
     was confirmed for --give-up-after. With memory:// the messages live in this process only.
     """
+    if serial_group is not None:
+        if not serial_group:
+            raise click.BadParameter("must not be empty", param_hint="'--serial-group'")
+        headers = [*headers, (SERIAL_HEADER, serial_group)]
+        if exchange is not None and routing_key is None:
+            routing_key = serial_group  # a consistent-hash exchange routes a group to one shard
     if exchange is None:
         if queue is None:
             raise click.UsageError("give --queue QUEUE (or --exchange NAME with --routing-key KEY)")
