@@ -11,12 +11,13 @@ swarrow.run(handle, queue="emails", max_messages=10_000, concurrency=10)
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Unpack
 
 import anyio
 
@@ -28,6 +29,7 @@ from swarrow.errors import ConfigurationError
 from swarrow.factory import open_broker
 from swarrow.provider import MessageProvider
 from swarrow.publisher import Publisher
+from swarrow.settings import STACK_OPTION_NAMES, Settings, SettingsOptions, resolve_url
 from swarrow.stack import LayerLike, Stack
 from swarrow.swarrot import RetryTopologyName, SwarrotTopology
 from swarrow.topology import (
@@ -38,7 +40,7 @@ from swarrow.topology import (
     retry_queue_name,
 )
 from swarrow.units import MAX_DELAYS, format_duration
-from swarrow.urls import DEFAULT_URL, parse_url
+from swarrow.urls import parse_url
 
 __all__ = [
     "Processors",
@@ -55,11 +57,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Processors = Sequence[LayerLike] | Callable[[MessageProvider, Publisher], Sequence[LayerLike]]
-
-
-def resolve_url(url: str | None) -> str:
-    """`url`, else `$SWARROW_URL`, else the local default broker."""
-    return url or os.environ.get("SWARROW_URL") or DEFAULT_URL
 
 
 def retry_delays(attempts: int = 3, delays: Sequence[float] | None = None) -> tuple[float, ...]:
@@ -213,135 +210,104 @@ def describe_queues(infos: Sequence[QueueInfo]) -> str:
     return "; ".join(parts)
 
 
-def _address(value: tuple[str, int] | str | None) -> tuple[str, int] | None:
-    """The metrics address as `(host, port)`: the CLI's string forms are accepted too."""
-    if value is None or isinstance(value, tuple):
-        return value
-    if not isinstance(value, str):
-        raise TypeError(f"metrics_address must be (host, port) or 'host:port', got {value!r}")
-    from swarrow.http import parse_metrics_addr
-
-    try:
-        return parse_metrics_addr(value)
-    except ValueError as exc:
-        raise ConfigurationError(f"metrics_address: {exc}") from None
-
-
 def _logging_configured() -> bool:
     """Whether the application (or a test runner) set up logging: a handler on the root logger."""
     return bool(logging.getLogger().handlers)
 
 
-def _provider(
-    broker: Broker, queue: str, prefetch: int, ack_batch_size: int | None, ack_flush_interval: float | None
-) -> MessageProvider:
+def _provider(broker: Broker, settings: Settings) -> MessageProvider:
     from swarrow.amqp import AmqpBroker
 
     if not isinstance(broker, AmqpBroker):
-        return broker.provider(queue, prefetch=prefetch)
-    options: dict[str, Any] = {}
-    if ack_batch_size is not None:
-        options["ack_batch_size"] = ack_batch_size
-    if ack_flush_interval is not None:
-        options["ack_flush_interval"] = ack_flush_interval
-    return broker.provider(queue, prefetch=prefetch, **options)
+        return broker.provider(settings.queue, prefetch=settings.prefetch)
+    return broker.provider(
+        settings.queue,
+        prefetch=settings.prefetch,
+        ack_batch_size=settings.ack_batch_size,
+        ack_flush_interval=0.02 if settings.ack_flush_interval is None else settings.ack_flush_interval,
+    )
 
 
 async def consume(
     callback: Callback,
+    settings: Settings | None = None,
+    /,
     *,
-    queue: str,
-    url: str | None = None,
     processors: Processors | None = None,
-    prefetch: int = 100,
-    concurrency: int = 1,
-    grace_period: float = 30.0,
-    declare: bool = False,
-    metrics_address: tuple[str, int] | str | None = None,
-    ack_batch_size: int | None = None,
-    ack_flush_interval: float | None = None,
-    dead_letter_strategy: DeadLetterStrategy = "at-most-once",
-    **default_stack_options: Any,
+    layers: Sequence[LayerLike] = (),
+    **options: Unpack[SettingsOptions],
 ) -> StopReason:
-    """Consume `queue` until a limit, a signal or the callback stops it; return why (async form of `run`).
+    """Consume until a limit, a signal or the callback stops it; return why (async form of `run`).
 
+    Give a `Settings` (built once, e.g. by the CLI) or its keyword arguments (`queue=...`, see
+    `Settings.create`: `url=None` reads `SWARROW_URL`, `metrics_address` may be `"host:port"`, retry
+    delays come from `retry_attempts` or `retry_delays`, else from the retry queues that exist).
     `processors`: the layers to use, or `(provider, publisher) -> layers`; None builds
-    `default_stack(provider=..., publisher=..., **default_stack_options)`. `metrics_address`
-    (`(host, port)` or the CLI's `"host:port"` / `":port"`) serves `/metrics` and health there
-    (implies `metrics=True`). `ack_batch_size` /
-    `ack_flush_interval` (seconds) tune RabbitMQ ack coalescing (None: the provider's defaults; a
-    batch of 1 acks each message alone); the in-memory broker has nothing to coalesce and ignores them.
+    `processors.default_stack(...)` from the settings, with `layers` (processors of your own)
+    innermost. `ack_batch_size` / `ack_flush_interval` tune RabbitMQ ack coalescing (None: the
+    provider's defaults; a batch of 1 acks each message alone); the in-memory broker ignores them.
     """
     check_callback(callback)
-    if not queue:
-        raise ConfigurationError("a queue name is required")
-    if processors is not None and default_stack_options:
-        raise TypeError(
-            f"{sorted(default_stack_options)} configure the default stack: pass them to "
-            "processors.default_stack(...) yourself when you give `processors`"
-        )
-    if prefetch < concurrency:
-        raise ConfigurationError(f"prefetch ({prefetch}) must be >= concurrency ({concurrency})")
-    metrics_address = _address(metrics_address)
-    retry = processors is None and bool(default_stack_options.get("retry", True))
-    delays = (
-        retry_delays(
-            default_stack_options.get("retry_attempts", 3), default_stack_options.get("retry_delays")
-        )
-        if retry
-        else ()
-    )
-    given = default_stack_options
-    explicit = given.get("retry_delays") is not None or "retry_attempts" in given
-    broker = open_broker(resolve_url(url))
+    if settings is None:
+        if processors is not None and (stack := sorted(STACK_OPTION_NAMES & options.keys())):
+            raise TypeError(
+                f"{stack} configure the default stack: pass them to "
+                "processors.default_stack(...) yourself when you give `processors`"
+            )
+        settings = Settings.create(**options)
+    elif options:
+        raise TypeError(f"give either settings or keyword options, not both: {sorted(options)}")
+    queue = settings.queue
+    retry = processors is None and settings.retry
+    broker = open_broker(settings.url)
     try:
         await broker.connect()
         if retry:
-            delays = await resolve_retry_delays(broker, queue, delays, explicit=explicit)
+            delays = await resolve_retry_delays(
+                broker, queue, settings.retry_delays, explicit=settings.retry_explicit
+            )
+            settings = dataclasses.replace(settings, retry_delays=delays)
         infos = await prepare_queues(
             broker,
             queue,
-            declare=declare,
+            declare=settings.declare,
             retry=retry,
-            delays=delays,
-            quorum=bool(default_stack_options.get("quorum", False)),
-            retry_topology=default_stack_options.get("retry_topology", "swarrow"),
-            dead_letter_strategy=dead_letter_strategy,
+            delays=settings.retry_delays if retry else (),
+            quorum=settings.quorum,
+            retry_topology=settings.retry_topology,
+            dead_letter_strategy=settings.dead_letter_strategy,
         )
         # What is true now; "consuming" is logged by the consumer once it really consumes.
         logger.info("%s on %s", describe_queues(infos), broker.url, extra={"queue": queue})
-        provider = _provider(broker, queue, prefetch, ack_batch_size, ack_flush_interval)
+        provider = _provider(broker, settings)
         publisher = broker.publisher()
-        layers: Sequence[LayerLike]
+        chosen: Sequence[LayerLike]
         if processors is None:
             from processors.defaults import default_stack
 
-            if retry:
-                default_stack_options["retry_attempts"] = len(delays)
-                default_stack_options["retry_delays"] = delays
-            if (
-                default_stack_options.pop("queue_stats", True)
-                and "queue_stats_interval" in default_stack_options
-            ) or (
-                default_stack_options.get("queue_stats_interval", 5.0)
-                and (metrics_address is not None or default_stack_options.get("metrics"))
-            ):
-                default_stack_options["queue_stats"] = functools.partial(broker.inspect_queue, queue)
-            if default_stack_options.get("otel") and "otel_server" not in default_stack_options:
-                nodes = parse_url(resolve_url(url)).nodes  # none for memory://
-                default_stack_options["otel_server"] = (nodes[0].host, nodes[0].port) if nodes else None
-            layers = default_stack(
+            if settings.otel and settings.otel_server is None:
+                nodes = parse_url(settings.url).nodes  # none for memory://
+                if nodes:
+                    settings = dataclasses.replace(settings, otel_server=(nodes[0].host, nodes[0].port))
+            # The queue's backlog, read by the metrics layer: only where metrics are served.
+            stats = settings.queue_stats and settings.metrics_address is not None
+            chosen = default_stack(
                 provider=provider,
                 publisher=publisher,
-                metrics_address=metrics_address,
-                **default_stack_options,
+                metrics_address=settings.metrics_address,
+                layers=layers,
+                queue_stats=functools.partial(broker.inspect_queue, queue) if stats else None,
+                **settings.stack_options(),
             )
         elif callable(processors):
-            layers = processors(provider, publisher)
+            chosen = processors(provider, publisher)
         else:
-            layers = processors
+            chosen = processors
         consumer = Consumer(
-            provider, Stack(*layers, callback=callback), concurrency=concurrency, grace_period=grace_period
+            provider,
+            Stack(*chosen, callback=callback),
+            concurrency=settings.concurrency,
+            grace_period=settings.grace_period,
         )
         if processors is None and not retry:
             # "No message lost" is the first promise: say where a failure goes when retries are off.
@@ -365,22 +331,17 @@ async def consume(
 
 def run(
     callback: Callback,
+    settings: Settings | None = None,
+    /,
     *,
-    queue: str,
-    url: str | None = None,
     processors: Processors | None = None,
-    prefetch: int = 100,
-    concurrency: int = 1,
-    grace_period: float = 30.0,
-    declare: bool = False,
-    metrics_address: tuple[str, int] | str | None = None,
-    ack_batch_size: int | None = None,
-    ack_flush_interval: float | None = None,
-    **default_stack_options: Any,
+    layers: Sequence[LayerLike] = (),
+    **options: Unpack[SettingsOptions],
 ) -> StopReason:
-    """Consume `queue` with the default stack (or `processors`) until something stops it; return why.
+    """Consume with the default stack (or `processors`) until something stops it; return why.
 
-    Blocking: starts its own event loop (asyncio, with uvloop when installed). See `consume`.
+    Takes a `Settings` or its keyword arguments, like `consume`. Blocking: starts its own event loop
+    (asyncio, with uvloop when installed).
     When the application has not set up logging (no handler on the root logger), it logs as the CLI
     does: text lines at INFO on stderr, one per message; configure logging first to change that.
     If a sync callback's thread is still running after the stop (hung past a time limit or the
@@ -400,21 +361,7 @@ def run(
         backend_options = {}
     try:
         reason = anyio.run(
-            functools.partial(
-                consume,
-                callback,
-                queue=queue,
-                url=url,
-                processors=processors,
-                prefetch=prefetch,
-                concurrency=concurrency,
-                grace_period=grace_period,
-                declare=declare,
-                metrics_address=metrics_address,
-                ack_batch_size=ack_batch_size,
-                ack_flush_interval=ack_flush_interval,
-                **default_stack_options,
-            ),
+            functools.partial(consume, callback, settings, processors=processors, layers=layers, **options),
             backend="asyncio",
             backend_options=backend_options,
         )

@@ -47,6 +47,7 @@ SUBMODULE_API = {
     "replies",
     "rpc",
     "runner",
+    "settings",
     "swarrot",
     "scan",
     "topology",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -11,7 +12,7 @@ import click
 
 from swarrow import __version__
 from swarrow.cli.bootstrap import configure_cli_logging, exit_now_if_threads_hang, run_anyio
-from swarrow.cli.consume_settings import DEFAULT_CONFIG, print_settings, resolve_settings
+from swarrow.cli.consume_settings import DEFAULT_CONFIG, build_settings, print_settings, resolve_settings
 from swarrow.cli.errors import fail
 from swarrow.cli.help import ENV_EPILOG, EXIT_EPILOG, ManCommand, option
 from swarrow.cli.imports import import_callable, import_object
@@ -319,32 +320,18 @@ def consume(ctx: click.Context, /, target: str | None, config_path: str | None, 
     settings["retry_explicit"] = {settings.source("retry_attempts"), settings.source("retry_delays")} != {
         "default"
     }
+    run_settings = build_settings(settings.values)  # typed and checked once; the run reads only this
     if settings["workers"] > 1 and pool_worker is None:
         ctx.exit(supervise(ctx, settings.values))
     from swarrow.runner import consume as consume_async
 
-    url = settings["url"]
     # Only what is true now: the queues are reported once checked, "consuming" once it consumes.
     logger.info("swarrow %s starting (pid %d)", __version__, os.getpid())
-    stack_options = {
-        key: settings[key]
-        for key in (
-            "signals", "max_runtime", "max_messages", "memory_limit", "log", "log_body", "catch",
-            "requeue_on_error", "delivery_limit", "retry", "quorum", "time_limit", "stop_when_idle",
-            "track_jobs", "otel", "serial_header", "queue_stats", "queue_stats_interval", "retry_topology",
-        )
-    }  # fmt: skip
-    stack_options["layers"] = layers
-    # Delays nobody gave are left out: the runner then uses the retry queues that already exist.
-    if settings["retry"] and (pool_worker is not None or settings["retry_explicit"]):
-        stack_options["retry_delays"] = settings["retry_delays"]
-        stack_options["retry_attempts"] = len(settings["retry_delays"])
-    metrics_address = settings["metrics_addr"]
-    run_options: dict[str, Any] = stack_options
+    processors = None
     if pool_worker is not None:
         # A pool worker: its supervisor serves the metrics (summed over the pool) and checked the queues.
-        metrics_address = None
-        run_options = {"processors": pool_worker_layers(pool_worker, stack_options)}
+        run_settings = dataclasses.replace(run_settings, metrics_address=None, retry_explicit=True)
+        processors = pool_worker_layers(pool_worker, run_settings, layers)
     sdk = None
     if settings["otel"]:
         from swarrow.otel import configure_sdk
@@ -355,21 +342,7 @@ def consume(ctx: click.Context, /, target: str | None, config_path: str | None, 
             fail(exc)
     try:
         reason: StopReason = run_anyio(
-            functools.partial(
-                consume_async,
-                callback,
-                queue=settings["queue"],
-                url=url,
-                prefetch=settings["prefetch"],
-                concurrency=settings["concurrency"],
-                ack_batch_size=settings["ack_batch_size"],
-                ack_flush_interval=settings["ack_flush_ms"] / 1000.0,
-                grace_period=settings["grace_period"],
-                declare=settings["declare"],
-                dead_letter_strategy=settings["dead_letter_strategy"],
-                metrics_address=metrics_address,
-                **run_options,
-            ),
+            functools.partial(consume_async, callback, run_settings, processors=processors, layers=layers),
             use_uvloop=settings["uvloop"],
         )
     except Exception as exc:

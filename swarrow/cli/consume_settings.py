@@ -20,10 +20,11 @@ from swarrow.cli.params import given
 from swarrow.config import ConsumerConfig, load_config
 from swarrow.errors import ConfigurationError
 from swarrow.exits import EXIT_USAGE
+from swarrow.settings import Settings
 from swarrow.topology import exponential_delays
 from swarrow.units import format_duration
 
-__all__ = ["DEFAULT_CONFIG", "ConsumeSettings", "print_settings", "resolve_settings"]
+__all__ = ["DEFAULT_CONFIG", "ConsumeSettings", "build_settings", "print_settings", "resolve_settings"]
 
 # Read when TARGET is a consumer name (or left out) and --config is not given.
 DEFAULT_CONFIG: Final = "swarrow.toml"
@@ -241,3 +242,43 @@ def _understood(key: str, value: Any) -> str:
     if isinstance(value, str):
         return f'"{value}"'
     return str(value)
+
+
+def build_settings(values: Mapping[str, Any]) -> Settings:
+    """The frozen, typed `Settings` the run gets, built once from the resolved values (exit 2 if refused)."""
+    try:
+        return Settings(
+            queue=values["queue"],
+            url=values["url"],
+            prefetch=values["prefetch"],
+            concurrency=values["concurrency"],
+            grace_period=values["grace_period"],
+            declare=values["declare"],
+            metrics_address=values["metrics_addr"],
+            ack_batch_size=values["ack_batch_size"],
+            ack_flush_interval=values["ack_flush_ms"] / 1000.0,
+            signals=values["signals"],
+            max_runtime=values["max_runtime"],
+            max_messages=values["max_messages"],
+            memory_limit=values["memory_limit"],
+            stop_when_idle=values["stop_when_idle"],
+            time_limit=values["time_limit"],
+            log=values["log"],
+            log_body=values["log_body"],
+            catch=values["catch"],
+            requeue_on_error=values["requeue_on_error"],
+            delivery_limit=values["delivery_limit"],
+            retry=values["retry"],
+            retry_delays=tuple(values["retry_delays"]) if values["retry"] else (),
+            retry_explicit=values["retry_explicit"],
+            quorum=values["quorum"],
+            retry_topology=values["retry_topology"],
+            dead_letter_strategy=values["dead_letter_strategy"],
+            track_jobs=values["track_jobs"],
+            otel=values["otel"],
+            serial_header=values["serial_header"],
+            queue_stats=values["queue_stats"],
+            queue_stats_interval=values["queue_stats_interval"],
+        )
+    except ConfigurationError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None

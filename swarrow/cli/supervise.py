@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
@@ -15,6 +15,7 @@ from swarrow.cli.bootstrap import connected, run_anyio
 from swarrow.cli.errors import CliError, fail
 from swarrow.cli.help import RAW_ARGS
 from swarrow.exits import EXIT_USAGE
+from swarrow.settings import Settings
 from swarrow.urls import mask_url
 
 __all__ = ["pool_worker_layers", "supervise"]
@@ -22,18 +23,16 @@ __all__ = ["pool_worker_layers", "supervise"]
 logger = logging.getLogger("swarrow.cli")
 
 
-def pool_worker_layers(pool: Any, stack_options: dict[str, Any]) -> Callable[..., list[Any]]:
+def pool_worker_layers(pool: Any, settings: Settings, layers: Sequence[Any]) -> Callable[..., list[Any]]:
     """The default stack of a pool worker, under a layer reporting to the supervisor."""
     from processors.defaults import default_stack
     from processors.pool_status import PoolStatusProcessor
     from swarrow.pool.status import MULTIPROC_DIR_ENV
     from swarrow.stack import Layer
 
-    options = dict(stack_options, metrics=bool(os.environ.get(MULTIPROC_DIR_ENV)))
-    # The queue's backlog needs the broker, which a pool worker's layers do not see (documented).
-    options.pop("queue_stats", None)
+    metrics = bool(os.environ.get(MULTIPROC_DIR_ENV))
 
-    def layers(provider: Any, publisher: Any) -> list[Any]:
+    def build(provider: Any, publisher: Any) -> list[Any]:
         # Outermost: it counts every message and, leaving last, reports the final stop reason.
         status = Layer(
             PoolStatusProcessor,
@@ -42,9 +41,12 @@ def pool_worker_layers(pool: Any, stack_options: dict[str, Any]) -> Callable[...
             provider=provider,
             supervisor=pool.supervisor,
         )
-        return [status, *default_stack(provider=provider, publisher=publisher, **options)]
+        stack = default_stack(
+            provider=provider, publisher=publisher, metrics=metrics, layers=layers, **settings.stack_options()
+        )
+        return [status, *stack]
 
-    return layers
+    return build
 
 
 def supervise(ctx: click.Context, settings: dict[str, Any]) -> int:
