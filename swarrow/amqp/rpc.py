@@ -67,6 +67,7 @@ class AmqpReplyTransport:
         self._opening = asyncio.Lock()
         self._deliver: Deliver | None = None
         self._lost: Lost | None = None
+        self._exchanges: set[str] = {""}  # seen to exist: a publish to a missing one closes the channel
 
     @property
     def reply_to(self) -> str:
@@ -111,6 +112,8 @@ class AmqpReplyTransport:
         where = f"exchange {exchange!r} routing key {routing_key!r}"
         try:
             channel = await self._open()
+            if exchange not in self._exchanges:
+                await self._check_exchange(channel, exchange)
             confirmation = await channel.basic_publish(
                 message.body,
                 exchange=exchange,
@@ -125,6 +128,19 @@ class AmqpReplyTransport:
             raise PublishError(f"request to {where} failed before it was confirmed: {exc!r}") from exc
         if not isinstance(confirmation, Basic.Ack):
             raise PublishError(f"broker nacked the request to {where}")
+
+    async def _check_exchange(self, channel: aiormq.abc.AbstractChannel, exchange: str) -> None:
+        # RabbitMQ answers a publish to a missing exchange by closing the channel, and the reply
+        # address of every call in flight dies with it: ask first, on a throwaway channel.
+        probe = await channel.connection.channel()
+        try:
+            await probe.exchange_declare(exchange, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            raise PublishError(f"exchange {exchange!r} does not exist (NOT_FOUND)") from None
+        finally:
+            if not probe.is_closed:
+                await probe.close()
+        self._exchanges.add(exchange)
 
     async def close(self) -> None:
         """Close the channel (the reply address goes with it)."""

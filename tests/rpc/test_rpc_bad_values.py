@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from swarrow import Broker, Message
-from swarrow.errors import InvalidMessageError, RemoteError
+from swarrow.errors import InvalidMessageError, PublishError, RemoteError
 from swarrow.rpc import ReplyBody, RpcClient
 from tests.rpc.test_rpc_contract import serving
 
@@ -69,3 +69,33 @@ async def test_a_request_header_the_wire_cannot_carry_is_refused_before_it_leave
         with pytest.raises(InvalidMessageError, match=r"headers\['k'\]"):
             await client.call(queue_name, b"x", headers={"k": value}, timeout=8)
         assert (await client.call(queue_name, b"next", timeout=8)).text() == "fine"
+
+
+async def test_a_call_to_a_missing_exchange_fails_alone(broker: Broker, queue_name: str) -> None:
+    # On RabbitMQ a publish to a missing exchange closes the channel (404), and direct reply-to lives on
+    # that channel: every other call in flight used to fail with RpcConnectionLost.
+    release = anyio.Event()
+    started: list[bytes] = []
+
+    async def held(message: Message) -> str:
+        started.append(message.body)
+        await release.wait()
+        return "fine"
+
+    answers: list[str] = []
+    async with serving(broker, queue_name, held), RpcClient(broker) as client:
+
+        async def waiting() -> None:
+            answers.append((await client.call(queue_name, b"w", timeout=10)).text())
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(waiting)
+            with anyio.fail_after(5):
+                while len(started) < 3:
+                    await anyio.sleep(0.01)
+            for _ in range(2):  # a second time: a client remembers nothing wrong about the name
+                with anyio.fail_after(5), pytest.raises(PublishError, match="no-such-exchange"):
+                    await client.call(queue_name, b"x", exchange=f"{queue_name}.no-such-exchange", timeout=8)
+            release.set()
+    assert answers == ["fine"] * 3
