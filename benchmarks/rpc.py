@@ -204,16 +204,25 @@ def main() -> None:
         peers.remove("faststream")
     shapes = [(1, args.calls_single), (100, args.calls_many)]
     runs: dict[str, dict[int, list[dict[str, Any]]]] = {p: {1: [], 100: []} for p in peers}
+    failures: dict[str, int] = {}
     for run in range(args.runs):
         for peer in peers:
-            for callers, result in asyncio.run(one_run(peer, shapes)).items():
+            try:
+                results = asyncio.run(one_run(peer, shapes))
+            except Exception as exc:  # one peer failing (a timeout on a loaded machine) spoils only its run
+                print(f"run {run + 1} {peer:10} failed: {str(exc).strip()[-300:]}", flush=True)
+                failures[peer] = failures.get(peer, 0) + 1
+                continue
+            for callers, result in results.items():
                 runs[peer][callers].append(result)
                 print(f"run {run + 1} {peer:10} callers {callers:3}: {result['rate']:8.0f} calls/s  "
                       f"p50 {result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms", flush=True)  # fmt: skip
     median = {
-        peer: {c: sorted(rs, key=lambda r: r["rate"])[len(rs) // 2] for c, rs in by.items()}
+        peer: {c: sorted(rs, key=lambda r: r["rate"])[len(rs) // 2] for c, rs in by.items() if rs}
         for peer, by in runs.items()
     }
+    for peer, count in failures.items():
+        print(f"{peer}: {count} of {args.runs} runs failed (left out of the median)")
     print(f"\nmedian of {args.runs} runs (server concurrency {CONCURRENCY}, ~100-byte bodies, loopback)")
     print(f"| {'peer':38} | callers | calls/s | p50 ms | p99 ms | swarrow ÷ peer |")
     print(f"|{'-' * 40}|---------|---------|--------|--------|----------------|")
@@ -225,7 +234,7 @@ def main() -> None:
     os.makedirs(RESULTS, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     with open(os.path.join(RESULTS, f"rpc-{stamp}.json"), "w") as out:
-        json.dump({"runs": runs, "median": median}, out, indent=1)
+        json.dump({"runs": runs, "median": median, "failures": failures}, out, indent=1)
 
 
 if __name__ == "__main__":
