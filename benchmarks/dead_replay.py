@@ -2,7 +2,7 @@
 
     python benchmarks/dead_replay.py [--messages 50000] [--runs 3] [--list]
 
-Fills a fresh `Q.dead` with persistent 100-byte messages carrying swarrow's dead-letter headers
+Fills a fresh `Q.dead` with persistent (or, with `--transient`, transient) 100-byte messages carrying swarrow's dead-letter headers
 (confirmed publishes), runs the real command (`--json`) and reports the rate it measured from its
 first read to its last ack, plus the wall time of the whole process (start-up included), and, as
 a yardstick of what the machine and broker allow at that moment, the rate of the fill itself (a
@@ -27,7 +27,7 @@ from _common import BODY, URL, delete_queue, emit, queue_depth, unique_queue
 from pamqp.commands import Basic
 
 
-async def fill_dead(url: str, queue: str, count: int) -> None:
+async def fill_dead(url: str, queue: str, count: int, *, persistent: bool = True) -> None:
     connection = await aiormq.connect(url)
     try:
         channel = await connection.channel(publisher_confirms=True)
@@ -42,7 +42,7 @@ async def fill_dead(url: str, queue: str, count: int) -> None:
                         BODY,
                         routing_key=f"{queue}.dead",
                         properties=Basic.Properties(
-                            delivery_mode=2,
+                            delivery_mode=2 if persistent else 1,
                             message_id=f"m{sent + i}",
                             headers={
                                 "x-swarrow-error-type": "myapp.errors.Timeout",
@@ -82,13 +82,14 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=50_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--list", action="store_true", help="also time `swarrow dead list`")
+    parser.add_argument("--transient", action="store_true", help="transient messages (delivery mode 1)")
     args = parser.parse_args()
     rates, lists, fills, cpus = [], [], [], []
     for _ in range(args.runs):
         queue = unique_queue("dead-replay")
         try:
             started = time.perf_counter()
-            asyncio.run(fill_dead(URL, queue, args.messages))
+            asyncio.run(fill_dead(URL, queue, args.messages, persistent=not args.transient))
             fills.append(args.messages / (time.perf_counter() - started))
             if args.list:
                 listed, _ = dead("list", "-q", queue, url=URL)
@@ -111,6 +112,7 @@ def main() -> None:
             asyncio.run(delete_queue(URL, queue))
             asyncio.run(delete_queue(URL, f"{queue}.dead"))
     emit({"benchmark": "dead_replay", "messages": args.messages, "runs": args.runs,
+          "persistent": not args.transient,
           "replay_msg_per_s_median": round(statistics.median(rates)), "replay_msg_per_s": [round(r) for r in rates],
           "list_msg_per_s": [round(r) for r in lists],
           "fill_msg_per_s": [round(r) for r in fills],
