@@ -43,7 +43,7 @@ PermanentError to dead-letter now, RetryLater to retry without spending an attem
 \b
 Stack, outermost first (disabled layers are left out):
   signal_handler → max_runtime → max_messages → memory_limit → stop_when_idle → metrics → logger →
-  exception_catcher → ack → delivery_limit → retry → time_limit → your callable
+  job_tracker → exception_catcher → reply → ack → delivery_limit → retry → time_limit → your callable
 
 Precedence: flags (and SWARROW_URL) > the --config file > the defaults shown below.
 """
