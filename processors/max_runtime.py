@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from time import monotonic
 
@@ -26,15 +26,18 @@ class MaxRuntimeProcessor:
     that crossed it, once the inner layers (ack) returned, so nothing is redelivered (swarrot PR #228).
     """
 
-    def __init__(self, inner: Processor, /, *, seconds: float) -> None:
+    def __init__(
+        self, inner: Processor, /, *, seconds: float, clock: Callable[[], float] = monotonic
+    ) -> None:
         self.inner = inner
         self.seconds = require_seconds("seconds", seconds)
-        self._deadline = monotonic() + self.seconds
+        self.clock = clock  # seconds, monotonic; tests inject one
+        self._deadline = clock() + self.seconds
 
     @asynccontextmanager
     async def lifespan(self, control: ConsumerControl) -> AsyncIterator[None]:
         """Start the clock and watch the deadline while the consumer runs."""
-        self._deadline = monotonic() + self.seconds
+        self._deadline = self.clock() + self.seconds
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watch, control)
             try:
@@ -43,7 +46,7 @@ class MaxRuntimeProcessor:
                 tg.cancel_scope.cancel()
 
     async def _watch(self, control: ConsumerControl) -> None:
-        await anyio.sleep(max(0.0, self._deadline - monotonic()))
+        await anyio.sleep(max(0.0, self._deadline - self.clock()))
         self._stop(control)
 
     def _stop(self, control: ConsumerControl | None) -> None:
@@ -56,7 +59,9 @@ class MaxRuntimeProcessor:
 
     async def __call__(self, message: Message, /) -> bool:
         keep_going = await self.inner(message)
-        if monotonic() < self._deadline:
+        if self.clock() < self._deadline:
             return keep_going
-        self._stop(current_control())
-        return False
+        control = current_control()
+        self._stop(control)
+        # Inside a consumer the stop goes through its control alone; used bare, False asks to stop.
+        return keep_going if control is not None else False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import anyio
@@ -25,15 +25,18 @@ class StopWhenIdleProcessor:
     For batch jobs and cron-style workers: consume what is there, then exit 0.
     """
 
-    def __init__(self, inner: Processor, /, *, seconds: float) -> None:
+    def __init__(
+        self, inner: Processor, /, *, seconds: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.inner = inner
         self.seconds = require_seconds("seconds", seconds)
-        self._last_activity = time.monotonic()
+        self.clock = clock  # seconds, monotonic; tests inject one
+        self._last_activity = clock()
 
     @asynccontextmanager
     async def lifespan(self, control: ConsumerControl) -> AsyncIterator[None]:
         """Watch for idleness while the consumer runs."""
-        self._last_activity = time.monotonic()
+        self._last_activity = self.clock()
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watch, control)
             try:
@@ -44,7 +47,7 @@ class StopWhenIdleProcessor:
     async def _watch(self, control: ConsumerControl) -> None:
         seconds = self.seconds
         while True:
-            idle_for = time.monotonic() - self._last_activity
+            idle_for = self.clock() - self._last_activity
             if idle_for >= seconds and control.in_flight == 0:
                 break
             # Wake exactly when the idle period would end; a message in flight pushes it back.
@@ -53,8 +56,8 @@ class StopWhenIdleProcessor:
         control.stop("idle", f"no message for {seconds:g}s")
 
     async def __call__(self, message: Message, /) -> bool:
-        self._last_activity = time.monotonic()
+        self._last_activity = self.clock()
         try:
             return await self.inner(message)
         finally:
-            self._last_activity = time.monotonic()
+            self._last_activity = self.clock()

@@ -1,4 +1,11 @@
-"""swarrow: consume RabbitMQ messages through a composable stack of processors."""
+"""swarrow: consume RabbitMQ messages through a composable stack of processors.
+
+`__all__` is what the README documents. `AmqpBroker` is exported lazily, so `import swarrow` (e.g. a
+test on `memory://`) does not import aio-pika; `swarrow.urls`, `swarrow.stack`, `swarrow.memory` keep
+their other names (`mask_url`, `BuiltStack`, `MemoryPublisher` …).
+"""
+
+from typing import TYPE_CHECKING, Any
 
 from swarrow.broker import Broker, QueueInfo
 from swarrow.callback import (
@@ -28,26 +35,29 @@ from swarrow.errors import (
     TimeLimitExceeded,
 )
 from swarrow.factory import open_broker
-from swarrow.memory import MemoryBroker, MemoryMessageProvider, MemoryPublisher
+from swarrow.memory import MemoryBroker, MemoryMessageProvider
 from swarrow.message import Headers, Message
 from swarrow.processor import HasLifespan, Processor
 from swarrow.provider import MessageProvider
 from swarrow.publisher import Publisher
 from swarrow.rpc import Reply, ReplyBody, RpcClient
 from swarrow.runner import consume, run
-from swarrow.stack import BuiltStack, Layer, Stack
-from swarrow.urls import DEFAULT_URL, BrokerNode, BrokerURL, mask_url, parse_url
+from swarrow.settings import Settings
+from swarrow.stack import Layer, Stack
+from swarrow.urls import BrokerNode, BrokerURL, parse_url
+
+if TYPE_CHECKING:
+    from swarrow.amqp import AmqpBroker
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DEFAULT_URL",
+    "AmqpBroker",
     "AsyncCallback",
     "Broker",
     "BrokerNode",
     "BrokerURL",
     "BrokerUnavailableError",
-    "BuiltStack",
     "Callback",
     "CallbackProcessor",
     "ConfigurationError",
@@ -60,7 +70,6 @@ __all__ = [
     "Layer",
     "MemoryBroker",
     "MemoryMessageProvider",
-    "MemoryPublisher",
     "Message",
     "MessageProvider",
     "PermanentError",
@@ -75,6 +84,7 @@ __all__ = [
     "RpcClient",
     "RpcConnectionLost",
     "RpcTimeout",
+    "Settings",
     "Stack",
     "StopConsumer",
     "StopReason",
@@ -86,9 +96,17 @@ __all__ = [
     "consume",
     "current_control",
     "hung_callback_threads",
-    "mask_url",
     "open_broker",
     "parse_url",
     "run",
     "take_overrunning_call",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use only: aio-pika costs ~100 ms at import and is not needed for memory://.
+    if name == "AmqpBroker":
+        from swarrow.amqp import AmqpBroker
+
+        return AmqpBroker
+    raise AttributeError(f"module 'swarrow' has no attribute {name!r}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import re
+import subprocess
+import sys
 from types import ModuleType
 
 import swarrow
@@ -17,15 +19,13 @@ REEXPORTED = {
     "control",
     "errors",
     "factory",
-    "memory",
     "message",
     "processor",
     "provider",
     "publisher",
-    "stack",
 }
 # Modules used by their own name (`from swarrow.topology import ...`): not re-exported wholesale.
-# `swarrow.runner` is only partly re-exported (`run`, `consume`): the top level picks by name.
+# `swarrow.runner`, `memory`, `stack`, `settings` are partly re-exported: the top level picks by name.
 SUBMODULE_API = {
     "amqp",
     "backoff",
@@ -38,6 +38,7 @@ SUBMODULE_API = {
     "http",
     "jobs",
     "logs",
+    "memory",
     "metrics",
     "ordering",
     "otel",
@@ -48,6 +49,7 @@ SUBMODULE_API = {
     "rpc",
     "runner",
     "settings",
+    "stack",
     "swarrot",
     "scan",
     "topology",
@@ -111,3 +113,22 @@ def test_every_top_level_name_comes_from_a_public_module() -> None:
         assert owners, f"swarrow.{attr} is not in any public module's __all__"
         assert any(getattr(swarrow, attr) is getattr(owner, attr) for owner in owners), attr
     assert isinstance(swarrow.__version__, str)
+
+
+def test_the_top_level_is_what_the_readme_documents() -> None:
+    # Internal or submodule names stay where they are defined.
+    for internal in ("BuiltStack", "mask_url", "DEFAULT_URL", "MemoryPublisher", "PoolStatusProcessor"):
+        assert internal not in swarrow.__all__, internal
+    assert {"AmqpBroker", "MemoryBroker", "MemoryMessageProvider", "Settings", "run", "consume"} <= set(
+        swarrow.__all__
+    )
+
+
+def test_import_swarrow_does_not_import_aio_pika_until_amqp_broker_is_used() -> None:
+    code = (
+        "import sys, swarrow; assert 'aio_pika' not in sys.modules, 'imported eagerly'; "
+        "broker = swarrow.AmqpBroker; assert 'aio_pika' in sys.modules; print(broker.__name__)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "AmqpBroker"

@@ -7,8 +7,9 @@ import dataclasses
 import anyio
 import pytest
 
-from swarrow import Layer, Message, Processor, Stack, mask_url
+from swarrow import Layer, Message, Processor, Stack
 from swarrow.callback import CallbackProcessor
+from swarrow.urls import mask_url
 
 pytestmark = pytest.mark.anyio
 

@@ -38,13 +38,16 @@ async def test_message_crossing_the_deadline_finishes_is_acked_then_stops() -> N
         broker.publish_nowait(Message(str(i).encode()), "q")
     provider = broker.provider("q", prefetch=5)
     seen: list[bytes] = []
+    now = [1000.0]
 
     async def handle(message: Message) -> None:
         seen.append(message.body)
-        await anyio.sleep(0.3)  # the first message outlives the 0.1 s runtime
+        now[0] += 61.0  # the first message outlives the 60 s runtime (on the injected clock)
 
     stack = Stack(
-        Layer(MaxRuntimeProcessor, seconds=0.1), Layer(AckProcessor, provider=provider), callback=handle
+        Layer(MaxRuntimeProcessor, seconds=60, clock=lambda: now[0]),
+        Layer(AckProcessor, provider=provider),
+        callback=handle,
     )
     with anyio.fail_after(3):
         reason = await Consumer(provider, stack).run()
@@ -58,9 +61,12 @@ async def test_returns_false_after_the_deadline_without_a_lifespan() -> None:
     async def inner(message: Message) -> bool:
         return True
 
-    processor = MaxRuntimeProcessor(inner, seconds=60)
+    now = [0.0]
+    processor = MaxRuntimeProcessor(inner, seconds=60, clock=lambda: now[0])
     assert await processor(Message()) is True
-    processor._deadline = time.monotonic() - 1
+    now[0] = 59.9
+    assert await processor(Message()) is True
+    now[0] = 60.0
     assert await processor(Message()) is False
 
 

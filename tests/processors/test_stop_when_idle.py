@@ -82,3 +82,16 @@ def test_rejects_bad_seconds(seconds: object) -> None:
 
     with pytest.raises(ValueError, match="seconds"):
         StopWhenIdleProcessor(inner, seconds=seconds)  # type: ignore[arg-type]
+
+
+async def test_idleness_counts_from_the_end_of_a_message_on_the_injected_clock() -> None:
+    now = [100.0]
+
+    async def inner(message: Message) -> bool:
+        assert processor._last_activity == 100.0  # stamped when the message started
+        now[0] += 300.0  # a message three idle periods long
+        return True
+
+    processor = StopWhenIdleProcessor(inner, seconds=100, clock=lambda: now[0])
+    assert await processor(Message()) is True
+    assert processor._last_activity == 400.0  # and again when it finished
