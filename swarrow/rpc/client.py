@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import Mapping
@@ -24,9 +25,20 @@ from swarrow.rpc.transport import ReplyTransport, open_reply_transport
 from swarrow.rpc.values import encode_value
 from swarrow.topology import ERROR_MESSAGE_HEADER, ERROR_TYPE_HEADER
 
-__all__ = ["Reply", "RpcClient"]
+__all__ = ["MAX_TIMEOUT", "Reply", "RpcClient"]
 
 logger = logging.getLogger(__name__)
+
+MAX_TIMEOUT = 30 * 86400.0
+"""The longest a call may wait (30 days): its deadline and expiration must still fit what RabbitMQ takes."""
+
+
+def _check_timeout(timeout: float) -> float:
+    if not (0 < timeout <= MAX_TIMEOUT and math.isfinite(timeout)):
+        raise ConfigurationError(
+            f"timeout must be > 0 seconds and at most 30 days ({MAX_TIMEOUT:.0f} s), got {timeout!r}"
+        )
+    return float(timeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,10 +114,8 @@ class RpcClient:
     """
 
     def __init__(self, broker: Broker, *, timeout: float = 30.0, otel: bool = False) -> None:
-        if not timeout > 0:
-            raise ConfigurationError(f"timeout must be > 0 seconds, got {timeout!r}")
         self.broker = broker
-        self.timeout = timeout
+        self.timeout = _check_timeout(timeout)
         self.otel = otel
         if otel:
             from swarrow.otel import require_otel
@@ -183,9 +193,7 @@ class RpcClient:
         transport = self._transport
         if transport is None:
             raise RuntimeError("use the RpcClient as `async with RpcClient(broker) as client:`")
-        wait = self.timeout if timeout is None else timeout
-        if not wait > 0:
-            raise ConfigurationError(f"timeout must be > 0 seconds, got {wait!r}")
+        wait = self.timeout if timeout is None else _check_timeout(timeout)
         encoded = encode_value(body)
         correlation_id = uuid.uuid4().hex
         all_headers = {**encoded.headers, **(headers or {})}

@@ -9,8 +9,9 @@ import anyio
 import pytest
 
 from swarrow import Broker, Message
-from swarrow.errors import InvalidMessageError, PublishError, RemoteError
+from swarrow.errors import ConfigurationError, InvalidMessageError, PublishError, RemoteError
 from swarrow.rpc import ReplyBody, RpcClient
+from swarrow.rpc.client import MAX_TIMEOUT
 from tests.rpc.test_rpc_contract import serving
 
 pytestmark = pytest.mark.anyio
@@ -99,3 +100,19 @@ async def test_a_call_to_a_missing_exchange_fails_alone(broker: Broker, queue_na
                     await client.call(queue_name, b"x", exchange=f"{queue_name}.no-such-exchange", timeout=8)
             release.set()
     assert answers == ["fine"] * 3
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), float("nan"), 1e17, -1.0, 0.0])
+async def test_a_timeout_no_request_can_carry_is_a_configuration_error(
+    broker: Broker, queue_name: str, timeout: float
+) -> None:
+    async def answer(message: Message) -> str:
+        return "fine"
+
+    with pytest.raises(ConfigurationError, match="timeout"):
+        RpcClient(broker, timeout=timeout)
+    async with serving(broker, queue_name, answer), RpcClient(broker) as client:
+        with pytest.raises(ConfigurationError, match="timeout"):
+            await client.call(queue_name, b"x", timeout=timeout)
+        # The longest timeout allowed still carries a deadline and an expiration the broker takes.
+        assert (await client.call(queue_name, b"x", timeout=MAX_TIMEOUT)).text() == "fine"
