@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 
 from swarrow.broker import Broker
-from swarrow.errors import ConfigurationError, RemoteError, RpcConnectionLost, RpcTimeout
+from swarrow.errors import ConfigurationError, InvalidMessageError, RemoteError, RpcConnectionLost, RpcTimeout
 from swarrow.message import Message
 from swarrow.publishable import check_publishable
 from swarrow.publisher import Publisher
@@ -210,12 +210,14 @@ class RpcClient:
             delivery_mode=1,
         )
         check_publishable(request)  # a bad header is an InvalidMessageError naming it, before the wire
+        key = queue if routing_key is None else routing_key
+        for name, value in (("routing_key", key), ("exchange", exchange)):
+            if (size := len(value.encode())) > 255:
+                raise InvalidMessageError(f"{name} is {size} bytes long, over AMQP's 255-byte limit")
         pending = self._pending[correlation_id] = _Pending()
         try:
             with anyio.move_on_after(wait):
-                await self._publisher.publish(
-                    request, queue if routing_key is None else routing_key, exchange
-                )
+                await self._publisher.publish(request, key, exchange)
                 await pending.done.wait()
         finally:
             del self._pending[correlation_id]

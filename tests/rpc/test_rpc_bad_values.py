@@ -116,3 +116,16 @@ async def test_a_timeout_no_request_can_carry_is_a_configuration_error(
             await client.call(queue_name, b"x", timeout=timeout)
         # The longest timeout allowed still carries a deadline and an expiration the broker takes.
         assert (await client.call(queue_name, b"x", timeout=MAX_TIMEOUT)).text() == "fine"
+
+
+@pytest.mark.parametrize("where", ["routing_key", "exchange"])
+async def test_a_name_over_255_bytes_is_refused_the_same_on_both_brokers(
+    broker: Broker, queue_name: str, where: str
+) -> None:
+    async def answer(message: Message) -> str:
+        return "fine"
+
+    async with serving(broker, queue_name, answer), RpcClient(broker) as client:
+        with pytest.raises(InvalidMessageError, match=f"{where} is 300 bytes"):
+            await client.call(queue_name, b"x", timeout=8, **{where: "n" * 300})
+        assert (await client.call(queue_name, b"next", timeout=8)).text() == "fine"
