@@ -25,6 +25,7 @@ import aiormq
 import aiormq.abc
 from pamqp.commands import Basic
 
+from swarrow.amqp._errors import describe_connect_error
 from swarrow.amqp._errors import scrub as _scrub
 from swarrow.amqp._scan_fastpath import BatchPublisher, install_inline_delivery
 from swarrow.amqp.publisher import _properties
@@ -107,7 +108,7 @@ class AmqpQueueScan:
                     client_properties={"connection_name": f"swarrow dead-letter {role}"},
                 )
         except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
-            detail = _scrub(str(exc) or type(exc).__name__, self._url)
+            detail = describe_connect_error(exc, self._url)
             raise BrokerUnavailableError(f"cannot connect to {self.url}: {detail}") from None
         return connection
 

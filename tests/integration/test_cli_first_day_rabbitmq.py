@@ -128,11 +128,20 @@ def _with(url: str, *, password: str | None = None, vhost: str | None = None) ->
     return f"{scheme}://{user}:{password or old}@{host}/{vhost or ''}"
 
 
-@pytest.mark.parametrize("command", ["consume", "declare"])
+_EVERY_COMMAND = {
+    "consume": ["consume", "tests.cli_callbacks:ok", "--no-retry"],
+    "declare": ["declare", "--no-retry"],
+    "publish": ["publish", "--body", "x"],
+    "call": ["call", "--body", "x", "--timeout", "5s"],
+    "dead list": ["dead", "list"],
+    "dead replay": ["dead", "replay"],
+}
+
+
+@pytest.mark.parametrize("command", list(_EVERY_COMMAND))
 def test_an_unknown_vhost_is_exit_4_naming_it_and_the_user(amqp_url: str, command: str) -> None:
     url = _with(amqp_url, vhost="swarrow-no-such-vhost")
-    target = ["tests.cli_callbacks:ok"] if command == "consume" else []
-    done = swarrow(command, *target, "--url", url, "-q", "q", "--no-retry")
+    done = swarrow(*_EVERY_COMMAND[command], "--url", url, "-q", "q")
     assert done.returncode == 4, done.stderr
     assert "vhost 'swarrow-no-such-vhost' not found or access refused for user 'guest'" in done.stderr
     assert "Expected one of" not in done.stderr and "Connection.Close" not in done.stderr
@@ -140,10 +149,9 @@ def test_an_unknown_vhost_is_exit_4_naming_it_and_the_user(amqp_url: str, comman
     assert "Reconnecting" not in done.stderr and "creating transport" not in done.stderr
 
 
-def test_a_refused_login_is_exit_4_naming_the_user_never_the_password(amqp_url: str) -> None:
-    done = swarrow(
-        "consume", "tests.cli_callbacks:ok", "--url", _with(amqp_url, password="n0t-Th3-pw"), "-q", "q"
-    )
+@pytest.mark.parametrize("command", list(_EVERY_COMMAND))
+def test_a_refused_login_is_exit_4_naming_the_user_never_the_password(amqp_url: str, command: str) -> None:
+    done = swarrow(*_EVERY_COMMAND[command], "--url", _with(amqp_url, password="n0t-Th3-pw"), "-q", "q")
     assert done.returncode == 4, done.stderr
     assert "login refused for user 'guest': wrong user name or password" in done.stderr
     assert "n0t-Th3-pw" not in done.stderr + done.stdout
