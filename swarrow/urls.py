@@ -149,6 +149,14 @@ def mask_url(url: str) -> str:
     by `,`, a URL that does not parse — so it is safe for error messages about bad URLs too. The
     user name is kept: `amqp://app:***@host/`.
     """
+    parts = _URL_SEPARATOR.split(url)
+    if len(parts) > 1 and all("@" in part for part in parts):  # a list of URLs, as parse_url reads it
+        separators = _URL_SEPARATOR.findall(url)
+        return "".join(_mask_one(part) + sep for part, sep in zip(parts, [*separators, ""], strict=True))
+    return _mask_one(url)
+
+
+def _mask_one(url: str) -> str:
     at = url.rfind("@")
     if at < 0:
         return url

@@ -353,6 +353,18 @@ def test_print_settings_shows_how_values_were_understood_and_where_they_came_fro
     assert "s3cr3t" not in out and "prefetch = 100" in out and "# default" in out
 
 
+def test_print_settings_shows_every_node_of_a_cluster_url_list(tmp_path: Path) -> None:
+    path = tmp_path / "swarrow.toml"
+    path.write_text(
+        '[connection]\nurl = ["amqp://app:p/#?@1@rabbit1:5672/prod", "amqp://app:p/#?@1@rabbit2:5673/prod"]\n'
+        '[consumers.jobs]\ncallable = "tests.first_day_callbacks:ok"\nqueue = "jobs"\n'
+    )
+    result = invoke("consume", "--config", str(path), "jobs", "--print-settings")
+    assert result.exit_code == 0, result.output
+    assert 'url = "amqp://app:***@rabbit1:5672,rabbit2:5673/prod"' in result.output
+    assert "p/#" not in result.output
+
+
 # -- 16. layers of your own from the CLI and the config file ------------------------------------------------
 
 

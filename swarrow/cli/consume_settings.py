@@ -185,10 +185,13 @@ def _default_pool_prefetch(settings: ConsumeSettings) -> None:
 
 
 def masked(url: str) -> str:
-    """The URL as --print-settings shows it."""
-    from swarrow.urls import mask_url
+    """The URL as --print-settings shows it: as parsed (every node of a cluster), password masked."""
+    from swarrow.urls import mask_url, parse_url
 
-    return mask_url(url)
+    try:
+        return parse_url(url).masked
+    except ValueError:
+        return mask_url(url)
 
 
 def print_settings(settings: ConsumeSettings) -> None:
