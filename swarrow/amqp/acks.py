@@ -176,16 +176,21 @@ class Settlement:
         if not tracker.is_open(tag):
             self._ignore_second(message)
             return
-        if ack:
+        if ack and message.reply_to is None:
             if self._note_ack(tag):
                 await self._flush()
             return
+        # A reject, or the ack of a request (`reply_to`): its own frame now. The reply layer publishes
+        # right after the ack; coalesced, a crash before the flush would redeliver an answered request.
         self._unsettled -= 1
         async with self._settle_lock:
             try:
                 await self._write_flush(underlay, tracker)
                 tracker.settle_single(tag)
-                await underlay.basic_reject(tag, requeue=requeue, wait=False)
+                if ack:
+                    await underlay.basic_ack(tag, wait=False)
+                else:
+                    await underlay.basic_reject(tag, requeue=requeue, wait=False)
             except CHANNEL_GONE as exc:
                 self._drop(message, f"channel gone: {exc!r}")
 
@@ -252,6 +257,7 @@ class Settlement:
         tracker = self._tracker
         if (
             self._coalesce
+            and message.reply_to is None  # a request's ack leaves before its reply: see `_settle`
             and tag is not None
             and message.consumer_tag in self._live_tags
             and self._underlay is not None

@@ -153,3 +153,55 @@ async def test_a_worker_restarted_mid_call_answers_or_times_out_never_hangs(
         second.control.stop("test", "done")
     assert result == ["answered"]
     assert len(runs) == 2
+
+
+async def test_a_worker_that_dies_right_after_answering_does_not_run_the_request_again(
+    amqp_broker: AmqpBroker, queue_name: str
+) -> None:
+    # Acks are coalesced (a batch, or a flush every 20 ms; longer behind a slow earlier message). A
+    # request's ack used to wait in that batch while its reply had already gone: a crash then
+    # redelivered an answered request, which ran, and answered, a second time.
+    await amqp_broker.declare_queue(queue_name)
+    runs: list[bytes] = []
+
+    async def work(message: Message) -> str:
+        runs.append(message.body)
+        if message.body == b"held":
+            await anyio.sleep(3600)
+        return "ok"
+
+    def worker(broker: AmqpBroker) -> Consumer:
+        publisher = broker.publisher()
+        provider = broker.provider(queue_name, prefetch=10)  # coalesced: batches of 5
+        stack = Stack(
+            Layer(ReplyProcessor, publisher=publisher, provider=provider),
+            Layer(AckProcessor, provider=provider),
+            callback=work,
+        )
+        return Consumer(provider, stack, concurrency=2, grace_period=0.1)
+
+    doomed = AmqpBroker(amqp_broker.broker_url)
+    async with RpcClient(amqp_broker) as client:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker(doomed).run)
+
+            async def held() -> None:
+                with pytest.raises(RpcTimeout):
+                    await client.call(queue_name, b"held", timeout=2)
+
+            tg.start_soon(held)
+            with anyio.fail_after(10):
+                while b"held" not in runs:
+                    await anyio.sleep(0.01)
+                assert (await client.call(queue_name, b"quick", timeout=8)).text() == "ok"
+            await doomed.close()  # the worker dies: what it had not acked comes back
+            tg.cancel_scope.cancel()
+        survivor = AmqpBroker(amqp_broker.broker_url)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker(survivor).run)
+            with anyio.fail_after(10):
+                while runs.count(b"held") < 2:  # the redelivered one came back: the queue is drained
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+        await survivor.close()
+    assert runs.count(b"quick") == 1
