@@ -164,6 +164,14 @@ def test_each_command_documents_its_own_exit_codes() -> None:
     assert "graceful stop" not in " ".join(declare.values()) + " ".join(publish.values())
 
 
+@pytest.mark.parametrize("command", ["list", "show", "replay", "purge"])
+def test_dead_commands_document_their_own_exit_codes_not_consumes(command: str) -> None:
+    codes = _exit_status(invoke("dead", command, "--help").output)
+    assert sorted(codes) == [0, 1, 2, 4]
+    assert "not replayed" in codes[1] and "does not exist" in codes[2] and "lost" in codes[4]
+    assert "graceful stop" not in " ".join(codes.values()) and "callable" not in " ".join(codes.values())
+
+
 def test_swarrow_help_summaries_fit_on_one_line_uncut() -> None:
     output = CliRunner().invoke(cli, ["--help"], terminal_width=80).output
     commands = output.split("Commands:")[1].strip().split("\n\n")[0].splitlines()

@@ -9,9 +9,9 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import click
 
@@ -29,17 +29,21 @@ from swarrow.cli._dead_params import (
     selection_options,
 )
 from swarrow.cli.errors import CliError
-from swarrow.cli.help import ENV_EPILOG, EXIT_EPILOG, ManCommand, option
+from swarrow.cli.help import ENV_EPILOG, ManCommand, exit_epilog, option
 from swarrow.cli.params import Duration
-from swarrow.exits import EXIT_CRASH, EXIT_USAGE
+from swarrow.exits import EXIT_BROKER, EXIT_CRASH, EXIT_OK, EXIT_USAGE
 
 __all__ = ["dead"]
 
 T = TypeVar("T")
-_EPILOG = (
-    f"{ENV_EPILOG}\n\n{EXIT_EPILOG}\n"
-    "  (for these commands, 4 also means the connection was lost mid-way: run the command again)"
-)
+DEAD_EXITS: Final[Mapping[int, str]] = {
+    EXIT_OK: "done (a dry run or an empty selection too)",
+    EXIT_CRASH: "replay: selected letters not replayed, still in the dead-letter queue; purge: not confirmed",
+    EXIT_USAGE: "usage: a bad flag or value, a queue that does not exist, purge without --yes off a terminal",
+    EXIT_BROKER: "the broker is unreachable, refused the credentials, or the connection was lost mid-way "
+    "(nothing acked is lost: run the command again)",
+}
+_EPILOG = f"{ENV_EPILOG}\n\n{exit_epilog(DEAD_EXITS)}"
 
 
 @click.group(
