@@ -129,3 +129,12 @@ def test_the_url_may_list_the_nodes_of_a_cluster(tmp_path: Path) -> None:
     config = load_config(path)
     url = config.consumer("c").values.get("url", config.shared.get("url"))
     assert [n.authority for n in parse_url(url).nodes] == ["h1:5672", "h2:5672"]
+
+
+def test_the_cluster_example_lists_three_nodes_quorum_and_at_least_once() -> None:
+    config = load_config(Path(__file__).resolve().parent.parent / "examples" / "cluster.toml")
+    values = config.consumer("orders").values
+    url = values.get("url", config.shared.get("url"))
+    assert [n.port for n in parse_url(url).nodes] == [5701, 5702, 5703]
+    assert values["quorum"] is True and values["dead_letter_strategy"] == "at-least-once"
+    assert values["delivery_limit"] == 5

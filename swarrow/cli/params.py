@@ -128,8 +128,9 @@ def dead_letter_strategy_option() -> Callable[[Callable[..., T]], Callable[..., 
         default="at-most-once",
         show_default=True,
         help="Quorum only: how QUEUE.retry.N move expired copies back to QUEUE. at-least-once keeps a copy "
-        "until QUEUE confirmed it (x-dead-letter-strategy, with x-overflow=reject-publish); at-most-once "
-        "can drop a retry copy when a node stops as it expires.",
+        "until QUEUE confirmed it (x-dead-letter-strategy, with x-overflow=reject-publish), but on RabbitMQ "
+        "3.10 a crash of the retry queue's leader can strand copies; at-most-once can drop a retry copy "
+        "when a node stops as it expires. See README, Run on a cluster.",
     )
 
 

@@ -14,7 +14,7 @@ import pytest
 if TYPE_CHECKING:
     from conftest import Cluster
 
-pytestmark = [pytest.mark.cluster, pytest.mark.anyio]
+pytestmark = [pytest.mark.cluster, pytest.mark.integration, pytest.mark.anyio]
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "rabbitmq-cluster.sh"
 
