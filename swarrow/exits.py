@@ -15,7 +15,8 @@ EXIT_BROKER: Final = 4
 EXIT_CODES: Final[Mapping[int, str]] = {
     EXIT_OK: "graceful stop: a limit, a signal (SIGTERM/SIGINT), --stop-when-idle, or the callback asked",
     EXIT_CRASH: "the consumer crashed: an exception escaped the stack (--no-catch), or a publish was nacked",
-    EXIT_USAGE: "usage: a bad flag, value or config file, a missing queue, conflicting queue arguments",
+    EXIT_USAGE: "usage: a bad flag, value or config file, a missing queue, conflicting queue arguments "
+    "or a queue the user may not declare",
     EXIT_IMPORT: "the callable cannot be imported (missing module or attribute, error while importing)",
     EXIT_BROKER: "the broker is unreachable or refused the credentials",
 }

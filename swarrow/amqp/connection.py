@@ -171,6 +171,12 @@ class AmqpConnection:
             ok = await channel.queue_declare(name, durable=durable, arguments=arguments or None)
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
             raise _declare_error(name, durable, arguments, existing is not None, exc) from None
+        except aiormq.exceptions.ChannelAccessRefused as exc:
+            reason = exc.args[0] if exc.args else exc
+            raise ConfigurationError(
+                f"RabbitMQ refused to declare queue {name!r}: {reason} (the user needs configure permission "
+                "on it, and write permission on its dead-letter exchange: rabbitmqctl set_permissions)"
+            ) from None
         finally:
             if not channel.is_closed:
                 await channel.close()

@@ -23,7 +23,7 @@ __all__ = ["DECLARE_EXITS", "declare"]
 DECLARE_EXITS: Final[Mapping[int, str]] = {
     EXIT_OK: "every queue was created or found as asked",
     EXIT_USAGE: "usage: a bad flag or value (the message names it), or a queue that exists with other "
-    "arguments (its name and RabbitMQ's reason)",
+    "arguments or that the user may not declare (its name and RabbitMQ's reason)",
     EXIT_BROKER: "the broker is unreachable or refused the credentials",
 }
 

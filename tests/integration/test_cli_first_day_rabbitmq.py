@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -253,3 +255,40 @@ def test_no_retry_on_a_queue_with_a_dead_letter_exchange_says_so(amqp_url: str, 
     assert done.returncode == 0, done.stderr
     assert f"retries are off: a failed message is rejected to {queue}'s dead-letter exchange" in done.stderr
     assert "DROPPED" not in done.stderr
+
+
+# -- a user the broker lets in but not at the queue: a clear refusal, not "the consumer crashed" ------------
+
+
+@pytest.fixture
+def limited_user(amqp_url: str) -> Iterator[str]:
+    """A user (an awkward password) on a vhost of its own, allowed to configure `allowed.*` only."""
+    if shutil.which("rabbitmqctl") is None:
+        pytest.skip("rabbitmqctl is not installed here")
+    ctl = ["rabbitmqctl", "-n", os.environ.get("SWARROW_TEST_NODE", "rabbit@localhost")]
+    name = f"swarrow-perm-{uuid.uuid4().hex[:8]}"
+    password = "p/#?@%:w" + uuid.uuid4().hex[:6]
+
+    def run(*args: str) -> None:
+        subprocess.run([*ctl, *args], check=True, capture_output=True, timeout=60)
+
+    run("add_vhost", name)
+    try:
+        run("add_user", name, password)
+        run("set_permissions", "-p", name, name, "^allowed.*", ".*", ".*")
+        yield _with(amqp_url, vhost=name).replace("guest:guest@", f"{name}:{password}@")
+    finally:
+        run("delete_vhost", name)
+        subprocess.run([*ctl, "delete_user", name], check=False, capture_output=True, timeout=60)
+
+
+@pytest.mark.parametrize("command", ["declare", "consume"])
+def test_a_queue_the_user_may_not_configure_is_a_one_line_refusal_naming_it(
+    limited_user: str, command: str
+) -> None:
+    target = ["tests.cli_callbacks:ok", "--declare"] if command == "consume" else []
+    done = swarrow(command, *target, "--url", limited_user, "-q", "forbidden", "--no-retry")
+    assert done.returncode == 2, done.stderr
+    assert "RabbitMQ refused" in done.stderr and "'forbidden'" in done.stderr and "permission" in done.stderr
+    assert "crashed" not in done.stderr and "declaring failed" not in done.stderr
+    assert "p/#?@%:w" not in done.stderr + done.stdout
