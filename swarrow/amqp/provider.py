@@ -181,14 +181,21 @@ class AmqpMessageProvider(Settlement):
         await channel
         self._channel = channel
         await self._channel.set_qos(prefetch_count=self._prefetch)
-        self._channel.reopen_callbacks.add(self._on_reopen)
         self._wanted = True
         self._start_flusher()
         if self.stall_check_interval is not None and self._stall_watch is None:
             self._stall_watch = asyncio.get_running_loop().create_task(
                 watch_for_stall(self, self.stall_check_interval)
             )
-        await self._consume()
+        try:
+            await self._consume()
+        except aiormq.exceptions.ChannelAccessRefused as exc:
+            # A permission, not a connection loss: no "reopened … consuming again" for this channel.
+            raise ConfigurationError(
+                f"RabbitMQ refused to consume from queue {self._queue_name!r}: "
+                f"{exc.args[0] if exc.args else exc} (the user needs read permission on it)"
+            ) from None
+        self._channel.reopen_callbacks.add(self._on_reopen)
 
     def _on_channel_closed(self, underlay: aiormq.abc.AbstractChannel, _: object) -> None:
         """Forget what a dead channel delivered at once, not at the reconnect.

@@ -262,7 +262,7 @@ def test_no_retry_on_a_queue_with_a_dead_letter_exchange_says_so(amqp_url: str, 
 
 @pytest.fixture
 def limited_user(amqp_url: str) -> Iterator[str]:
-    """A user (an awkward password) on a vhost of its own, allowed to configure `allowed.*` only."""
+    """A user (awkward password), own vhost: declares `allowed.*` and `unreadable.*`, reads `allowed.*`."""
     if shutil.which("rabbitmqctl") is None:
         pytest.skip("rabbitmqctl is not installed here")
     ctl = ["rabbitmqctl", "-n", os.environ.get("SWARROW_TEST_NODE", "rabbit@localhost")]
@@ -270,16 +270,17 @@ def limited_user(amqp_url: str) -> Iterator[str]:
     password = "p/#?@%:w" + uuid.uuid4().hex[:6]
 
     def run(*args: str) -> None:
-        subprocess.run([*ctl, *args], check=True, capture_output=True, timeout=60)
+        done = subprocess.run([*ctl, *args], check=False, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, f"rabbitmqctl {args[0]}: {done.stdout}{done.stderr}"
 
     run("add_vhost", name)
     try:
         run("add_user", name, password)
-        run("set_permissions", "-p", name, name, "^allowed.*", ".*", ".*")
+        run("set_permissions", "-p", name, name, "^(allowed|unreadable).*", ".*", "^allowed.*")
         yield _with(amqp_url, vhost=name).replace("guest:guest@", f"{name}:{password}@")
     finally:
-        run("delete_vhost", name)
-        subprocess.run([*ctl, "delete_user", name], check=False, capture_output=True, timeout=60)
+        for cleanup in (["delete_vhost", name], ["delete_user", name]):
+            subprocess.run([*ctl, *cleanup], check=False, capture_output=True, timeout=60)
 
 
 @pytest.mark.parametrize("command", ["declare", "consume"])
@@ -291,4 +292,15 @@ def test_a_queue_the_user_may_not_configure_is_a_one_line_refusal_naming_it(
     assert done.returncode == 2, done.stderr
     assert "RabbitMQ refused" in done.stderr and "'forbidden'" in done.stderr and "permission" in done.stderr
     assert "crashed" not in done.stderr and "declaring failed" not in done.stderr
+    assert "p/#?@%:w" not in done.stderr + done.stdout
+
+
+def test_a_queue_the_user_may_not_read_is_a_one_line_refusal_naming_it(limited_user: str) -> None:
+    assert swarrow("declare", "--url", limited_user, "-q", "unreadable", "--no-retry").returncode == 0
+    target = ["tests.cli_callbacks:ok", "-q", "unreadable", "--no-retry"]
+    done = swarrow("consume", *target, "--url", limited_user)
+    assert done.returncode == 2, done.stderr
+    assert "RabbitMQ refused to consume from queue 'unreadable'" in done.stderr
+    assert "read permission" in done.stderr
+    assert "crashed" not in done.stderr and "connection loss" not in done.stderr
     assert "p/#?@%:w" not in done.stderr + done.stdout
