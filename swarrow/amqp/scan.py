@@ -133,7 +133,13 @@ class AmqpQueueScan:
             self.inline_delivery = install_inline_delivery(channel, self._take)
             channel.closing.add_done_callback(self._on_closed)
             await channel.basic_qos(prefetch_count=0)  # a pass holds the whole queue unacked
-            await channel.basic_consume(self._queue, self._on_delivery, no_ack=False)
+            try:
+                await channel.basic_consume(self._queue, self._on_delivery, no_ack=False)
+            except aiormq.exceptions.ChannelAccessRefused as exc:
+                raise ConfigurationError(
+                    f"RabbitMQ refused to read queue {self._queue!r}: {exc.args[0] if exc.args else exc} "
+                    "(the user needs read permission on it)"
+                ) from None
             self._publisher = await self._writer.channel(publisher_confirms=True, on_return_raises=True)
             self._publisher.closing.add_done_callback(self._on_closed)
             batch = BatchPublisher(self._publisher)

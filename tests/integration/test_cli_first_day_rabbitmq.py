@@ -304,3 +304,12 @@ def test_a_queue_the_user_may_not_read_is_a_one_line_refusal_naming_it(limited_u
     assert "read permission" in done.stderr
     assert "crashed" not in done.stderr and "connection loss" not in done.stderr
     assert "p/#?@%:w" not in done.stderr + done.stdout
+
+
+def test_a_dead_letter_queue_the_user_may_not_read_is_exit_2_naming_it(limited_user: str) -> None:
+    assert swarrow("declare", "--url", limited_user, "-q", "unreadable.dead", "--no-retry").returncode == 0
+    done = swarrow("dead", "list", "--url", limited_user, "-q", "unreadable")
+    assert done.returncode == 2, done.stderr
+    assert "RabbitMQ refused to read queue 'unreadable.dead'" in done.stderr
+    assert "read permission" in done.stderr
+    assert "p/#?@%:w" not in done.stderr + done.stdout
