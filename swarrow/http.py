@@ -149,7 +149,10 @@ def parse_metrics_addr(value: str) -> tuple[str, int]:
     ":PORT" follows Prometheus' exporters (`--web.listen-address=:9100`): every IPv4 interface, on
     purpose. A bare "PORT" keeps the safe default, loopback. A URL is refused, naming what to give.
     """
+    from swarrow.urls import mask_url
+
     text = value.strip()
+    value = mask_url(value)  # only shown from here on: a URL given by mistake may carry a password
     if "://" in text or "/" in text:
         raise ValueError(
             f"invalid metrics address {value!r}: give HOST:PORT (e.g. 127.0.0.1:9100), not a URL; "

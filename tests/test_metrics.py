@@ -322,6 +322,15 @@ def test_parse_metrics_addr_rejects_with_the_value(text: str) -> None:
         parse_metrics_addr(text)
 
 
+def test_a_metrics_address_given_as_a_url_with_a_password_is_refused_masked() -> None:
+    with pytest.raises(ValueError, match="invalid metrics address") as refused:
+        parse_metrics_addr("http://scrape:s3cr3t-pw@0.0.0.0:9100/metrics")
+    assert "s3cr3t-pw" not in str(refused.value) and "scrape:***@" in str(refused.value)
+    with pytest.raises(ValueError, match="invalid metrics address") as refused:
+        parse_metrics_addr("scrape:s3cr3t-pw@0.0.0.0:9100")
+    assert "s3cr3t-pw" not in str(refused.value)
+
+
 # --- examples/ ----------------------------------------------------------------------------------------------
 
 
