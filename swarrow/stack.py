@@ -8,6 +8,7 @@ from typing import Any, Concatenate, Generic, ParamSpec
 
 from swarrow.callback import Callback, CallbackProcessor
 from swarrow.control import ConsumerControl, _current
+from swarrow.errors import ConfigurationError
 from swarrow.processor import HasLifespan, Processor
 
 __all__ = ["BuiltStack", "Layer", "Stack"]
@@ -67,6 +68,31 @@ class BuiltStack:
             _current.reset(token)
 
 
+def _build(layer: LayerLike, inner: Processor) -> Processor:
+    """One layer around `inner`; `ConfigurationError` naming it when it fails or builds no processor."""
+    try:
+        built = layer.wrap(inner) if isinstance(layer, Layer) else layer(inner)
+    except ConfigurationError:
+        raise
+    except Exception as exc:
+        raise ConfigurationError(
+            f"layer {_name(layer)} failed to build around {type(inner).__name__}: "
+            f"{type(exc).__name__}: {exc} "
+            "(a layer takes the inner processor and returns an async callable taking a message)"
+        ) from exc
+    if not callable(built):
+        raise ConfigurationError(
+            f"layer {_name(layer)} built {type(built).__name__} {built!r:.60}, not a processor "
+            "(an async callable taking a message)"
+        )
+    return built
+
+
+def _name(layer: LayerLike) -> str:
+    factory = layer.factory if isinstance(layer, Layer) else layer
+    return str(getattr(factory, "__qualname__", None) or getattr(factory, "__name__", None) or factory)
+
+
 class Stack:
     """Layers around a callback, swarrot's order: the first layer listed sees the message first.
 
@@ -90,7 +116,7 @@ class Stack:
         inner: Processor = CallbackProcessor(self.callback)
         built: list[Processor] = [inner]
         for layer in reversed(self.layers):
-            inner = layer.wrap(inner) if isinstance(layer, Layer) else layer(inner)
+            inner = _build(layer, inner)
             built.append(inner)
         built.reverse()
         return BuiltStack(built)

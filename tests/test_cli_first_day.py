@@ -405,6 +405,24 @@ def test_layers_in_the_config_file_and_bad_layers(memory: tuple[str, MemoryBroke
     assert result.exit_code == EXIT_USAGE and "'layers' in [consumers.jobs]" in result.output
 
 
+@pytest.mark.parametrize(
+    ("layer", "why"),
+    [
+        ("examples.callbacks:send_email", "AttributeError"),  # a callback, not a processor factory
+        ("builtins:str", "not a processor"),  # builds, but into something that cannot take a message
+    ],
+)
+def test_a_layer_that_does_not_build_a_processor_is_exit_2_naming_it(
+    memory: tuple[str, MemoryBroker], layer: str, why: str
+) -> None:
+    url, _ = memory
+    result = invoke("consume", "tests.first_day_callbacks:ok", "--url", url, "-q", "jobs", "--declare",
+                    "--layer", layer, "--stop-when-idle", "1s")  # fmt: skip
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert f"layer {layer.split(':')[1]}" in result.output and why in result.output
+    assert "crashed" not in result.output
+
+
 # -- 22. a pool's default prefetch -------------------------------------------------------------------------
 
 
