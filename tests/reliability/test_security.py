@@ -13,7 +13,6 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import aio_pika
 import pytest
 from callbacks import Recorder
 
@@ -231,11 +230,15 @@ async def test_amqps_url_and_ssl_context_reach_the_connection(
     class Reached(Exception):
         pass
 
-    async def fake_connect_robust(url: str, **options: Any) -> None:
-        seen.update(options, url=url)
+    from swarrow.amqp.failover import FailoverConnection
+
+    async def fake_connect(self: FailoverConnection, timeout: Any = None) -> None:
+        seen.update(url=str(self.url), ssl_context=self.kwargs.get("context"))
         raise Reached
 
-    monkeypatch.setattr(aio_pika, "connect_robust", fake_connect_robust)
+    # The AMQP client's connection is aio-pika's robust one (swarrow's failover subclass of it): stop it
+    # where it would open the socket and look at what it was given.
+    monkeypatch.setattr(FailoverConnection, "connect", fake_connect)
     broker = open_broker(url, ssl_context=context)
     assert secret not in broker.url
     with pytest.raises(Reached):
