@@ -182,7 +182,8 @@ def default_stack(
         stack.append(Layer(ReplyProcessor, publisher=publisher, provider=provider, metrics=reply_metrics))
     stack.append(Layer(AckProcessor, provider=provider, requeue_on_error=requeue_on_error))
     if delivery_limit is not None:
-        assert publisher is not None
+        if publisher is None:
+            raise RuntimeError("internal state: publisher is unset here")
         stack.append(
             Layer(
                 DeliveryLimitProcessor,
@@ -192,7 +193,8 @@ def default_stack(
             )
         )
     if retry:
-        assert publisher is not None
+        if publisher is None:
+            raise RuntimeError("internal state: publisher is unset here")
         stack.append(
             Layer(
                 RetryProcessor,

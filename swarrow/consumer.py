@@ -87,7 +87,8 @@ class Consumer:
                 await self.provider.close()
         if self._crash is not None:
             raise self._crash
-        assert control.reason is not None
+        if control.reason is None:
+            raise RuntimeError("internal state: control.reason is unset here")
         logger.info(
             "consumer of %s stopped: %s",
             control.queue_name,

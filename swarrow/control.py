@@ -89,10 +89,12 @@ class ConsumerControl:
 
     async def wait_stop_requested(self) -> None:
         """Return once a stop (graceful or immediate) was asked for."""
-        assert self._stop_event is not None, "the consumer binds its control before running"
+        if self._stop_event is None:
+            raise RuntimeError("the consumer binds its control before running")
         await self._stop_event.wait()
 
     async def wait_stop_now_requested(self) -> None:
         """Return once an immediate stop was asked for."""
-        assert self._stop_now_event is not None, "the consumer binds its control before running"
+        if self._stop_now_event is None:
+            raise RuntimeError("the consumer binds its control before running")
         await self._stop_now_event.wait()

@@ -223,7 +223,8 @@ class AmqpMessageProvider(Settlement):
             self._flusher = asyncio.get_running_loop().create_task(self._flush_periodically(self._flush_due))
 
     async def _consume(self) -> None:
-        assert self._channel is not None
+        if self._channel is None:
+            raise RuntimeError("internal state: self._channel is unset here")
         underlay = await self._channel.get_underlay_channel()
         if underlay is not self._underlay:
             # A new channel: its delivery tags restart at 1, so nothing from the old one may be settled.
@@ -343,7 +344,8 @@ class AmqpMessageProvider(Settlement):
         delay = 0.2
         while self._wanted and self._consumer_tag is None:
             try:
-                assert self._channel is not None
+                if self._channel is None:
+                    raise RuntimeError("internal state: self._channel is unset here")
                 async with asyncio.timeout(self.broker.connect_timeout):  # a silent broker: try again
                     await self._channel.ready()
                     if await self.broker.inspect_queue(self._queue_name) is not None:

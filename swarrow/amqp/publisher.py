@@ -63,7 +63,8 @@ class AmqpPublisher:
                     channel = connection.channel(publisher_confirms=True, on_return_raises=True)
                     await channel
                     self._channel = channel
-        assert self._channel is not None
+        if self._channel is None:
+            raise RuntimeError("internal state: self._channel is unset here")
         return await self._channel.get_underlay_channel()
 
     async def publish(

@@ -214,7 +214,8 @@ class WorkerPool:
                 continue
             slot.current = None
             info = worker.exit
-            assert info is not None
+            if info is None:
+                raise RuntimeError("internal state: info is unset here")
             if self._stopping:
                 logger.info(
                     "worker %d (pid %d) stopped after %d messages: %s",
@@ -281,7 +282,8 @@ class WorkerPool:
         """Wait `delay` before the slot's next start; False if the pool began to stop meanwhile."""
         slot.restart_at = time.monotonic() + delay
         self._refresh()
-        assert self._stop_event is not None
+        if self._stop_event is None:
+            raise RuntimeError("internal state: self._stop_event is unset here")
         with anyio.move_on_after(delay):
             await self._stop_event.wait()
         slot.restart_at = None
@@ -353,7 +355,8 @@ class WorkerPool:
             f" to replace one ({restart_reason})" if restart_reason else "",
             extra={"worker": slot.index, "pid": worker.pid},
         )
-        assert self._workers_tg is not None
+        if self._workers_tg is None:
+            raise RuntimeError("internal state: self._workers_tg is unset here")
         self._workers_tg.start_soon(self._reap, worker)
         if self._stopping:  # a stop raced the spawn
             worker.terminate()
@@ -420,7 +423,8 @@ class WorkerPool:
             )
             return
         logger.warning("%s: rolling restart of %d workers", why, self.workers)
-        assert self._workers_tg is not None
+        if self._workers_tg is None:
+            raise RuntimeError("internal state: self._workers_tg is unset here")
         self._rolling = True
         self._workers_tg.start_soon(self._rolling_restart)
 
@@ -447,7 +451,8 @@ class WorkerPool:
         the old worker in place, so a broken deploy does not take the pool down.
         """
         old = slot.current
-        assert old is not None
+        if old is None:
+            raise RuntimeError("internal state: old is unset here")
         try:
             new = await self._spawn(slot, restart_reason="rolling_restart", incoming=True)
         except OSError as exc:
@@ -515,11 +520,13 @@ class WorkerPool:
             return
         self._stopping = True
         self.exit_code = exit_code
-        assert self._stop_event is not None
+        if self._stop_event is None:
+            raise RuntimeError("internal state: self._stop_event is unset here")
         self._stop_event.set()
         for worker in list(self._live.values()):
             worker.terminate()
-        assert self._tg is not None
+        if self._tg is None:
+            raise RuntimeError("internal state: self._tg is unset here")
         self._tg.start_soon(self._kill_after, self.grace_period + self.kill_after)
         self._refresh()
 
@@ -529,7 +536,8 @@ class WorkerPool:
         for worker in list(self._live.values()):
             if worker.terminations < 2:
                 worker.terminate()
-        assert self._tg is not None
+        if self._tg is None:
+            raise RuntimeError("internal state: self._tg is unset here")
         self._tg.start_soon(self._kill_after, self.kill_after)
 
     async def _kill_after(self, seconds: float) -> None:
