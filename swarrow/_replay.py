@@ -125,7 +125,11 @@ class _Replay:
         if exists is None:
             if len(self._exists) >= 1000:  # garbage headers must not grow this without bound
                 self._exists.clear()
-            exists = self._exists[target] = await self.scan.queue_exists(target)
+            try:
+                exists = self._exists[target] = await self.scan.queue_exists(target)
+            except ConfigurationError as exc:  # a name the client refuses: this letter stays
+                self.fail(str(exc))
+                return None
         if not exists:
             self.fail(f"target queue {target!r} does not exist")
             return None

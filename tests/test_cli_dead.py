@@ -97,6 +97,9 @@ def test_purge_asks_on_a_terminal_and_refuses_without_one(url: str, monkeypatch:
         (["replay", "-q", "jobs", "--since", "2h", "--until", "3h"], "is not before --until"),
         (["purge", "-q", "jobs", "--older-than", "soon", "--yes"], "invalid duration 'soon'"),
         (["replay", "-q", "jobs", "--to", "jobs.dead"], "cannot replay 'jobs.dead' into itself"),
+        (["replay", "-q", "jobs", "--since", "99999999d"], "out of range"),  # was an OverflowError traceback
+        (["purge", "-q", "jobs", "--older-than", "99999999d", "--yes"], "out of range"),  # was exit 1
+        (["purge", "-q", "jobs", "--older-than", "999999999999999d", "--yes"], "out of range"),
     ],
 )
 def test_bad_input_is_exit_2_naming_it(url: str, args: list[str], message: str) -> None:

@@ -49,6 +49,11 @@ _GONE: Final = (
 )
 
 
+def _printable(name: str) -> str:
+    """`name` quoted with control characters escaped and cut (it may be a producer's header)."""
+    return repr(name[:100] + ("…" if len(name) > 100 else ""))
+
+
 class AmqpQueueScan:
     """A `QueueScan` over a RabbitMQ queue (see the module docstring for how it stays safe and small)."""
 
@@ -202,8 +207,15 @@ class AmqpQueueScan:
                     await channel.close()
         except aiormq.exceptions.ChannelNotFoundEntity:
             return None
+        except aiormq.exceptions.ChannelLockedResource:
+            return 0  # another connection's exclusive queue: it exists, and takes publishes
         except _GONE as exc:
             raise self._broker_gone(exc) from None
+        except ValueError:  # pamqp's own check: RabbitMQ takes any UTF-8, the client does not
+            raise ConfigurationError(
+                f"{_printable(name)} is not a queue name the AMQP client can check "
+                "(letters, digits and - _ . : @ # , / + space only)"
+            ) from None
         return int(ok.message_count or 0)
 
     async def queue_exists(self, name: str) -> bool:

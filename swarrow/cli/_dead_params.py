@@ -25,6 +25,7 @@ from swarrow.units import parse_duration
 __all__ = [
     "Instant",
     "call",
+    "check_age",
     "common_options",
     "echo_json",
     "queue_to_read",
@@ -36,6 +37,24 @@ __all__ = [
 T = TypeVar("T")
 
 
+def _ago(text: str, seconds: float) -> datetime:
+    """Now minus `seconds`; a ValueError naming `text` when that is before year 1."""
+    try:
+        return datetime.now(UTC) - timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValueError(f"duration {text!r} is out of range (it reaches back before year 1)") from None
+
+
+def check_age(value: float | None) -> float | None:
+    """`--older-than`: a duration that now minus it can still be a date, or a usage error."""
+    if value is not None:
+        try:
+            _ago(f"{value:g}s", value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--older-than'") from None
+    return value
+
+
 def _instant(text: str) -> datetime:
     """An ISO-8601 date or time (UTC unless it says otherwise), or a duration ago (`2h`, `7d`)."""
     try:
@@ -43,7 +62,7 @@ def _instant(text: str) -> datetime:
     except ValueError:
         pass
     else:
-        return datetime.now(UTC) - timedelta(seconds=seconds)
+        return _ago(text, seconds)
     try:
         value = datetime.fromisoformat(text.strip())
     except ValueError:

@@ -21,6 +21,7 @@ from swarrow.cli._dead_output import describe_letter, letter_as_json, list_lines
 from swarrow.cli._dead_params import (
     Instant,
     call,
+    check_age,
     common_options,
     echo_json,
     queue_to_read,
@@ -337,6 +338,7 @@ def purge(
     Asks first, unless --yes; refuses without --yes when stdin is not a terminal (exit 2).
     """
     name = queue_to_read(queue, dead_queue)
+    older_than = check_age(older_than)
     chosen = selection(error_types, message_ids)
     target = resolve_url(ctx, url, config_path)
     run = functools.partial(dl.purge_dead_letters, queue=name, selection=chosen, older_than=older_than)

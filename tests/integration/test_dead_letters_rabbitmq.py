@@ -151,6 +151,47 @@ async def test_replay_into_a_missing_queue_fails_and_keeps_the_letter(
     assert await ids(amqp_url, dead) == ["m1", "m2"]
 
 
+async def test_an_original_queue_name_the_client_cannot_check_fails_that_letter_only(
+    amqp_broker: AmqpBroker, amqp_url: str, queue_name: str
+) -> None:
+    # pamqp refuses queue names outside [a-zA-Z0-9-_.:@#,/+ ] in a declare (RabbitMQ allows any
+    # UTF-8): one such header (another client's queue, or a producer's garbage) aborted the whole
+    # replay with `ValueError: Invalid value for queue`.
+    dead = f"{queue_name}.dead"
+    await amqp_broker.declare_queue(queue_name)
+    await amqp_broker.declare_queue(dead)
+    await fill(amqp_broker, dead, [letter(1, queue=queue_name), letter(2, queue="jobs!\x1b[31m"),
+                                   letter(3, queue="émails"), letter(4, queue=queue_name)])  # fmt: skip
+    result = await dl.replay_dead_letters(amqp_broker, dead)
+    assert (result.replayed, result.kept, result.failed) == (2, 0, 2)
+    assert any("not a queue name" in reason for reason in result.failures)
+    assert await ids(amqp_url, queue_name) == ["m1", "m4"]
+    assert await ids(amqp_url, dead) == ["m2", "m3"]
+    with pytest.raises(ConfigurationError, match="not a queue name"):
+        await dl.replay_dead_letters(amqp_broker, dead, to="jobs!")
+    with pytest.raises(ConfigurationError, match="not a queue name"):
+        await dl.list_dead_letters(amqp_broker, "dead!")
+
+
+async def test_a_replay_to_another_connections_exclusive_queue_goes_through(
+    amqp_broker: AmqpBroker, amqp_url: str, queue_name: str
+) -> None:
+    # Its passive declare is refused (RESOURCE_LOCKED): that crashed the replay (exit 1).
+    dead = f"{queue_name}.dead"
+    await amqp_broker.declare_queue(dead)
+    await fill(amqp_broker, dead, [letter(1, queue=queue_name), letter(2, queue=queue_name)])
+    owner = await aio_pika.connect(amqp_url)
+    try:
+        channel = await owner.channel()
+        reply = await channel.declare_queue(queue_name, exclusive=True)
+        result = await dl.replay_dead_letters(amqp_broker, dead)
+        assert (result.replayed, result.failed) == (2, 0)
+        assert [(await reply.get(no_ack=True)).message_id for _ in range(2)] == ["m1", "m2"]
+    finally:
+        await owner.close()
+    assert await ids(amqp_url, dead) == []
+
+
 async def test_purge_with_a_filter_only_takes_the_selected(
     amqp_broker: AmqpBroker, amqp_url: str, topology: str
 ) -> None:
