@@ -86,7 +86,7 @@ class PostgresBackend:
                 await self._migrate(conn)
                 self._migrated = True
         except BaseException:
-            await conn.close(timeout=1)
+            conn.terminate()  # at once: awaiting a close here would itself be cancelled by a deadline
             raise
         self._conn = conn
         return conn
@@ -117,14 +117,19 @@ class PostgresBackend:
             ) from None
 
     async def close(self) -> None:
-        """Close the connection (bounded: a dead server does not hold the caller)."""
-        async with self._lock:
-            conn, self._conn = self._conn, None
-        if conn is not None and not conn.is_closed():
-            try:
-                await conn.close(timeout=2)
-            except Exception:
+        """Close the connection (bounded: a dead server does not hold the caller; cancelled, it drops it)."""
+        conn = self._conn
+        try:
+            async with self._lock:
+                conn, self._conn = self._conn, None
+                if conn is not None and not conn.is_closed():
+                    await conn.close(timeout=2)
+        except BaseException as exc:  # a server that does not answer, or the caller's deadline
+            self._conn = None
+            if conn is not None:
                 conn.terminate()
+            if not isinstance(exc, Exception):
+                raise
 
     async def _run(self, what: str, call: Any) -> Any:
         async with self._lock:
