@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
@@ -61,6 +62,7 @@ class PostgresBackend:
             raise ConfigurationError(
                 f"a PostgreSQL job store URL names a host and a database, got {mask_store_url(url)!r}"
             )
+        _check_ports(url)
         return cls(url)
 
     async def connect(self) -> None:
@@ -86,7 +88,7 @@ class PostgresBackend:
                 await self._migrate(conn)
                 self._migrated = True
         except BaseException:
-            await conn.close(timeout=1)
+            conn.terminate()  # at once: awaiting a close here would itself be cancelled by a deadline
             raise
         self._conn = conn
         return conn
@@ -117,14 +119,19 @@ class PostgresBackend:
             ) from None
 
     async def close(self) -> None:
-        """Close the connection (bounded: a dead server does not hold the caller)."""
-        async with self._lock:
-            conn, self._conn = self._conn, None
-        if conn is not None and not conn.is_closed():
-            try:
-                await conn.close(timeout=2)
-            except Exception:
+        """Close the connection (bounded: a dead server does not hold the caller; cancelled, it drops it)."""
+        conn = self._conn
+        try:
+            async with self._lock:
+                conn, self._conn = self._conn, None
+                if conn is not None and not conn.is_closed():
+                    await conn.close(timeout=2)
+        except BaseException as exc:  # a server that does not answer, or the caller's deadline
+            self._conn = None
+            if conn is not None:
                 conn.terminate()
+            if not isinstance(exc, Exception):
+                raise
 
     async def _run(self, what: str, call: Any) -> Any:
         async with self._lock:
@@ -172,6 +179,22 @@ class PostgresBackend:
         tag: str = await self._run("a statement", call)
         last = tag.rsplit(" ", 1)[-1]
         return int(last) if last.isdigit() else 0
+
+
+def _check_ports(url: str) -> None:
+    """Refuse a port that is not a number in 1-65535 now (asyncpg would say `invalid literal for int()`)."""
+    rest = url.partition("://")[2]
+    hosts = re.split(r"[/?#]", rest[rest.rfind("@") + 1 :], maxsplit=1)[0]  # credentials end at the last @
+    for host in hosts.split(","):
+        port = host.rpartition("]")[2] if host.startswith("[") else host
+        if ":" not in port:
+            continue
+        port = port.rpartition(":")[2]
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ConfigurationError(
+                f"a PostgreSQL job store URL has port {port!r}, not a number in 1-65535: "
+                f"{mask_store_url(url)!r}"
+            )
 
 
 def _reason(exc: BaseException, dsn: str) -> str:

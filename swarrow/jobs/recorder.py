@@ -8,6 +8,7 @@ buffer is full or the store is down, records are dropped and counted — never a
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import weakref
 from collections.abc import AsyncIterator
@@ -105,19 +106,21 @@ class JobRecorder:
     async def running(self, queue: str) -> AsyncIterator[None]:
         """Write batches in the background; at the end, write what is left (bounded by `close_timeout`)."""
         self._queue = queue
+        deadline = math.inf  # set once the consumer stops: close_timeout bounds the whole closing
         try:
             async with anyio.create_task_group() as background:
                 background.start_soon(self._flush_forever)
                 try:
                     yield
                 finally:
-                    scope = self._write_scope  # a write in progress gets close_timeout, not write_timeout
+                    deadline = anyio.current_time() + self.close_timeout
+                    scope = self._write_scope  # a write in progress gets what is left of close_timeout
                     if scope is not None:
-                        scope.deadline = min(scope.deadline, anyio.current_time() + self.close_timeout)
+                        scope.deadline = min(scope.deadline, deadline)
                     background.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
-                deadline = anyio.current_time() + self.close_timeout
+                deadline = min(deadline, anyio.current_time() + self.close_timeout)
                 while self._pending or self.buffer:
                     left_s = deadline - anyio.current_time()
                     if left_s <= 0 or (not await self._flush_once(left_s) and self._tries == 0):
@@ -127,7 +130,7 @@ class JobRecorder:
                     self._drop_batch(left, "the consumer stopped")
                 self._push_drops()
                 if self.close_store:
-                    with anyio.move_on_after(self.close_timeout):
+                    with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
                         await self.store.close()
 
     async def _flush_forever(self) -> None:

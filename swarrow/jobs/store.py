@@ -18,7 +18,10 @@ from swarrow.validation import require_int
 
 __all__ = ["JobBackend", "JobStore", "JobStoreError", "mask_store_url"]
 
-_QUERY_PASSWORD: Final = re.compile(r"([?&]password=)[^&#]*")
+# `password=`, `sslpassword=`, any case, in a query string or libpq's keyword form (`host=h password='a b'`).
+_PASSWORD_PARAM: Final = re.compile(
+    r"((?:^|[\s?&;])[a-z_]*password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s&#;]*)", re.IGNORECASE
+)
 
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM swarrow_jobs"
 _CHUNK = 500  # ids per IN (…): well under SQLite's and asyncpg's parameter limits
@@ -57,9 +60,9 @@ class JobBackend(Protocol):
 
 def mask_store_url(url: str) -> str:
     """`url` with any password replaced by `***`, whatever its shape (for logs and error messages)."""
-    # The user-info part as every URL swarrow prints (a password may hold `/ ? # @`), then libpq's
-    # `?password=` query parameter.
-    return _QUERY_PASSWORD.sub(r"\1***", mask_url(url))
+    # The user-info part as every URL swarrow prints (a password may hold `/ ? # @`), then any
+    # `password=` parameter (a query string's, `sslpassword`, libpq's `key=value` form).
+    return _PASSWORD_PARAM.sub(r"\1***", mask_url(url))
 
 
 def _check_state(state: str | None) -> None:
