@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import quote, unquote
 
 import anyio
 
@@ -63,7 +64,7 @@ class PostgresBackend:
                 f"a PostgreSQL job store URL names a host and a database, got {mask_store_url(url)!r}"
             )
         _check_ports(url)
-        return cls(url)
+        return cls(_encoded_credentials(url))
 
     async def connect(self) -> None:
         """Connect and migrate the schema under an advisory lock."""
@@ -181,6 +182,21 @@ class PostgresBackend:
         return int(last) if last.isdigit() else 0
 
 
+def _encoded_credentials(url: str) -> str:
+    """`url` with user and password percent-encoded, so a raw password holding `/ # ? @ :` works.
+
+    The credentials end at the last `@`, as in swarrow's amqp:// URLs; asyncpg would split at the
+    first `/` and read the rest of the password as a port. Already encoded ones stay as they are.
+    """
+    scheme, separator, rest = url.partition("://")
+    at = rest.rfind("@")
+    if at < 0:
+        return url
+    user, colon, password = rest[:at].partition(":")
+    credentials = quote(unquote(user), safe="") + (":" + quote(unquote(password), safe="") if colon else "")
+    return f"{scheme}{separator}{credentials}@{rest[at + 1 :]}"
+
+
 def _check_ports(url: str) -> None:
     """Refuse a port that is not a number in 1-65535 now (asyncpg would say `invalid literal for int()`)."""
     rest = url.partition("://")[2]
@@ -200,7 +216,8 @@ def _check_ports(url: str) -> None:
 def _reason(exc: BaseException, dsn: str) -> str:
     """The driver's message, with the URL's password masked should it echo it."""
     text = str(exc) or type(exc).__name__
-    password = dsn.partition("://")[2].partition("@")[0].partition(":")[2] if "@" in dsn else ""
-    if password and password in text:
-        text = text.replace(password, "***")
+    password = dsn.partition("://")[2].rpartition("@")[0].partition(":")[2] if "@" in dsn else ""
+    for shape in (password, unquote(password)):  # as written in the URL, and as sent to the server
+        if shape and shape in text:
+            text = text.replace(shape, "***")
     return text

@@ -66,3 +66,21 @@ def test_several_hosts_and_default_ports_are_accepted() -> None:
     ]
     for url in good:
         assert JobStore.open(url).url.startswith("postgres")
+
+
+ODD_PASSWORD = "p/#?@%:x"
+
+
+def test_a_raw_password_holding_url_characters_reaches_postgresql_as_written(postgres_url: str) -> None:
+    # As with amqp:// URLs, the credentials end at the last '@': the server must be asked, as user
+    # swarrow, with that password (it refuses it: exit 4), not the URL misread ('invalid literal for int()').
+    scheme, _, rest = postgres_url.partition("://")
+    location = rest.rpartition("@")[2]
+    url = f"{scheme}://swarrow:{ODD_PASSWORD}@{location}"
+    result = CliRunner().invoke(cli, ["jobs", "status", "x", "--store", url])
+    assert result.exit_code == 4, result.output
+    assert 'password authentication failed for user "swarrow"' in result.output
+    assert ODD_PASSWORD not in result.output and "swarrow:***@" in result.output
+    # an already percent-encoded password still works (sw%61rrow is the test server's 'swarrow')
+    encoded = f"{scheme}://swarrow:sw%61rrow@{location}"
+    assert CliRunner().invoke(cli, ["jobs", "status", "x", "--store", encoded]).exit_code == 6
