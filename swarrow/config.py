@@ -20,6 +20,9 @@ memory_limit = "512MiB"
 
 [consumers.emails.retry]
 delays = "5s,1m,10m"
+
+[jobs]
+store = "sqlite:///jobs.db"   # every consumer's track_jobs (a consumer may set its own, or false)
 ```
 
 Every value is checked when the file is read, and an unknown key is an error naming the key, its
@@ -62,6 +65,13 @@ def _url(value: Any) -> str:
     if isinstance(value, str) and value:
         return value
     raise ValueError(f"expected a broker URL or a list of them, got {type(value).__name__}")
+
+
+def _track_jobs(value: Any) -> str | None:
+    # false: this consumer does not track, whatever [jobs] store says for the file's other consumers.
+    if value is False:
+        return None
+    return _str(value)
 
 
 def _dead_letter_strategy(value: Any) -> str:
@@ -163,7 +173,7 @@ _CONSUMER_SCHEMA: Final[Mapping[str, Mapping[str, tuple[str, Converter]]]] = {
         "dead_letter_strategy": ("dead_letter_strategy", _dead_letter_strategy),
         "uvloop": ("uvloop", _bool),
         "layers": ("layers", _layers),
-        "track_jobs": ("track_jobs", _str),
+        "track_jobs": ("track_jobs", _track_jobs),
         "otel": ("otel", _bool),
         "serial_header": ("serial_header", _str),
     },
@@ -195,6 +205,8 @@ _CONSUMER_SCHEMA: Final[Mapping[str, Mapping[str, tuple[str, Converter]]]] = {
 _TOP_SCHEMA: Final[Mapping[str, Mapping[str, tuple[str, Converter]]]] = {
     "connection": {"url": ("url", _url)},
     "logging": _CONSUMER_SCHEMA["logging"],
+    # The file's job store: every consumer's track_jobs unless it sets its own, and what `swarrow jobs` asks.
+    "jobs": {"store": ("track_jobs", _str)},
 }
 
 
@@ -215,7 +227,7 @@ class ConsumerConfig:
 
 @dataclass(frozen=True, slots=True)
 class SwarrowConfig:
-    """A whole `swarrow.toml`: shared values (connection, logging) and the named consumers."""
+    """A whole `swarrow.toml`: shared values (connection, logging, jobs) and the named consumers."""
 
     source: str
     shared: Mapping[str, Any]

@@ -12,6 +12,7 @@ from typing import Any, Final, TypeVar
 
 import click
 
+from swarrow.cli._jobs_store import store_options
 from swarrow.cli.bootstrap import run_anyio
 from swarrow.cli.errors import CliError
 from swarrow.errors import ConfigurationError
@@ -37,6 +38,7 @@ _EPILOG = (
     "\b\nExit status (status, unfinished):\n"
     + "\n".join(f"  {code}  {text}" for code, text in JOBS_EXIT_CODES.items())
     + "\n\n\b\nEnvironment:\n  SWARROW_TRACK_JOBS  the job store URL used when --store is not given"
+    " (wins over --config)"
 )
 _FAILED_STATES: Final = frozenset({"failed", "dead_lettered", "expired"})
 
@@ -51,17 +53,6 @@ def status_exit_code(jobs: dict[str, Job | None]) -> int:
     if states - FINAL_STATES:
         return EXIT_JOBS_UNFINISHED
     return EXIT_OK
-
-
-def _store_option(func: Callable[..., T]) -> Callable[..., T]:
-    return click.option(
-        "--store",
-        "store_url",
-        envvar="SWARROW_TRACK_JOBS",
-        metavar="URL",
-        help="The job store: sqlite:///path/jobs.db or postgresql://user:password@host/db "
-        "(env SWARROW_TRACK_JOBS; what `consume --track-jobs` writes to).",
-    )(func)
 
 
 def _json_option(func: Callable[..., T]) -> Callable[..., T]:
@@ -89,7 +80,11 @@ def _since(text: str | None) -> float | None:
 def _ask(store_url: str | None, question: Callable[[JobStore], Awaitable[T]]) -> T:
     """Open the store, ask, close; store errors become exit codes 2 (unusable URL) and 4 (unreachable)."""
     if not store_url:
-        raise CliError("no job store: pass --store URL or set SWARROW_TRACK_JOBS", EXIT_USAGE)
+        raise CliError(
+            "no job store: pass --store URL, set SWARROW_TRACK_JOBS, or --config FILE naming one "
+            "(no ./swarrow.toml here)",
+            EXIT_USAGE,
+        )
     try:
         store = JobStore.open(store_url)
     except ConfigurationError as exc:
@@ -154,14 +149,14 @@ def _echo_json(data: Any) -> None:
 def jobs() -> None:
     """Ask the job store (consume --track-jobs) what became of jobs.
 
-    The store is the one `swarrow consume --track-jobs URL` writes to: give it with --store URL or
-    SWARROW_TRACK_JOBS.
+    The store is the one `swarrow consume --track-jobs URL` writes to: give it with --store URL,
+    SWARROW_TRACK_JOBS, or --config FILE (its [jobs] store or its consumers' track_jobs).
     """
 
 
 @jobs.command(epilog=_EPILOG)
 @click.argument("ids", nargs=-1, metavar="ID...")
-@_store_option
+@store_options
 @_json_option
 def status(ids: Sequence[str], store_url: str | None, as_json: bool) -> None:
     """Print each job's state, attempts and last error.
@@ -188,7 +183,7 @@ def status(ids: Sequence[str], store_url: str | None, as_json: bool) -> None:
 
 @jobs.command(epilog=_EPILOG)
 @click.argument("ids", nargs=-1, metavar="ID...")
-@_store_option
+@store_options
 @_json_option
 def unfinished(ids: Sequence[str], store_url: str | None, as_json: bool) -> None:
     """Print the ids not finished: running, retrying or never seen.
@@ -212,7 +207,7 @@ def unfinished(ids: Sequence[str], store_url: str | None, as_json: bool) -> None
     "--since", metavar="T", help="Only jobs updated since T: a duration ago (2h, 7d) or an ISO time."
 )
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most N jobs.")
-@_store_option
+@store_options
 @_json_option
 def list_(queue: str | None, state: str | None, since: str | None, limit: int, store_url: str | None,
           as_json: bool) -> None:  # fmt: skip
@@ -235,7 +230,7 @@ def list_(queue: str | None, state: str | None, since: str | None, limit: int, s
 @click.option(
     "--since", metavar="T", help="Only jobs updated since T: a duration ago (2h, 7d) or an ISO time."
 )
-@_store_option
+@store_options
 @_json_option
 def stats(queue: str | None, since: str | None, store_url: str | None, as_json: bool) -> None:
     """Count jobs by state, with duration percentiles and top errors."""
@@ -262,7 +257,7 @@ def stats(queue: str | None, since: str | None, store_url: str | None, as_json: 
 @click.option(
     "--state", type=click.Choice(JOB_STATES), help="Only this state (default: every finished state)."
 )
-@_store_option
+@store_options
 def prune(older_than: str, state: str | None, store_url: str | None) -> None:
     """Delete finished jobs last updated more than AGE ago.
 
