@@ -14,6 +14,7 @@ from uuid import uuid4
 from prometheus_client import CollectorRegistry
 
 from processors._rss import RssReader
+from swarrow._dead_letter import REPLAY_COUNT_HEADER
 from swarrow.control import ConsumerControl
 from swarrow.jobs.model import (
     DEAD_LETTERED,
@@ -129,7 +130,11 @@ class JobTrackerProcessor:
         else:
             job_id = uuid4().hex
             message = message.replace(headers={**headers, JOB_ID_HEADER: job_id})
-        attempt = (header_count(headers.get(RETRY_ATTEMPT_HEADER)) or 0) + 1 if headers else 1
+        if headers:
+            attempt = (header_count(headers.get(RETRY_ATTEMPT_HEADER)) or 0) + 1
+            replays = header_count(headers.get(REPLAY_COUNT_HEADER)) or 0
+        else:
+            attempt, replays = 1, 0
         queue = message.queue
         started = self.clock()
         t0 = perf_counter()
@@ -138,7 +143,7 @@ class JobTrackerProcessor:
         if len(buffer) < self.buffer_size:
             buffer.append(
                 JobRecord(job_id, queue, RUNNING, attempt, started, started, None, None, self._host,
-                          self._pid, rss_before, None, None, None)
+                          self._pid, rss_before, None, None, None, replays)
             )  # fmt: skip
         else:
             self.recorder.full()
@@ -150,10 +155,10 @@ class JobTrackerProcessor:
             outcome = get_outcome()
             state = RETRYING if outcome == "requeued" else FAILED
             error = get_error() or (qualified_name(exc), str(exc)[:MAX_ERROR_MESSAGE])
-            self._finish(job_id, queue, state, attempt, started, t0, rss_before, error)
+            self._finish(job_id, queue, state, attempt, replays, started, t0, rss_before, error)
             raise
         state = _STATE_AFTER_RETURN.get(get_outcome(), SUCCEEDED)
-        self._finish(job_id, queue, state, attempt, started, t0, rss_before, get_error())
+        self._finish(job_id, queue, state, attempt, replays, started, t0, rss_before, get_error())
         return keep_going
 
     def _memory(self, now: float) -> int:
@@ -170,6 +175,7 @@ class JobTrackerProcessor:
         queue: str,
         state: str,
         attempt: int,
+        replays: int,
         started: float,
         t0: float,
         rss_before: int,
@@ -182,7 +188,8 @@ class JobTrackerProcessor:
             error_type, error_message = error if error is not None else (None, None)
             buffer.append(
                 JobRecord(job_id, queue, state, attempt, started, started, self.clock(), duration,
-                          self._host, self._pid, rss_before, self._memory(end), error_type, error_message)
+                          self._host, self._pid, rss_before, self._memory(end), error_type, error_message,
+                          replays)
             )  # fmt: skip
         else:
             self.recorder.full()

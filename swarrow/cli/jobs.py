@@ -174,7 +174,9 @@ def status(ids: Sequence[str], store_url: str | None, as_json: bool) -> None:
             if job is None:
                 click.echo(f"{_one_line(job_id)}  unknown")
                 continue
-            line = f"{_one_line(job_id)}  {job.state}  attempts={job.attempts}  duration={_duration(job)}"
+            replays = f"  replays={job.replays}" if job.replays else ""
+            line = f"{_one_line(job_id)}  {job.state}  attempts={job.attempts}{replays}"
+            line += f"  duration={_duration(job)}"
             if job.error_type:
                 line += f"  last error: {_one_line(job.error_type)}: {_one_line(job.error_message)}"
             click.echo(line)
@@ -221,7 +223,8 @@ def list_(queue: str | None, state: str | None, since: str | None, limit: int, s
         error = f"  {_one_line(job.error_type)}: {_one_line(job.error_message, 60)}" if job.error_type else ""
         click.echo(
             f"{job.updated.strftime('%Y-%m-%d %H:%M:%S')}  {_one_line(job.id)}  {job.queue}  {job.state}"
-            f"  attempts={job.attempts}  {_duration(job)}  {job.host}:{job.pid}{error}"
+            f"  attempts={job.attempts}{f'  replays={job.replays}' if job.replays else ''}"
+            f"  {_duration(job)}  {job.host}:{job.pid}{error}"
         )
 
 

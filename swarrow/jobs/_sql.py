@@ -21,10 +21,10 @@ Dialect: TypeAlias = Literal["sqlite", "postgresql"]
 
 TABLE: Final = "swarrow_jobs"
 VERSION_TABLE: Final = "swarrow_jobs_schema"
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 COLUMNS: Final = (
     "id", "queue", "state", "attempts", "first_seen", "started", "finished", "duration", "updated",
-    "host", "pid", "rss_before", "rss_after", "error_type", "error_message",
+    "host", "pid", "rss_before", "rss_after", "error_type", "error_message", "replays",
 )  # fmt: skip
 
 # Times are Unix seconds (UTC) in both databases, so one query text serves both.
@@ -51,8 +51,14 @@ CREATE INDEX IF NOT EXISTS swarrow_jobs_state_updated ON swarrow_jobs (state, up
 CREATE INDEX IF NOT EXISTS swarrow_jobs_queue_updated ON swarrow_jobs (queue, updated);
 """
 
+# A job brought back from its dead-letter queue (`swarrow dead replay`) starts its attempts afresh: the
+# replay count orders its records before the attempts do, so the replay's outcome replaces the dead letter.
+_V2 = """
+ALTER TABLE swarrow_jobs ADD COLUMN replays INTEGER NOT NULL DEFAULT 0
+"""
+
 # Migration k brings the schema from version k-1 to k; append, never edit one that shipped.
-_MIGRATIONS: Final = (_V1,)
+_MIGRATIONS: Final = (_V1, _V2)
 
 
 def migrations(dialect: Dialect, current: int) -> list[tuple[int, list[str]]]:
@@ -69,16 +75,16 @@ def migrations(dialect: Dialect, current: int) -> list[tuple[int, list[str]]]:
 def upsert(dialect: Dialect) -> str:
     """Insert a record, or merge it into the row by the rule of `JobRecord` (and `merge_records`).
 
-    The newer of the two (by attempts, started, finished-or-not) gives every column; first_seen is the
-    earliest; an error sticks, and an older record's error fills a row that has none (the retrying
+    The newer of the two (by replays, attempts, started, finished-or-not) gives every column; first_seen is
+    the earliest; an error sticks, and an older record's error fills a row that has none (the retrying
     record of attempt 1 may reach the store after the success of attempt 2, from another worker).
     """
     least = "min" if dialect == "sqlite" else "LEAST"
     names = ", ".join(COLUMNS)
     values = ", ".join("?" for _ in COLUMNS)
     newer = (
-        "(excluded.attempts, excluded.started, excluded.state <> 'running') "
-        ">= (swarrow_jobs.attempts, swarrow_jobs.started, swarrow_jobs.state <> 'running')"
+        "(excluded.replays, excluded.attempts, excluded.started, excluded.state <> 'running') >= "
+        "(swarrow_jobs.replays, swarrow_jobs.attempts, swarrow_jobs.started, swarrow_jobs.state <> 'running')"
     )
     keep = ("first_seen", "error_type", "error_message")
     updates = [
@@ -108,7 +114,7 @@ def upsert(dialect: Dialect) -> str:
 # PostgreSQL types of COLUMNS, for one array parameter per column.
 _PG_TYPES: Final = (
     "text", "text", "text", "int4", "float8", "float8", "float8", "float8", "float8",
-    "text", "int4", "int8", "int8", "text", "text",
+    "text", "int4", "int8", "int8", "text", "text", "int4",
 )  # fmt: skip
 
 

@@ -49,8 +49,9 @@ MAX_JOB_ID: Final = 255
 class JobRecord(NamedTuple):
     """One step of one job as a worker saw it (times in Unix seconds); the store keeps the latest per id.
 
-    "Latest" is the largest (attempts, started, finished-or-not): records may reach the store out of
-    order (several workers, a batch retried after an outage) and an older one never overwrites a newer.
+    "Latest" is the largest (replays, attempts, started, finished-or-not): records may reach the store
+    out of order (several workers, a batch retried after an outage) and an older one never overwrites a
+    newer. `replays` is the message's `x-swarrow-replay-count`: a replayed job counts attempts afresh.
     """
 
     id: str
@@ -67,10 +68,11 @@ class JobRecord(NamedTuple):
     rss_after: int | None
     error_type: str | None
     error_message: str | None
+    replays: int = 0
 
 
-def _key(record: JobRecord) -> tuple[int, float, bool]:
-    return (record.attempts, record.started, record.state != RUNNING)
+def _key(record: JobRecord) -> tuple[int, int, float, bool]:
+    return (record.replays, record.attempts, record.started, record.state != RUNNING)
 
 
 def merge_records(records: Iterable[JobRecord]) -> list[JobRecord]:
@@ -116,7 +118,7 @@ def rows_for_write(records: Iterable[JobRecord]) -> list[tuple[Any, ...]]:
     return [
         (clean_text(r.id), clean_text(r.queue), r.state, r.attempts, r.first_seen, r.started, r.finished,
          r.duration, r.started if r.finished is None else r.finished, clean_text(r.host), r.pid, r.rss_before,
-         r.rss_after, _clean(r.error_type), _clean(r.error_message))
+         r.rss_after, _clean(r.error_type), _clean(r.error_message), r.replays)
         for r in merge_records(records)
     ]  # fmt: skip
 
@@ -131,7 +133,11 @@ def _iso(value: datetime | None) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """What the store knows about one job: its state, attempts (calls made), times, worker and last error."""
+    """What the store knows about one job: its state, attempts (calls made), times, worker and last error.
+
+    `attempts` counts the calls since the job was last replayed from its dead-letter queue; `replays`
+    how many times it was (0: never).
+    """
 
     id: str
     queue: str
@@ -148,6 +154,7 @@ class Job:
     error_type: str | None
     error_message: str | None
     updated: datetime
+    replays: int = 0
 
     @property
     def is_finished(self) -> bool:
@@ -158,7 +165,7 @@ class Job:
     def from_row(cls, row: tuple[Any, ...]) -> Job:
         """Build from a row in the store's column order (times as Unix seconds)."""
         (id_, queue, state, attempts, first_seen, started, finished, duration, updated, host, pid,
-         rss_before, rss_after, error_type, error_message) = row  # fmt: skip
+         rss_before, rss_after, error_type, error_message, *rest) = row  # fmt: skip
         return cls(
             id=id_,
             queue=queue,
@@ -175,6 +182,7 @@ class Job:
             error_type=error_type,
             error_message=error_message,
             updated=datetime.fromtimestamp(updated, UTC),
+            replays=int(rest[0]) if rest else 0,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -184,6 +192,7 @@ class Job:
             "queue": self.queue,
             "state": self.state,
             "attempts": self.attempts,
+            "replays": self.replays,
             "first_seen": _iso(self.first_seen),
             "started": _iso(self.started),
             "finished": _iso(self.finished),

@@ -291,3 +291,41 @@ async def test_a_refused_postgresql_password_is_a_store_error_without_it(postgre
         async with JobStore.open(wrong):
             pass
     assert "Wr0ng-Pa55" not in str(err.value) and ":***@" in str(err.value)
+
+
+def _replayed(record: JobRecord, replays: int) -> JobRecord:
+    return record._replace(replays=replays)
+
+
+async def test_a_replayed_job_outranks_its_dead_letter_in_any_order(store_url: str) -> None:
+    dead = rec("r", "dead_lettered", attempts=4, error=("app.Boom", "no"))
+    running = _replayed(rec("r", "running", attempts=1, started=T0 + 60), 1)
+    done = _replayed(rec("r", "succeeded", attempts=1, started=T0 + 60), 1)
+    again = _replayed(rec("r", "dead_lettered", attempts=2, started=T0 + 90, error=("app.Boom", "still")), 1)
+    async with JobStore.open(store_url) as store:
+        for order in ([dead], [running], [done]), ([done], [dead, running]), ([dead, done, running],):
+            await store.prune(timedelta(0), state="succeeded")
+            for batch in order:
+                await store.write(batch)
+            job = (await store.status(["r"]))["r"]
+            assert job is not None and (job.state, job.attempts, job.replays) == ("succeeded", 1, 1), order
+            assert job.error_type == "app.Boom"  # the last error sticks, as after a retried success
+        await store.write([again, dead])
+        job = (await store.status(["r"]))["r"]
+        assert job is not None and (job.state, job.attempts, job.replays) == ("dead_lettered", 2, 1)
+        assert job.to_dict()["replays"] == 1 and job.error_message == "still"
+
+
+async def test_a_version_1_store_is_migrated_keeping_its_jobs(store_url: str) -> None:
+    async with JobStore.open(store_url) as store:
+        await store.write([rec("old", "dead_lettered", attempts=4)])
+        # back to what swarrow wrote before replays were tracked
+        await store.backend.execute("ALTER TABLE swarrow_jobs DROP COLUMN replays", [])
+        await store.backend.execute("UPDATE swarrow_jobs_schema SET version = 1", [])
+    async with JobStore.open(store_url) as store:
+        job = (await store.status(["old"]))["old"]
+        assert job is not None and (job.state, job.replays) == ("dead_lettered", 0)
+        await store.write([_replayed(rec("old", "succeeded", started=T0 + 5), 1)])
+        job = (await store.status(["old"]))["old"]
+        assert job is not None and (job.state, job.replays) == ("succeeded", 1)
+        assert await store.backend.fetch("SELECT version FROM swarrow_jobs_schema", []) == [(SCHEMA_VERSION,)]
