@@ -52,6 +52,7 @@ __all__ = [
     "resolve_url",
     "retry_delays",
     "run",
+    "with_otel_server",
 ]
 
 logger = logging.getLogger(__name__)
@@ -285,10 +286,7 @@ async def consume(
         if processors is None:
             from processors.defaults import default_stack
 
-            if settings.otel and settings.otel_server is None:
-                nodes = parse_url(settings.url).nodes  # none for memory://
-                if nodes:
-                    settings = dataclasses.replace(settings, otel_server=(nodes[0].host, nodes[0].port))
+            settings = with_otel_server(settings)
             # The queue's backlog, read by the metrics layer: only where metrics are served.
             stats = settings.queue_stats and settings.metrics_address is not None
             chosen = default_stack(
@@ -327,6 +325,15 @@ async def consume(
     finally:
         with anyio.CancelScope(shield=True):
             await broker.close()
+
+
+def with_otel_server(settings: Settings) -> Settings:
+    """`settings` with `otel_server` filled from the URL's first node when tracing is on (`server.*`)."""
+    if settings.otel and settings.otel_server is None:
+        nodes = parse_url(settings.url).nodes  # none for memory://
+        if nodes:
+            return dataclasses.replace(settings, otel_server=(nodes[0].host, nodes[0].port))
+    return settings
 
 
 def run(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 import anyio
@@ -17,6 +18,7 @@ import anyio
 HERE = Path(__file__).resolve().parent
 RECORD_ENV = "POOL_TEST_RECORD"
 EVENTS_ENV = "POOL_TEST_EVENTS"
+RELEASE_ENV = "POOL_TEST_RELEASE"
 
 
 def _append(env: str, line: str) -> None:
@@ -34,6 +36,14 @@ def record_id(message: object) -> None:
     """Append the message body and this pid to the file named by POOL_TEST_RECORD."""
     body = message.body.decode() if hasattr(message, "body") else str(message)
     _append(RECORD_ENV, f"{body} {os.getpid()}")
+
+
+def hold(message: object) -> None:
+    """Record the message, then block until the file named by POOL_TEST_RELEASE exists."""
+    record_id(message)
+    release = Path(os.environ[RELEASE_ENV])
+    while not release.exists():
+        time.sleep(0.01)
 
 
 def crash(message: object) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -28,9 +29,11 @@ def pool_worker_layers(pool: Any, settings: Settings, layers: Sequence[Any]) -> 
     from processors.defaults import default_stack
     from processors.pool_status import PoolStatusProcessor
     from swarrow.pool.status import MULTIPROC_DIR_ENV
+    from swarrow.runner import with_otel_server
     from swarrow.stack import Layer
 
     metrics = bool(os.environ.get(MULTIPROC_DIR_ENV))
+    settings = with_otel_server(settings)
 
     def build(provider: Any, publisher: Any) -> list[Any]:
         # Outermost: it counts every message and, leaving last, reports the final stop reason.
@@ -41,9 +44,19 @@ def pool_worker_layers(pool: Any, settings: Settings, layers: Sequence[Any]) -> 
             provider=provider,
             supervisor=pool.supervisor,
         )
-        stack = default_stack(
-            provider=provider, publisher=publisher, metrics=metrics, layers=layers, **settings.stack_options()
+        # Each worker reads the backlog (a passive declare): the gauges are `livemax` across the pool,
+        # so the supervisor's /metrics shows one series, present while any worker is alive.
+        broker = getattr(provider, "broker", None)
+        inspect = getattr(broker, "inspect_queue", None)
+        stats = (
+            functools.partial(inspect, settings.queue)
+            if metrics and settings.queue_stats and inspect is not None
+            else None
         )
+        stack = default_stack(
+            provider=provider, publisher=publisher, metrics=metrics, layers=layers, queue_stats=stats,
+            **settings.stack_options(),
+        )  # fmt: skip
         return [status, *stack]
 
     return build

@@ -252,3 +252,47 @@ async def test_an_import_error_stops_the_pool_with_exit_3_without_restarts(
         code = await anyio.to_thread.run_sync(lambda: pool.process.wait(20))
     assert code == 3
     assert "restarting" not in pool.logs()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.anyio
+async def test_the_pools_metrics_carry_the_queues_backlog_and_consumers(
+    declared: AmqpBroker, amqp_url: str, queue_name: str, tmp_path: Path
+) -> None:
+    # What KEDA's Prometheus scaler reads from a pool: one backlog series (not one per worker, not
+    # summed), the queue's consumers, and each worker's utilization.
+    await _publish(declared, queue_name, range(20))
+    release = tmp_path / "release"
+    os.environ["POOL_TEST_RELEASE"] = str(release)
+    try:
+        with _pool(
+            tmp_path, amqp_url, queue_name, "--workers", "2", "--concurrency", "1", "--prefetch", "1",
+            "--queue-stats-interval", "200ms", target="pool_callbacks:hold",
+        ) as pool:  # fmt: skip
+            await anyio.to_thread.run_sync(
+                lambda: pool.wait_for(
+                    "18 ready and 2 consumers on the pool's /metrics",
+                    lambda: (
+                        pool.metric("swarrow_queue_messages_ready", queue=queue_name) == 18
+                        and pool.metric("swarrow_queue_consumers", queue=queue_name) == 2
+                    ),
+                    30,
+                )
+            )
+            text = (pool.get("/metrics") or b"").decode()
+            release.touch()
+            await anyio.to_thread.run_sync(
+                lambda: pool.wait_for(
+                    "the backlog drained", lambda: pool.metric("swarrow_queue_messages_ready") == 0, 30
+                )
+            )
+            pool.process.send_signal(signal.SIGTERM)
+            code = await anyio.to_thread.run_sync(lambda: pool.process.wait(30))
+    finally:
+        os.environ.pop("POOL_TEST_RELEASE", None)
+    assert code == 0, pool.logs()[-3000:]
+    ready = [line for line in text.splitlines() if line.startswith("swarrow_queue_messages_ready{")]
+    assert len(ready) == 1, ready
+    utilization = [line for line in text.splitlines() if line.startswith("swarrow_worker_utilization{")]
+    assert len(utilization) == 2, utilization
+    assert sorted(pool.ids(), key=int) == [str(n) for n in range(20)]
