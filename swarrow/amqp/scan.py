@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
@@ -34,6 +35,8 @@ from swarrow.message import Message
 from swarrow.urls import mask_url
 
 __all__ = ["AmqpQueueScan"]
+
+logger = logging.getLogger(__name__)
 
 _EMPTY: Final[dict[str, Any]] = {}
 # Frames the reader channel may buffer (a delivery is 3+): enough to keep the socket busy, and a
@@ -88,6 +91,7 @@ class AmqpQueueScan:
         self._lost: str | None = None
         self.inline_delivery = False
         self._batch: BatchPublisher | None = None
+        self._reads_before = 0  # the highest x-delivery-count seen: a quorum queue counts every read
 
     @property
     def queue_name(self) -> str:
@@ -167,9 +171,14 @@ class AmqpQueueScan:
     async def _take(self, d: Any, p: Any, body: bytes) -> None:
         if self._draining:
             return  # closing: the broker returns it with the channel
+        headers = p.headers
+        if headers:
+            reads = headers.get("x-delivery-count")
+            if type(reads) is int and reads > self._reads_before:
+                self._reads_before = reads
         message = Message(
             body,
-            p.headers or _EMPTY,
+            headers or _EMPTY,
             p.content_type,
             p.content_encoding,
             p.delivery_mode,
@@ -343,8 +352,20 @@ class AmqpQueueScan:
     ) -> None:
         await self._shutdown()
 
+    def _warn_reads(self) -> None:
+        if self._reads_before:
+            logger.warning(
+                "%s is a quorum queue: it counts every read of a letter as a delivery (x-delivery-count: "
+                "read %d time(s) before, once more now). A delivery limit on it (x-delivery-limit, a policy, "
+                "RabbitMQ 4's default of 20) drops a letter read that often: keep dead-letter queues free "
+                "of one",
+                _printable(self._queue),
+                self._reads_before,
+            )
+
     async def _shutdown(self) -> None:
         """Close everything; unacked deliveries return to the queue with the reader channel."""
+        self._warn_reads()
         self._draining = True
         while not self._inbox.empty():
             self._inbox.get_nowait()  # unblocks the reader so the close handshake can be read
