@@ -122,3 +122,25 @@ def test_the_url_comes_from_the_config_file_unless_given(url: str, tmp_path: obj
         cli, ["dead", "list", "-q", "jobs", "--config", str(broken)], env={"SWARROW_URL": None}
     )
     assert result.exit_code == 2 and "broken.toml" in result.stderr
+
+
+def test_purge_drops_no_more_than_the_user_agreed_to_when_letters_arrive_meanwhile(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker = MemoryBroker.named(url.removeprefix("memory://"))
+    monkeypatch.setattr(dead_cli, "_can_ask", lambda: True)
+    asked: list[str] = []
+
+    def confirm(text: str, **_: object) -> bool:
+        asked.append(text)
+        for i in range(4):  # a worker dead-letters more of the same while the person reads the question
+            headers = dead_letter_headers("myapp.Boom", "late", attempts=4, queue="jobs")
+            broker.publish_nowait(Message(b"late", headers=headers, message_id=f"late{i}"), "jobs.dead")
+        return True
+
+    monkeypatch.setattr(dead_cli.click, "confirm", confirm)
+    code, out, _ = run("purge", "-q", "jobs", "--error-type", "Boom", url=url)
+    assert asked == ["Drop 2 dead letter(s) from jobs.dead for good (keep 1)?"]
+    assert code == 0 and out.splitlines()[-1] == "purged 2, kept 5", out
+    left = run("show", "-q", "jobs", "--json", url=url)[1]
+    assert sorted(x["message_id"] for x in json.loads(left)) == ["late0", "late1", "late2", "late3", "m0"]

@@ -335,7 +335,8 @@ def purge(
 ) -> None:
     """Drop the selected dead letters for good (all of them without a filter); the others stay, in order.
 
-    Asks first, unless --yes; refuses without --yes when stdin is not a terminal (exit 2).
+    Asks first, unless --yes (then drops at most the number it asked about, head first); refuses
+    without --yes when stdin is not a terminal (exit 2).
     """
     name = queue_to_read(queue, dead_queue)
     older_than = check_age(older_than)
@@ -354,6 +355,9 @@ def purge(
             abort=True,
             err=True,
         )
+        # What was agreed to, no more: letters that failed meanwhile (a worker still dead-lettering) stay.
+        agreed = dl.Selection(chosen.error_types, chosen.message_ids, limit=counted.purged)
+        run = functools.partial(dl.purge_dead_letters, queue=name, selection=agreed, older_than=older_than)
     result: dl.PurgeResult = call(target, lambda b: run(b, dry_run=dry_run))
     if as_json:
         echo_json(result.as_dict())
