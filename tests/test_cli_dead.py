@@ -144,3 +144,24 @@ def test_purge_drops_no_more_than_the_user_agreed_to_when_letters_arrive_meanwhi
     assert code == 0 and out.splitlines()[-1] == "purged 2, kept 5", out
     left = run("show", "-q", "jobs", "--json", url=url)[1]
     assert sorted(x["message_id"] for x in json.loads(left)) == ["late0", "late1", "late2", "late3", "m0"]
+
+
+def test_a_queue_in_swarrots_layout_is_read_from_its_q_dl_without_dead_queue() -> None:
+    name = f"dead-cli-{uuid.uuid4().hex[:8]}"
+    broker = MemoryBroker.named(name)
+    url = f"memory://{name}"
+    broker.declare_queue_nowait("mails")
+    broker.declare_queue_nowait("mails_dl")  # swarrot's (and rabbit-mq-admin-toolkit's) dead-letter queue
+    headers = dead_letter_headers("myapp.Boom", "no", attempts=3, queue="mails")
+    broker.publish_nowait(Message(b"x", headers=headers, message_id="s1"), "mails_dl")
+    code, out, err = run("list", "-q", "mails", url=url)
+    assert code == 0 and out.startswith("mails_dl: 1 dead letter"), out + err
+    assert "'mails.dead' does not exist: reading 'mails_dl'" in err
+    code, out, _ = run("replay", "-q", "mails", url=url)
+    assert code == 0 and out.splitlines()[-1] == "replayed 1, kept 0, failed 0"
+    copy = broker.get_nowait("mails")
+    assert copy is not None and copy.message_id == "s1"
+    code, out, _ = run("show", "-q", "mails", url=url)
+    assert code == 0 and "no dead letters at all in mails_dl" in out
+    code, _, err = run("list", "-q", "nothing", url=url)
+    assert code == 2 and "queue 'nothing.dead' does not exist" in err and "nothing_dl" not in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -19,10 +20,12 @@ from swarrow.config import load_config
 from swarrow.errors import ConfigurationError, SwarrowError
 from swarrow.exits import EXIT_CRASH, EXIT_USAGE
 from swarrow.factory import open_broker
+from swarrow.swarrot import swarrot_dead_letter_queue_name
 from swarrow.topology import dead_letter_queue_name
 from swarrow.units import parse_duration
 
 __all__ = [
+    "DeadQueue",
     "Instant",
     "call",
     "check_age",
@@ -95,7 +98,8 @@ def common_options(func: Callable[..., T]) -> Callable[..., T]:
                 section="General",
                 default=None,
                 metavar="QUEUE",
-                help="The work queue: its dead letters are read from QUEUE.dead.",
+                help="The work queue: its dead letters are read from QUEUE.dead (or swarrot's QUEUE_dl "
+                "when only that one exists).",
             ),
             option(
                 "--dead-queue",
@@ -146,14 +150,28 @@ def selection_options(func: Callable[..., T]) -> Callable[..., T]:
     return func
 
 
-def queue_to_read(queue: str | None, dead_queue: str | None) -> str:
+@dataclass(slots=True)
+class DeadQueue:
+    """The dead-letter queue a command reads: --dead-queue, or QUEUE.dead — or QUEUE_dl, swarrot's name
+    for it, when only that one exists (`name` is updated once the command found out)."""
+
+    name: str
+    swarrot: str | None = None
+
+    def missing(self, exc: BaseException) -> bool:
+        """True when `exc` says this queue does not exist."""
+        text = f"queue {self.name!r} does not exist"
+        return isinstance(exc, ConfigurationError) and str(exc).startswith(text)
+
+
+def queue_to_read(queue: str | None, dead_queue: str | None) -> DeadQueue:
     if dead_queue:
-        return dead_queue
+        return DeadQueue(dead_queue)
     if not queue:
         raise click.UsageError(
             "give the work queue with --queue QUEUE (or a dead-letter queue with --dead-queue)"
         )
-    return dead_letter_queue_name(queue)
+    return DeadQueue(dead_letter_queue_name(queue), swarrot_dead_letter_queue_name(queue))
 
 
 def resolve_url(ctx: click.Context, url: str, config_path: str | None) -> str:
@@ -177,13 +195,33 @@ def _broker(url: str) -> Broker:
         raise CliError(str(exc), EXIT_USAGE) from None
 
 
-def call(url: str, operation: Callable[[Broker], Any]) -> Any:
-    """Run `operation(broker)` on an event loop; every failure becomes one `Error:` line and its code."""
+def call(url: str, operation: Callable[[Broker], Any], queue: DeadQueue | None = None) -> Any:
+    """Run `operation(broker)` on an event loop; every failure becomes one `Error:` line and its code.
+
+    With `queue`: when QUEUE.dead does not exist, run it again on swarrot's QUEUE_dl if that exists.
+    """
     broker = _broker(url)
+
+    async def attempt() -> Any:
+        try:
+            return await operation(broker)
+        except ConfigurationError as exc:
+            if queue is None or queue.swarrot is None or not queue.missing(exc):
+                raise
+            first, queue.name = queue.name, queue.swarrot
+            try:
+                result = await operation(broker)
+            except ConfigurationError as again:
+                if queue.missing(again):
+                    queue.name = first
+                    raise exc from None
+                raise
+            click.echo(f"{first!r} does not exist: reading {queue.name!r} (swarrot's layout)", err=True)
+            return result
 
     async def go() -> Any:
         try:
-            return await operation(broker)
+            return await attempt()
         finally:
             await broker.close()
 

@@ -6,7 +6,6 @@ dead-letter queue without taking what it only looks at (see `swarrow.scan`).
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
 from collections.abc import Mapping, Sequence
@@ -94,9 +93,11 @@ def list_(
 
     Every letter read goes back to the queue, in its order; memory stays small however many there are.
     """
-    name = queue_to_read(queue, dead_queue)
+    read = queue_to_read(queue, dead_queue)
     summary: dl.DeadLetterSummary = call(
-        resolve_url(ctx, url, config_path), lambda b: dl.list_dead_letters(b, name, group_by=group_by)
+        resolve_url(ctx, url, config_path),
+        lambda b: dl.list_dead_letters(b, read.name, group_by=group_by),
+        read,
     )
     if as_json:
         echo_json(summary.as_dict())
@@ -155,17 +156,18 @@ def show(
     as_json: bool,
 ) -> None:
     """Print dead letters in full: error, attempts, failure time, original queue, x-death, all headers."""
-    name = queue_to_read(queue, dead_queue)
+    read = queue_to_read(queue, dead_queue)
     letters: list[dl.DeadLetter] = call(
         resolve_url(ctx, url, config_path),
-        lambda b: dl.show_dead_letters(b, name, message_id=message_id, limit=limit),
+        lambda b: dl.show_dead_letters(b, read.name, message_id=message_id, limit=limit),
+        read,
     )
     if as_json:
         echo_json([letter_as_json(x, body=show_body, body_limit=body_limit) for x in letters])
         return
     if not letters:
         what = f"with message id {safe(message_id)}" if message_id is not None else "at all"
-        click.echo(f"no dead letters {what} in {safe(name)}")
+        click.echo(f"no dead letters {what} in {safe(read.name)}")
         return
     for letter in letters:
         for line in describe_letter(letter, body=show_body, body_limit=body_limit):
@@ -243,9 +245,9 @@ def replay(
     Letters not selected stay where they are, in order. Ends with `replayed N, kept M, failed K`
     (failed: selected but still in the dead-letter queue, e.g. no such target queue; exit 1).
     """
-    name = queue_to_read(queue, dead_queue)
-    if to is not None and to == name:
-        raise click.BadParameter(f"cannot replay {name!r} into itself", param_hint="--to")
+    read = queue_to_read(queue, dead_queue)
+    if to is not None and to in (read.name, read.swarrot):
+        raise click.BadParameter(f"cannot replay {to!r} into itself", param_hint="--to")
     chosen = selection(error_types, message_ids, since, until, limit)
     show_bar = progress if progress is not None else sys.stderr.isatty() and not as_json
     bar: Any = None
@@ -255,7 +257,7 @@ def replay(
         if bar is None:
             bar = click.progressbar(
                 length=max(total, 1),
-                label=f"replaying {safe(name)}",
+                label=f"replaying {safe(read.name)}",
                 file=sys.stderr,
                 update_min_steps=max(1, total // 200),
             )
@@ -264,7 +266,7 @@ def replay(
     async def operation(broker: Broker) -> dl.ReplayResult:
         return await dl.replay_dead_letters(
             broker,
-            name,
+            read.name,
             to=to,
             selection=chosen,
             fallback_queue=queue,
@@ -273,13 +275,15 @@ def replay(
         )
 
     try:
-        result: dl.ReplayResult = call(resolve_url(ctx, url, config_path), operation)
+        result: dl.ReplayResult = call(resolve_url(ctx, url, config_path), operation, read)
     finally:
         if bar is not None:
             bar.render_finish()
     _report(result.as_dict(), as_json, result.line(), result.targets, result.failures, result.elapsed)
     if result.failed:
-        raise CliError(f"{result.failed} selected dead letter(s) not replayed: still in {name}", EXIT_CRASH)
+        raise CliError(
+            f"{result.failed} selected dead letter(s) not replayed: still in {read.name}", EXIT_CRASH
+        )
 
 
 def _report(
@@ -338,27 +342,32 @@ def purge(
     Asks first, unless --yes (then drops at most the number it asked about, head first); refuses
     without --yes when stdin is not a terminal (exit 2).
     """
-    name = queue_to_read(queue, dead_queue)
+    read = queue_to_read(queue, dead_queue)
     older_than = check_age(older_than)
     chosen = selection(error_types, message_ids)
     target = resolve_url(ctx, url, config_path)
-    run = functools.partial(dl.purge_dead_letters, queue=name, selection=chosen, older_than=older_than)
+    selected = chosen
+
+    async def run(broker: Broker, *, dry_run: bool) -> dl.PurgeResult:
+        return await dl.purge_dead_letters(
+            broker, read.name, selection=selected, older_than=older_than, dry_run=dry_run
+        )
+
     if not yes and not dry_run:
         if not _can_ask():
             raise CliError("refusing to purge without --yes: stdin is not a terminal to ask on", EXIT_USAGE)
-        counted: dl.PurgeResult = call(target, lambda b: run(b, dry_run=True))
+        counted: dl.PurgeResult = call(target, lambda b: run(b, dry_run=True), read)
         if counted.purged == 0:
-            click.echo(f"nothing to purge in {safe(name)} ({counted.kept} kept)")
+            click.echo(f"nothing to purge in {safe(read.name)} ({counted.kept} kept)")
             return
         click.confirm(
-            f"Drop {counted.purged} dead letter(s) from {safe(name)} for good (keep {counted.kept})?",
+            f"Drop {counted.purged} dead letter(s) from {safe(read.name)} for good (keep {counted.kept})?",
             abort=True,
             err=True,
         )
         # What was agreed to, no more: letters that failed meanwhile (a worker still dead-lettering) stay.
-        agreed = dl.Selection(chosen.error_types, chosen.message_ids, limit=counted.purged)
-        run = functools.partial(dl.purge_dead_letters, queue=name, selection=agreed, older_than=older_than)
-    result: dl.PurgeResult = call(target, lambda b: run(b, dry_run=dry_run))
+        selected = dl.Selection(chosen.error_types, chosen.message_ids, limit=counted.purged)
+    result: dl.PurgeResult = call(target, lambda b: run(b, dry_run=dry_run), read)
     if as_json:
         echo_json(result.as_dict())
         return
