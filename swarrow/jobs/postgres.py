@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit
 
 import anyio
 
@@ -64,7 +64,14 @@ class PostgresBackend:
                 f"a PostgreSQL job store URL names a host and a database, got {mask_store_url(url)!r}"
             )
         _check_ports(url)
-        return cls(_encoded_credentials(url))
+        dsn = _encoded_credentials(url)
+        try:
+            urlsplit(dsn)  # what asyncpg reads it with: fail now, not at every connect
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"a PostgreSQL job store URL that does not parse ({exc}): {mask_store_url(url)!r}"
+            ) from None
+        return cls(dsn)
 
     async def connect(self) -> None:
         """Connect and migrate the schema under an advisory lock."""

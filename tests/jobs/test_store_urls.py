@@ -84,3 +84,16 @@ def test_a_raw_password_holding_url_characters_reaches_postgresql_as_written(pos
     # an already percent-encoded password still works (sw%61rrow is the test server's 'swarrow')
     encoded = f"{scheme}://swarrow:sw%61rrow@{location}"
     assert CliRunner().invoke(cli, ["jobs", "status", "x", "--store", encoded]).exit_code == 6
+
+
+@pytest.mark.parametrize("url", [f"postgresql://app:{SECRET}@[::1/jobs", f"postgresql://app:{SECRET}@h]/jobs"])
+def test_a_postgresql_url_that_does_not_parse_is_refused_up_front_naming_it(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="does not parse") as err:
+        JobStore.open(url)
+    assert SECRET not in str(err.value) and "app:***@" in str(err.value)
+    runner = CliRunner()
+    jobs = runner.invoke(cli, ["jobs", "status", "x", "--store", url])
+    assert jobs.exit_code == 2 and "does not parse" in jobs.output and "app:***@" in jobs.output, jobs.output
+    consume = runner.invoke(cli, ["consume", "tests.cli_callbacks:ok", "-q", "q", "--url", "memory://unused",
+                                  "--track-jobs", url])  # fmt: skip
+    assert consume.exit_code == 2 and "--track-jobs" in consume.output and SECRET not in consume.output
