@@ -18,7 +18,7 @@ import logging
 import os
 from collections.abc import Mapping
 from contextvars import ContextVar
-from typing import Any, Final
+from typing import IO, Any, Final
 
 from swarrow.errors import ConfigurationError
 from swarrow.message import Message
@@ -49,6 +49,8 @@ SYSTEM: Final = "rabbitmq"
 FIRST_ATTEMPT_HEADER: Final = "x-swarrow-first-attempt"
 """The `traceparent` of a message's first `process` span, on its retry copies: later attempts link to it."""
 _VERSION: Final = "0.1.0"
+# Reply addresses: RabbitMQ's direct reply-to, server-named queues, the in-memory RPC client's queues.
+_TEMPORARY_PREFIXES: Final = ("amq.rabbitmq.reply-to", "amq.gen-", "swarrow.reply.")
 
 # The first attempt's span of the message being processed, for the copies its layers publish.
 first_attempt: ContextVar[str | None] = ContextVar("swarrow_first_attempt", default=None)
@@ -137,6 +139,7 @@ class TracingPublisher:
     ) -> None:
         """Publish inside a `send` span; the span fails (`error.type`) when the publish raises."""
         destination = exchange or routing_key
+        temporary = not exchange and routing_key.startswith(_TEMPORARY_PREFIXES)
         attributes: dict[str, Any] = {
             "messaging.system": SYSTEM,
             "messaging.operation.name": "send",
@@ -146,10 +149,16 @@ class TracingPublisher:
             **message_attributes(message),
             **server_attributes(self.server),
         }
+        if temporary:
+            # A reply address (direct reply-to, a generated queue): one per caller, so not in the span's
+            # name, which must stay low-cardinality.
+            attributes["messaging.destination.temporary"] = True
+            attributes["messaging.destination.anonymous"] = True
         if dual_emission():
             attributes["messaging.operation"] = "publish"
+        name = "send" if temporary else f"send {destination or '(default)'}"
         with self._tracer.start_as_current_span(
-            f"send {destination}" if destination else "send (default)",
+            name,
             kind=SpanKind.PRODUCER,
             attributes=attributes,
             record_exception=False,
@@ -187,14 +196,15 @@ def extract(headers: Mapping[str, Any]) -> Any:
     return propagate.extract(carrier)
 
 
-def configure_sdk() -> Any:
+def configure_sdk(*, console: IO[str] | None = None) -> Any:
     """Set up the SDK from the standard `OTEL_*` variables unless the application already did; return it.
 
     Used by the CLI (`--otel`). Honours OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES (the resource)
     and OTEL_TRACES_EXPORTER (`otlp`, the default, over HTTP to OTEL_EXPORTER_OTLP_ENDPOINT;
     `console`; `none`; a comma-separated list). Under `opentelemetry-instrument`, or when a tracer
     provider is already installed, it changes nothing and returns None. Call `.shutdown()` on
-    what it returns at exit: that flushes the spans.
+    what it returns at exit: that flushes the spans. `console`: where the console exporter
+    writes (stdout unless given; `swarrow call` keeps stdout for the reply).
     """
     require_otel()
     if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
@@ -219,7 +229,8 @@ def configure_sdk() -> Any:
         if name == "none":
             continue
         if name == "console":
-            provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
+            exporter = ConsoleSpanExporter() if console is None else ConsoleSpanExporter(out=console)
+            provider.add_span_processor(SimpleSpanProcessor(exporter))
         elif name == "otlp":
             try:
                 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter

@@ -72,6 +72,14 @@ _EXITS = (
     show_default=True,
     help="How long to wait for the reply (e.g. 500ms, 10s, 2m); the request carries it as its deadline.",
 )
+@option(
+    "--otel",
+    section="General",
+    is_flag=True,
+    help="Trace the call: a PRODUCER span for the request, its context in the headers, so the worker's "
+    "span and its reply join this trace (pip install 'swarrow[otel]'; the SDK from OTEL_* variables as "
+    "for consume; OTEL_TRACES_EXPORTER=console prints the spans on stderr, the reply stays alone on stdout).",
+)
 @url_option()
 def call(
     stdin: str | None,
@@ -81,6 +89,7 @@ def call(
     headers: Sequence[tuple[str, str]],
     content_type: str | None,
     timeout: float,
+    otel: bool,
     url: str,
 ) -> None:
     """Send one request to a worker and print its reply.
@@ -102,8 +111,15 @@ def call(
         payload = file.read()
     else:
         payload = sys.stdin.buffer.read()
+    sdk = None
     try:
-        reply = run_anyio(functools.partial(_call, url, queue, payload, dict(headers), content_type, timeout))
+        if otel:
+            from swarrow.otel import configure_sdk
+
+            sdk = configure_sdk(console=sys.stderr)
+        reply = run_anyio(
+            functools.partial(_call, url, queue, payload, dict(headers), content_type, timeout, otel)
+        )
     except RpcTimeout as exc:
         raise CliError(str(exc), EXIT_TIMEOUT) from None
     except RemoteError as exc:
@@ -114,6 +130,9 @@ def call(
         raise CliError(f"{exc} (is a worker's queue named {queue!r}?)", EXIT_CRASH) from None
     except Exception as exc:
         fail(exc)
+    finally:
+        if sdk is not None:
+            sdk.shutdown()  # exports the request's span before the command exits
     out = sys.stdout.buffer
     out.write(reply.body)
     if reply.body and not reply.body.endswith(b"\n") and sys.stdout.isatty():
@@ -122,7 +141,13 @@ def call(
 
 
 async def _call(
-    url: str, queue: str, payload: bytes, headers: dict[str, str], content_type: str | None, timeout: float
+    url: str,
+    queue: str,
+    payload: bytes,
+    headers: dict[str, str],
+    content_type: str | None,
+    timeout: float,
+    otel: bool,
 ) -> Reply:
-    async with connected(url) as broker, RpcClient(broker, timeout=timeout) as client:
+    async with connected(url) as broker, RpcClient(broker, timeout=timeout, otel=otel) as client:
         return await client.call(queue, payload, headers=headers, content_type=content_type)

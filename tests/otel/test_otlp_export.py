@@ -7,6 +7,7 @@ opentelemetry-proto.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -104,3 +105,45 @@ def test_publish_and_consume_export_one_trace_over_otlp(
     attributes = {a.key: a.value for a in process.attributes}
     assert attributes["messaging.system"].string_value == "rabbitmq"
     assert attributes["messaging.destination.name"].string_value == queue_name
+
+
+def test_call_otel_puts_the_request_the_worker_and_its_reply_in_one_trace(
+    amqp_url: str, queue_name: str, collector: str
+) -> None:
+    env = {
+        **os.environ, "PYTHONPATH": str(ROOT), "SWARROW_URL": amqp_url, "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": collector, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+    }  # fmt: skip
+    swarrow = [sys.executable, "-m", "swarrow"]
+    subprocess.run([*swarrow, "declare", "--queue", queue_name], env=env, check=True, capture_output=True)
+    worker = subprocess.Popen(
+        [*swarrow, "consume", "tests.rpc.callbacks:echo", "--queue", queue_name, "--otel",
+         "--max-messages", "1"],
+        env={**env, "OTEL_SERVICE_NAME": "worker"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        done = subprocess.run(
+            [*swarrow, "call", "--queue", queue_name, "--body", "ping", "--otel", "--timeout", "30s"],
+            env={**env, "OTEL_SERVICE_NAME": "caller"}, capture_output=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == b"PING"
+        assert worker.wait(timeout=30) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        asyncio.run(_delete(amqp_url, queue_name))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(_Receiver.spans) < 3:
+        time.sleep(0.05)
+    by_name = {span.name: (service, span) for service, span in _Receiver.spans}
+    caller, request = by_name[f"send {queue_name}"]
+    where, process = by_name[f"process {queue_name}"]
+    replier, reply = by_name["send"]  # a reply's destination is temporary: no name in the span's
+    assert (caller, where, replier) == ("caller", "worker", "worker")
+    assert process.trace_id == request.trace_id == reply.trace_id
+    assert process.parent_span_id == request.span_id and reply.parent_span_id == process.span_id
+    attributes = {a.key: a.value for a in reply.attributes}
+    assert attributes["messaging.destination.temporary"].bool_value is True
+    assert attributes["messaging.destination.anonymous"].bool_value is True
