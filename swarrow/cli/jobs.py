@@ -7,7 +7,7 @@ import json
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
 import click
@@ -276,4 +276,4 @@ def prune(older_than: str, state: str | None, store_url: str | None) -> None:
 
 
 async def _prune(store: JobStore, *, age: float, state: str | None) -> int:
-    return await store.prune(timedelta(seconds=age), state=state)
+    return await store.prune(age, state=state)  # seconds: a timedelta cannot hold 9999999999999d

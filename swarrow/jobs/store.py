@@ -167,8 +167,8 @@ class JobStore:
         _check_state(state)
         require_int("limit", limit)
         where, params = self._where(queue, state, since)
-        rows = await self.backend.fetch(
-            f"{_SELECT}{where} ORDER BY updated DESC, id LIMIT ?", [*params, limit]
+        rows = await self.backend.fetch(  # a limit past 64 bits means "all": no database takes it as such
+            f"{_SELECT}{where} ORDER BY updated DESC, id LIMIT ?", [*params, min(limit, 2**62)]
         )
         return [Job.from_row(row) for row in rows]
 

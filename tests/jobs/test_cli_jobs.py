@@ -207,3 +207,10 @@ def test_swarrow_run_takes_track_jobs_like_default_stack(sqlite_url: str) -> Non
                          max_messages=5, track_jobs=sqlite_url)  # fmt: skip
     assert reason.code == "max_messages"
     assert invoke("jobs", "status", *(f"r{n}" for n in range(5)), "--store", sqlite_url).exit_code == 0
+
+
+def test_huge_limits_and_ages_are_answered_not_a_traceback(filled: str) -> None:
+    listed = invoke("jobs", "list", "--limit", str(10**20), "--store", filled)
+    assert listed.exit_code == 0 and len(listed.output.splitlines()) == 6, listed.output
+    pruned = invoke("jobs", "prune", "--older-than", "9999999999999d", "--store", filled)
+    assert pruned.exit_code == 0 and pruned.output.startswith("pruned 0 finished jobs"), pruned.output
