@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import IO, Any, Final
@@ -40,6 +41,7 @@ __all__ = [
     "configure_sdk",
     "dual_emission",
     "require_otel",
+    "shutdown_sdk",
     "tracer",
 ]
 
@@ -245,3 +247,31 @@ def configure_sdk(*, console: IO[str] | None = None) -> Any:
             )
     trace.set_tracer_provider(provider)
     return provider
+
+
+FLUSH_TIMEOUT: Final = 5.0
+"""Seconds a stop waits for the last spans to be exported unless OTEL_BSP_EXPORT_TIMEOUT (ms) says."""
+
+
+def shutdown_sdk(sdk: Any) -> None:
+    """Flush and shut down what `configure_sdk` returned, waiting at most the flush budget.
+
+    An OTLP endpoint that is down or never answers would otherwise hold the exit 10 s (the request's
+    timeout) per batch left, 30 s and more: the spans still queued then are given up, with a warning.
+    """
+    if sdk is None:
+        return
+    try:
+        budget = float(os.environ["OTEL_BSP_EXPORT_TIMEOUT"]) / 1000
+    except (KeyError, ValueError):
+        budget = FLUSH_TIMEOUT
+    # The SDK's shutdown takes no timeout (its batch processor waits 30 s): run it aside and stop
+    # waiting at the budget; its thread is a daemon, the exporter's threads too.
+    done = threading.Thread(target=sdk.shutdown, name="swarrow-otel-shutdown", daemon=True)
+    done.start()
+    done.join(max(0.0, budget))
+    if done.is_alive():
+        logger.warning(
+            "tracing: spans not exported within %gs at exit were dropped (is the OTLP endpoint up?)",
+            budget,
+        )

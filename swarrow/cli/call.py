@@ -132,7 +132,9 @@ def call(
         fail(exc)
     finally:
         if sdk is not None:
-            sdk.shutdown()  # exports the request's span before the command exits
+            from swarrow.otel import shutdown_sdk
+
+            shutdown_sdk(sdk)  # exports the request's span before the command exits, within a budget
     out = sys.stdout.buffer
     out.write(reply.body)
     if reply.body and not reply.body.endswith(b"\n") and sys.stdout.isatty():

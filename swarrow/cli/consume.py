@@ -349,6 +349,8 @@ def consume(ctx: click.Context, /, target: str | None, config_path: str | None, 
         fail(exc)
     finally:
         if sdk is not None:
-            sdk.shutdown()  # flushes the spans still batched
+            from swarrow.otel import shutdown_sdk
+
+            shutdown_sdk(sdk)  # flushes the spans still batched, within a budget
     logger.info("stopped (%s); exiting 0", reason)
     exit_now_if_threads_hang(0)

@@ -303,7 +303,9 @@ def publish(
         fail(exc, crashed="publishing failed")
     finally:
         if sdk is not None:
-            sdk.shutdown()
+            from swarrow.otel import shutdown_sdk
+
+            shutdown_sdk(sdk)
     rate = outcome.confirmed / elapsed if elapsed > 0 else float("inf")
     plural = "" if count == 1 else "s"
     if url.lower().startswith("memory://"):

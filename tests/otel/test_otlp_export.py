@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -147,3 +148,59 @@ def test_call_otel_puts_the_request_the_worker_and_its_reply_in_one_trace(
     attributes = {a.key: a.value for a in reply.attributes}
     assert attributes["messaging.destination.temporary"].bool_value is True
     assert attributes["messaging.destination.anonymous"].bool_value is True
+
+
+@pytest.fixture
+def hanging_collector() -> Iterator[str]:
+    """An OTLP endpoint that accepts connections and never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+    for connection in held:
+        connection.close()
+
+
+def test_a_hanging_otlp_endpoint_delays_the_exit_by_the_flush_budget_only(
+    amqp_url: str, queue_name: str, hanging_collector: str
+) -> None:
+    env = {
+        **os.environ, "PYTHONPATH": str(ROOT), "SWARROW_URL": amqp_url, "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": hanging_collector, "OTEL_BSP_EXPORT_TIMEOUT": "1000",
+    }  # fmt: skip
+    swarrow = [sys.executable, "-m", "swarrow"]
+    subprocess.run([*swarrow, "declare", "--queue", queue_name], env=env, check=True, capture_output=True)
+    try:
+        subprocess.run([*swarrow, "publish", "--queue", queue_name, "--body", "x", "--count", "20"],
+                       env=env, check=True, capture_output=True)  # fmt: skip
+        worker = subprocess.Popen(
+            [*swarrow, "consume", "tests.rpc.callbacks:echo", "--queue", queue_name, "--otel",
+             "--max-messages", "20"],
+            env=env, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert worker.stderr is not None
+        stopped = None
+        for line in worker.stderr:
+            if "consumer of" in line and "stopped" in line:
+                stopped = time.monotonic()
+                break
+        assert stopped is not None, "the consumer never stopped"
+        code = worker.wait(timeout=60)
+        waited = time.monotonic() - stopped
+    finally:
+        asyncio.run(_delete(amqp_url, queue_name))
+    assert code == 0
+    # Spans not exported within OTEL_BSP_EXPORT_TIMEOUT are given up: before, 10 s (the OTLP request's
+    # own timeout) per batch left, 30 s for 3,000 spans.
+    assert waited < 4, f"{waited:.1f}s from the stop to the exit"
