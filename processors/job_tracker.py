@@ -33,6 +33,7 @@ from swarrow.jobs.store import JobStore
 from swarrow.message import Message
 from swarrow.outcome import get_error, get_outcome, reset_error, reset_outcome
 from swarrow.processor import Processor
+from swarrow.swarrot import SWARROT_ATTEMPTS_HEADER
 from swarrow.topology import RETRY_ATTEMPT_HEADER, header_count, qualified_name
 from swarrow.validation import require_int, require_seconds
 
@@ -131,7 +132,9 @@ class JobTrackerProcessor:
             job_id = uuid4().hex
             message = message.replace(headers={**headers, JOB_ID_HEADER: job_id})
         if headers:
-            attempt = (header_count(headers.get(RETRY_ATTEMPT_HEADER)) or 0) + 1
+            # swarrot's header too: a PHP worker sharing the queue retries with that one alone.
+            retries = header_count(headers.get(RETRY_ATTEMPT_HEADER)) or 0
+            attempt = max(retries, header_count(headers.get(SWARROT_ATTEMPTS_HEADER)) or 0) + 1
             replays = header_count(headers.get(REPLAY_COUNT_HEADER)) or 0
         else:
             attempt, replays = 1, 0

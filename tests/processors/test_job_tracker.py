@@ -287,3 +287,20 @@ def test_bad_options_are_errors_naming_them(memory_broker: MemoryBroker) -> None
         JobTrackerProcessor(callback, store="sqlite:///jobs.db", flush_interval=-1)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match=r"redis://u:\*\*\*@h"):
         JobTrackerProcessor(callback, store="redis://u:pw@h/0")  # type: ignore[arg-type]
+
+
+async def test_a_retry_by_a_php_swarrot_worker_counts_as_an_attempt(
+    memory_broker: MemoryBroker, sqlite_url: str
+) -> None:
+    _declare(memory_broker)
+    # A PHP worker sharing the queue (swarrot's RetryProcessor) retried it twice: only its own header.
+    memory_broker.publish_nowait(Message(b"x", message_id="php", headers={"swarrot_retry_attempts": 2}), Q)
+    done: list[str] = []
+
+    async def callback(message: Message) -> None:
+        done.append(message.message_id or "")
+
+    await _run(memory_broker, sqlite_url, callback, lambda: len(done) == 1)
+    async with JobStore.open(sqlite_url) as store:
+        job = (await store.status(["php"]))["php"]
+    assert job is not None and (job.state, job.attempts) == ("succeeded", 3)
