@@ -87,8 +87,10 @@ class _Replay:
     """The running totals and the pending batch of one replay pass."""
 
     def __init__(self, scan: QueueScan, *, to: str | None, fallback: str | None, dry_run: bool,
-                 now: datetime, batch_size: int, group: TaskGroup) -> None:  # fmt: skip
+                 now: datetime, batch_size: int, group: TaskGroup,
+                 on_replayed: Callable[[Message, str], None] | None = None) -> None:  # fmt: skip
         self.scan = scan
+        self.on_replayed = on_replayed
         self.to = to
         self.fallback = fallback
         self.dry_run = dry_run
@@ -176,10 +178,12 @@ class _Replay:
         if batch.error is not None:
             raise batch.error
         confirmed = []
-        for (original, _, target), error in zip(batch.items, batch.outcomes, strict=True):
+        for (original, copy, target), error in zip(batch.items, batch.outcomes, strict=True):
             if error is None:
                 confirmed.append(original)
                 self._count_replayed(target)
+                if self.on_replayed is not None:
+                    self.on_replayed(copy, target)
             else:
                 self.fail(str(error))
         await self.scan.ack_all(confirmed)  # only now: their copies are confirmed
@@ -231,6 +235,7 @@ async def replay_dead_letters(
     fallback_queue: str | None = None,
     dry_run: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    on_replayed: Callable[[Message, str], None] | None = None,
     batch_size: int = 500,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     clock: Callable[[], float] = time.monotonic,
@@ -240,8 +245,10 @@ async def replay_dead_letters(
     Each copy goes to `to`, else the letter's original queue (`x-swarrow-original-queue`, else the
     queue its latest `x-death` names), else `fallback_queue`; see `replay_copy` for its headers. A
     letter whose copy cannot go (no target, a missing queue, a nack) stays and counts as failed.
-    `progress(done, total)` is called as letters are read. Raises `ReplayInterrupted` (a
-    `BrokerUnavailableError`) if the connection drops: run it again to finish.
+    `progress(done, total)` is called as letters are read; `on_replayed(copy, target)` for each copy
+    the broker confirmed (e.g. to record the job as waiting again: `swarrow.jobs.replayed_job`).
+    Raises `ReplayInterrupted` (a `BrokerUnavailableError`) if the connection drops: run it again
+    to finish.
     """
     if isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
@@ -263,7 +270,7 @@ async def replay_dead_letters(
             try:
                 async with anyio.create_task_group() as group:
                     run = _Replay(scan, to=to, fallback=fallback_queue, dry_run=dry_run, now=now(),
-                                  batch_size=batch_size, group=group)  # fmt: skip
+                                  batch_size=batch_size, group=group, on_replayed=on_replayed)  # fmt: skip
                     await _pass(scan, run, selection, progress)
             except BaseExceptionGroup as grouped:  # the batches never raise: this is the pass's own
                 raise grouped.exceptions[0] from None

@@ -165,3 +165,21 @@ def test_a_queue_in_swarrots_layout_is_read_from_its_q_dl_without_dead_queue() -
     assert code == 0 and "no dead letters at all in mails_dl" in out
     code, _, err = run("list", "-q", "nothing", url=url)
     assert code == 2 and "queue 'nothing.dead' does not exist" in err and "nothing_dl" not in err
+
+
+def test_replay_records_replayed_jobs_best_effort_and_refuses_a_bad_store_up_front(
+    url: str, tmp_path: object
+) -> None:
+    bad = CliRunner().invoke(
+        cli, ["dead", "replay", "-q", "jobs", "--url", url, "--track-jobs", "redis://u:pw9@h/0"]
+    )
+    assert bad.exit_code == 2 and "--track-jobs" in bad.stderr and "pw9" not in bad.stderr
+    assert MemoryBroker.named(url.removeprefix("memory://")).message_count("jobs.dead") == 3  # nothing moved
+    down = "postgresql://app:s3cret@127.0.0.1:1/jobs"
+    dry = CliRunner().invoke(
+        cli, ["dead", "replay", "-q", "jobs", "--url", url, "--track-jobs", down, "--dry-run"]
+    )
+    assert dry.exit_code == 0 and "warning" not in dry.stderr  # a dry run records nothing
+    done = CliRunner().invoke(cli, ["dead", "replay", "-q", "jobs", "--url", url, "--track-jobs", down])
+    assert done.exit_code == 0 and done.stdout.splitlines()[-1] == "replayed 3, kept 0, failed 0"
+    assert "warning: 3 replayed job(s) not recorded" in done.stderr and "s3cret" not in done.stderr

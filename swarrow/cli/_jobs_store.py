@@ -13,9 +13,16 @@ from swarrow.cli.errors import CliError
 from swarrow.config import SwarrowConfig, load_config
 from swarrow.errors import ConfigurationError
 from swarrow.exits import EXIT_USAGE
-from swarrow.jobs import JobStore, mask_store_url
+from swarrow.jobs import JobRecord, JobStore, JobStoreError, mask_store_url
 
-__all__ = ["DEFAULT_CONFIG", "resolve_store", "store_options"]
+__all__ = [
+    "DEFAULT_CONFIG",
+    "check_store",
+    "config_store",
+    "record_replays",
+    "resolve_store",
+    "store_options",
+]
 
 T = TypeVar("T")
 
@@ -127,3 +134,37 @@ def store_options(func: Callable[..., T]) -> Callable[..., T]:
     ):
         command = decorator(command)
     return command
+
+
+def check_store(url: str | None, where: str) -> str | None:
+    """`url` if swarrow can use it (None stays None); a usage error naming `where` if not."""
+    return None if not url else _checked(url, where)
+
+
+def config_store(config_path: str | None) -> str | None:
+    """The job store a config file names for all its consumers ([jobs] store), if any."""
+    if config_path is None:
+        return None
+    try:
+        url = load_config(config_path).shared.get("track_jobs")
+    except ConfigurationError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    return check_store(str(url) if url else None, f"store in [jobs] of {config_path}")
+
+
+def record_replays(url: str, records: list[JobRecord]) -> None:
+    """Write the replayed jobs' records, best-effort: a store that fails gets a warning, not an exit code."""
+    from swarrow.cli.bootstrap import run_anyio
+
+    async def write() -> None:
+        async with JobStore.open(url) as store:
+            for start in range(0, len(records), 5000):
+                await store.write(records[start : start + 5000])
+
+    try:
+        run_anyio(write, use_uvloop=False)
+    except (JobStoreError, OSError) as exc:
+        click.echo(
+            f"warning: {len(records)} replayed job(s) not recorded as waiting again in the job store: {exc}",
+            err=True,
+        )

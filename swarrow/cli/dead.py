@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, TypeVar
@@ -28,10 +29,13 @@ from swarrow.cli._dead_params import (
     selection,
     selection_options,
 )
+from swarrow.cli._jobs_store import check_store, config_store, record_replays
 from swarrow.cli.errors import CliError
 from swarrow.cli.help import ENV_EPILOG, ManCommand, exit_epilog, option
 from swarrow.cli.params import Duration
 from swarrow.exits import EXIT_BROKER, EXIT_CRASH, EXIT_OK, EXIT_USAGE
+from swarrow.jobs import JobRecord, replayed_job
+from swarrow.message import Message
 
 __all__ = ["dead"]
 
@@ -217,6 +221,15 @@ def show(
     help="Show a progress bar on stderr.",
 )
 @option("--json", "as_json", section="Output", is_flag=True, help="Print the result as JSON.")
+@option(
+    "--track-jobs",
+    section="General",
+    metavar="URL",
+    envvar="SWARROW_TRACK_JOBS",
+    default=None,
+    help="The job store consumers track into (env SWARROW_TRACK_JOBS, or --config's [jobs] store): record "
+    "each replayed job as retrying, waiting in its queue again (best-effort).",
+)
 @click.pass_context
 def replay(
     ctx: click.Context,
@@ -234,6 +247,7 @@ def replay(
     dry_run: bool,
     progress: bool | None,
     as_json: bool,
+    track_jobs: str | None,
 ) -> None:
     """Publish selected dead letters back to their original queue (or --to), confirmed, then ack them.
 
@@ -249,6 +263,14 @@ def replay(
     if to is not None and to in (read.name, read.swarrot):
         raise click.BadParameter(f"cannot replay {to!r} into itself", param_hint="--to")
     chosen = selection(error_types, message_ids, since, until, limit)
+    store = check_store(track_jobs, "--track-jobs") if track_jobs else config_store(config_path)
+    records: list[JobRecord] = []
+
+    def on_replayed(copy: Message, target: str) -> None:
+        record = replayed_job(copy, target, time.time())
+        if record is not None:
+            records.append(record)
+
     show_bar = progress if progress is not None else sys.stderr.isatty() and not as_json
     bar: Any = None
 
@@ -272,6 +294,7 @@ def replay(
             fallback_queue=queue,
             dry_run=dry_run,
             progress=on_progress if show_bar else None,
+            on_replayed=on_replayed if store and not dry_run else None,
         )
 
     try:
@@ -279,6 +302,8 @@ def replay(
     finally:
         if bar is not None:
             bar.render_finish()
+        if store and records:  # what was replayed, also when the connection was lost mid-way
+            record_replays(store, records)
     _report(result.as_dict(), as_json, result.line(), result.targets, result.failures, result.elapsed)
     if result.failed:
         raise CliError(

@@ -17,6 +17,7 @@ from swarrow.jobs.model import (
     JobState,
     JobStats,
 )
+from swarrow.jobs.replays import replayed_job
 from swarrow.jobs.store import JobBackend, JobStore, JobStoreError, mask_store_url
 
 __all__ = [
@@ -37,4 +38,5 @@ __all__ = [
     "JobStore",
     "JobStoreError",
     "mask_store_url",
+    "replayed_job",
 ]

@@ -75,8 +75,14 @@ def test_a_replayed_job_shows_its_new_state_and_fails_again_as_dead_lettered(
     assert code == 1 and [r[1:3] for r in rows] == [["dead_lettered", "attempts=2"]] * 3, rows
 
     replay = invoke("dead", "replay", "-q", queue_name, "--url", broker_url, "--message-id", ids[0],
-                    "--message-id", ids[1])  # fmt: skip
-    assert replay.output.splitlines()[-1] == "replayed 2, kept 1, failed 0", replay.output
+                    "--message-id", ids[1], "--track-jobs", store_url)  # fmt: skip
+    assert replay.stdout.splitlines()[-1] == "replayed 2, kept 1, failed 0", replay.output
+    # back in the queue, not run yet: unfinished again (a script waiting on them must not stop here)
+    code, rows = _status(ids, store_url)
+    assert [r[1:4] for r in rows[:2]] == [["retrying", "attempts=0", "replays=1"]] * 2, rows
+    assert rows[2][1] == "dead_lettered"
+    unfinished = invoke("jobs", "unfinished", *ids, "--store", store_url)
+    assert unfinished.exit_code == 7 and unfinished.stdout.split() == ids[:2]
     _consume("ok", queue_name, broker_url, store_url)  # the fix is deployed
     code, rows = _status(ids, store_url)
     assert [r[1] for r in rows] == ["succeeded", "succeeded", "dead_lettered"], rows
