@@ -63,8 +63,9 @@ class TracingProcessor:
             record_exception=True,
             set_status_on_exception=True,
         ) as span:
+            # A valid first-attempt header goes on to the copies; otherwise this attempt is the first.
             token = otel.first_attempt.set(
-                first if isinstance(first, str) else otel.traceparent_of(span.get_span_context())
+                first if link is not None else otel.traceparent_of(span.get_span_context())
             )
             try:
                 keep_going = await self.inner(message)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -102,18 +103,22 @@ def traceparent_of(span_context: SpanContext) -> str:
     return f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{int(span_context.trace_flags):02x}"
 
 
+_MAX_CONTEXT_HEADER: Final = 8192
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+
+
 def link_from_traceparent(value: object) -> Link | None:
-    """A link to the span a `traceparent` string names, or None when it is not one."""
-    if not isinstance(value, str) and not isinstance(value, bytes):
+    """A link to the span a W3C `traceparent` string names, or None when it is not a valid one.
+
+    Strict (55 characters, lowercase hex, non-zero ids, version not ff): a trace id wider than 128
+    bits made the OTLP exporter fail the whole batch the span was in.
+    """
+    if not isinstance(value, str) or len(value) != 55:
         return None
-    text = value.decode() if isinstance(value, bytes) else value
-    parts = text.split("-")
-    if len(parts) != 4:
+    match = _TRACEPARENT.fullmatch(value)
+    if match is None or match[1] == "ff":
         return None
-    try:
-        trace_id, span_id, flags = int(parts[1], 16), int(parts[2], 16), int(parts[3], 16)
-    except ValueError:
-        return None
+    trace_id, span_id, flags = int(match[2], 16), int(match[3], 16), int(match[4], 16)
     if not trace_id or not span_id:
         return None
     context = SpanContext(trace_id, span_id, is_remote=True, trace_flags=trace.TraceFlags(flags))
@@ -169,7 +174,7 @@ class TracingPublisher:
             headers: dict[str, Any] = dict(message.headers)
             propagate.inject(headers)
             first = first_attempt.get()
-            if first is not None and FIRST_ATTEMPT_HEADER not in headers:
+            if first is not None:  # a valid one: the original's, or this message's own first span
                 headers[FIRST_ATTEMPT_HEADER] = first
             try:
                 await self.inner.publish(
@@ -191,11 +196,27 @@ def _error_type(exc: BaseException) -> str:
 
 
 def extract(headers: Mapping[str, Any]) -> Any:
-    """The trace context (W3C traceparent, tracestate, baggage) a message's headers carry."""
-    carrier = {
-        k: v.decode() if isinstance(v, bytes) else v for k, v in headers.items() if isinstance(v, str | bytes)
-    }
-    return propagate.extract(carrier)
+    """The trace context (W3C traceparent, tracestate, baggage) a message's headers carry.
+
+    A header that is not valid text (RabbitMQ hands a non-UTF-8 string over as bytes) is left out and
+    a propagator that fails on odd input gives no context: a bad header never fails the message.
+    """
+    carrier: dict[str, str] = {}
+    for key, value in headers.items():
+        if isinstance(value, bytes):
+            try:
+                value = value.decode()
+            except UnicodeDecodeError:
+                continue
+        # Longer than W3C allows (baggage and tracestate: 8192): left out here, or the SDK would log
+        # the whole header (up to the 128 kB AMQP allows) for each such message.
+        if isinstance(value, str) and len(value) <= _MAX_CONTEXT_HEADER:
+            carrier[key] = value
+    try:
+        return propagate.extract(carrier)
+    except Exception as exc:
+        logger.debug("trace context not extracted from the headers: %r", exc)
+        return None
 
 
 def configure_sdk(*, console: IO[str] | None = None) -> Any:
