@@ -6,13 +6,18 @@ Three figures, µs per message through the CLI's default stack on the in-memory 
 --repeat): tracing off (the layer is not in the stack); on, with only the OpenTelemetry API (no SDK:
 the no-op tracer an application gets before it configures one); on, with the SDK recording every span
 and a BatchSpanProcessor feeding an exporter that drops them (what a configured application pays
-before its exporter's own network cost).
+before its exporter's own network cost). Each in CPU time of the process (`*_cpu_us`, the batch
+processor's thread included; what a shared machine disturbs least) and wall time (`*_wall_us`); the
+ratios to "off" are of the same run; "off" is measured again last to show the drift, and the load
+average is reported.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,7 +30,7 @@ from processors.defaults import default_stack
 from swarrow import MemoryBroker, Message, Stack
 
 
-async def _stack_cost(broker: MemoryBroker, count: int, repeat: int, otel: bool) -> float:
+async def _stack_cost(broker: MemoryBroker, count: int, repeat: int, otel: bool, clock: Any) -> float:
     publisher = broker.publisher()
     provider = broker.provider("bench", prefetch=10**9)
     await provider.start()
@@ -35,10 +40,17 @@ async def _stack_cost(broker: MemoryBroker, count: int, repeat: int, otel: bool)
     message = Message(b"x" * 100, message_id="m", queue="bench", delivery_tag=1)
     cost = await time_stack(
         Stack(*layers, callback=callback), [message] * count, repeat,
-        before=lambda: memory_batch(broker, provider, count),
+        before=lambda: memory_batch(broker, provider, count), clock=clock,
     )  # fmt: skip
     await provider.close()
     return cost
+
+
+async def _both(
+    broker: MemoryBroker, count: int, repeat: int, otel: bool, name: str, out: dict[str, Any]
+) -> None:
+    out[f"{name}_cpu_us"] = round(await _stack_cost(broker, count, repeat, otel, time.process_time), 2)
+    out[f"{name}_wall_us"] = round(await _stack_cost(broker, count, repeat, otel, time.perf_counter), 2)
 
 
 async def measure(count: int, repeat: int) -> dict[str, Any]:
@@ -53,15 +65,21 @@ async def measure(count: int, repeat: int) -> dict[str, Any]:
     logging.disable(logging.CRITICAL)
     broker = MemoryBroker("bench-tracing")
     broker.declare_queue_nowait("bench")
-    result: dict[str, Any] = {"off": await _stack_cost(broker, count, repeat, otel=False)}
-    result["on_api_only"] = await _stack_cost(broker, count, repeat, otel=True)
+    result: dict[str, Any] = {"loadavg_before": os.getloadavg()[0], "messages": count, "repeat": repeat}
+    await _both(broker, count, repeat, False, "off", result)
+    await _both(broker, count, repeat, True, "api_only", result)
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(Drop(), max_queue_size=count * 2))
     trace.set_tracer_provider(provider)
-    result["on_sdk"] = await _stack_cost(broker, count, repeat, otel=True)
+    await _both(broker, count, repeat, True, "sdk", result)
     provider.shutdown()
-    result["cost_api_only"] = result["on_api_only"] - result["off"]
-    result["cost_sdk"] = result["on_sdk"] - result["off"]
+    await _both(broker, count, repeat, False, "off_again", result)
+    for clock in ("cpu", "wall"):
+        off = result[f"off_{clock}_us"]
+        for name in ("api_only", "sdk"):
+            result[f"{name}_{clock}_cost_us"] = round(result[f"{name}_{clock}_us"] - off, 2)
+            result[f"{name}_{clock}_ratio"] = round(result[f"{name}_{clock}_us"] / off, 2)
+    result["loadavg_after"] = os.getloadavg()[0]
     return result
 
 
