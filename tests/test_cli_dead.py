@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import uuid
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -183,3 +184,19 @@ def test_replay_records_replayed_jobs_best_effort_and_refuses_a_bad_store_up_fro
     done = CliRunner().invoke(cli, ["dead", "replay", "-q", "jobs", "--url", url, "--track-jobs", down])
     assert done.exit_code == 0 and done.stdout.splitlines()[-1] == "replayed 3, kept 0, failed 0"
     assert "warning: 3 replayed job(s) not recorded" in done.stderr and "s3cret" not in done.stderr
+
+
+def test_config_gives_the_url_of_the_consumer_of_that_queue(url: str, tmp_path: Path) -> None:
+    path = tmp_path / "swarrow.toml"
+    path.write_text(
+        f'[consumers.other]\nqueue = "other"\ncallable = "m:f"\nurl = "memory://nowhere-{uuid.uuid4().hex}"\n'
+        f'[consumers.jobs]\nqueue = "jobs"\ncallable = "m:f"\nurl = "{url}"\n'
+    )
+    result = CliRunner().invoke(cli, ["dead", "list", "-q", "jobs", "--config", str(path)])
+    assert result.exit_code == 0 and "jobs.dead: 3 dead letters" in result.stdout, result.output
+    by_dead_queue = CliRunner().invoke(cli, ["dead", "show", "--dead-queue", "jobs.dead", "--config", str(path)])
+    assert by_dead_queue.exit_code == 0 and "message_id=m0" in by_dead_queue.stdout, by_dead_queue.output
+    one = tmp_path / "one.toml"
+    one.write_text(f'[consumers.jobs]\nqueue = "elsewhere"\ncallable = "m:f"\nurl = "{url}"\n')
+    only = CliRunner().invoke(cli, ["dead", "list", "-q", "jobs", "--config", str(one)])
+    assert only.exit_code == 0 and "3 dead letters" in only.stdout, only.output  # the file's only URL

@@ -116,7 +116,8 @@ def common_options(func: Callable[..., T]) -> Callable[..., T]:
                 default=None,
                 metavar="FILE",
                 type=click.Path(dir_okay=False),
-                help="A swarrow.toml whose [connection] url is used without --url / SWARROW_URL.",
+                help="A swarrow.toml: without --url / SWARROW_URL, the url of the consumer of that queue, "
+                "else its [connection] url.",
             ),
         ]
     ):
@@ -174,7 +175,9 @@ def queue_to_read(queue: str | None, dead_queue: str | None) -> DeadQueue:
     return DeadQueue(dead_letter_queue_name(queue), swarrot_dead_letter_queue_name(queue))
 
 
-def resolve_url(ctx: click.Context, url: str, config_path: str | None) -> str:
+def resolve_url(ctx: click.Context, url: str, config_path: str | None, read: DeadQueue | None = None) -> str:
+    """--url or SWARROW_URL; else the config file's: the URL of the consumer of that queue, its
+    [connection] url, or the one URL its consumers share; else the default."""
     source = ctx.get_parameter_source("url")
     if config_path is None or source in (
         click.core.ParameterSource.COMMANDLINE,
@@ -182,10 +185,22 @@ def resolve_url(ctx: click.Context, url: str, config_path: str | None) -> str:
     ):
         return url
     try:
-        configured = load_config(config_path).shared.get("url")
+        config = load_config(config_path)
     except ConfigurationError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
-    return str(configured) if configured else url
+    consumers = [c.values for c in config.consumers.values()]
+    if read is not None:  # consume --config runs this queue's consumer with its own url (over [connection])
+        for values in consumers:
+            queue = values.get("queue")
+            if queue and values.get("url") and read.name in (
+                dead_letter_queue_name(queue),
+                swarrot_dead_letter_queue_name(queue),
+            ):
+                return str(values["url"])
+    if config.shared.get("url"):
+        return str(config.shared["url"])
+    urls = {str(values["url"]) for values in consumers if values.get("url")}
+    return urls.pop() if len(urls) == 1 else url
 
 
 def _broker(url: str) -> Broker:

@@ -99,7 +99,7 @@ def list_(
     """
     read = queue_to_read(queue, dead_queue)
     summary: dl.DeadLetterSummary = call(
-        resolve_url(ctx, url, config_path),
+        resolve_url(ctx, url, config_path, read),
         lambda b: dl.list_dead_letters(b, read.name, group_by=group_by),
         read,
     )
@@ -162,7 +162,7 @@ def show(
     """Print dead letters in full: error, attempts, failure time, original queue, x-death, all headers."""
     read = queue_to_read(queue, dead_queue)
     letters: list[dl.DeadLetter] = call(
-        resolve_url(ctx, url, config_path),
+        resolve_url(ctx, url, config_path, read),
         lambda b: dl.show_dead_letters(b, read.name, message_id=message_id, limit=limit),
         read,
     )
@@ -298,7 +298,7 @@ def replay(
         )
 
     try:
-        result: dl.ReplayResult = call(resolve_url(ctx, url, config_path), operation, read)
+        result: dl.ReplayResult = call(resolve_url(ctx, url, config_path, read), operation, read)
     finally:
         if bar is not None:
             bar.render_finish()
@@ -370,7 +370,7 @@ def purge(
     read = queue_to_read(queue, dead_queue)
     older_than = check_age(older_than)
     chosen = selection(error_types, message_ids)
-    target = resolve_url(ctx, url, config_path)
+    target = resolve_url(ctx, url, config_path, read)
     selected = chosen
 
     async def run(broker: Broker, *, dry_run: bool) -> dl.PurgeResult:
