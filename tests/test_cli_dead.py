@@ -194,7 +194,8 @@ def test_config_gives_the_url_of_the_consumer_of_that_queue(url: str, tmp_path: 
     )
     result = CliRunner().invoke(cli, ["dead", "list", "-q", "jobs", "--config", str(path)])
     assert result.exit_code == 0 and "jobs.dead: 3 dead letters" in result.stdout, result.output
-    by_dead_queue = CliRunner().invoke(cli, ["dead", "show", "--dead-queue", "jobs.dead", "--config", str(path)])
+    args = ["dead", "show", "--dead-queue", "jobs.dead", "--config", str(path)]
+    by_dead_queue = CliRunner().invoke(cli, args)
     assert by_dead_queue.exit_code == 0 and "message_id=m0" in by_dead_queue.stdout, by_dead_queue.output
     one = tmp_path / "one.toml"
     one.write_text(f'[consumers.jobs]\nqueue = "elsewhere"\ncallable = "m:f"\nurl = "{url}"\n')
