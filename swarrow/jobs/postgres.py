@@ -87,7 +87,11 @@ class PostgresBackend:
             conn = await asyncpg.connect(
                 self.dsn, timeout=_CONNECT_TIMEOUT_S, command_timeout=_COMMAND_TIMEOUT_S
             )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except TimeoutError:
+            raise JobStoreError(
+                f"cannot connect to the job store {self.url}: no answer within {_CONNECT_TIMEOUT_S:g} s"
+            ) from None
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise JobStoreError(
                 f"cannot connect to the job store {self.url}: {_reason(exc, self.dsn)}"
             ) from None

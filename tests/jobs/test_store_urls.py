@@ -86,7 +86,9 @@ def test_a_raw_password_holding_url_characters_reaches_postgresql_as_written(pos
     assert CliRunner().invoke(cli, ["jobs", "status", "x", "--store", encoded]).exit_code == 6
 
 
-@pytest.mark.parametrize("url", [f"postgresql://app:{SECRET}@[::1/jobs", f"postgresql://app:{SECRET}@h]/jobs"])
+@pytest.mark.parametrize(
+    "url", [f"postgresql://app:{SECRET}@[::1/jobs", f"postgresql://app:{SECRET}@h]/jobs"]
+)
 def test_a_postgresql_url_that_does_not_parse_is_refused_up_front_naming_it(url: str) -> None:
     with pytest.raises(ConfigurationError, match="does not parse") as err:
         JobStore.open(url)
@@ -97,3 +99,17 @@ def test_a_postgresql_url_that_does_not_parse_is_refused_up_front_naming_it(url:
     consume = runner.invoke(cli, ["consume", "tests.cli_callbacks:ok", "-q", "q", "--url", "memory://unused",
                                   "--track-jobs", url])  # fmt: skip
     assert consume.exit_code == 2 and "--track-jobs" in consume.output and SECRET not in consume.output
+
+
+def test_a_store_that_accepts_and_never_answers_is_exit_4_saying_so() -> None:
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)  # the kernel completes the handshake; nobody ever answers
+        port = server.getsockname()[1]
+        result = CliRunner().invoke(
+            cli, ["jobs", "status", "x", "--store", f"postgresql://app:{SECRET}@127.0.0.1:{port}/j"]
+        )
+    assert result.exit_code == 4, result.output
+    assert "no answer within 5 s" in result.output and SECRET not in result.output
