@@ -60,8 +60,8 @@ class TracingProcessor:
             kind=otel.SpanKind.CONSUMER,
             attributes=attributes,
             links=[link] if link is not None else None,
-            record_exception=True,
-            set_status_on_exception=True,
+            record_exception=False,
+            set_status_on_exception=False,
         ) as span:
             # A valid first-attempt header goes on to the copies; otherwise this attempt is the first.
             token = otel.first_attempt.set(
@@ -69,6 +69,9 @@ class TracingProcessor:
             )
             try:
                 keep_going = await self.inner(message)
+            except Exception as exc:
+                otel.record_failure(span, exc)
+                raise
             finally:
                 otel.first_attempt.reset(token)
                 outcome = get_outcome()
@@ -78,7 +81,10 @@ class TracingProcessor:
                 if outcome in _FAILED:
                     error_type = error[0] if error else "swarrow.Failed"
                     span.set_attribute("error.type", error_type)
-                    span.set_status(otel.Status(otel.StatusCode.ERROR, error[1][:200] if error else outcome))
+                    reason = otel.masked(error[1]) if error else outcome
+                    span.set_status(otel.Status(otel.StatusCode.ERROR, reason))
                 elif outcome == RETRIED and error is not None:
-                    span.add_event("swarrow.retry", {"error.type": error[0], "error.message": error[1][:200]})
+                    span.add_event(
+                        "swarrow.retry", {"error.type": error[0], "error.message": otel.masked(error[1])}
+                    )
             return keep_going

@@ -25,6 +25,7 @@ from typing import IO, Any, Final
 from swarrow.errors import ConfigurationError
 from swarrow.message import Message
 from swarrow.publisher import Publisher
+from swarrow.urls import mask_text
 
 try:
     from opentelemetry import propagate, trace
@@ -182,12 +183,33 @@ class TracingPublisher:
                 )
             except Exception as exc:
                 span.set_attribute("error.type", _error_type(exc))
-                span.set_status(Status(StatusCode.ERROR, str(exc)[:200]))
+                span.set_status(Status(StatusCode.ERROR, masked(str(exc))))
                 raise
 
     async def close(self) -> None:
         """Close the wrapped publisher."""
         await self.inner.close()
+
+
+def masked(text: str) -> str:
+    """An error message fit for a span: URL passwords masked (as in the logs), cut to 200 characters."""
+    return mask_text(text)[:200]
+
+
+def record_failure(span: Any, exc: BaseException) -> None:
+    """Mark `span` failed by `exc` with its `exception` event, URL passwords masked in message and trace."""
+    import traceback
+
+    span.set_attribute("error.type", _error_type(exc))
+    span.set_status(Status(StatusCode.ERROR, masked(str(exc))))
+    span.add_event(
+        "exception",
+        {
+            "exception.type": _error_type(exc),
+            "exception.message": mask_text(str(exc)),
+            "exception.stacktrace": mask_text("".join(traceback.format_exception(exc))),
+        },
+    )
 
 
 def _error_type(exc: BaseException) -> str:
