@@ -6,7 +6,7 @@ from typing import Any
 
 from swarrow import otel
 from swarrow.message import Message
-from swarrow.outcome import DEAD_LETTERED, FAILED, REJECTED, RETRIED, get_error, get_outcome
+from swarrow.outcome import DEAD_LETTERED, FAILED, REJECTED, RETRIED, get_error, get_outcome, reset_error
 from swarrow.processor import Processor
 
 __all__ = ["TracingProcessor"]
@@ -67,9 +67,12 @@ class TracingProcessor:
             token = otel.first_attempt.set(
                 first if link is not None else otel.traceparent_of(span.get_span_context())
             )
+            escaped = False
+            reset_error()  # the settling layers record this message's error; never the previous one's
             try:
                 keep_going = await self.inner(message)
             except Exception as exc:
+                escaped = True
                 otel.record_failure(span, exc)
                 raise
             finally:
@@ -78,7 +81,7 @@ class TracingProcessor:
                 if outcome is not None:
                     span.set_attribute("swarrow.outcome", outcome)
                 error = get_error()
-                if outcome in _FAILED:
+                if outcome in _FAILED and (error is not None or not escaped):
                     error_type = error[0] if error else "swarrow.Failed"
                     span.set_attribute("error.type", error_type)
                     reason = otel.masked(error[1]) if error else outcome

@@ -271,3 +271,35 @@ async def test_a_url_password_in_an_error_never_reaches_the_spans(
             assert "s3cr" not in text, (span.name, text)
     messages = [str(dict(e.attributes or {}).get("error.message", "")) for s in finished for e in s.events]
     assert any("postgresql://app:***@db" in m for m in messages) or not retried
+
+
+async def test_a_span_never_reports_the_previous_messages_error(
+    broker: Broker, queue_name: str, spans: InMemorySpanExporter
+) -> None:
+    from swarrow import RetryLater
+
+    seen: list[str] = []
+
+    async def work(message: Message) -> None:
+        seen.append(message.message_id or "")
+        if seen.count(message.message_id or "") == 1:
+            if message.message_id == "a":
+                raise RuntimeError("a failed")
+            raise RetryLater(0.05, "b is not ready")
+
+    await broker.declare_queue(queue_name)
+    for message_id in ("a", "b"):
+        await broker.publisher().publish(Message(b"x", message_id=message_id), queue_name)
+    await RetryTopology(queue_name, [0.05]).declare(broker)
+    provider = broker.provider(queue_name, prefetch=10)
+    layers = default_stack(
+        provider=provider, publisher=broker.publisher(), signals=False, log=False, otel=True,
+        retry_attempts=1, retry_delays=[0.05], max_messages=4,
+    )  # fmt: skip
+    with anyio.fail_after(20):  # one worker: b follows a in the same task
+        await Consumer(provider, Stack(*layers, callback=work), concurrency=1).run()
+    process = [s for s in spans.get_finished_spans() if s.name == f"process {queue_name}"]
+    first_b = next(s for s in process if dict(s.attributes or {})["messaging.message.id"] == "b")
+    assert dict(first_b.attributes or {})["swarrow.outcome"] == "retried"
+    for event in first_b.events:
+        assert "a failed" not in str(dict(event.attributes or {})), "a's error on b's span"
