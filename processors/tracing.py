@@ -6,7 +6,16 @@ from typing import Any
 
 from swarrow import otel
 from swarrow.message import Message
-from swarrow.outcome import DEAD_LETTERED, FAILED, REJECTED, RETRIED, get_error, get_outcome, reset_error
+from swarrow.outcome import (
+    DEAD_LETTERED,
+    FAILED,
+    REJECTED,
+    RETRIED,
+    get_error,
+    get_outcome,
+    reset_error,
+    reset_outcome,
+)
 from swarrow.processor import Processor
 
 __all__ = ["TracingProcessor"]
@@ -68,7 +77,10 @@ class TracingProcessor:
                 first if link is not None else otel.traceparent_of(span.get_span_context())
             )
             escaped = False
-            reset_error()  # the settling layers record this message's error; never the previous one's
+            # The settling layers record this message's outcome and error, never the previous one's:
+            # without metrics or logger layers (which reset them too) nothing else would.
+            reset_outcome()
+            reset_error()
             try:
                 keep_going = await self.inner(message)
             except Exception as exc:

@@ -303,3 +303,34 @@ async def test_a_span_never_reports_the_previous_messages_error(
     assert dict(first_b.attributes or {})["swarrow.outcome"] == "retried"
     for event in first_b.events:
         assert "a failed" not in str(dict(event.attributes or {})), "a's error on b's span"
+
+
+async def test_an_acked_message_after_a_failed_one_in_the_same_worker_is_acked_on_its_span(
+    broker: Broker, queue_name: str, spans: InMemorySpanExporter
+) -> None:
+    # Without the metrics and logger layers nothing else resets the outcome between messages: b's span
+    # said "dead_lettered", status ERROR. The retry test failed so when its second attempt happened to
+    # land on the worker that ran the first ("retried" instead of "acked"): the race under load.
+    async def work(message: Message) -> None:
+        if message.message_id == "a":
+            raise PermanentError("a is refused")
+
+    await broker.declare_queue(queue_name)
+    for message_id in ("a", "b"):
+        await broker.publisher().publish(Message(b"x", message_id=message_id), queue_name)
+    await RetryTopology(queue_name, [0.05]).declare(broker)
+    provider = broker.provider(queue_name, prefetch=10)
+    layers = default_stack(
+        provider=provider, publisher=broker.publisher(), signals=False, log=False, metrics=False, otel=True,
+        retry_attempts=1, retry_delays=[0.05], max_messages=2,
+    )  # fmt: skip
+    with anyio.fail_after(20):  # one worker: b follows a in the same task
+        await Consumer(provider, Stack(*layers, callback=work), concurrency=1).run()
+    by_id = {
+        dict(s.attributes or {})["messaging.message.id"]: s
+        for s in spans.get_finished_spans()
+        if s.name == f"process {queue_name}"
+    }
+    assert dict(by_id["a"].attributes or {})["swarrow.outcome"] == "dead_lettered"
+    assert dict(by_id["b"].attributes or {})["swarrow.outcome"] == "acked"
+    assert by_id["b"].status.status_code is StatusCode.UNSET
