@@ -74,7 +74,10 @@ class TracingProcessor:
         ) as span:
             # A valid first-attempt header goes on to the copies; otherwise this attempt is the first.
             token = otel.first_attempt.set(
-                first if link is not None else otel.traceparent_of(span.get_span_context())
+                (
+                    message.message_id,
+                    first if isinstance(first, str) and link is not None else span.get_span_context(),
+                )
             )
             escaped = False
             # The settling layers record this message's outcome and error, never the previous one's:

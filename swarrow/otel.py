@@ -56,8 +56,11 @@ _VERSION: Final = "0.1.0"
 # Reply addresses: RabbitMQ's direct reply-to, server-named queues, the in-memory RPC client's queues.
 _TEMPORARY_PREFIXES: Final = ("amq.rabbitmq.reply-to", "amq.gen-", "swarrow.reply.")
 
-# The first attempt's span of the message being processed, for the copies its layers publish.
-first_attempt: ContextVar[str | None] = ContextVar("swarrow_first_attempt", default=None)
+# The message being processed: its id and its first attempt (a traceparent, or this attempt's span
+# context, formatted only if a copy is published), for the copies of it its layers publish.
+first_attempt: ContextVar[tuple[str | None, str | SpanContext] | None] = ContextVar(
+    "swarrow_first_attempt", default=None
+)
 
 
 def require_otel() -> None:
@@ -130,8 +133,8 @@ class TracingPublisher:
     """Wraps a publisher: each publish is a PRODUCER span `send {destination}`, its context in the headers.
 
     Retry, dead-letter and reply copies, RPC requests, `swarrow publish --otel` and your own
-    publishes (wrap `broker.publisher()`) go through it when tracing is on. A copy published while
-    a message is processed also carries that message's first-attempt span
+    publishes (wrap `broker.publisher()`) go through it when tracing is on. A copy of the message
+    being processed (same message id) also carries that message's first-attempt span
     (`x-swarrow-first-attempt`), so a retried attempt links to the first one and a message's whole
     life is one trace.
     """
@@ -174,9 +177,15 @@ class TracingPublisher:
         ) as span:
             headers: dict[str, Any] = dict(message.headers)
             propagate.inject(headers)
-            first = first_attempt.get()
-            if first is not None:  # a valid one: the original's, or this message's own first span
-                headers[FIRST_ATTEMPT_HEADER] = first
+            current = first_attempt.get()
+            # Only on copies of the message being processed (same id: retry, dead letter); a new message
+            # the callback publishes is this span's child, with a first attempt of its own.
+            if current is not None and current[0] == message.message_id:
+                first = current[1]
+                if isinstance(first, str):
+                    headers[FIRST_ATTEMPT_HEADER] = first
+                elif first.is_valid:
+                    headers[FIRST_ATTEMPT_HEADER] = traceparent_of(first)
             try:
                 await self.inner.publish(
                     message.replace(headers=headers), routing_key, exchange, mandatory=mandatory

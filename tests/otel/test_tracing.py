@@ -334,3 +334,33 @@ async def test_an_acked_message_after_a_failed_one_in_the_same_worker_is_acked_o
     assert dict(by_id["a"].attributes or {})["swarrow.outcome"] == "dead_lettered"
     assert dict(by_id["b"].attributes or {})["swarrow.outcome"] == "acked"
     assert by_id["b"].status.status_code is StatusCode.UNSET
+
+
+async def test_a_follow_up_message_published_by_the_callback_is_not_linked_as_a_retry(
+    broker: Broker, queue_name: str, spans: InMemorySpanExporter
+) -> None:
+    # The first-attempt link is for copies of the message being processed (retry, dead letter); a new
+    # message the callback publishes is the child of its span, and its own first attempt is its own.
+    follow_ups = f"{queue_name}.next"
+    await broker.declare_queue(follow_ups)
+    own = TracingPublisher(broker.publisher())
+
+    async def work(message: Message) -> None:
+        await own.publish(Message(b"next", message_id="follow-up"), follow_ups)
+
+    await broker.declare_queue(queue_name)
+    await broker.publisher().publish(Message(b"x", message_id="m-parent"), queue_name)
+    await _run(broker, queue_name, work, 1)
+    try:
+        got = await broker.get(follow_ups) if hasattr(broker, "get") else None
+        if got is None:
+            provider = broker.provider(follow_ups, prefetch=1)
+            await provider.start()
+            with anyio.fail_after(10):
+                got = await provider.receive()
+            await provider.close()
+        assert got is not None
+        assert FIRST_ATTEMPT_HEADER not in got.headers
+        assert "traceparent" in got.headers
+    finally:
+        await broker.delete_queue(follow_ups)
