@@ -163,7 +163,8 @@ _EXAMPLES = (
     section="General",
     is_flag=True,
     help="A PRODUCER span per message, its trace context in the headers (pip install 'swarrow[otel]'; "
-    "the SDK from OTEL_* variables as for consume).",
+    "the SDK from OTEL_* variables as for consume; OTEL_TRACES_EXPORTER=console prints them on stderr, so "
+    "stdout keeps only what --print-ids prints).",
 )
 @url_option()
 @option(
@@ -293,7 +294,7 @@ def publish(
         if otel:
             from swarrow.otel import configure_sdk
 
-            sdk = configure_sdk()
+            sdk = configure_sdk(console=sys.stderr)  # stdout: the ids of --print-ids
         elapsed = run_anyio(
             functools.partial(
                 _publish, url, target, template, message_id, count, window, show, print_ids, outcome, otel

@@ -204,3 +204,22 @@ def test_a_hanging_otlp_endpoint_delays_the_exit_by_the_flush_budget_only(
     # Spans not exported within OTEL_BSP_EXPORT_TIMEOUT are given up: before, 10 s (the OTLP request's
     # own timeout) per batch left, 30 s for 3,000 spans.
     assert waited < 4, f"{waited:.1f}s from the stop to the exit"
+
+
+def test_console_spans_never_mix_with_the_ids_publish_prints(amqp_url: str, queue_name: str) -> None:
+    # `swarrow publish --print-ids | swarrow jobs status -` must read ids only, tracing or not.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SWARROW_URL": amqp_url, "OTEL_TRACES_EXPORTER": "console"}
+    swarrow = [sys.executable, "-m", "swarrow"]
+    subprocess.run([*swarrow, "declare", "--queue", queue_name], env=env, check=True, capture_output=True)
+    try:
+        done = subprocess.run(
+            [*swarrow, "publish", "--queue", queue_name, "--body", "x", "--count", "3", "--print-ids",
+             "--otel"],
+            env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        asyncio.run(_delete(amqp_url, queue_name))
+    assert done.returncode == 0, done.stderr
+    ids = done.stdout.split()
+    assert len(ids) == 3 and all(len(i) >= 8 and "{" not in i for i in ids), done.stdout[:500]
+    assert f'"name": "send {queue_name}"' in done.stderr, "the spans go to stderr"
