@@ -88,8 +88,10 @@ class _Replay:
 
     def __init__(self, scan: QueueScan, *, to: str | None, fallback: str | None, dry_run: bool,
                  now: datetime, batch_size: int, group: TaskGroup,
-                 on_replayed: Callable[[Message, str], None] | None = None) -> None:  # fmt: skip
+                 on_replayed: Callable[[Message, str], None] | None = None,
+                 otel: bool = False) -> None:  # fmt: skip
         self.scan = scan
+        self.otel = otel
         self.on_replayed = on_replayed
         self.to = to
         self.fallback = fallback
@@ -160,7 +162,7 @@ class _Replay:
         """Send the pending batch; settle the oldest batches in flight beyond the window."""
         pending, self._pending, self._pending_bytes = self._pending, [], 0
         if pending:
-            batch = _Batch(pending)
+            batch = _Batch(pending, self.otel)
             self._in_flight.append(batch)
             self._group.start_soon(batch.send, self.scan)
         # Ack what is confirmed as soon as it is (a crash then leaves fewer duplicates), in order.
@@ -192,18 +194,29 @@ class _Replay:
 class _Batch:
     """Copies published together; `done` once every confirm (or the error) is in."""
 
-    def __init__(self, items: list[tuple[Message, Message, str]]) -> None:
+    def __init__(self, items: list[tuple[Message, Message, str]], otel: bool = False) -> None:
         self.items = items
+        self.otel = otel
         self.outcomes: list[Exception | None] = []
         self.error: Exception | None = None
         self.done = anyio.Event()
 
     async def send(self, scan: QueueScan) -> None:
+        copies = [(copy, target) for _, copy, target in self.items]
+        spans = None
+        if self.otel:  # a PRODUCER span per copy, in the trace the letter's headers carry
+            from swarrow.otel import start_send_spans
+
+            copies, spans = start_send_spans(copies)
         try:
-            self.outcomes = await scan.publish([(copy, target) for _, copy, target in self.items])
+            self.outcomes = await scan.publish(copies)
         except Exception as exc:  # re-raised in order by the replay that settles this batch
             self.error = exc
         finally:
+            if spans is not None:
+                from swarrow.otel import end_send_spans
+
+                end_send_spans(spans, self.outcomes, self.error)
             self.done.set()
 
 
@@ -239,6 +252,7 @@ async def replay_dead_letters(
     batch_size: int = 500,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     clock: Callable[[], float] = time.monotonic,
+    otel: bool = False,
 ) -> ReplayResult:
     """Publish the selected dead letters of `queue` back, confirmed, then ack them; keep the rest in order.
 
@@ -248,8 +262,13 @@ async def replay_dead_letters(
     `progress(done, total)` is called as letters are read; `on_replayed(copy, target)` for each copy
     the broker confirmed (e.g. to record the job as waiting again: `swarrow.jobs.replayed_job`).
     Raises `ReplayInterrupted` (a `BrokerUnavailableError`) if the connection drops: run it again
-    to finish.
+    to finish. `otel`: each copy is a PRODUCER span `send {target}` in the trace its letter's headers
+    carry, its context injected (needs `swarrow[otel]`).
     """
+    if otel:
+        from swarrow.otel import require_otel
+
+        require_otel()
     if isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
     if to is not None and not to:
@@ -270,7 +289,8 @@ async def replay_dead_letters(
             try:
                 async with anyio.create_task_group() as group:
                     run = _Replay(scan, to=to, fallback=fallback_queue, dry_run=dry_run, now=now(),
-                                  batch_size=batch_size, group=group, on_replayed=on_replayed)  # fmt: skip
+                                  batch_size=batch_size, group=group, on_replayed=on_replayed,
+                                  otel=otel)  # fmt: skip
                     await _pass(scan, run, selection, progress)
             except BaseExceptionGroup as grouped:  # the batches never raise: this is the pass's own
                 raise grouped.exceptions[0] from None

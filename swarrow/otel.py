@@ -200,6 +200,41 @@ class TracingPublisher:
         await self.inner.close()
 
 
+def start_send_spans(copies: list[tuple[Message, str]]) -> tuple[list[tuple[Message, str]], list[Any]]:
+    """Open a `send {queue}` span per (message, queue) published as one batch, each in the trace its
+    message's headers carry; return the messages with their span's context injected, and the spans."""
+    tracer_ = tracer()
+    out: list[tuple[Message, str]] = []
+    spans: list[Any] = []
+    for message, queue in copies:
+        attributes: dict[str, Any] = {
+            "messaging.system": SYSTEM,
+            "messaging.operation.name": "send",
+            "messaging.operation.type": "send",
+            "messaging.destination.name": queue,
+            "messaging.rabbitmq.destination.routing_key": queue,
+            **message_attributes(message),
+        }
+        span = tracer_.start_span(
+            f"send {queue}", context=extract(message.headers), kind=SpanKind.PRODUCER, attributes=attributes
+        )
+        headers: dict[str, Any] = dict(message.headers)
+        propagate.inject(headers, context=trace.set_span_in_context(span))
+        out.append((message.replace(headers=headers), queue))
+        spans.append(span)
+    return out, spans
+
+
+def end_send_spans(spans: list[Any], outcomes: list[Exception | None], error: Exception | None) -> None:
+    """End what `start_send_spans` opened: failed (`error.type`) where the batch or its copy failed."""
+    for n, span in enumerate(spans):
+        failure = error if error is not None else (outcomes[n] if n < len(outcomes) else None)
+        if failure is not None:
+            span.set_attribute("error.type", _error_type(failure))
+            span.set_status(Status(StatusCode.ERROR, masked(str(failure))))
+        span.end()
+
+
 def masked(text: str) -> str:
     """An error message fit for a span: URL passwords masked (as in the logs), cut to 200 characters."""
     return mask_text(text)[:200]

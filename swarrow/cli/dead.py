@@ -30,7 +30,7 @@ from swarrow.cli._dead_params import (
     selection_options,
 )
 from swarrow.cli._jobs_store import check_store, config_store, record_replays
-from swarrow.cli.errors import CliError
+from swarrow.cli.errors import CliError, fail
 from swarrow.cli.help import ENV_EPILOG, ManCommand, exit_epilog, option
 from swarrow.cli.params import Duration
 from swarrow.exits import EXIT_BROKER, EXIT_CRASH, EXIT_OK, EXIT_USAGE
@@ -230,6 +230,14 @@ def show(
     help="The job store consumers track into (env SWARROW_TRACK_JOBS, or --config's [jobs] store): record "
     "each replayed job as retrying, waiting in its queue again (best-effort).",
 )
+@option(
+    "--otel",
+    section="General",
+    is_flag=True,
+    help="A PRODUCER span per replayed copy, in the trace its dead letter carries, its context in the "
+    "copy's headers (pip install 'swarrow[otel]'; the SDK from OTEL_* variables as for consume; "
+    "console spans on stderr).",
+)
 @click.pass_context
 def replay(
     ctx: click.Context,
@@ -248,6 +256,7 @@ def replay(
     progress: bool | None,
     as_json: bool,
     track_jobs: str | None,
+    otel: bool,
 ) -> None:
     """Publish selected dead letters back to their original queue (or --to), confirmed, then ack them.
 
@@ -295,11 +304,24 @@ def replay(
             dry_run=dry_run,
             progress=on_progress if show_bar else None,
             on_replayed=on_replayed if store and not dry_run else None,
+            otel=otel,
         )
 
+    sdk = None
+    if otel:
+        from swarrow.otel import configure_sdk
+
+        try:
+            sdk = configure_sdk(console=sys.stderr)  # stdout: the report (--json)
+        except Exception as exc:
+            fail(exc)
     try:
         result: dl.ReplayResult = call(resolve_url(ctx, url, config_path, read), operation, read)
     finally:
+        if sdk is not None:
+            from swarrow.otel import shutdown_sdk
+
+            shutdown_sdk(sdk)
         if bar is not None:
             bar.render_finish()
         if store and records:  # what was replayed, also when the connection was lost mid-way

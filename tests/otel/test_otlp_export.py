@@ -223,3 +223,29 @@ def test_console_spans_never_mix_with_the_ids_publish_prints(amqp_url: str, queu
     ids = done.stdout.split()
     assert len(ids) == 3 and all(len(i) >= 8 and "{" not in i for i in ids), done.stdout[:500]
     assert f'"name": "send {queue_name}"' in done.stderr, "the spans go to stderr"
+
+
+def test_dead_replay_otel_traces_each_copy(amqp_url: str, queue_name: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SWARROW_URL": amqp_url, "OTEL_TRACES_EXPORTER": "console"}
+    swarrow = [sys.executable, "-m", "swarrow"]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*swarrow, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+
+    try:
+        assert run("declare", "--queue", queue_name).returncode == 0
+        assert run("publish", "--queue", queue_name, "--body", "x", "--otel").returncode == 0
+        consumed = run("consume", "tests.rpc.callbacks:refuse", "--queue", queue_name, "--otel",
+                       "--max-messages", "1")  # fmt: skip
+        assert consumed.returncode == 0, consumed.stderr
+        traced = [line for line in consumed.stdout.splitlines() if '"trace_id"' in line]
+        replayed = run("dead", "replay", "--queue", queue_name, "--otel", "--json")
+    finally:
+        asyncio.run(_delete(amqp_url, queue_name))
+    assert replayed.returncode == 0, replayed.stderr
+    assert '"replayed": 1' in replayed.stdout.replace(" ", "").replace('":1', '": 1'), replayed.stdout
+    assert f'"name": "send {queue_name}"' in replayed.stderr and "SpanKind.PRODUCER" in replayed.stderr
+    trace_ids = {line.split('"')[3] for line in traced}
+    assert any(t in replayed.stderr for t in trace_ids), "the copy's span is in the message's trace"

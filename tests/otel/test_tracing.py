@@ -364,3 +364,34 @@ async def test_a_follow_up_message_published_by_the_callback_is_not_linked_as_a_
         assert "traceparent" in got.headers
     finally:
         await broker.delete_queue(follow_ups)
+
+
+async def test_a_replayed_dead_letter_goes_on_in_the_messages_trace(
+    broker: Broker, queue_name: str, spans: InMemorySpanExporter
+) -> None:
+    from swarrow.dead_letters import replay_dead_letters
+
+    attempts: list[Message] = []
+
+    async def refuse_once(message: Message) -> None:
+        attempts.append(message)
+        if len(attempts) == 1:
+            raise PermanentError("no card yet")
+
+    await broker.declare_queue(queue_name)
+    await broker.publisher().publish(Message(b"x", message_id="m-replay"), queue_name)
+    await _run(broker, queue_name, refuse_once, 1)
+    result = await replay_dead_letters(broker, f"{queue_name}.dead", otel=True)
+    assert result.replayed == 1
+    await _run(broker, queue_name, refuse_once, 1)
+    found = _by_name(spans)
+    first, again = sorted(found[f"process {queue_name}"], key=lambda s: s.start_time or 0)
+    (dead,) = found[f"send {queue_name}.dead"]
+    (replay,) = found[f"send {queue_name}"]
+    assert replay.kind is SpanKind.PRODUCER
+    assert (
+        first.context.trace_id == dead.context.trace_id == replay.context.trace_id == again.context.trace_id
+    )
+    assert replay.parent is not None and replay.parent.span_id == dead.context.span_id
+    assert again.parent is not None and again.parent.span_id == replay.context.span_id
+    assert [link.context.span_id for link in again.links] == [first.context.span_id]
