@@ -201,3 +201,19 @@ def test_config_gives_the_url_of_the_consumer_of_that_queue(url: str, tmp_path: 
     one.write_text(f'[consumers.jobs]\nqueue = "elsewhere"\ncallable = "m:f"\nurl = "{url}"\n')
     only = CliRunner().invoke(cli, ["dead", "list", "-q", "jobs", "--config", str(one)])
     assert only.exit_code == 0 and "3 dead letters" in only.stdout, only.output  # the file's only URL
+
+
+def test_replay_with_config_records_into_the_store_of_the_consumer_of_that_queue(
+    url: str, tmp_path: Path
+) -> None:
+    store = f"sqlite:///{tmp_path}/jobs.db"
+    path = tmp_path / "swarrow.toml"
+    path.write_text(
+        f'[consumers.jobs]\nqueue = "jobs"\ncallable = "m:f"\nurl = "{url}"\ntrack_jobs = "{store}"\n'
+    )
+    done = CliRunner().invoke(
+        cli, ["dead", "replay", "-q", "jobs", "--config", str(path)], env={"SWARROW_TRACK_JOBS": ""}
+    )
+    assert done.exit_code == 0 and done.stdout.splitlines()[-1] == "replayed 3, kept 0, failed 0", done.output
+    status = CliRunner().invoke(cli, ["jobs", "status", "m0", "m1", "m2", "--config", str(path)])
+    assert status.exit_code == 7 and status.stdout.count(" retrying ") == 3, status.output

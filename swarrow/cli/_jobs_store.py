@@ -141,14 +141,21 @@ def check_store(url: str | None, where: str) -> str | None:
     return None if not url else _checked(url, where)
 
 
-def config_store(config_path: str | None) -> str | None:
-    """The job store a config file names for all its consumers ([jobs] store), if any."""
+def config_store(config_path: str | None, dead_queues: tuple[str, ...] = ()) -> str | None:
+    """The job store a config file names: that of the consumer whose dead letters are `dead_queues`
+    (its track_jobs), else its [jobs] store; None when it names none."""
     if config_path is None:
         return None
     try:
-        url = load_config(config_path).shared.get("track_jobs")
+        config = load_config(config_path)
     except ConfigurationError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
+    for consumer in config.consumers.values():
+        queue = consumer.values.get("queue")
+        if queue and (f"{queue}.dead" in dead_queues or f"{queue}_dl" in dead_queues):
+            url = consumer.values.get("track_jobs")
+            return check_store(str(url), consumer.where("track_jobs")) if url else None
+    url = config.shared.get("track_jobs")
     return check_store(str(url) if url else None, f"store in [jobs] of {config_path}")
 
 

@@ -272,7 +272,8 @@ def replay(
     if to is not None and to in (read.name, read.swarrot):
         raise click.BadParameter(f"cannot replay {to!r} into itself", param_hint="--to")
     chosen = selection(error_types, message_ids, since, until, limit)
-    store = check_store(track_jobs, "--track-jobs") if track_jobs else config_store(config_path)
+    dead_queues = tuple(q for q in (read.name, read.swarrot) if q)
+    store = check_store(track_jobs, "--track-jobs") if track_jobs else config_store(config_path, dead_queues)
     records: list[JobRecord] = []
 
     def on_replayed(copy: Message, target: str) -> None:
