@@ -30,6 +30,8 @@ from swarrow.urls import mask_text
 try:
     from opentelemetry import propagate, trace
     from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, Tracer
+
+    _NO_OP_PROVIDERS: Final = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 except ImportError:  # pragma: no cover - without the [otel] extra: require_otel() says what to install
     trace = None  # type: ignore[assignment]
 
@@ -73,6 +75,11 @@ def tracer() -> Tracer:
     """swarrow's tracer from the global tracer provider (a no-op one until an SDK is set up)."""
     require_otel()
     return trace.get_tracer("swarrow", _VERSION, schema_url="https://opentelemetry.io/schemas/1.44.0")
+
+
+def recording() -> bool:
+    """False while no tracer provider is set up (the API's no-op one): nothing would be recorded."""
+    return not isinstance(trace.get_tracer_provider(), _NO_OP_PROVIDERS)
 
 
 def dual_emission() -> bool:

@@ -395,3 +395,25 @@ async def test_a_replayed_dead_letter_goes_on_in_the_messages_trace(
     assert replay.parent is not None and replay.parent.span_id == dead.context.span_id
     assert again.parent is not None and again.parent.span_id == replay.context.span_id
     assert [link.context.span_id for link in again.links] == [first.context.span_id]
+
+
+async def test_without_an_sdk_the_layer_passes_messages_through_untouched(
+    broker: Broker, queue_name: str, spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import opentelemetry.trace
+
+    from swarrow import otel
+
+    monkeypatch.setattr(opentelemetry.trace, "_TRACER_PROVIDER", None)  # as before any SDK is set up
+    assert not otel.recording()
+    done: list[Message] = []
+
+    async def work(message: Message) -> None:
+        done.append(message)
+
+    await broker.declare_queue(queue_name)
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    await broker.publisher().publish(Message(b"x", headers={"traceparent": traceparent}), queue_name)
+    await _run(broker, queue_name, work, 1)
+    assert [m.headers["traceparent"] for m in done] == [traceparent]
+    assert spans.get_finished_spans() == ()
