@@ -32,6 +32,7 @@ by the `swarrow consume` option they set, so the CLI can layer flags over them.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS: Final = ("text", "json")
 
 Converter = Callable[[Any], Any]
+_PASSWORD_PARAM: Final = re.compile(r"((?:^|[\s?&;'\"])[a-z_]*password\s*=\s*)([^\s&#;'\"]*)", re.IGNORECASE)
 
 
 def _str(value: Any) -> str:
@@ -286,7 +288,9 @@ def _set(
     try:
         values[option] = convert(value)
     except ValueError as exc:
-        raise ConfigurationError(f"invalid value for {key!r} in [{where}] of {source}: {exc}") from None
+        # The value may be a URL (or a libpq string) of the wrong type, password and all.
+        reason = _PASSWORD_PARAM.sub(r"\1***", mask_text(str(exc)))
+        raise ConfigurationError(f"invalid value for {key!r} in [{where}] of {source}: {reason}") from None
 
 
 def load_config(path: str | Path) -> SwarrowConfig:

@@ -138,3 +138,21 @@ def test_the_cluster_example_lists_three_nodes_quorum_and_at_least_once() -> Non
     assert [n.port for n in parse_url(url).nodes] == [5701, 5702, 5703]
     assert values["quorum"] is True and values["dead_letter_strategy"] == "at-least-once"
     assert values["delivery_limit"] == 5
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        'track_jobs = ["postgresql://u:s3cret@h/db"]',
+        'track_jobs = {url = "postgresql://u:s3cret@h/db"}',
+        'prefetch = "amqp://u:s3cret@h/"',
+        'track_jobs = ["host=h password=s3cret dbname=jobs"]',
+        'url = {u = "amqp://u:s3cret@h/"}',
+    ],
+)
+def test_a_value_of_the_wrong_type_is_named_without_the_password_it_holds(tmp_path: Path, line: str) -> None:
+    path = tmp_path / "swarrow.toml"
+    path.write_text(f'[consumers.a]\nqueue = "a"\ncallable = "m:f"\n{line}\n')
+    with pytest.raises(ConfigurationError) as err:
+        load_config(path)
+    assert "s3cret" not in str(err.value) and f"'{line.split()[0]}'" in str(err.value)
