@@ -227,8 +227,9 @@ def show(
     metavar="URL",
     envvar="SWARROW_TRACK_JOBS",
     default=None,
-    help="The job store consumers track into (env SWARROW_TRACK_JOBS, or --config's [jobs] store): record "
-    "each replayed job as retrying, waiting in its queue again (best-effort).",
+    help="The job store consumers track into (env SWARROW_TRACK_JOBS; with --config, the track_jobs of the "
+    "consumer of that queue, else [jobs] store): record each replayed job as retrying, waiting in its queue "
+    "again (best-effort).",
 )
 @option(
     "--otel",
