@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Any, Final, Literal
 
 from swarrow.message import Message
+from swarrow.swarrot import SWARROT_ATTEMPTS_HEADER
 from swarrow.topology import (
     ATTEMPTS_HEADER,
     ERROR_MESSAGE_HEADER,
@@ -45,6 +46,7 @@ Origin = Literal["swarrow", "x-death", "unknown"]
 _RESET_ON_REPLAY: Final = frozenset(
     {
         RETRY_ATTEMPT_HEADER,
+        SWARROT_ATTEMPTS_HEADER,  # swarrot's retry count (a PHP worker's, or --retry-topology swarrot)
         ERROR_TYPE_HEADER,
         ERROR_MESSAGE_HEADER,
         ATTEMPTS_HEADER,

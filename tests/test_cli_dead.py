@@ -217,3 +217,22 @@ def test_replay_with_config_records_into_the_store_of_the_consumer_of_that_queue
     assert done.exit_code == 0 and done.stdout.splitlines()[-1] == "replayed 3, kept 0, failed 0", done.output
     status = CliRunner().invoke(cli, ["jobs", "status", "m0", "m1", "m2", "--config", str(path)])
     assert status.exit_code == 7 and status.stdout.count(" retrying ") == 3, status.output
+
+
+def test_a_replayed_swarrot_letter_counts_its_retries_afresh() -> None:
+    name = f"dead-cli-{uuid.uuid4().hex[:8]}"
+    url = f"memory://{name}"
+    broker = MemoryBroker.named(name)
+    base = ["-q", "mails", "--url", url, "--retry-topology", "swarrot", "--retry-delays", "60s"]
+    assert CliRunner().invoke(cli, ["declare", *base]).exit_code == 0
+    # What a PHP swarrot worker (or swarrow with --retry-topology swarrot) leaves after its last retry
+    spent = {"swarrot_retry_attempts": 1, "x-swarrow-attempt": 1, "x-swarrow-original-queue": "mails"}
+    broker.publish_nowait(Message(b"x", headers=spent, message_id="s1"), "mails_dl")
+    assert CliRunner().invoke(cli, ["dead", "replay", "-q", "mails", "--url", url]).exit_code == 0
+    copy = broker.get_nowait("mails")
+    assert copy is not None and "swarrot_retry_attempts" not in copy.headers, copy.headers
+    broker.publish_nowait(copy, "mails")
+    failed = CliRunner().invoke(cli, ["consume", "tests.cli_callbacks:boom", *base[:4], "--retry-topology",
+                                      "swarrot", "--retry-delays", "60s", "--max-messages", "1", "--no-signals"])  # fmt: skip
+    assert failed.exit_code == 0, failed.output
+    assert broker.message_count("mails_dl") == 0 and broker.message_count("mails_retry_60") == 1  # retried, not dead
