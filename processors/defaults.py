@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -22,7 +22,7 @@ from processors.retry import RetryProcessor
 from processors.signal_handler import SignalHandlerProcessor
 from processors.stop_when_idle import StopWhenIdleProcessor
 from processors.time_limit import TimeLimitProcessor
-from swarrow.broker import QueueInfo
+from swarrow.broker import QueueStats
 from swarrow.errors import ConfigurationError
 from swarrow.jobs.store import JobStore
 from swarrow.metrics import SwarrowMetrics
@@ -85,7 +85,7 @@ def default_stack(
     serial_header: str | None = None,
     otel: bool = False,
     otel_server: tuple[str, int] | None = None,
-    queue_stats: Callable[[], Awaitable[QueueInfo | None]] | None = None,
+    queue_stats: QueueStats | None = None,
     queue_stats_interval: float = 5.0,
     layers: Sequence[LayerLike] = (),
 ) -> list[Layer[Any]]:

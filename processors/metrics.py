@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from bisect import bisect_left
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from time import perf_counter
 
@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from processors._republish import RepublishState, add_refusals, held_reason, republish_states
 from swarrow._metrics_accumulator import Accumulator
-from swarrow.broker import QueueInfo
+from swarrow.broker import QueueStats, QueueStatsSource
 from swarrow.control import ConsumerControl
 from swarrow.health import HealthState
 from swarrow.http import MetricsServer
@@ -58,7 +58,7 @@ class MetricsProcessor:
         liveness_timeout: float = 10.0,
         heartbeat_interval: float = 1.0,
         clock: Callable[[], float] = perf_counter,
-        queue_stats: Callable[[], Awaitable[QueueInfo | None]] | None = None,
+        queue_stats: QueueStats | None = None,
         queue_stats_interval: float = 5.0,
     ) -> None:
         self.heartbeat_interval = require_seconds("heartbeat_interval", heartbeat_interval)
@@ -80,31 +80,40 @@ class MetricsProcessor:
         self.queue_stats = queue_stats
         self.queue_stats_interval = require_seconds("queue_stats_interval", queue_stats_interval)
         self._pending: Accumulator | None = None
+        self._pendings: dict[str, Accumulator] = {}
         self._warned_no_outcome = False
 
     @asynccontextmanager
     async def lifespan(self, control: ConsumerControl) -> AsyncIterator[None]:
         """Bind the queue's children, serve the endpoint, beat the heartbeat; record the stop at the end."""
-        bound = self.metrics.for_queue(control.queue_name)
-        self._pending = bound.pending
         provider = self.provider
+        # A consumer of several queues (swarrow.multi_queue) is counted, gauged and made ready per queue.
+        names: tuple[str, ...] = getattr(provider, "queue_names", None) or (control.queue_name,)
+        bounds = [self.metrics.for_queue(name) for name in names]
+        bound = bounds[0]
+        self._pending = bound.pending
+        self._pendings = {b.queue: b.pending for b in bounds}
+        parts = _parts(provider, names)
         consumed = False
 
         def ready() -> tuple[bool, str]:
             nonlocal consumed
             if control.stop_requested:
                 return False, f"draining (stop requested: {control.reason})"
-            if provider is not None and not provider.is_consuming:
+            idle = [name for name, part in parts if part is not None and not part.is_consuming]
+            if idle:
+                where = f" {', '.join(idle)}" if len(names) > 1 else ""
                 if not consumed:
-                    return False, "starting (not consuming yet)"
-                return False, "not consuming (broker disconnected or consumer cancelled)"
+                    return False, f"starting (not consuming{where} yet)"
+                return False, f"not consuming{where} (broker disconnected or consumer cancelled)"
             consumed = True
-            return True, "consuming"
+            return True, "consuming" if len(names) == 1 else f"consuming {', '.join(names)}"
 
         health = self.health
         health.ready = ready
         # One source of truth: the gauge is what /readyz answers, read again at every scrape.
-        bound.up_source[:] = [lambda: health.readiness()[0]]
+        for each, (_, part) in zip(bounds, parts, strict=True):
+            each.up_source[:] = [_up_source(health, control, part if len(names) > 1 else None)]
         republish = republish_states(self.inner)
         health.blocked = (lambda: held_reason(republish)) if republish else None
         health.stopped = None
@@ -113,10 +122,11 @@ class MetricsProcessor:
             self.server.start()
         try:
             async with anyio.create_task_group() as background:
-                background.start_soon(self._heartbeat, bound)
-                background.start_soon(self._sample_utilization, bound, control)
-                if self.queue_stats is not None:
-                    background.start_soon(self._poll_queue_stats, bound, self.queue_stats)
+                background.start_soon(self._heartbeat, bounds)
+                for each in bounds:
+                    background.start_soon(self._sample_utilization, each, control)
+                for each, source in _stats_sources(self.queue_stats, bounds):
+                    background.start_soon(self._poll_queue_stats, each, source)
                 if republish:
                     background.start_soon(self._count_refused_copies, bound, republish)
                 try:
@@ -124,15 +134,24 @@ class MetricsProcessor:
                 finally:
                     background.cancel_scope.cancel()
         finally:
-            bound.up_source.clear()
-            bound.flush()  # a pool worker's last counts: its supervisor reads them from the files
             code = control.reason.code if control.reason is not None else "crashed"
-            bound.consumer_up.set(0)
-            bound.stopped(code)
+            for each in bounds:
+                each.up_source.clear()
+                each.flush()  # a pool worker's last counts: its supervisor reads them from the files
+                each.consumer_up.set(0)
+                each.stopped(code)
             health.stop(code)
             if self.server is not None:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(self.server.stop)
+
+    def _pending_of(self, queue: str) -> Accumulator:
+        pending = self._pendings.get(queue)
+        if pending is None:
+            pending = self._pendings[queue] = self.metrics.for_queue(queue).pending
+        if self._pending is None:
+            self._pending = pending
+        return pending
 
     async def _count_refused_copies(self, bound: QueueMetrics, states: list[RepublishState]) -> None:
         # Off the hot path: refusals are rare, so a heartbeat-paced delta is exact enough.
@@ -154,9 +173,7 @@ class MetricsProcessor:
             bound.utilization.set(sum(samples) / len(samples))
             await anyio.sleep(self.heartbeat_interval)
 
-    async def _poll_queue_stats(
-        self, bound: QueueMetrics, inspect: Callable[[], Awaitable[QueueInfo | None]]
-    ) -> None:
+    async def _poll_queue_stats(self, bound: QueueMetrics, inspect: QueueStatsSource) -> None:
         # A passive declare every few seconds: the backlog as RabbitMQ counts it (ready messages, not
         # the ones already pushed into prefetch windows), without the management plugin.
         interval = self.queue_stats_interval
@@ -172,7 +189,7 @@ class MetricsProcessor:
                         bound.queue_consumers.set(info.consumer_count)
             await anyio.sleep(interval)
 
-    async def _heartbeat(self, bound: QueueMetrics) -> None:
+    async def _heartbeat(self, bounds: list[QueueMetrics]) -> None:
         # Runs on the event loop, so a blocked loop stops the beat and `/healthz` notices.
         # The flush (which also sets swarrow_consumer_up from the readiness) is for multiprocess mode,
         # where nothing collects this process's registry.
@@ -184,13 +201,14 @@ class MetricsProcessor:
             failovers = getattr(connection, "failovers", None)
             if isinstance(failovers, int) and failovers:
                 self.metrics.count_failovers(connection, failovers)
-            bound.flush()
+            for bound in bounds:
+                bound.flush()
             await anyio.sleep(interval)
 
     async def __call__(self, message: Message, /) -> bool:
         pending = self._pending
-        if pending is None:  # used without a consumer (no lifespan): bind on the first message
-            pending = self._pending = self.metrics.for_queue(message.queue).pending
+        if pending is None or pending.queue != message.queue:  # several queues, or no lifespan
+            pending = self._pending_of(message.queue)
         pending.received += 1
         pending.in_flight += 1
         reset_outcome()
@@ -221,3 +239,37 @@ class MetricsProcessor:
                     pending.queue,
                     extra={"queue": pending.queue, "message_id": message.message_id},
                 )
+
+
+def _parts(
+    provider: MessageProvider | None, names: tuple[str, ...]
+) -> list[tuple[str, MessageProvider | None]]:
+    """Each queue with the provider consuming it (the provider itself for one queue)."""
+    if len(names) == 1:
+        return [(names[0], provider)]
+    of = getattr(provider, "provider_for", None)
+    return [(name, of(name) if of is not None else None) for name in names]
+
+
+def _up_source(
+    health: HealthState, control: ConsumerControl, part: MessageProvider | None
+) -> Callable[[], bool]:
+    """`swarrow_consumer_up{queue}`: the consumer is ready and this queue's consumer registered."""
+
+    def up() -> bool:
+        if part is None:
+            return health.readiness()[0]
+        return not control.stop_requested and part.is_consuming and health.readiness()[0]
+
+    return up
+
+
+def _stats_sources(
+    stats: QueueStats | None, bounds: list[QueueMetrics]
+) -> list[tuple[QueueMetrics, QueueStatsSource]]:
+    """Which queue's gauges each backlog source feeds."""
+    if stats is None:
+        return []
+    if isinstance(stats, Mapping):
+        return [(b, stats[b.queue]) for b in bounds if b.queue in stats]
+    return [(bounds[0], stats)]

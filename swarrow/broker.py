@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, Self, runtime_checkable
+from typing import Any, Protocol, Self, TypeAlias, runtime_checkable
 
 from swarrow.provider import MessageProvider
 from swarrow.publisher import Publisher
 from swarrow.scan import QueueScan
 
-__all__ = ["Broker", "QueueInfo"]
+__all__ = ["Broker", "QueueInfo", "QueueStats", "QueueStatsSource"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +21,12 @@ class QueueInfo:
     created: bool
     message_count: int
     consumer_count: int = 0
+
+
+#: Reads a queue's backlog (a passive declare), for the metrics layer's queue gauges.
+QueueStatsSource: TypeAlias = Callable[[], Awaitable["QueueInfo | None"]]
+#: One source, or one per queue for a consumer of several queues.
+QueueStats: TypeAlias = QueueStatsSource | Mapping[str, QueueStatsSource]
 
 
 @runtime_checkable

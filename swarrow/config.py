@@ -44,7 +44,7 @@ from swarrow.topology import DEAD_LETTER_STRATEGIES
 from swarrow.units import parse_delays, parse_duration, parse_megabytes
 from swarrow.urls import mask_text
 
-__all__ = ["LOG_FORMATS", "LOG_LEVELS", "ConsumerConfig", "SwarrowConfig", "load_config"]
+__all__ = ["LOG_FORMATS", "LOG_LEVELS", "ConsumerConfig", "SwarrowConfig", "load_config", "queue_names"]
 
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS: Final = ("text", "json")
@@ -57,6 +57,26 @@ def _str(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"expected a non-empty string, got {value!r}")
     return value
+
+
+def _queues(value: Any) -> tuple[str, ...]:
+    # One queue, or a list in order of preference (`["urgent:5", "normal:1"]` with weights).
+    if isinstance(value, str) and value:
+        return (value,)
+    if isinstance(value, list) and value and all(isinstance(item, str) and item for item in value):
+        return tuple(value)
+    raise ValueError(f"expected a queue name or a non-empty list of queue names, got {value!r}")
+
+
+def queue_names(values: Mapping[str, Any]) -> tuple[str, ...]:
+    """The queue names a consumer's config values name (weights dropped); () when it names none."""
+    from swarrow.multi_queue import parse_queue_choices
+
+    specs = values.get("queue") or ()
+    try:
+        return tuple(c.name for c in parse_queue_choices(list(specs)))
+    except ConfigurationError:
+        return tuple(specs)
 
 
 def _url(value: Any) -> str:
@@ -160,7 +180,7 @@ def _log_format(value: Any) -> str:
 # table → {key: (consume option it sets, converter)}; "" is the consumer's own table.
 _CONSUMER_SCHEMA: Final[Mapping[str, Mapping[str, tuple[str, Converter]]]] = {
     "": {
-        "queue": ("queue", _str),
+        "queue": ("queue", _queues),
         "callable": ("callable", _str),
         "url": ("url", _url),
         "prefetch": ("prefetch", _int),

@@ -21,7 +21,7 @@ from typing import Unpack
 
 import anyio
 
-from swarrow.broker import Broker, QueueInfo
+from swarrow.broker import Broker, QueueInfo, QueueStats
 from swarrow.callback import Callback, check_callback, hung_callback_threads
 from swarrow.consumer import Consumer
 from swarrow.control import StopReason
@@ -217,16 +217,57 @@ def _logging_configured() -> bool:
 
 
 def _provider(broker: Broker, settings: Settings) -> MessageProvider:
+    providers = [_one_provider(broker, settings, queue) for queue in settings.queue_names]
+    if len(providers) == 1:
+        return providers[0]
+    from swarrow.multi_queue import MultiQueueProvider
+
+    return MultiQueueProvider(providers, settings.queue_weights or None)  # type: ignore[arg-type]
+
+
+def _one_provider(broker: Broker, settings: Settings, queue: str) -> MessageProvider:
     from swarrow.amqp import AmqpBroker
 
     if not isinstance(broker, AmqpBroker):
-        return broker.provider(settings.queue, prefetch=settings.prefetch)
+        return broker.provider(queue, prefetch=settings.prefetch)
     return broker.provider(
-        settings.queue,
+        queue,
         prefetch=settings.prefetch,
         ack_batch_size=settings.ack_batch_size,
         ack_flush_interval=0.02 if settings.ack_flush_interval is None else settings.ack_flush_interval,
     )
+
+
+async def resolve_delays_of_queues(
+    broker: Broker, queues: Sequence[str], delays: Sequence[float], *, explicit: bool
+) -> tuple[float, ...]:
+    """`resolve_retry_delays` for each queue; several queues share one retry layer, so they must agree."""
+    chosen: tuple[float, ...] | None = None
+    first = queues[0]
+    for queue in queues:
+        found = await resolve_retry_delays(broker, queue, delays, explicit=explicit)
+        if chosen is None:
+            chosen = found
+        elif found != chosen:
+            raise ConfigurationError(
+                f"queues {first!r} and {queue!r} have retry queues with different delays "
+                f"({_spell(chosen)} and {_spell(found)}): one worker retries them alike — declare them with "
+                "the same --retry-delays, or run one worker per queue"
+            )
+    if chosen is None:
+        raise RuntimeError("internal state: no queue was given")
+    return chosen
+
+
+def _spell(delays: Sequence[float]) -> str:
+    return ",".join(format_duration(d) for d in delays)
+
+
+def _queue_stats(broker: Broker, settings: Settings) -> QueueStats:
+    """What the metrics layer polls for the backlog: one callable, or one per queue."""
+    if len(settings.queue_names) == 1:
+        return functools.partial(broker.inspect_queue, settings.queue)
+    return {queue: functools.partial(broker.inspect_queue, queue) for queue in settings.queue_names}
 
 
 async def consume(
@@ -259,27 +300,29 @@ async def consume(
     elif options:
         raise TypeError(f"give either settings or keyword options, not both: {sorted(options)}")
     queue = settings.queue
+    queues = settings.queue_names
     retry = processors is None and settings.retry
     broker = open_broker(settings.url)
     try:
         await broker.connect()
         if retry:
-            delays = await resolve_retry_delays(
-                broker, queue, settings.retry_delays, explicit=settings.retry_explicit
+            delays = await resolve_delays_of_queues(
+                broker, queues, settings.retry_delays, explicit=settings.retry_explicit
             )
             settings = dataclasses.replace(settings, retry_delays=delays)
-        infos = await prepare_queues(
-            broker,
-            queue,
-            declare=settings.declare,
-            retry=retry,
-            delays=settings.retry_delays if retry else (),
-            quorum=settings.quorum,
-            retry_topology=settings.retry_topology,
-            dead_letter_strategy=settings.dead_letter_strategy,
-        )
-        # What is true now; "consuming" is logged by the consumer once it really consumes.
-        logger.info("%s on %s", describe_queues(infos), broker.url, extra={"queue": queue})
+        for name in queues:
+            infos = await prepare_queues(
+                broker,
+                name,
+                declare=settings.declare,
+                retry=retry,
+                delays=settings.retry_delays if retry else (),
+                quorum=settings.quorum,
+                retry_topology=settings.retry_topology,
+                dead_letter_strategy=settings.dead_letter_strategy,
+            )
+            # What is true now; "consuming" is logged by the consumer once it really consumes.
+            logger.info("%s on %s", describe_queues(infos), broker.url, extra={"queue": name})
         provider = _provider(broker, settings)
         publisher = broker.publisher()
         chosen: Sequence[LayerLike]
@@ -294,7 +337,7 @@ async def consume(
                 publisher=publisher,
                 metrics_address=settings.metrics_address,
                 layers=layers,
-                queue_stats=functools.partial(broker.inspect_queue, queue) if stats else None,
+                queue_stats=_queue_stats(broker, settings) if stats else None,
                 **settings.stack_options(),
             )
         elif callable(processors):
@@ -309,7 +352,8 @@ async def consume(
         )
         if processors is None and not retry:
             # "No message lost" is the first promise: say where a failure goes when retries are off.
-            await _warn_without_retries(broker, queue)
+            for name in queues:
+                await _warn_without_retries(broker, name)
         try:
             return await consumer.run()
         finally:
@@ -318,8 +362,8 @@ async def consume(
                     "%d message(s) from %s were rejected without requeue this run: dead-lettered if %s "
                     "has a dead-letter exchange, dropped otherwise",
                     consumer.control.rejected,
-                    queue,
-                    queue,
+                    settings.queue if len(queues) == 1 else ", ".join(queues),
+                    "the queue" if len(queues) == 1 else "its queue",
                     extra={"queue": queue},
                 )
     finally:

@@ -23,7 +23,7 @@ from swarrow.topology import DeadLetterStrategy, exponential_delays
 from swarrow.urls import DEFAULT_URL
 from swarrow.validation import require_int, require_positive, require_seconds
 
-__all__ = ["STACK_OPTION_NAMES", "Settings", "SettingsOptions", "StackOptions", "resolve_url"]
+__all__ = ["STACK_OPTION_NAMES", "Settings", "SettingsOptions", "StackOptions", "queue_fields", "resolve_url"]
 
 
 class StackOptions(TypedDict):
@@ -57,6 +57,7 @@ class SettingsOptions(TypedDict, total=False):
     """The keyword arguments of `Settings.create` (and so of `swarrow.run` / `swarrow.consume`)."""
 
     queue: str
+    queues: Sequence[str]
     url: str | None
     prefetch: int
     concurrency: int
@@ -100,6 +101,10 @@ class Settings:
     """What one consumer runs with. `Settings.create(...)` resolves the retry delays and checks everything."""
 
     queue: str
+    #: Further queues, after `queue` in order of preference (see swarrow.multi_queue).
+    extra_queues: tuple[str, ...] = ()
+    #: Empty: strict preference; else one weight per queue (`queue` first): taken in that ratio.
+    queue_weights: tuple[int, ...] = ()
     url: str = DEFAULT_URL
     prefetch: int = 100
     concurrency: int = 1
@@ -149,6 +154,19 @@ class Settings:
     def _check(self) -> None:
         if not self.queue:
             raise ConfigurationError("a queue name is required")
+        if self.extra_queues or self.queue_weights:
+            from swarrow.multi_queue import QueueChoice, check_choices
+
+            if self.queue_weights and len(self.queue_weights) != 1 + len(self.extra_queues):
+                raise ConfigurationError(
+                    f"queue_weights must hold one weight per queue ({1 + len(self.extra_queues)}), "
+                    f"got {list(self.queue_weights)!r}"
+                )
+            if any(not name for name in self.extra_queues):
+                raise ConfigurationError("a queue name is required, got ''")
+            for weight in self.queue_weights:
+                require_int("each queue weight", weight)
+            check_choices([QueueChoice(name) for name in self.queue_names])
         if not self.url:
             raise ConfigurationError(f"url must be a broker URL, got {self.url!r}")
         require_int("prefetch", self.prefetch)
@@ -196,6 +214,9 @@ class Settings:
         """Settings from keyword arguments: `url=None` reads `SWARROW_URL`, `metrics_address` may be
         `"host:port"`, and `retry_attempts` / `retry_delays` are resolved into one tuple of delays
         (attempts alone: 1s, 2s, 4s …; delays alone set the attempts; both must agree)."""
+        queues = values.pop("queues", None)
+        if queues is not None:
+            values.update(_queue_values(queues, given_queue=values.pop("queue", None)))
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise TypeError(f"unknown settings: {sorted(unknown)}")
@@ -209,6 +230,11 @@ class Settings:
         values.setdefault("retry_explicit", retry_attempts is not None or retry_delays is not None)
         address = _address(metrics_address)
         return cls(url=resolve_url(url), metrics_address=address, retry_delays=delays, **values)
+
+    @property
+    def queue_names(self) -> tuple[str, ...]:
+        """Every queue this consumer takes from, in order of preference."""
+        return (self.queue, *self.extra_queues)
 
     @property
     def retry_attempts(self) -> int:
@@ -253,7 +279,8 @@ class Settings:
             data = json.loads(text)
             if not isinstance(data, dict):
                 raise TypeError("not a JSON object")
-            data["retry_delays"] = tuple(data.get("retry_delays", ()))
+            for name in ("retry_delays", "extra_queues", "queue_weights"):
+                data[name] = tuple(data.get(name, ()))
             for pair in ("metrics_address", "otel_server"):
                 if data.get(pair) is not None:
                     data[pair] = tuple(data[pair])
@@ -273,6 +300,30 @@ def _resolve_delays(attempts: int | None, delays: Sequence[float] | None) -> tup
             f"retry_delays must hold one delay per retry attempt ({attempts}), got {list(resolved)!r}"
         )
     return resolved
+
+
+def _queue_values(queues: Sequence[str], *, given_queue: str | None) -> dict[str, Any]:
+    """`queues=["urgent:5", "normal:1"]` as `queue`, `extra_queues` and `queue_weights`.
+
+    One queue is taken literally (a name may hold a colon); with several, `name:N` gives a weight.
+    """
+    from swarrow.multi_queue import parse_queue_choices
+
+    if isinstance(queues, str) or not queues:
+        raise ConfigurationError(f"queues must be a non-empty list of queue names, got {queues!r}")
+    if given_queue is not None:
+        raise ConfigurationError("give either queue or queues, not both")
+    choices = parse_queue_choices(list(queues))
+    return {
+        "queue": choices[0].name,
+        "extra_queues": tuple(c.name for c in choices[1:]),
+        "queue_weights": tuple(c.weight for c in choices if c.weight is not None),
+    }
+
+
+def queue_fields(queues: Sequence[str]) -> dict[str, Any]:
+    """`Settings` fields (`queue`, `extra_queues`, `queue_weights`) from every `--queue` given."""
+    return _queue_values(queues, given_queue=None)
 
 
 def resolve_url(url: str | None) -> str:

@@ -97,6 +97,7 @@ class AmqpMessageProvider(Settlement):
         self._settle_lock = asyncio.Lock()
         self._flush_due: asyncio.Event | None = None
         self._flusher: asyncio.Task[None] | None = None
+        self._eager_flush: asyncio.Task[None] | None = None
         self._buffer: deque[Message] = deque()
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._channel: AbstractRobustChannel | None = None
@@ -385,6 +386,40 @@ class AmqpMessageProvider(Settlement):
                 if waiter.done() and not waiter.cancelled():
                     self._wake_one()  # the wake-up meant for us goes to another worker
                 raise
+
+    def refill_soon(self) -> None:
+        """Write the acks held for coalescing now, so the broker refills the prefetch window at once.
+
+        A consumer preferring this queue (`swarrow.multi_queue`) calls it when it found the buffer empty
+        and is about to take from a less preferred queue: held acks would keep urgent work waiting.
+        """
+        if self._since_flush and (self._eager_flush is None or self._eager_flush.done()):
+            self._eager_flush = asyncio.get_running_loop().create_task(self._flush())
+
+    @property
+    def delivering(self) -> bool:
+        """True until `stop_consuming()`: deliveries may still arrive (across reconnects too)."""
+        return self._wanted
+
+    async def wait_buffered(self) -> bool:
+        """Wait until a delivery is buffered, without taking it (True), or until stopped (False).
+
+        For a consumer merging several queues (`swarrow.multi_queue`): it waits on each and then takes
+        from the queue it prefers.
+        """
+        buffer = self._buffer
+        while not buffer:
+            if not self._wanted:
+                return False
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # the wake-up meant for us goes to another worker
+                raise
+        return True
 
     async def messages(self) -> AsyncIterator[Message]:
         """Deliveries until the provider stops (starts it first)."""

@@ -16,7 +16,7 @@ from swarrow.cli.bootstrap import run_anyio
 from swarrow.cli.errors import CliError, fail
 from swarrow.cli.help import option
 from swarrow.cli.params import ParamType, url_option
-from swarrow.config import load_config
+from swarrow.config import load_config, queue_names
 from swarrow.errors import ConfigurationError, SwarrowError
 from swarrow.exits import EXIT_CRASH, EXIT_USAGE
 from swarrow.factory import open_broker
@@ -191,10 +191,9 @@ def resolve_url(ctx: click.Context, url: str, config_path: str | None, read: Dea
     consumers = [c.values for c in config.consumers.values()]
     if read is not None:  # consume --config runs this queue's consumer with its own url (over [connection])
         for values in consumers:
-            queue = values.get("queue")
-            if queue and values.get("url") and read.name in (
-                dead_letter_queue_name(queue),
-                swarrot_dead_letter_queue_name(queue),
+            if values.get("url") and any(
+                read.name in (dead_letter_queue_name(queue), swarrot_dead_letter_queue_name(queue))
+                for queue in queue_names(values)
             ):
                 return str(values["url"])
     if config.shared.get("url"):

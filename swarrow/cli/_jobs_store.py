@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import click
 
 from swarrow.cli.errors import CliError
-from swarrow.config import SwarrowConfig, load_config
+from swarrow.config import SwarrowConfig, load_config, queue_names
 from swarrow.errors import ConfigurationError
 from swarrow.exits import EXIT_USAGE
 from swarrow.jobs import JobRecord, JobStore, JobStoreError, mask_store_url
@@ -151,8 +151,7 @@ def config_store(config_path: str | None, dead_queues: tuple[str, ...] = ()) -> 
     except ConfigurationError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     for consumer in config.consumers.values():
-        queue = consumer.values.get("queue")
-        if queue and (f"{queue}.dead" in dead_queues or f"{queue}_dl" in dead_queues):
+        if any(f"{q}.dead" in dead_queues or f"{q}_dl" in dead_queues for q in queue_names(consumer.values)):
             url = consumer.values.get("track_jobs")
             return check_store(str(url), consumer.where("track_jobs")) if url else None
     url = config.shared.get("track_jobs")

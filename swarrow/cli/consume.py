@@ -72,7 +72,11 @@ _CONSUME_EPILOG = (
     "-q",
     section="General",
     metavar="QUEUE",
-    help="Queue to consume (required unless in --config).",
+    multiple=True,
+    help="Queue to consume (required unless in --config). Repeat it to consume several queues in order of "
+    "preference: a free worker takes from the first that has a message (--queue urgent --queue normal); "
+    "weights take them in that ratio instead (--queue urgent:5 --queue normal:1). "
+    "See README 'Ordering work'.",
 )
 @option(
     "--config",

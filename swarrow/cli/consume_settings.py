@@ -20,7 +20,7 @@ from swarrow.cli.params import given
 from swarrow.config import ConsumerConfig, load_config
 from swarrow.errors import ConfigurationError
 from swarrow.exits import EXIT_USAGE
-from swarrow.settings import Settings
+from swarrow.settings import Settings, queue_fields
 from swarrow.topology import exponential_delays
 from swarrow.units import format_duration
 
@@ -251,7 +251,7 @@ def build_settings(values: Mapping[str, Any]) -> Settings:
     """The frozen, typed `Settings` the run gets, built once from the resolved values (exit 2 if refused)."""
     try:
         return Settings(
-            queue=values["queue"],
+            **queue_fields(values["queue"]),
             url=values["url"],
             prefetch=values["prefetch"],
             concurrency=values["concurrency"],

@@ -65,7 +65,8 @@ def pool_worker_layers(pool: Any, settings: Settings, layers: Sequence[Any]) -> 
 def supervise(ctx: click.Context, settings: dict[str, Any]) -> int:
     """Run `--workers N`: check the queues once, then supervise N copies of this command."""
     from swarrow.pool import Backoff, WorkerPool, default_command, strip_options
-    from swarrow.runner import prepare_queues, resolve_retry_delays
+    from swarrow.runner import prepare_queues, resolve_delays_of_queues
+    from swarrow.settings import queue_fields
     from swarrow.units import format_duration
 
     url = settings["url"]
@@ -73,21 +74,24 @@ def supervise(ctx: click.Context, settings: dict[str, Any]) -> int:
     async def check() -> None:
         # Once here rather than N times in the workers (who then skip the retry-queue check): a
         # missing queue or an unreachable broker is exit 2 or 4 before any worker starts.
+        names = queue_fields(settings["queue"])
+        queues = (names["queue"], *names.get("extra_queues", ()))
         async with connected(url) as broker:
             if settings["retry"]:
-                settings["retry_delays"] = await resolve_retry_delays(
-                    broker, settings["queue"], settings["retry_delays"], explicit=settings["retry_explicit"]
+                settings["retry_delays"] = await resolve_delays_of_queues(
+                    broker, queues, settings["retry_delays"], explicit=settings["retry_explicit"]
                 )
-            await prepare_queues(
-                broker,
-                settings["queue"],
-                declare=settings["declare"],
-                retry=settings["retry"],
-                delays=settings["retry_delays"] if settings["retry"] else (),
-                quorum=settings["quorum"],
-                retry_topology=settings["retry_topology"],
-                dead_letter_strategy=settings["dead_letter_strategy"],
-            )
+            for queue in queues:
+                await prepare_queues(
+                    broker,
+                    queue,
+                    declare=settings["declare"],
+                    retry=settings["retry"],
+                    delays=settings["retry_delays"] if settings["retry"] else (),
+                    quorum=settings["quorum"],
+                    retry_topology=settings["retry_topology"],
+                    dead_letter_strategy=settings["dead_letter_strategy"],
+                )
 
     if not url.startswith("memory://"):
         try:
@@ -117,7 +121,7 @@ def supervise(ctx: click.Context, settings: dict[str, Any]) -> int:
         "swarrow %s: supervising %d workers consuming %s from %s",
         __version__,
         settings["workers"],
-        settings["queue"],
+        ", ".join(settings["queue"]),
         mask_url(url),
     )
     try:

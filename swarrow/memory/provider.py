@@ -146,6 +146,25 @@ class MemoryMessageProvider:
                 return None
             await self.broker._wait()
 
+    @property
+    def buffered(self) -> int:
+        """Deliveries pushed to this provider and not taken yet."""
+        return len(self._buffer)
+
+    @property
+    def delivering(self) -> bool:
+        """True until `stop_consuming()` / `close()`: deliveries may still arrive."""
+        return self._consuming
+
+    async def wait_buffered(self) -> bool:
+        """Wait until a delivery is buffered, without taking it (True), or until stopped (False)."""
+        buffer = self._buffer
+        while not buffer:
+            if not self._consuming:
+                return False
+            await self.broker._wait()
+        return True
+
     async def messages(self) -> AsyncIterator[Message]:
         """Deliveries until the provider stops."""
         await self.start()
