@@ -1,7 +1,8 @@
-"""Several queues in one worker: strict preference, weights, settling per queue, metrics and readiness per queue."""
+"""Several queues in one worker: preference, weights, settling per queue, metrics and readiness per queue."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 import anyio
@@ -25,10 +26,8 @@ async def second_queue(broker: Broker, queue_name: str) -> AsyncIterator[str]:
     delete = getattr(broker, "delete_queue", None)
     if delete is not None:
         for each in (name, f"{name}.dead", f"{name}.retry.1"):
-            try:
+            with contextlib.suppress(Exception):
                 await delete(each)
-            except Exception:
-                pass
 
 
 async def _fill(broker: Broker, queue: str, prefix: str, count: int) -> None:
@@ -172,8 +171,9 @@ async def test_readyz_names_the_queue_that_is_not_consumed(
         [broker.provider(queue_name, prefetch=10), broker.provider(second_queue, prefetch=10)]
     )
     layers = default_stack(
-        provider=provider, publisher=broker.publisher(), signals=False, log=False, metrics=True, registry=registry
-    )
+        provider=provider, publisher=broker.publisher(), signals=False, log=False, metrics=True,
+        registry=registry,
+    )  # fmt: skip
     consumer = Consumer(provider, Stack(*layers, callback=lambda m: None), concurrency=1)
     async with anyio.create_task_group() as tg:
         tg.start_soon(consumer.run)
