@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import click
@@ -89,6 +91,13 @@ def _ask(store_url: str | None, question: Callable[[JobStore], Awaitable[T]]) ->
         store = JobStore.open(store_url)
     except ConfigurationError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
+    path = getattr(store.backend, "path", None)  # SQLite: asking must not create an empty store
+    if isinstance(path, str) and not Path(path).exists():
+        raise CliError(
+            f"no job store at {store.url}: {path!r} does not exist (in {os.getcwd()}); is it the file the "
+            "workers write to? A relative path is relative to the working directory",
+            EXIT_BROKER,
+        )
 
     async def run() -> T:
         async with store:

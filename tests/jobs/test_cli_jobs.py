@@ -45,6 +45,11 @@ def rec(
                      error, "it broke\nsecond line" if error else None)  # fmt: skip
 
 
+async def _create(url: str) -> None:
+    async with JobStore.open(url):
+        pass  # what a worker does when it starts
+
+
 @pytest.fixture
 def filled(store_url: str) -> str:
     async def fill() -> None:
@@ -131,6 +136,8 @@ def test_prune_deletes_old_finished_jobs(filled: str) -> None:
 
 
 def test_store_from_the_environment_and_usage_errors(sqlite_url: str) -> None:
+    assert invoke("jobs", "status", "x", env={"SWARROW_TRACK_JOBS": sqlite_url}).exit_code == 4  # no file yet
+    anyio.run(_create, sqlite_url)
     assert invoke("jobs", "status", "x", env={"SWARROW_TRACK_JOBS": sqlite_url}).exit_code == 6
     missing = invoke("jobs", "status", "x", env={"SWARROW_TRACK_JOBS": ""})
     assert missing.exit_code == 2 and "no job store" in missing.output
@@ -185,10 +192,7 @@ def test_print_settings_masks_the_job_store_password() -> None:
     result = invoke("consume", "tests.cli_callbacks:ok", "-q", "q", "--url", "memory://unused",
                     "--print-settings", "--track-jobs", "postgresql://app:Zz-s3cret@db/jobs")  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert (
-        'track_jobs = "postgresql://app:***@db/jobs"' in result.output
-        and "Zz-s3cret" not in result.output
-    )
+    assert 'track_jobs = "postgresql://app:***@db/jobs"' in result.output and "Zz-s3cret" not in result.output
 
 
 def test_swarrow_run_takes_track_jobs_like_default_stack(sqlite_url: str) -> None:
@@ -214,3 +218,16 @@ def test_huge_limits_and_ages_are_answered_not_a_traceback(filled: str) -> None:
     assert listed.exit_code == 0 and len(listed.output.splitlines()) == 6, listed.output
     pruned = invoke("jobs", "prune", "--older-than", "9999999999999d", "--store", filled)
     assert pruned.exit_code == 0 and pruned.output.startswith("pruned 0 finished jobs"), pruned.output
+
+
+@pytest.mark.parametrize(
+    "sub", [["status", "x"], ["unfinished", "x"], ["list"], ["stats"], ["prune", "--older-than", "1d"]]
+)
+def test_asking_a_sqlite_store_that_does_not_exist_says_so_and_creates_nothing(
+    tmp_path: Path, sub: list[str]
+) -> None:
+    missing = tmp_path / "jobs.db"
+    result = invoke("jobs", *sub, "--store", f"sqlite:///{missing}")
+    assert result.exit_code == 4, result.output
+    assert "does not exist" in result.output and "the file the workers write to" in result.output
+    assert not (tmp_path / "jobs.db").exists()
