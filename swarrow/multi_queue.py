@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 
 import anyio
@@ -11,8 +12,6 @@ from swarrow.message import Message
 from swarrow.provider import MessageProvider
 
 __all__ = ["MultiQueueProvider", "parse_queue_spec"]
-
-_IDLE_POLL = 0.005  # seconds between looks at the queues when none has a buffered delivery
 
 
 def parse_queue_spec(spec: str) -> tuple[str, int | None]:
@@ -58,6 +57,7 @@ class MultiQueueProvider:
             self._cycle = tuple(cycle)
         self._turn = 0
         self._closed = False
+        self._pending: deque[Message] = deque()
 
     @property
     def queue_name(self) -> str:
@@ -81,6 +81,8 @@ class MultiQueueProvider:
 
     def receive_nowait(self) -> Message | None:
         """The next buffered delivery of the preferred queue that has one, else None."""
+        if self._pending:
+            return self._pending.popleft()
         cycle = self._cycle
         if len(cycle) > 1:
             self._turn = (self._turn + 1) % len(cycle)
@@ -94,15 +96,29 @@ class MultiQueueProvider:
         return None
 
     async def receive(self) -> Message | None:
-        """Wait for the next delivery of any queue; None once stopped or closed."""
-        while not self._closed:
-            message = self.receive_nowait()
-            if message is not None:
-                return message
-            if not all(provider.is_consuming for provider in self.providers):
-                return None
-            await anyio.sleep(_IDLE_POLL)
-        return None
+        """Wait for the next delivery of any queue; None once stopped, closed, or one queue's provider ends.
+
+        Waits on every queue's own `receive()` at once (through reconnections, like a single queue);
+        deliveries that arrive together are kept, in order, for the next picks: none is dropped.
+        """
+        message = self.receive_nowait()
+        if message is not None or self._closed:
+            return message
+        got: list[Message] = []
+        async with anyio.create_task_group() as race:
+            for provider in self.providers:
+                race.start_soon(self._wait_one, provider, got, race.cancel_scope)
+        if not got:
+            return None
+        self._pending.extend(got[1:])
+        return got[0]
+
+    @staticmethod
+    async def _wait_one(provider: MessageProvider, got: list[Message], scope: anyio.CancelScope) -> None:
+        message = await provider.receive()
+        if message is not None:
+            got.append(message)  # no await before this: a delivery received is never cancelled away
+        scope.cancel()
 
     async def messages(self) -> AsyncIterator[Message]:
         """Iterate over deliveries of all queues until stopped (starts them first)."""

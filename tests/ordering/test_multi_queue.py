@@ -89,3 +89,14 @@ def test_queue_spec_parsing() -> None:
 def test_a_queue_listed_twice_is_refused(memory_broker: Broker) -> None:
     with pytest.raises(ConfigurationError, match="listed twice"):
         MultiQueueProvider([memory_broker.provider("q"), memory_broker.provider("q")])
+
+
+async def test_a_missing_queue_among_several_is_named(broker: Broker, queue_name: str) -> None:
+    await broker.declare_queue(queue_name)
+    missing = f"{queue_name}.missing"
+    provider = MultiQueueProvider([broker.provider(queue_name), broker.provider(missing)])
+    with pytest.raises(BaseException) as raised, anyio.fail_after(10):
+        await Consumer(provider, lambda message: None).run()
+    errors = raised.value.exceptions if isinstance(raised.value, BaseExceptionGroup) else (raised.value,)
+    assert any(repr(missing) in str(error) for error in errors), errors
+    assert not provider.is_consuming
