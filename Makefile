@@ -129,6 +129,9 @@ bench-quick: install rabbitmq ## Run a short benchmark pass (under a minute once
 	@$(PEERS_OR_SKIP)
 	SWARROW_PEERS_PYTHON=$(abspath $(PEERS_PY)) $(PY) benchmarks/run.py --quick $(BENCH_ARGS)
 
+bench-cluster: install cluster ## Quorum vs classic, 1 vs 3 nodes, 1 vs 3 workers on the 3-node cluster (benchmarks/cluster.py)
+	$(PY) benchmarks/cluster.py $(BENCH_ARGS)
+
 clean: ## Remove caches and build output (keeps the venv)
 	rm -rf build dist .mypy_cache .ruff_cache .pytest_cache .install-stamp *.egg-info
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +

@@ -278,7 +278,8 @@ async def replay_dead_letters(
     run: _Replay | None = None
 
     def result() -> ReplayResult:
-        assert run is not None
+        if run is None:
+            raise RuntimeError("replay result asked for before the replay started")
         return ReplayResult(queue, run.replayed, run.kept, run.failed, dry_run, clock() - started,
                             run.targets, run.failures)  # fmt: skip
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -27,6 +28,8 @@ HEADERS_MAX_BYTES = 128_000
 _KEY_MAX_BYTES = 128  # RabbitMQ truncates longer table keys silently
 _SHORTSTR_MAX_BYTES = 255
 _INT64 = (-(2**63), 2**63 - 1)
+_FLOAT32 = struct.Struct(">f")
+_INT32 = (-(2**31), 2**31 - 1)
 _FLOAT32_MAX = 3.4028234663852886e38  # aiormq packs a float header in 32 bits
 _EXPIRATION = re.compile(r"[+-]?[0-9]+", re.ASCII)
 _SHORT_STRINGS = (
@@ -76,13 +79,13 @@ def check_publishable(message: Message, *, user: str | None = None) -> None:
 
 
 def as_delivered(message: Message) -> Message:
-    """`message` as RabbitMQ would deliver it: datetimes to the second and in UTC, header tables as dicts."""
+    """`message` as RabbitMQ would deliver it: datetimes to the second in UTC, header floats in 32 bits."""
     timestamp = message.timestamp
     headers = message.headers
     changes: dict[str, Any] = {}
     if timestamp is not None:
         changes["timestamp"] = _to_wire_time(timestamp)
-    if headers and _has_datetime(headers.values()):
+    if headers and _changes_on_the_wire(headers.values()):
         changes["headers"] = {key: _delivered_value(value) for key, value in headers.items()}
     return message.replace(**changes) if changes else message
 
@@ -148,6 +151,12 @@ def _value_size(path: str, value: object) -> int:
     if isinstance(value, Decimal):
         if not value.is_finite():
             raise InvalidMessageError(f"{path} = {value!r} cannot be sent: a header Decimal must be finite")
+        exponent = value.as_tuple().exponent
+        scale = -exponent if isinstance(exponent, int) and exponent < 0 else 0
+        if scale > 255 or not _INT32[0] <= int(value.scaleb(scale)) <= _INT32[1]:
+            raise InvalidMessageError(
+                f"{path} = {value!r} cannot be sent: an AMQP decimal has a 32-bit mantissa, <= 255 places"
+            )
         return 8
     if isinstance(value, str):
         try:
@@ -172,13 +181,13 @@ def _to_wire_time(value: datetime) -> datetime:
     return value.astimezone(UTC).replace(microsecond=0)
 
 
-def _has_datetime(values: Any) -> bool:
+def _changes_on_the_wire(values: Any) -> bool:
     for value in values:
-        if isinstance(value, datetime):
+        if isinstance(value, (datetime, float)):
             return True
-        if isinstance(value, list) and _has_datetime(value):
+        if isinstance(value, list) and _changes_on_the_wire(value):
             return True
-        if isinstance(value, dict) and _has_datetime(value.values()):
+        if isinstance(value, dict) and _changes_on_the_wire(value.values()):
             return True
     return False
 
@@ -186,6 +195,8 @@ def _has_datetime(values: Any) -> bool:
 def _delivered_value(value: Any) -> Any:
     if isinstance(value, datetime):
         return _to_wire_time(value)
+    if isinstance(value, float):  # aiormq packs a float header in 32 bits: 0.1 comes back 0.10000000149011612
+        return _FLOAT32.unpack(_FLOAT32.pack(value))[0]
     if isinstance(value, list):
         return [_delivered_value(item) for item in value]
     if isinstance(value, dict):

@@ -115,6 +115,12 @@ async def prepare_queues(
                 f"with `swarrow declare --queue {queue} --retry-delays {spelled}"
                 f"{' --retry-topology swarrot' if swarrot else ''}`, or {hint}, "
                 "or turn retries off (--no-retry)"
+                + (
+                    f"; if {queue}'s delays changed, delete its old {queue}_retry_* queues first: one left"
+                    " over stays bound to the same retry key and a retried message would be delivered twice"
+                    if swarrot and len(missing) < len(names)
+                    else ""
+                )
             )
         infos.extend(info for info in inspected.values() if info is not None)
     return infos

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import click
@@ -89,7 +92,20 @@ def _ask(store_url: str | None, question: Callable[[JobStore], Awaitable[T]]) ->
         store = JobStore.open(store_url)
     except ConfigurationError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
+    path = getattr(store.backend, "path", None)
+    if isinstance(path, str) and Path(path).parent.is_dir() and not Path(path).exists():
+        # SQLite: asking must not create a store. No worker wrote there (yet?): every id is unseen.
+        click.echo(
+            f"warning: {store.url} does not exist (in {os.getcwd()}): no worker has tracked a job there yet; "
+            "is it the file the workers write to? A relative path is relative to the working directory",
+            err=True,
+        )
+        with tempfile.TemporaryDirectory(prefix="swarrow-jobs-") as empty:
+            return _answer(JobStore.open(f"sqlite:///{empty}/jobs.db"), question)
+    return _answer(store, question)
 
+
+def _answer(store: JobStore, question: Callable[[JobStore], Awaitable[T]]) -> T:
     async def run() -> T:
         async with store:
             return await question(store)

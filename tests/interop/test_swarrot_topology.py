@@ -199,3 +199,18 @@ def test_declare_with_the_swarrot_topology_prints_the_toolkits_layout() -> None:
         assert line in result.output
     bad = CliRunner().invoke(cli, [*args, "--retry-topology", "php"])
     assert bad.exit_code == 2 and "--retry-topology" in bad.output
+
+
+def test_consume_with_changed_swarrot_delays_warns_that_declaring_them_would_deliver_retries_twice() -> None:
+    """10s,25s over a 5s,25s layout binds mail_retry_5 and mail_retry_10 to one key: two copies a retry."""
+    from click.testing import CliRunner
+
+    from swarrow.cli import cli
+
+    url = "memory://swarrot-changed-delays"
+    common = ["--url", url, "--queue", "mail", "--retry-topology", "swarrot"]
+    assert CliRunner().invoke(cli, ["declare", *common, "--retry-delays", "5s,25s"]).exit_code == 0
+    result = CliRunner().invoke(cli, ["consume", "json:dumps", *common, "--retry-delays", "10s,25s"])
+    assert result.exit_code == 2, result.output
+    assert "'mail_retry_10' missing" in result.output
+    assert "delete its old mail_retry_* queues first" in result.output and "delivered twice" in result.output

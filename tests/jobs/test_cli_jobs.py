@@ -185,10 +185,7 @@ def test_print_settings_masks_the_job_store_password() -> None:
     result = invoke("consume", "tests.cli_callbacks:ok", "-q", "q", "--url", "memory://unused",
                     "--print-settings", "--track-jobs", "postgresql://app:Zz-s3cret@db/jobs")  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert (
-        'track_jobs = "postgresql://app:***@db/jobs"' in result.output
-        and "Zz-s3cret" not in result.output
-    )
+    assert 'track_jobs = "postgresql://app:***@db/jobs"' in result.output and "Zz-s3cret" not in result.output
 
 
 def test_swarrow_run_takes_track_jobs_like_default_stack(sqlite_url: str) -> None:
@@ -214,3 +211,16 @@ def test_huge_limits_and_ages_are_answered_not_a_traceback(filled: str) -> None:
     assert listed.exit_code == 0 and len(listed.output.splitlines()) == 6, listed.output
     pruned = invoke("jobs", "prune", "--older-than", "9999999999999d", "--store", filled)
     assert pruned.exit_code == 0 and pruned.output.startswith("pruned 0 finished jobs"), pruned.output
+
+
+@pytest.mark.parametrize(
+    "sub", [["status", "x"], ["unfinished", "x"], ["list"], ["stats"], ["prune", "--older-than", "1d"]]
+)
+def test_asking_a_sqlite_store_that_does_not_exist_warns_answers_unseen_and_creates_nothing(
+    tmp_path: Path, sub: list[str]
+) -> None:
+    missing = tmp_path / "jobs.db"
+    result = invoke("jobs", *sub, "--store", f"sqlite:///{missing}")
+    assert result.exit_code == {"status": 6, "unfinished": 7}.get(sub[0], 0), result.output  # every id unseen
+    assert "does not exist" in result.stderr and "the file the workers write to" in result.stderr
+    assert not missing.exists() and list(tmp_path.iterdir()) == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -249,3 +250,51 @@ def test_dead_replay_otel_traces_each_copy(amqp_url: str, queue_name: str) -> No
     assert f'"name": "send {queue_name}"' in replayed.stderr and "SpanKind.PRODUCER" in replayed.stderr
     trace_ids = {line.split('"')[3] for line in traced}
     assert any(t in replayed.stderr for t in trace_ids), "the copy's span is in the message's trace"
+
+
+def test_a_pools_workers_trace_each_message_in_the_publishers_trace(
+    amqp_url: str, queue_name: str, collector: str
+) -> None:
+    port = _free_port()
+    env = {
+        **os.environ, "PYTHONPATH": str(ROOT), "SWARROW_URL": amqp_url, "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": collector, "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }  # fmt: skip
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    swarrow = [sys.executable, "-m", "swarrow"]
+    subprocess.run([*swarrow, "declare", "--queue", queue_name], env=env, check=True, capture_output=True)
+    try:
+        subprocess.run([*swarrow, "publish", "--queue", queue_name, "--body", "x", "--count", "4", "--otel"],
+                       env={**env, "OTEL_SERVICE_NAME": "web"}, check=True, capture_output=True)  # fmt: skip
+        pool = subprocess.Popen(
+            [*swarrow, "consume", "tests.rpc.callbacks:echo", "--queue", queue_name, "--otel",
+             "--workers", "2", "--metrics-addr", f"127.0.0.1:{port}"],
+            env={**env, "OTEL_SERVICE_NAME": "pool"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and len(_processed(queue_name)) < 4:
+                time.sleep(0.05)
+        finally:
+            pool.send_signal(signal.SIGTERM)
+            assert pool.wait(timeout=30) == 0
+    finally:
+        asyncio.run(_delete(amqp_url, queue_name))
+    sends = {span.span_id: span for _, span in _Receiver.spans if span.name == f"send {queue_name}"}
+    processed = _processed(queue_name)
+    assert len(processed) == 4 and len(sends) == 4
+    for service, span in processed:
+        assert service == "pool" and span.parent_span_id in sends
+        attributes = {a.key: a.value for a in span.attributes}
+        assert attributes["server.address"].string_value == "127.0.0.1"
+
+
+def _processed(queue: str) -> list[Any]:
+    return [(service, span) for service, span in _Receiver.spans if span.name == f"process {queue}"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
