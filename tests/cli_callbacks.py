@@ -9,7 +9,7 @@ import anyio
 
 from swarrow import Message
 
-__all__ = ["boom", "hang", "not_callable", "ok", "record", "slow", "slow_record"]
+__all__ = ["boom", "hang", "not_callable", "ok", "record", "record_queue", "slow", "slow_record"]
 
 not_callable = 42
 
@@ -48,6 +48,13 @@ def slow_record(message: Message) -> None:
             file.write(f"{message.message_id}\n")
     time.sleep(float(os.environ.get("SWARROW_TEST_SLOW", "1")))
     _append(message)
+
+
+async def record_queue(message: Message) -> None:
+    """Take $SWARROW_TEST_SLOW seconds (default 0), then append `queue id` to $SWARROW_TEST_RECORD."""
+    await anyio.sleep(float(os.environ.get("SWARROW_TEST_SLOW", "0")))
+    with open(os.environ["SWARROW_TEST_RECORD"], "a", encoding="utf-8") as file:  # noqa: ASYNC230 (a test)
+        file.write(f"{message.queue} {message.message_id}\n")
 
 
 async def hang(message: Message) -> None:

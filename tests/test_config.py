@@ -27,7 +27,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_reads_the_example_file_into_consume_option_names() -> None:
     config = load_config(EXAMPLE)
     emails = config.consumer("emails").values
-    assert emails["queue"] == "emails"
+    assert emails["queue"] == ("emails",)  # one queue, or a list in order of preference
     assert emails["callable"] == "examples.callbacks:send_email"
     assert emails["url"] == "amqp://guest:guest@127.0.0.1:5672/"
     assert emails["log_format"] == "json"

@@ -205,7 +205,7 @@ async def test_skip_test_traffic_acks_synthetic_messages_without_the_callback() 
 
 def test_the_readme_config_file_loads() -> None:
     emails = load_config(EXAMPLES / "emails.toml").consumer("emails")
-    assert emails.values["queue"] == "emails" and emails.values["concurrency"] == 10
+    assert emails.values["queue"] == ("emails",) and emails.values["concurrency"] == 10
     assert emails.values["retry_delays"] == (5.0, 60.0, 600.0)
     assert emails.values["memory_limit"] == 512 and emails.values["log_format"] == "json"
 
