@@ -48,11 +48,15 @@ def pool_worker_layers(pool: Any, settings: Settings, layers: Sequence[Any]) -> 
         # so the supervisor's /metrics shows one series, present while any worker is alive.
         broker = getattr(provider, "broker", None)
         inspect = getattr(broker, "inspect_queue", None)
-        stats = (
-            functools.partial(inspect, settings.queue)
-            if metrics and settings.queue_stats and inspect is not None
-            else None
-        )
+        stats: Any = None
+        if metrics and settings.queue_stats and inspect is not None:
+            # Every queue of a multi-queue worker, as `swarrow.runner` does outside a pool.
+            names = settings.queue_names
+            stats = (
+                functools.partial(inspect, names[0])
+                if len(names) == 1
+                else {queue: functools.partial(inspect, queue) for queue in names}
+            )
         stack = default_stack(
             provider=provider, publisher=publisher, metrics=metrics, layers=layers, queue_stats=stats,
             **settings.stack_options(),

@@ -296,3 +296,41 @@ async def test_the_pools_metrics_carry_the_queues_backlog_and_consumers(
     utilization = [line for line in text.splitlines() if line.startswith("swarrow_worker_utilization{")]
     assert len(utilization) == 2, utilization
     assert sorted(pool.ids(), key=int) == [str(n) for n in range(20)]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.anyio
+async def test_the_pools_metrics_carry_the_backlog_and_consumers_of_every_queue(
+    declared: AmqpBroker, amqp_url: str, queue_name: str, tmp_path: Path
+) -> None:
+    # --workers 2 with two queues: the second queue's backlog and consumers must be polled too
+    # (before, a pool worker polled only the first queue: swarrow_queue_consumers{second} stayed 0).
+    second = f"{queue_name}.second"
+    await declared.declare_queue(second)
+    os.environ["POOL_TEST_RELEASE"] = str(tmp_path / "release")
+    try:
+        await _publish(declared, second, range(5))
+        with _pool(
+            tmp_path, amqp_url, queue_name, "--queue", second, "--workers", "2", "--concurrency", "1",
+            "--prefetch", "1", "--queue-stats-interval", "200ms", target="pool_callbacks:hold",
+        ) as pool:  # fmt: skip
+            await anyio.to_thread.run_sync(
+                lambda: pool.wait_for(
+                    "3 ready and 2 consumers of the second queue on the pool's /metrics",
+                    lambda: (
+                        pool.metric("swarrow_queue_messages_ready", queue=second) == 3
+                        and pool.metric("swarrow_queue_consumers", queue=second) == 2
+                        and pool.metric("swarrow_queue_consumers", queue=queue_name) == 2
+                    ),
+                    20,
+                )
+            )
+            (tmp_path / "release").touch()
+            await anyio.to_thread.run_sync(lambda: pool.wait_for("all 5", lambda: len(pool.ids()) == 5, 20))
+            pool.process.send_signal(signal.SIGTERM)
+            code = await anyio.to_thread.run_sync(lambda: pool.process.wait(30))
+        assert code == 0, pool.logs()[-3000:]
+        assert sorted(pool.ids(), key=int) == [str(n) for n in range(5)]
+    finally:
+        os.environ.pop("POOL_TEST_RELEASE", None)
+        await declared.delete_queue(second)
