@@ -16,6 +16,7 @@ from aio_pika.abc import AbstractRobustChannel
 
 from swarrow.amqp._errors import CHANNEL_GONE, EMPTY_HEADERS
 from swarrow.amqp.acks import AckTracker, Settlement
+from swarrow.amqp.buffer import DeliveryBuffer
 from swarrow.amqp.connection import AmqpConnection
 from swarrow.amqp.fastpath import FastPath, apply_fast_path
 from swarrow.amqp.stall import watch_for_stall
@@ -28,7 +29,7 @@ __all__ = ["AmqpMessageProvider"]
 logger = logging.getLogger(__name__)
 
 
-class AmqpMessageProvider(Settlement):
+class AmqpMessageProvider(DeliveryBuffer, Settlement):
     """Consumes one RabbitMQ queue (push mode, `prefetch` unsettled at most).
 
     Survives a broker restart (aio-pika reopens the channel, this re-consumes) and a server-sent
@@ -144,11 +145,6 @@ class AmqpMessageProvider(Settlement):
     def is_consuming(self) -> bool:
         """True while our consumer is registered and not stalled (see `swarrow.amqp.stall`)."""
         return self.consumer_registered and not self.stalled
-
-    @property
-    def buffered(self) -> int:
-        """Deliveries waiting for a worker."""
-        return len(self._buffer)
 
     @property
     def unsettled(self) -> int:
@@ -313,14 +309,6 @@ class AmqpMessageProvider(Settlement):
         if self._waiters:
             self._wake_one()
 
-    def _wake_one(self) -> None:
-        waiters = self._waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-
     def _on_reopen(self, *_: Any) -> None:
         logger.warning("channel to %s reopened after a connection loss; consuming again", self.broker.url)
         self._consumer_tag = None
@@ -364,29 +352,6 @@ class AmqpMessageProvider(Settlement):
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.broker.reconnect_interval * 2)
 
-    def receive_nowait(self) -> Message | None:
-        """A buffered delivery, or None."""
-        buffer = self._buffer
-        return buffer.popleft() if buffer else None
-
-    async def receive(self) -> Message | None:
-        """Wait for a delivery; None once stopped or closed."""
-        buffer = self._buffer
-        while True:
-            if buffer:
-                return buffer.popleft()
-            if not self._wanted:
-                return None
-            # One future per waiting worker, woken one per delivery: no thundering herd at high concurrency.
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled():
-                    self._wake_one()  # the wake-up meant for us goes to another worker
-                raise
-
     def refill_soon(self) -> None:
         """Write the acks held for coalescing now, so the broker refills the prefetch window at once.
 
@@ -395,31 +360,6 @@ class AmqpMessageProvider(Settlement):
         """
         if self._since_flush and (self._eager_flush is None or self._eager_flush.done()):
             self._eager_flush = asyncio.get_running_loop().create_task(self._flush())
-
-    @property
-    def delivering(self) -> bool:
-        """True until `stop_consuming()`: deliveries may still arrive (across reconnects too)."""
-        return self._wanted
-
-    async def wait_buffered(self) -> bool:
-        """Wait until a delivery is buffered, without taking it (True), or until stopped (False).
-
-        For a consumer merging several queues (`swarrow.multi_queue`): it waits on each and then takes
-        from the queue it prefers.
-        """
-        buffer = self._buffer
-        while not buffer:
-            if not self._wanted:
-                return False
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled():
-                    self._wake_one()  # the wake-up meant for us goes to another worker
-                raise
-        return True
 
     async def messages(self) -> AsyncIterator[Message]:
         """Deliveries until the provider stops (starts it first)."""
@@ -432,10 +372,7 @@ class AmqpMessageProvider(Settlement):
         if not self._wanted:
             return
         self._wanted = False
-        waiters, self._waiters = self._waiters, deque()
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        self._release_waiters()
         if self._recovery is not None:
             self._recovery.cancel()
         await self._flush()

@@ -1,8 +1,10 @@
 """`swarrow consume --workers N`: a small supervisor that keeps N worker processes consuming.
 
 Rooms: `supervisor` (`WorkerPool`), `slots` (a slot and its worker process), `exits` (why a worker
-ended), `command` (a worker's argv), `status` (what a worker tells its supervisor, the shared
-Prometheus directory), `http` (the pool's endpoint).
+ended), `restarts` (what a slot does next: restart now, back off, or stop the pool), `spawn` (a
+worker's environment and process), `rolling` (SIGHUP's one-at-a-time replacement), `command` (a
+worker's argv), `status` (what a worker tells its supervisor, the shared Prometheus directory),
+`directories` (the supervisor's locked temporary directory), `snapshot` and `http` (the endpoint).
 """
 
 from swarrow.backoff import Backoff

@@ -15,10 +15,19 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
-__all__ = ["LOCK_NAME", "PREFIX", "create_locked_directory", "remove_abandoned_directories"]
+from swarrow.pool.status import MULTIPROC_DIR_ENV, clean_multiproc_dir
+
+__all__ = [
+    "LOCK_NAME",
+    "PREFIX",
+    "create_locked_directory",
+    "metrics_directory",
+    "remove_abandoned_directories",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -70,3 +79,14 @@ def remove_abandoned_directories(base: str | os.PathLike[str] | None = None) -> 
             ", ".join(str(path) for path in removed),
         )
     return removed
+
+
+def metrics_directory(directory: Path, env: Mapping[str, str]) -> Path:
+    """Where the workers write their metric values (`PROMETHEUS_MULTIPROC_DIR` if the environment sets
+    it, else inside the pool's `directory`), cleared of a previous run's files."""
+    given = env.get(MULTIPROC_DIR_ENV)
+    path = Path(given) if given else directory / "metrics"
+    removed = clean_multiproc_dir(path)
+    if removed:
+        logger.info("removed %d stale metric files from %s", removed, path)
+    return path

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from wsgiref.types import StartResponse, WSGIEnvironment
 
@@ -15,8 +16,10 @@ from prometheus_client.registry import Collector
 from swarrow.health import HealthState
 from swarrow.http import MetricsServer
 from swarrow.pool.slots import WORKER_STATES
+from swarrow.pool.snapshot import Snapshot
+from swarrow.pool.status import LockedMultiProcessCollector
 
-__all__ = ["PoolCollector", "PoolServer", "Snapshot"]
+__all__ = ["PoolCollector", "PoolServer", "start_pool_server"]
 
 
 class PoolCollector(Collector):
@@ -41,16 +44,6 @@ class PoolCollector(Collector):
         desired = GaugeMetricFamily("swarrow_workers_desired", "Worker processes the pool keeps alive.")
         desired.add_metric([], self.desired)
         yield desired
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """The pool as the HTTP thread sees it: built on the event loop, replaced whole, never mutated."""
-
-    states: Mapping[str, int]
-    restarts: Mapping[str, int]
-    consuming: int
-    status: Mapping[str, Any]
 
 
 class PoolServer(MetricsServer):
@@ -82,3 +75,23 @@ class PoolServer(MetricsServer):
             ],
         )
         return [body]
+
+
+def start_pool_server(
+    address: tuple[str, int],
+    *,
+    metrics_dir: Path,
+    metrics_lock: threading.Lock,
+    snapshot: Callable[[], Snapshot],
+    desired: int,
+) -> tuple[PoolServer, HealthState]:
+    """Serve the pool's endpoint on `address` from a thread; `snapshot` is read on each request."""
+    registry = CollectorRegistry(auto_describe=False)
+    LockedMultiProcessCollector(metrics_dir, metrics_lock, registry)
+    registry.register(PoolCollector(snapshot, desired))
+    health = HealthState(stale_after=10.0, ready=lambda: snapshot().consuming > 0)
+    health.beat()
+    host, port = address
+    server = PoolServer(host, port, registry=registry, health=health, status=lambda: snapshot().status)
+    server.start()
+    return server, health

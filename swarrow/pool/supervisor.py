@@ -1,51 +1,39 @@
 """`WorkerPool`: the supervisor that keeps N worker processes consuming.
 
-Each worker is a full `swarrow consume` process with its own connection. A worker that stopped
-gracefully (a limit reached: max messages, runtime, memory) is replaced at once; one that crashed is
-replaced after an exponential backoff. A usage or import error stops the pool with its exit code only
-at the first start, before any worker consumed (restarting cannot fix a typo); later it is a passing
-condition (a queue deleted and re-declared, a deploy half done) and gets the backoff too, as does a
-worker that cannot be spawned (EAGAIN). SIGTERM/SIGINT drain every worker, a second one stops them now;
-SIGHUP replaces them one at a time (the deploy case) without ever dropping below N consuming.
+Each worker is a full `swarrow consume` process with its own connection. What a slot does once its
+worker exited (restart now, after a backoff, or stop the pool) is `restarts`; spawning is `spawn`; the
+rolling restart is `rolling`; the endpoint is `http` and `snapshot`. SIGTERM/SIGINT drain every worker,
+a second one stops them now; SIGHUP replaces them one at a time without ever dropping below N consuming.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import shutil
 import signal
-import subprocess
 import threading
 import time
 from collections import Counter as Tally
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
-from prometheus_client import CollectorRegistry
 
 from swarrow.backoff import Backoff
 from swarrow.exits import EXIT_CRASH, EXIT_OK
 from swarrow.health import HealthState
-from swarrow.pool.directories import create_locked_directory, remove_abandoned_directories
+from swarrow.pool.directories import create_locked_directory, metrics_directory, remove_abandoned_directories
 from swarrow.pool.exits import classify_exit
-from swarrow.pool.http import PoolCollector, PoolServer, Snapshot
+from swarrow.pool.http import PoolServer, start_pool_server
+from swarrow.pool.restarts import after_exit, after_spawn_error
+from swarrow.pool.rolling import roll
 from swarrow.pool.slots import Slot, Worker
-from swarrow.pool.status import (
-    MULTIPROC_DIR_ENV,
-    POOL_DIR_ENV,
-    POOL_WORKER_ENV,
-    SUPERVISOR_ENV,
-    LockedMultiProcessCollector,
-    clean_multiproc_dir,
-    compact_dead_process,
-    read_status,
-    status_path,
-)
+from swarrow.pool.snapshot import Snapshot, build_snapshot
+from swarrow.pool.spawn import FATAL_SPAWN_ERRORS, open_worker_process, worker_env
+from swarrow.pool.status import compact_dead_process, read_status, status_path
 from swarrow.urls import mask_argv
 from swarrow.validation import require_int, require_seconds
 
@@ -54,8 +42,6 @@ __all__ = ["WorkerPool"]
 logger = logging.getLogger(__name__)
 
 _REFRESH_INTERVAL: Final = 0.25
-# Spawn errors that a retry cannot fix, at the first start: a missing or non-executable program.
-_FATAL_SPAWN_ERRORS: Final = frozenset({errno.ENOENT, errno.EACCES, errno.ENOEXEC, errno.ENOTDIR})
 
 
 class WorkerPool:
@@ -135,7 +121,7 @@ class WorkerPool:
         self._prepare_directories()
         self._stop_event = anyio.Event()
         try:
-            self._refresh()  # /status is whole from the first request, not `{}` until a worker starts
+            self.refresh()  # /status is whole from the first request, not `{}` until a worker starts
             self._start_server()
             logger.info("starting a pool of %d workers: %s", self.workers, " ".join(mask_argv(self.command)))
             async with anyio.create_task_group() as tg:
@@ -167,13 +153,8 @@ class WorkerPool:
             self.directory = base
         self.status_dir = self.directory / "status"
         self.status_dir.mkdir(parents=True, exist_ok=True)
-        if self.metrics_address is None:
-            return  # no endpoint: workers keep their metrics off (an unread directory would only grow)
-        given = self.env.get(MULTIPROC_DIR_ENV)
-        self.metrics_dir = Path(given) if given else self.directory / "metrics"
-        removed = clean_multiproc_dir(self.metrics_dir)
-        if removed:
-            logger.info("removed %d stale metric files from %s", removed, self.metrics_dir)
+        if self.metrics_address is not None:  # else workers keep metrics off: an unread directory grows
+            self.metrics_dir = metrics_directory(self.directory, self.env)
 
     def _remove_directories(self) -> None:
         if self._owns_directory:
@@ -185,16 +166,13 @@ class WorkerPool:
     def _start_server(self) -> None:
         if self.metrics_address is None:
             return
-        registry = CollectorRegistry(auto_describe=False)
-        LockedMultiProcessCollector(self.metrics_dir, self._metrics_lock, registry)
-        registry.register(PoolCollector(lambda: self.snapshot, self.workers))
-        health = self.health = HealthState(stale_after=10.0, ready=lambda: self.snapshot.consuming > 0)
-        health.beat()
-        host, port = self.metrics_address
-        self.server = PoolServer(
-            host, port, registry=registry, health=health, status=lambda: self.snapshot.status
+        self.server, self.health = start_pool_server(
+            self.metrics_address,
+            metrics_dir=self.metrics_dir,
+            metrics_lock=self._metrics_lock,
+            snapshot=lambda: self.snapshot,
+            desired=self.workers,
         )
-        self.server.start()
         logger.info("pool status (JSON) on http://%s/status", self.server.address)
 
     # -- one slot -------------------------------------------------------------------------------
@@ -216,72 +194,21 @@ class WorkerPool:
             info = worker.exit
             if info is None:
                 raise RuntimeError("internal state: info is unset here")
-            if self._stopping:
-                logger.info(
-                    "worker %d (pid %d) stopped after %d messages: %s",
-                    slot.index,
-                    info.pid,
-                    info.messages_done,
-                    info.reason,
-                    extra={"worker": slot.index, "pid": info.pid},
-                )
-                return
-            self.proven = self.proven or info.messages_done > 0
-            if info.fatal and not self.proven:
-                logger.error(
-                    "worker %d (pid %d) failed (%s, exit code %d) at the first start: stopping the "
-                    "pool, a restart would fail the same way",
-                    slot.index,
-                    info.pid,
-                    info.reason.replace("_", " "),
-                    info.code,
-                    extra={"worker": slot.index, "pid": info.pid},
-                )
+            if not self._stopping:
+                self.proven = self.proven or info.messages_done > 0
+            step = after_exit(slot, info, stopping=self._stopping, proven=self.proven, backoff=self.backoff)
+            if step.stop_pool:
                 self._begin_stop(exit_code=info.code)
+            if not step.restart:
                 return
-            if info.graceful and info.reason == "idle":
-                # --stop-when-idle in a pool is a batch job draining a queue: a slot whose worker found
-                # nothing to do is finished, and the pool ends (exit 0) once every slot is.
-                logger.info(
-                    "worker %d (pid %d) stopped for idle after %d messages: not restarting it "
-                    "(the pool ends once every worker stopped for idle)",
-                    slot.index,
-                    info.pid,
-                    info.messages_done,
-                    extra={"worker": slot.index, "pid": info.pid},
-                )
+            if step.delay > 0 and not await self._back_off(slot, step.delay):
                 return
-            delay = slot.after_exit(info, self.backoff)
-            if delay > 0:
-                logger.warning(
-                    "worker %d (pid %d) exited after %.1fs: %s%s; restarting in %.3gs (failure %d in a row)",
-                    slot.index,
-                    info.pid,
-                    info.uptime,
-                    info.reason,
-                    f" ({info.detail})" if info.detail else "",
-                    delay,
-                    slot.failures,
-                    extra={"worker": slot.index, "pid": info.pid, "restart_delay": delay},
-                )
-                if not await self._back_off(slot, delay):
-                    return
-            else:
-                logger.info(
-                    "worker %d (pid %d) stopped after %d messages in %.1fs: %s; restarting it",
-                    slot.index,
-                    info.pid,
-                    info.messages_done,
-                    info.uptime,
-                    info.reason,
-                    extra={"worker": slot.index, "pid": info.pid},
-                )
             worker = await self._start(slot, restart_reason=info.reason)
 
     async def _back_off(self, slot: Slot, delay: float) -> bool:
         """Wait `delay` before the slot's next start; False if the pool began to stop meanwhile."""
         slot.restart_at = time.monotonic() + delay
-        self._refresh()
+        self.refresh()
         if self._stop_event is None:
             raise RuntimeError("internal state: self._stop_event is unset here")
         with anyio.move_on_after(delay):
@@ -295,17 +222,7 @@ class WorkerPool:
             try:
                 return await self._spawn(slot, restart_reason=restart_reason)
             except OSError as exc:
-                slot.failures += 1
-                delay = self.backoff.delay(slot.failures)
-                logger.error(
-                    "cannot start worker %d (%s): %s; retrying in %.3gs (failure %d in a row)",
-                    slot.index,
-                    self.command[0],
-                    exc.strerror or exc,
-                    delay,
-                    slot.failures,
-                    extra={"worker": slot.index, "restart_delay": delay},
-                )
+                delay = after_spawn_error(slot, exc, program=self.command[0], backoff=self.backoff)
                 if not await self._back_off(slot, delay):
                     return None
 
@@ -313,28 +230,14 @@ class WorkerPool:
         self, slot: Slot, *, restart_reason: str | None, incoming: bool = False
     ) -> Worker | None:
         """Start a worker for `slot` (as its current one, or as a rolling replacement)."""
-        env = dict(self.env)
-        env[POOL_WORKER_ENV] = str(slot.index)
-        env[POOL_DIR_ENV] = str(self.status_dir)
-        env[SUPERVISOR_ENV] = str(os.getpid())
-        if self.metrics_address is not None:
-            # Before the worker imports prometheus-client: its values then go to files we can sum.
-            env[MULTIPROC_DIR_ENV] = str(self.metrics_dir)
+        metrics_dir = None if self.metrics_address is None else self.metrics_dir
+        env = worker_env(self.env, slot=slot.index, status_dir=self.status_dir, metrics_dir=metrics_dir)
         try:
-            process = await anyio.open_process(
-                self.command,
-                stdin=subprocess.DEVNULL,
-                stdout=None,
-                stderr=None,
-                env=env,
-                # Its own session: a terminal's Ctrl-C reaches the supervisor only, which forwards it
-                # once; otherwise every worker would see it twice and skip draining.
-                start_new_session=True,
-            )
+            process = await open_worker_process(self.command, env)
         except OSError as exc:
             self.spawn_failures += 1
-            self._refresh()
-            if self.proven or exc.errno not in _FATAL_SPAWN_ERRORS:
+            self.refresh()
+            if self.proven or exc.errno not in FATAL_SPAWN_ERRORS:
                 raise  # passing (EAGAIN, ENOMEM, a program replaced mid-deploy): the caller backs off
             logger.error("cannot start a worker (%s): %s", self.command[0], exc.strerror or exc)
             self._begin_stop(exit_code=EXIT_CRASH)
@@ -360,7 +263,7 @@ class WorkerPool:
         self._workers_tg.start_soon(self._reap, worker)
         if self._stopping:  # a stop raced the spawn
             worker.terminate()
-        self._refresh()
+        self.refresh()
         return worker
 
     async def _reap(self, worker: Worker) -> None:
@@ -385,7 +288,7 @@ class WorkerPool:
                 logger.exception("could not fold the metric files of worker pid %d", pid)
         status_path(self.status_dir, pid).unlink(missing_ok=True)
         worker.exited.set()
-        self._refresh()
+        self.refresh()
 
     # -- signals and stopping ----------------------------------------------------------------------
 
@@ -430,83 +333,18 @@ class WorkerPool:
 
     async def _rolling_restart(self) -> None:
         try:
-            while not self._stopping:
-                stale = [
-                    s for s in self.slots if s.current is not None and s.current.generation < self.generation
-                ]
-                if not stale:
-                    logger.info("rolling restart done: every worker runs generation %d", self.generation)
-                    return
-                if not await self._replace(stale[0]):
-                    return
+            await roll(self)
         finally:
             self._rolling = False
-            self._refresh()
+            self.refresh()
 
-    async def _replace(self, slot: Slot) -> bool:
-        """Start `slot`'s replacement, wait until it consumes, then drain the old one; False to give up.
+    async def spawn_replacement(self, slot: Slot) -> Worker | None:
+        """Start a rolling replacement for `slot` (its incoming worker, swapped in once it consumes)."""
+        return await self._spawn(slot, restart_reason="rolling_restart", incoming=True)
 
-        Replacement first, then stop: N stay consuming throughout (N+1 briefly), where stop-then-start
-        would drop to N-1 for a drain plus a start. A replacement that cannot start consuming leaves
-        the old worker in place, so a broken deploy does not take the pool down.
-        """
-        old = slot.current
-        if old is None:
-            raise RuntimeError("internal state: old is unset here")
-        try:
-            new = await self._spawn(slot, restart_reason="rolling_restart", incoming=True)
-        except OSError as exc:
-            logger.error(
-                "rolling restart stopped: cannot start the replacement of worker %d (%s); the old workers "
-                "keep running (send SIGHUP again)",
-                slot.index,
-                exc.strerror or exc,
-            )
-            return False
-        if new is None:
-            return False
-        with anyio.move_on_after(self.ready_timeout):
-            while not (new.consuming or new.exit is not None or self.stopping):
-                await self._changed.wait()
-        if self.stopping:
-            return False
-        if new.exit is not None:
-            slot.incoming = None
-            logger.error(
-                "rolling restart stopped: the replacement of worker %d exited (%s%s); the old workers keep "
-                "running (fix and send SIGHUP again)",
-                slot.index,
-                new.exit.reason,
-                f": {new.exit.detail}" if new.exit.detail else "",
-                extra={"worker": slot.index, "pid": new.pid},
-            )
-            return False
-        if not new.consuming:
-            logger.warning(
-                "the replacement of worker %d (pid %d) is not consuming after %.0fs; swapping it in anyway",
-                slot.index,
-                new.pid,
-                self.ready_timeout,
-            )
-        if slot.incoming is new:  # not adopted already because the old one exited on its own
-            slot.incoming = None
-            slot.current = new
-            logger.info(
-                "worker %d: pid %d consuming, draining pid %d",
-                slot.index,
-                new.pid,
-                old.pid,
-                extra={"worker": slot.index, "pid": old.pid},
-            )
-            old.terminate()
-        self._refresh()
-        with anyio.move_on_after(self.grace_period + self.kill_after):
-            await old.exited.wait()
-        if old.exit is None:
-            logger.error("worker pid %d did not stop within %.0fs: killing it", old.pid, self.grace_period)
-            old.signal(signal.SIGKILL)
-            await old.exited.wait()
-        return True
+    async def wait_changed(self) -> None:
+        """Return at the next snapshot: a worker started, changed state or exited."""
+        await self._changed.wait()
 
     def stop(self, *, now: bool = False) -> None:
         """Drain every worker and stop (`now`: stop them at once), as SIGTERM (twice) would."""
@@ -528,7 +366,7 @@ class WorkerPool:
         if self._tg is None:
             raise RuntimeError("internal state: self._tg is unset here")
         self._tg.start_soon(self._kill_after, self.grace_period + self.kill_after)
-        self._refresh()
+        self.refresh()
 
     def _stop_now(self) -> None:
         if not self._stopping:
@@ -559,45 +397,24 @@ class WorkerPool:
                 status = read_status(self.status_dir, worker.pid)
                 if status is not None:
                     worker.status = status
-            self._refresh()
+            self.refresh()
             await anyio.sleep(_REFRESH_INTERVAL)
 
-    def _refresh(self) -> None:
+    def refresh(self) -> None:
         """Rebuild the snapshot the HTTP thread serves."""
-        now = time.monotonic()
-        states: Tally[str] = Tally(w.state for w in self._live.values())
-        states["backoff"] = sum(1 for s in self.slots if s.restart_at is not None)
-        consuming = sum(1 for w in self._live.values() if w.consuming)
-        self.proven = self.proven or consuming > 0
-        slots = []
-        for slot in self.slots:
-            entry: dict[str, Any] = {"slot": slot.index}
-            current = slot.current
-            entry.update(
-                current.as_json(now)
-                if current is not None
-                else {"pid": None, "state": "backoff" if slot.restart_at is not None else "stopped"}
-            )
-            entry["restarts"] = slot.restarts
-            entry["last_exit"] = slot.last_exit.as_json() if slot.last_exit else None
-            entry["last_exit_reason"] = slot.last_exit.reason if slot.last_exit else None
-            entry["restart_in"] = (
-                round(max(0.0, slot.restart_at - now), 3) if slot.restart_at is not None else None
-            )
-            entry["replacement"] = slot.incoming.as_json(now) if slot.incoming is not None else None
-            slots.append(entry)
-        status = {
-            "state": "stopping" if self._stopping else "rolling_restart" if self._rolling else "running",
-            "pid": os.getpid(),
-            "uptime": round(now - self._started, 3),
-            "workers_desired": self.workers,
-            "workers_consuming": consuming,
-            "generation": self.generation,
-            "restarts": dict(self.restarts),
-            "spawn_failures": self.spawn_failures,
-            "workers": slots,
-        }
-        self.snapshot = Snapshot(dict(states), dict(self.restarts), consuming, status)
+        live = list(self._live.values())
+        self.proven = self.proven or any(w.consuming for w in live)
+        self.snapshot = build_snapshot(
+            now=time.monotonic(),
+            state="stopping" if self._stopping else "rolling_restart" if self._rolling else "running",
+            started=self._started,
+            desired=self.workers,
+            generation=self.generation,
+            slots=self.slots,
+            live=live,
+            restarts=self.restarts,
+            spawn_failures=self.spawn_failures,
+        )
         self._changed.set()
         self._changed = anyio.Event()
         if self.health is not None:
