@@ -334,13 +334,32 @@ def configure_sdk(*, console: IO[str] | None = None) -> Any:
                 raise ConfigurationError(
                     "OTEL_TRACES_EXPORTER=otlp needs the OTLP exporter: pip install 'swarrow[otel]'"
                 ) from None
-            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+            otlp = OTLPSpanExporter(endpoint=_otlp_traces_endpoint())
+            provider.add_span_processor(BatchSpanProcessor(otlp))
         else:
             raise ConfigurationError(
                 f"OTEL_TRACES_EXPORTER: unknown exporter {name!r} (otlp, console or none)"
             )
     trace.set_tracer_provider(provider)
     return provider
+
+
+def _otlp_traces_endpoint() -> str | None:
+    """The OTLP traces endpoint from the environment, its credentials percent-encoded; None: the SDK's.
+
+    A password holding `/ ? #` unencoded was cut there by the HTTP client, which then logged
+    "Failed to parse: 'user:<start of the password>'" at every export.
+    """
+    from swarrow.urls import encode_credentials
+
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    if not endpoint:
+        base = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        if not base:
+            return None
+        endpoint = base.removesuffix("/") + "/v1/traces"  # as the SDK appends it
+    encoded = encode_credentials(endpoint)
+    return None if encoded == endpoint else encoded
 
 
 FLUSH_TIMEOUT: Final = 5.0

@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_URL",
     "BrokerNode",
     "BrokerURL",
+    "encode_credentials",
     "mask_argv",
     "mask_text",
     "mask_url",
@@ -174,6 +175,24 @@ def _mask_one(url: str) -> str:
             return _MASK + url[at:]
         return url  # a user name and no password
     return f"{url[:start]}{userinfo[:colon]}:{_MASK}{url[at:]}"
+
+
+def encode_credentials(url: str) -> str:
+    """`url` with its user and password percent-encoded, read as `parse_url` reads them.
+
+    The credentials run from `://` to the last `@`, so a password holding `/ ? # @ :` unencoded is
+    one password, not a host, a path or a fragment: an HTTP client (the OTLP exporter's) would cut it
+    at the first `/ ? #` and print the piece it took for a host. A URL without credentials is unchanged.
+    """
+    separator = url.find("://")
+    at = url.rfind("@")
+    if separator < 0 or at < separator:
+        return url
+    user, colon, password = url[separator + 3 : at].partition(":")
+    userinfo = quote(unquote(user), safe="")
+    if colon:
+        userinfo += ":" + quote(unquote(password), safe="")
+    return f"{url[: separator + 3]}{userinfo}{url[at:]}"
 
 
 def mask_text(text: str) -> str:

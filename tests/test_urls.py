@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from swarrow.errors import ConfigurationError, InvalidURLError
-from swarrow.urls import BrokerNode, BrokerURL, mask_argv, mask_text, mask_url, parse_url
+from swarrow.urls import BrokerNode, BrokerURL, encode_credentials, mask_argv, mask_text, mask_url, parse_url
 
 # --- masking: every shape (hardening item 9) ------------------------------------------------------------
 
@@ -246,3 +246,17 @@ def test_open_broker_hands_the_client_a_re_encoded_url() -> None:
     broker = open_broker("amqp://svc:s3cr/et@127.0.0.1:5672/")
     assert broker.url == "amqp://svc:***@127.0.0.1:5672/"
     assert "s3cr" not in repr(broker)
+
+
+@pytest.mark.parametrize(
+    ("url", "encoded"),
+    [
+        ("http://otel:Zq/7#x?y@h:4318/v1", "http://otel:Zq%2F7%23x%3Fy@h:4318/v1"),
+        ("http://u:p@ss:w@h/", "http://u:p%40ss%3Aw@h/"),
+        ("http://u:Zq%2F7@h/", "http://u:Zq%2F7@h/"),  # already encoded: unchanged
+        ("http://tok@h/", "http://tok@h/"),
+        ("http://h:4318/v1/traces", "http://h:4318/v1/traces"),
+    ],
+)
+def test_encode_credentials_reads_them_up_to_the_last_at(url: str, encoded: str) -> None:
+    assert encode_credentials(url) == encoded

@@ -298,3 +298,53 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+class _AuthReceiver(_Receiver):
+    authorizations: list[str] = []
+
+    def do_POST(self) -> None:
+        _AuthReceiver.authorizations.append(self.headers.get("Authorization", ""))
+        super().do_POST()
+
+
+@pytest.mark.parametrize("variable", ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"])
+def test_an_otlp_endpoint_password_holding_slash_hash_question_mark_is_sent_and_never_printed(
+    amqp_url: str, queue_name: str, variable: str
+) -> None:
+    """The password runs to the last `@`, as in broker URLs: sent as Basic auth, absent from the output.
+
+    Before: the exporter cut the URL at the `#` and logged "Failed to parse: 'otel:Zq' is not a valid
+    host or port" at every export (the password's start), and no span arrived.
+    """
+    import base64
+
+    _Receiver.spans, _AuthReceiver.authorizations = [], []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _AuthReceiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    password = "Zq/7#x?y@w:z%41"
+    endpoint = f"http://otel:{password.replace('%', '%25')}@127.0.0.1:{server.server_address[1]}"
+    if variable.endswith("TRACES_ENDPOINT"):
+        endpoint += "/v1/traces"
+    env = {
+        **os.environ, "PYTHONPATH": str(ROOT), "SWARROW_URL": amqp_url, "OTEL_TRACES_EXPORTER": "otlp",
+        variable: endpoint, "OTEL_SERVICE_NAME": "web",
+    }  # fmt: skip
+    swarrow = [sys.executable, "-m", "swarrow"]
+    try:
+        subprocess.run([*swarrow, "declare", "--queue", queue_name, "--no-retry"], env=env, check=True,
+                       capture_output=True, timeout=60)  # fmt: skip
+        done = subprocess.run(
+            [*swarrow, "publish", "--queue", queue_name, "--body", "hi", "--otel"],
+            env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        server.shutdown()
+        server.server_close()
+        asyncio.run(_delete(amqp_url, queue_name))
+    assert done.returncode == 0, done.stderr
+    output = done.stdout + done.stderr
+    assert "Zq" not in output and "7#x" not in output, output
+    assert [span.name for _, span in _Receiver.spans] == [f"send {queue_name}"]
+    basic = base64.b64decode(_AuthReceiver.authorizations[0].removeprefix("Basic ")).decode()
+    assert basic == f"otel:{password}"
