@@ -17,8 +17,8 @@ import aiormq.abc
 from anyio.abc import TaskGroup
 from pamqp.commands import Basic
 
-from swarrow.amqp import AmqpBroker
 from swarrow.amqp._errors import CHANNEL_GONE as CHANNEL_GONE
+from swarrow.amqp.broker import AmqpBroker
 from swarrow.amqp.publisher import _properties
 from swarrow.broker import Broker
 from swarrow.errors import PublishError, RpcConnectionLost

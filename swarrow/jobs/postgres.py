@@ -11,8 +11,8 @@ import anyio
 
 from swarrow.errors import ConfigurationError
 from swarrow.jobs._sql import SCHEMA_VERSION, Dialect, migrations, numbered, upsert_arrays
+from swarrow.jobs.errors import JobStoreError, mask_store_url
 from swarrow.jobs.model import JobRecord, rows_for_write
-from swarrow.jobs.store import JobStoreError, mask_store_url
 
 if TYPE_CHECKING:
     import asyncpg

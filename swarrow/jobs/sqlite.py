@@ -13,8 +13,8 @@ import anyio.to_thread
 
 from swarrow.errors import ConfigurationError
 from swarrow.jobs._sql import SCHEMA_VERSION, Dialect, migrations, upsert
+from swarrow.jobs.errors import JobStoreError
 from swarrow.jobs.model import JobRecord, rows_for_write
-from swarrow.jobs.store import JobStoreError
 
 __all__ = ["SqliteBackend"]
 

@@ -3,32 +3,22 @@
 from __future__ import annotations
 
 import builtins
-import re
 import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, Final, Protocol
+from typing import Any, Protocol
 
-from swarrow.errors import ConfigurationError, SwarrowError
+from swarrow.errors import ConfigurationError
 from swarrow.jobs._sql import COLUMNS, Dialect
+from swarrow.jobs.errors import JobStoreError, mask_store_url
 from swarrow.jobs.model import FINAL_STATES, JOB_STATES, Job, JobRecord, JobStats, clean_text
-from swarrow.urls import mask_url
 from swarrow.validation import require_int
 
 __all__ = ["JobBackend", "JobStore", "JobStoreError", "mask_store_url"]
 
-# `password=`, `sslpassword=`, any case, in a query string or libpq's keyword form (`host=h password='a b'`).
-_PASSWORD_PARAM: Final = re.compile(
-    r"((?:^|[\s?&;])[a-z_]*password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s&#;]*)", re.IGNORECASE
-)
-
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM swarrow_jobs"
 _CHUNK = 500  # ids per IN (…): well under SQLite's and asyncpg's parameter limits
-
-
-class JobStoreError(SwarrowError):
-    """Raised when the job store cannot be reached, or refuses a query or a write."""
 
 
 class JobBackend(Protocol):
@@ -56,13 +46,6 @@ class JobBackend(Protocol):
     async def execute(self, sql: str, params: Sequence[Any]) -> int:
         """Run a statement in its own transaction; the number of rows it changed."""
         ...
-
-
-def mask_store_url(url: str) -> str:
-    """`url` with any password replaced by `***`, whatever its shape (for logs and error messages)."""
-    # The user-info part as every URL swarrow prints (a password may hold `/ ? # @`), then any
-    # `password=` parameter (a query string's, `sslpassword`, libpq's `key=value` form).
-    return _PASSWORD_PARAM.sub(r"\1***", mask_url(url))
 
 
 def _check_state(state: str | None) -> None:

@@ -7,13 +7,15 @@ import logging
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from swarrow.errors import ConfigurationError
 from swarrow.memory._queue import Entry
-from swarrow.memory.broker import MemoryBroker
 from swarrow.message import Message
 from swarrow.validation import require_int
+
+if TYPE_CHECKING:  # the broker makes providers (`MemoryBroker.provider`): a type, not an import
+    from swarrow.memory.broker import MemoryBroker
 
 __all__ = ["MemoryMessageProvider", "MemoryPublisher"]
 

@@ -21,7 +21,7 @@ from swarrow.message import Message
 from swarrow.publishable import check_publishable
 from swarrow.publisher import Publisher
 from swarrow.rpc.deadline import DEADLINE_HEADER
-from swarrow.rpc.transport import ReplyTransport, open_reply_transport
+from swarrow.rpc.transport import MemoryReplyTransport, ReplyTransport
 from swarrow.rpc.values import encode_value
 from swarrow.topology import ERROR_MESSAGE_HEADER, ERROR_TYPE_HEADER
 
@@ -249,3 +249,14 @@ class RpcClient:
             if pending.reply is None and pending.error is None:
                 pending.error = error
                 pending.done.set()
+
+
+def open_reply_transport(broker: Broker) -> ReplyTransport:
+    """The transport for `broker`: RabbitMQ's direct reply-to, or a private queue in memory."""
+    from swarrow.memory.broker import MemoryBroker
+
+    if isinstance(broker, MemoryBroker):
+        return MemoryReplyTransport(broker)
+    from swarrow.amqp.rpc import AmqpReplyTransport
+
+    return AmqpReplyTransport(broker)

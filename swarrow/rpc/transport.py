@@ -13,7 +13,7 @@ from anyio.abc import TaskGroup
 from swarrow.broker import Broker
 from swarrow.message import Message
 
-__all__ = ["MemoryReplyTransport", "ReplyTransport", "open_reply_transport"]
+__all__ = ["Deliver", "Lost", "MemoryReplyTransport", "ReplyTransport"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,14 +77,3 @@ class MemoryReplyTransport:
             await self._provider.close()
             await self.broker.delete_queue(self._queue)
             await self._publisher.close()
-
-
-def open_reply_transport(broker: Broker) -> ReplyTransport:
-    """The transport for `broker`: RabbitMQ's direct reply-to, or a private queue in memory."""
-    from swarrow.memory import MemoryBroker
-
-    if isinstance(broker, MemoryBroker):
-        return MemoryReplyTransport(broker)
-    from swarrow.amqp.rpc import AmqpReplyTransport
-
-    return AmqpReplyTransport(broker)
