@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 from click.testing import CliRunner, Result
 
@@ -685,3 +687,35 @@ def test_metrics_addr_in_use_exits_2(memory: tuple[str, MemoryBroker]) -> None:
                         "--metrics-addr", f"127.0.0.1:{port}", "--max-messages", "1", *FAST)  # fmt: skip
     assert result.exit_code == EXIT_USAGE, result.output
     assert f"cannot listen on 127.0.0.1:{port}" in result.output
+
+
+def test_consume_ends_the_process_only_for_its_own_hung_threads(
+    memory: tuple[str, MemoryBroker], tmp_path: Path
+) -> None:
+    """A busy worker thread of another event loop is not this run's hung callback: consume returns.
+
+    Before, the CLI counted every "AnyIO worker thread" of the process: in the pytest process one left
+    by an earlier test made `consume` call os._exit(0), which ended `make test-lowest`'s unit run at
+    37% with exit 0.
+    """
+    url, broker = memory
+    fill(broker, "jobs", 2)
+    release = threading.Event()
+    started = threading.Event()
+
+    async def busy_elsewhere() -> None:
+        started.set()
+        await anyio.to_thread.run_sync(release.wait)
+
+    other = threading.Thread(target=anyio.run, args=(busy_elsewhere,), daemon=True)
+    other.start()
+    try:
+        assert started.wait(5)
+        record = {"SWARROW_TEST_RECORD": str(tmp_path / "ids")}
+        result = invoke("consume", "tests.cli_callbacks:record", "--url", url, "-q", "jobs",
+                        "--max-messages", "2", *FAST, env=record)  # fmt: skip
+    finally:
+        release.set()
+        other.join(5)
+    assert result.exit_code == EXIT_OK, result.output
+    assert "still running after the stop" not in result.output

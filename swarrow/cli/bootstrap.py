@@ -16,7 +16,14 @@ from swarrow.errors import ConfigurationError
 from swarrow.exits import EXIT_USAGE
 from swarrow.factory import open_broker
 
-__all__ = ["Connected", "configure_cli_logging", "connected", "exit_now_if_threads_hang", "run_anyio"]
+__all__ = [
+    "Connected",
+    "configure_cli_logging",
+    "connected",
+    "exit_now_if_threads_hang",
+    "run_anyio",
+    "worker_threads",
+]
 
 logger = logging.getLogger("swarrow.cli")
 
@@ -44,9 +51,18 @@ def run_anyio(fn: Callable[[], Any], *, use_uvloop: bool = True) -> Any:
     return anyio.run(fn, backend="asyncio", backend_options=options)
 
 
-def exit_now_if_threads_hang(code: int) -> None:
-    """Exit without joining callback threads abandoned by a time limit or a stop: they may never return."""
-    workers = [t for t in threading.enumerate() if t.name == "AnyIO worker thread"]
+def worker_threads() -> frozenset[threading.Thread]:
+    """The AnyIO worker threads alive now: pass them to `exit_now_if_threads_hang` as not this run's."""
+    return frozenset(t for t in threading.enumerate() if t.name == "AnyIO worker thread")
+
+
+def exit_now_if_threads_hang(code: int, *, before: frozenset[threading.Thread] = frozenset()) -> None:
+    """Exit without joining callback threads abandoned by a time limit or a stop: they may never return.
+
+    Only this run's threads count (not those in `before`): a thread of another event loop in the
+    process (a test runner's) is not a hung callback of this consumer.
+    """
+    workers = [t for t in worker_threads() if t not in before]
     for thread in workers:
         thread.join(timeout=0.5)  # idle ones are being told to exit; a busy one is what we look for
     hung = [t for t in workers if t.is_alive()]

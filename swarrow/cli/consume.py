@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from swarrow import __version__
-from swarrow.cli.bootstrap import configure_cli_logging, exit_now_if_threads_hang, run_anyio
+from swarrow.cli.bootstrap import configure_cli_logging, exit_now_if_threads_hang, run_anyio, worker_threads
 from swarrow.cli.consume_settings import DEFAULT_CONFIG, build_settings, print_settings, resolve_settings
 from swarrow.cli.errors import fail
 from swarrow.cli.help import ENV_EPILOG, EXIT_EPILOG, ManCommand, option
@@ -344,6 +344,7 @@ def consume(ctx: click.Context, /, target: str | None, config_path: str | None, 
             sdk = configure_sdk()
         except Exception as exc:
             fail(exc)
+    before = worker_threads()  # another event loop's (a test runner's) are not this run's to wait for
     try:
         reason: StopReason = run_anyio(
             functools.partial(consume_async, callback, run_settings, processors=processors, layers=layers),
@@ -357,4 +358,4 @@ def consume(ctx: click.Context, /, target: str | None, config_path: str | None, 
 
             shutdown_sdk(sdk)  # flushes the spans still batched, within a budget
     logger.info("stopped (%s); exiting 0", reason)
-    exit_now_if_threads_hang(0)
+    exit_now_if_threads_hang(0, before=before)
