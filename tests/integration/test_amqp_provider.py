@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import anyio
@@ -13,7 +14,8 @@ from swarrow.amqp import AmqpBroker
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
-RABBITMQCTL = ["rabbitmqctl", "-n", "rabbit@localhost"]
+# The node behind SWARROW_TEST_URL: restarting another one fails the test and disturbs its users.
+RABBITMQCTL = ["rabbitmqctl", "-n", os.environ.get("SWARROW_TEST_NODE", "rabbit@localhost")]
 
 
 async def _publish(broker: AmqpBroker, queue: str, ids: list[str]) -> None:
