@@ -4,7 +4,9 @@ Built from the standard library's public classes (`socketserver.ThreadingMixIn`,
 `WSGIServer` and `WSGIRequestHandler`) with three limits the plain ones lack:
 
 - at most `max_connections` requests are handled at once, each in its own short-lived thread; one
-  more is answered `503` at once (without a thread) and closed;
+  more takes the place of the oldest connection still sending its request after 1 s (so a
+  slow-sending client cannot keep a liveness probe out), else is answered `503` at once (without a
+  thread) and closed;
 - a request must arrive whole within `read_timeout` seconds of its connection, however slowly it
   trickles in (a sweep in the serve loop closes the laggards), and every socket read or write times
   out after `read_timeout` too;
@@ -29,6 +31,7 @@ logger = logging.getLogger("swarrow.http")
 
 DEFAULT_MAX_CONNECTIONS: Final = 16
 DEFAULT_READ_TIMEOUT: Final = 5.0
+_STALL: Final = 1.0  # at the cap, a request still not in after this long makes room for a newcomer
 _BUSY_BODY: Final = b"too many connections: retry\n"
 _BUSY: Final = (
     b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nConnection: close\r\n"
@@ -85,6 +88,7 @@ class BoundedWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
         self.accepted = 0  # connections taken from the listening socket, handled or refused
         self.rejected = 0  # connections answered 503 because the cap was reached
         self.incomplete = 0  # connections closed before their request arrived whole (deadline, timeout, EOF)
+        self.evicted = 0  # connections cut, still sending their request, to make room for a newcomer
         self._clock = clock
         self._lock = threading.Lock()
         self._active = 0
@@ -98,15 +102,21 @@ class BoundedWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
         return self._active
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        victim = None
         with self._lock:
             self.accepted += 1
+            now = self._clock()
             if self._active >= self.max_connections:
+                victim = self._stalled(now)
+            busy = self._active >= self.max_connections and victim is None
+            if busy:
                 self.rejected += 1
-                busy = True
             else:
                 self._active += 1
-                self._deadlines[request] = self._clock() + self.read_timeout
-                busy = False
+                self._deadlines[request] = now + self.read_timeout
+        if victim is not None:
+            with contextlib.suppress(OSError):
+                victim.shutdown(socket.SHUT_RDWR)  # its thread ends at once (end-of-file)
         if busy:
             self._refuse(request)
             return
@@ -116,6 +126,21 @@ class BoundedWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
             self._release(request)
             self.shutdown_request(request)
             raise
+
+    def _stalled(self, now: float) -> socket.socket | None:
+        """Under the lock, at the cap: cut the oldest connection whose request is still not in after
+        `_STALL` seconds, for the newcomer. Its thread ends at once, so at most twice the cap run at any
+        moment; a slow-sending client can then hold every slot only until a prompt client (a probe) comes.
+        """
+        if self._active >= 2 * self.max_connections or not self._deadlines:
+            return None
+        request, deadline = min(self._deadlines.items(), key=lambda item: item[1])
+        if now - (deadline - self.read_timeout) < min(_STALL, self.read_timeout / 2):
+            return None  # a burst of prompt clients: the newcomer waits its turn (503)
+        del self._deadlines[request]
+        self._cut.add(request)
+        self.evicted += 1
+        return request
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:

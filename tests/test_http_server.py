@@ -102,6 +102,31 @@ def test_a_refused_connection_gets_a_503_at_once(serve: Callable[..., BoundedWSG
     assert _get(server.server_port)[0] == 200
 
 
+def test_a_prompt_client_gets_in_while_slow_senders_hold_every_slot(
+    serve: Callable[..., BoundedWSGIServer],
+) -> None:
+    """A liveness probe is not refused because slow senders filled the cap: the oldest one makes room.
+
+    Before: 16 half-sent connections (re-sent every 5 s) got /healthz answered 503 in 11 of 16 probes
+    through the CLI; here 503 -> 200, one slow sender cut, never more than twice the cap of threads.
+    """
+    now = [0.0]
+    server = serve(max_connections=4, read_timeout=5, clock=lambda: now[0])
+    holders = [socket.create_connection(("127.0.0.1", server.server_port)) for _ in range(4)]
+    try:
+        for holder in holders:
+            holder.sendall(b"GET /metrics HTTP/1.1\r\n")  # never finished
+        _wait(lambda: server.active == 4)
+        assert _get(server.server_port)[0] == 503  # a burst: 4 prompt-or-slow clients under 1 s old
+        now[0] = 1.5  # the slow ones have been sending for 1.5 s, their deadline (5 s) not reached
+        assert _get(server.server_port) == (200, b"ok\n")
+        assert server.evicted == 1
+        _wait(lambda: server.active == 3)  # the cut connection's thread ended; 3 slow senders left
+    finally:
+        for holder in holders:
+            holder.close()
+
+
 def test_a_request_trickling_in_is_cut_at_the_deadline_not_per_read(
     serve: Callable[..., BoundedWSGIServer],
 ) -> None:
