@@ -44,8 +44,8 @@ class AmqpPublisher:
 
     aiormq matches a `basic.return` to its publish by `message_id`, and retry copies keep the
     original's id: two copies of one id in flight at once could swap outcomes (an unroutable copy
-    reported confirmed, its original then acked and lost). So mandatory publishes sharing a
-    `message_id` go one at a time; publishes with different ids are not held up.
+    reported confirmed, its original then acked and lost). So publishes sharing a `message_id` go one
+    at a time (mandatory or not: aiormq maps both); publishes with different ids are not held up.
     """
 
     def __init__(self, broker: AmqpConnection, *, confirm_timeout: float = 30.0) -> None:
@@ -53,7 +53,7 @@ class AmqpPublisher:
         self.confirm_timeout = confirm_timeout
         self._channel: AbstractRobustChannel | None = None
         self._lock = asyncio.Lock()
-        self._in_flight: dict[str, asyncio.Event] = {}  # message ids with a mandatory publish unconfirmed
+        self._in_flight: dict[str, asyncio.Event] = {}  # message ids with a publish unconfirmed
 
     async def _underlay(self) -> aiormq.abc.AbstractChannel:
         if self._channel is None:
@@ -77,9 +77,11 @@ class AmqpPublisher:
         """
         check_publishable(message, user=self.broker.username)
         key = message.message_id
-        if not mandatory or key is None:  # aiormq gives an id-less message a fresh random one
+        if key is None:  # aiormq gives an id-less message a fresh random one
             await self._publish(message, routing_key, exchange, mandatory)
             return
+        # Non-mandatory ones too: aiormq maps their id to their delivery tag as well, so one sent while
+        # a mandatory copy of that id awaits its return would take the return (and the copy "confirm").
         in_flight = self._in_flight
         while (other := in_flight.get(key)) is not None:
             await other.wait()
