@@ -9,8 +9,9 @@ from contextlib import asynccontextmanager, suppress
 import anyio
 import anyio.abc
 
-__all__ = ["FreezingProxy", "freezing_proxy"]
+__all__ = ["BASIC_CONSUME", "BASIC_QOS", "CHANNEL_OPEN", "CONNECTION_OPEN", "FreezingProxy", "freezing_proxy"]
 
+CONNECTION_OPEN = (10, 40)
 BASIC_QOS = (60, 10)
 BASIC_CONSUME = (60, 20)
 CHANNEL_OPEN = (20, 10)
@@ -29,6 +30,7 @@ class FreezingProxy:
         self.freeze_on = freeze_on
         self.frozen = anyio.Event()
         self.port = 0
+        self.connections = 0  # TCP connections accepted so far
         self._channel_frames = 0
 
     def _scan(self, buffer: bytearray) -> int:
@@ -66,6 +68,7 @@ class FreezingProxy:
                 await client.send(chunk)
 
     async def _handle(self, client: anyio.abc.SocketStream) -> None:
+        self.connections += 1
         with suppress(*_GONE):  # one side went away: so does the other
             broker = await anyio.connect_tcp("127.0.0.1", self.target_port)
             async with client, broker, anyio.create_task_group() as tg:

@@ -33,6 +33,8 @@ __all__ = ["FailoverConnection", "connect_first"]
 
 logger = logging.getLogger(__name__)
 
+# Seconds `connect_first` waits for the close of a connection that never opened.
+CLOSE_NEVER_OPENED = 1.0
 # What a node that is down, refusing or too slow raises on connect.
 CONNECT_ERRORS = (TimeoutError, asyncio.TimeoutError, OSError, aiormq.exceptions.AMQPError)
 
@@ -138,8 +140,12 @@ async def connect_first(
         connection = FailoverConnection(broker_url, index, reconnect_interval=reconnect_interval, **kwargs)
         try:
             await connection.connect(timeout=node_timeout)
-        except CONNECT_ERRORS as exc:
-            await asyncio.gather(connection.close(), return_exceptions=True)
+        except BaseException as exc:
+            # Closed on every failure, a cancellation (a stop, Ctrl-C) included: aio-pika's robust
+            # connection tries in a task of its own, which would otherwise reconnect forever.
+            await _close_quietly(connection)
+            if not isinstance(exc, CONNECT_ERRORS):
+                raise
             detail = describe_connect_error(exc, broker_url.node_url(nodes[index]))
             errors.append(f"{nodes[index].authority}: {detail}")
             if len(nodes) > 1:
@@ -151,3 +157,17 @@ async def connect_first(
     raise BrokerUnavailableError(
         f"cannot connect to any of the {len(nodes)} nodes of {broker_url.masked}: " + "; ".join(errors)
     )
+
+
+async def _close_quietly(connection: FailoverConnection) -> None:
+    """Close a connection that never opened, even from a cancelled task (its reconnect task goes)."""
+    closing = asyncio.ensure_future(connection.close())
+    try:
+        await asyncio.wait_for(asyncio.shield(closing), CLOSE_NEVER_OPENED)
+    except BaseException:  # cancelled again or timed out: the close goes on by itself
+        closing.add_done_callback(_ignore_result)
+
+
+def _ignore_result(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -15,7 +15,7 @@ import pytest
 
 from swarrow.amqp import AmqpBroker
 from swarrow.errors import BrokerUnavailableError
-from tests.tcp_proxy import BASIC_CONSUME, BASIC_QOS, freezing_proxy
+from tests.tcp_proxy import BASIC_CONSUME, BASIC_QOS, CONNECTION_OPEN, freezing_proxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -76,3 +76,44 @@ async def test_every_start_call_gives_up_after_the_connect_timeout(
             with anyio.move_on_after(5, shield=True):
                 await provider.close()
                 await broker.close()
+
+
+async def test_a_cancelled_connect_leaves_no_connection_retrying_behind(amqp_url: str) -> None:
+    # Before the fix: aio-pika's robust connection kept trying in a task of its own after the
+    # cancelled connect (a stop, Ctrl-C): 5 more connections in 1 s here, forever, and `close()`
+    # could not reach it. After: the one connection the cancelled attempt opened.
+    target = urlsplit(amqp_url).port or 5672
+    async with freezing_proxy(target, CONNECTION_OPEN) as proxy:
+        broker = AmqpBroker(_proxied(amqp_url, proxy.port), reconnect_interval=0.2)
+        with anyio.move_on_after(0.5) as scope:
+            await broker.connect()
+        assert scope.cancelled_caught
+        await broker.close()
+        await anyio.sleep(1.0)  # a deliberate wait: five reconnect intervals in which nothing may happen
+        assert proxy.connections == 1
+
+
+async def test_ctrl_c_while_connecting_to_a_silent_broker_exits_at_once(amqp_url: str) -> None:
+    # Before the fix: SIGINT while connection.open waited on a silent broker left the robust
+    # connection's retry task behind, and the CLI hung (still running 20 s later). After: ~0.2 s.
+    target = urlsplit(amqp_url).port or 5672
+    async with freezing_proxy(target, CONNECTION_OPEN) as proxy:
+        command = [sys.executable, "-m", "swarrow", "consume", "tests.cli_callbacks:ok", "-q", "nowhere",
+                   "--url", _proxied(amqp_url, proxy.port), "--no-retry"]  # fmt: skip
+        process = await anyio.open_process(command, cwd=ROOT, env=dict(os.environ), stdin=subprocess.DEVNULL)
+        try:
+            with anyio.fail_after(20):
+                await proxy.frozen.wait()
+            await anyio.sleep(0.3)  # the CLI now waits in connect(): the state this test is about
+            process.send_signal(signal.SIGINT)
+            sent = time.monotonic()
+            with anyio.fail_after(10):
+                code = await process.wait()
+            took = time.monotonic() - sent
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+            await process.aclose()
+    assert code != 0  # interrupted, not a success
+    assert took < 3, took
