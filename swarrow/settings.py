@@ -268,6 +268,19 @@ class Settings:
             queue_stats_interval=self.queue_stats_interval,
         )
 
+    def __repr__(self) -> str:
+        # The dataclass's repr, the passwords of `url` and `track_jobs` masked: an error reporter that
+        # records a frame's locals, or a log line quoting the settings, printed them whole.
+        from swarrow.jobs.errors import mask_store_url
+        from swarrow.urls import mask_url
+
+        shown = {"url": mask_url(self.url), "track_jobs": self.track_jobs and mask_store_url(self.track_jobs)}
+        values = ", ".join(
+            f"{field.name}={shown.get(field.name, getattr(self, field.name))!r}"
+            for field in dataclasses.fields(self)
+        )
+        return f"{type(self).__name__}({values})"
+
     def to_json(self) -> str:
         """The settings as one JSON object, as a pool hands them to its workers (with the URL's password)."""
         return json.dumps(dataclasses.asdict(self), separators=(",", ":"))

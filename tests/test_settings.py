@@ -100,3 +100,17 @@ def test_run_takes_a_settings_object_and_refuses_both_forms() -> None:
     assert seen == [b"x"]
     with pytest.raises(TypeError, match="not both"):
         run(print, settings, prefetch=5)
+
+
+@pytest.mark.parametrize("password", ["s3cr/et", "s3#c?r@et:x", "p%40ss"])
+def test_the_repr_of_settings_masks_the_broker_and_job_store_passwords(password: str) -> None:
+    # Before: the dataclass repr printed both URLs whole (an error reporter recording locals, a log line).
+    settings = Settings(
+        queue="q",
+        url=f"amqp://app:{password}@h1:5672,h2:5672/",
+        track_jobs=f"postgresql://jobs:{password}@db/swarrow?password={password}",
+    )
+    for text in (repr(settings), str(settings), f"{[settings]}"):
+        assert password not in text
+        assert "amqp://app:***@h1:5672,h2:5672/" in text and "postgresql://jobs:***@" in text
+    assert Settings.from_json(settings.to_json()) == settings  # the workers still get the password
