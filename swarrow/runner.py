@@ -31,7 +31,7 @@ from swarrow.provider import MessageProvider
 from swarrow.publisher import Publisher
 from swarrow.settings import STACK_OPTION_NAMES, Settings, SettingsOptions, resolve_url
 from swarrow.stack import LayerLike, Stack
-from swarrow.swarrot import RetryTopologyName, SwarrotTopology
+from swarrow.swarrot import RetryTopologyName, SwarrotTopology, swarrot_retry_queue_name
 from swarrow.topology import (
     DeadLetterStrategy,
     RetryTopology,
@@ -122,8 +122,26 @@ async def prepare_queues(
                     else ""
                 )
             )
+        if swarrot:
+            await _check_swarrot_ttls(broker, queue, delays)
         infos.extend(info for info in inspected.values() if info is not None)
     return infos
+
+
+async def _check_swarrot_ttls(broker: Broker, queue: str, delays: Sequence[float]) -> None:
+    """Each `Q_retry_{d}` holds copies for d: a hand-made one with another TTL would retry early or late."""
+    ttl_of = getattr(broker, "message_ttl", None)
+    if ttl_of is None:
+        return
+    for delay in dict.fromkeys(delays):
+        name = swarrot_retry_queue_name(queue, delay)
+        ttl = await ttl_of(name)
+        if ttl is not None and round(ttl * 1000) != round(delay * 1000):
+            raise ConfigurationError(
+                f"retry queue {name!r} on {broker.url} has x-message-ttl {round(ttl * 1000)} ms, not "
+                f"{round(delay * 1000)} ms as its name and --retry-delays say: its copies would come back "
+                f"after {format_duration(ttl)}; delete it (once empty) and declare it again"
+            )
 
 
 async def _warn_without_retries(broker: Broker, queue: str) -> None:

@@ -228,6 +228,12 @@ class Settings:
             except ValueError as exc:
                 raise ConfigurationError(str(exc)) from None
         values.setdefault("retry_explicit", retry_attempts is not None or retry_delays is not None)
+        if retry and retry_delays is None and values.get("retry_topology") == "swarrot":
+            from swarrow.swarrot import swarrot_delays_needed
+
+            raise ConfigurationError(
+                swarrot_delays_needed(str(values.get("queue")), "retry_delays", "retry_topology='swarrot'")
+            )
         address = _address(metrics_address)
         return cls(url=resolve_url(url), metrics_address=address, retry_delays=delays, **values)
 

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from typing import Any, Final, Literal, TypeAlias
 
 from swarrow.broker import Broker, QueueInfo
+from swarrow.errors import ConfigurationError
+from swarrow.units import format_duration
 from swarrow.validation import require_seconds
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "RetryTopologyName",
     "SwarrotTopology",
     "swarrot_dead_letter_queue_name",
+    "swarrot_delays_needed",
     "swarrot_retry_queue_name",
     "swarrot_retry_routing_key",
 ]
@@ -58,6 +61,17 @@ def swarrot_retry_routing_key(queue: str, attempt: int) -> str:
 def swarrot_dead_letter_queue_name(queue: str) -> str:
     """The queue keeping `queue`'s dead letters: `Q_dl`, fed by exchange `dl` with routing key `Q`."""
     return f"{queue}_dl"
+
+
+def swarrot_delays_needed(queue: str, flag: str, mode: str = "--retry-topology swarrot") -> str:
+    """Why swarrot's layout needs its delays spelled out (the error of `consume` and `declare`)."""
+    return (
+        f"{mode} needs {flag}: the toolkit's `retries` for {queue!r}, one per attempt "
+        f"(e.g. 5s,25s,100s for retries: [5, 25, 100]). They name its retry queues ({queue}_retry_5 …), "
+        "and swarrow cannot read them from the broker (AMQP lists no queues or bindings); default "
+        "delays would name queues that do not exist, and declaring those beside the toolkit's would "
+        "bind two queues to each retry key, delivering every retry twice"
+    )
 
 
 class SwarrotTopology:
@@ -141,14 +155,51 @@ class SwarrotTopology:
         """(exchange, routing key) a dead letter is published to: `dl` with key `Q`, into `Q_dl`."""
         return DEAD_LETTER_EXCHANGE, self.queue
 
-    async def declare(self, broker: Broker) -> list[QueueInfo]:
-        """Declare exchanges, queues and bindings; `ConfigurationError` naming what differs."""
+    async def new_retry_bindings(self, broker: Broker) -> list[tuple[str, str]]:
+        """(retry queue, routing key) pairs declaring would add to a queue `Q` that already exists.
+
+        AMQP cannot list bindings: when `Q` exists but the retry queue for attempt k does not, some
+        other queue (one for an older delay) may still be bound to `Q_retry_k`, and a second binding
+        would put every retry for attempt k in both, so the message comes back twice.
+        """
+        if await broker.inspect_queue(self.queue) is None:
+            return []
+        missing: list[tuple[str, str]] = []
+        for attempt, delay in enumerate(self.delays, start=1):
+            name = swarrot_retry_queue_name(self.queue, delay)
+            if await broker.inspect_queue(name) is None:
+                missing.append((name, swarrot_retry_routing_key(self.queue, attempt)))
+        return missing
+
+    async def declare(self, broker: Broker, *, add_retry_queues: bool = False) -> list[QueueInfo]:
+        """Declare exchanges, queues and bindings; `ConfigurationError` naming what differs.
+
+        Refuses to add a retry queue to an existing `Q` (see `new_retry_bindings`) unless
+        `add_retry_queues`: the caller checked that no other queue holds those routing keys.
+        """
+        if not add_retry_queues and (new := await self.new_retry_bindings(broker)):
+            raise ConfigurationError(self.new_bindings_error(new))
         for name, kind, arguments in self.exchanges():
             await broker.declare_exchange(name, kind, arguments=arguments or None)
         infos = [await broker.declare_queue(name, arguments=args or None) for name, args in self.queues()]
         for exchange, queue, routing_key in self.bindings():
             await broker.bind_queue(queue, exchange, routing_key)
         return [info for info in infos if info.name != UNROUTABLE]
+
+    def new_bindings_error(self, new: Sequence[tuple[str, str]]) -> str:
+        spelled = ", ".join(f"{name!r} (routing key {key!r})" for name, key in new)
+        keys = "|".join(key for _, key in new)
+        return (
+            f"queue {self.queue!r} exists but its retry queue(s) {spelled} do not: declaring them binds "
+            f"them to exchange {RETRY_EXCHANGE!r}, and if {self.queue!r}'s delays changed, the old retry "
+            "queue for that attempt is still bound to the same key, so each retry would be delivered "
+            "twice (AMQP cannot list bindings, so swarrow cannot tell). Check with `rabbitmqctl "
+            f"list_bindings source_name destination_name routing_key | grep -wE '{keys}'`; unbind or delete "
+            f"the old {self.queue}_retry_* queue for that key once it is empty (its copies return to "
+            f"{self.queue!r} after its TTL), then run `swarrow declare --queue {self.queue} --retry-topology "
+            f"swarrot --retry-delays {','.join(format_duration(d) for d in self.delays)} --add-retry-queues` "
+            "(SwarrotTopology.declare(broker, add_retry_queues=True))"
+        )
 
     def __repr__(self) -> str:
         return f"SwarrotTopology({self.queue!r}, {list(self.delays)!r}, quorum={self.quorum})"

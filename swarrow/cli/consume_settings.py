@@ -21,6 +21,7 @@ from swarrow.config import ConsumerConfig, load_config
 from swarrow.errors import ConfigurationError
 from swarrow.exits import EXIT_USAGE
 from swarrow.settings import Settings, queue_fields
+from swarrow.swarrot import swarrot_delays_needed
 from swarrow.topology import exponential_delays
 from swarrow.units import format_duration
 
@@ -150,6 +151,11 @@ def resolve_settings(
         settings["track_jobs"] = None
     settings["log_level"] = str(settings["log_level"]).upper()
     if settings["retry"]:
+        if settings["retry_topology"] == "swarrot" and settings.source("retry_delays") == "default":
+            queue = queue_fields(settings["queue"])["queue"]
+            raise CliError(
+                swarrot_delays_needed(queue, "--retry-delays (config: [retry] delays)"), EXIT_USAGE
+            )
         settings["retry_delays"] = _delays(settings)
         settings["retry_attempts"] = len(settings["retry_delays"])  # what runs, shown by --print-settings
     return settings

@@ -14,7 +14,7 @@ from swarrow.cli.params import dead_letter_strategy_option, resolve_delays, retr
 from swarrow.errors import ConfigurationError
 from swarrow.exits import EXIT_BROKER, EXIT_OK, EXIT_USAGE
 from swarrow.ordering import HASH_EXCHANGE_TYPE, shard_exchange_name, shard_queue_name
-from swarrow.swarrot import SwarrotTopology
+from swarrow.swarrot import SwarrotTopology, swarrot_delays_needed
 from swarrow.topology import DeadLetterStrategy, RetryTopology
 
 __all__ = ["DECLARE_EXITS", "declare"]
@@ -80,6 +80,14 @@ DECLARE_EXITS: Final[Mapping[int, str]] = {
     help="Also declare QUEUE.retry.N (one per delay) and QUEUE.dead.",
 )
 @retry_options
+@option(
+    "--add-retry-queues",
+    section="Retry",
+    is_flag=True,
+    help="With --retry-topology swarrot: add retry queues to a QUEUE that exists (new or changed delays) "
+    "after checking that no old QUEUE_retry_* queue is still bound to their routing keys; without it "
+    "declare refuses, since AMQP cannot list bindings and a key bound twice delivers each retry twice.",
+)
 @click.pass_context
 def declare(
     ctx: click.Context,
@@ -96,6 +104,7 @@ def declare(
     max_priority: int | None,
     single_active_consumer: bool,
     shards: int | None,
+    add_retry_queues: bool,
 ) -> None:
     """Declare QUEUE, its retry queues and QUEUE.dead, idempotently; print what was created or found.
 
@@ -125,7 +134,9 @@ def declare(
         raise CliError("--max-priority, --single-active-consumer and --shards go with swarrow's own "
                        "topology, not --retry-topology swarrot", EXIT_USAGE)  # fmt: skip
     if retry_topology == "swarrot" and retry:
-        return _declare_swarrot(SwarrotTopology(queue, delays, quorum=quorum), url)
+        if retry_delays is None:
+            raise CliError(swarrot_delays_needed(queue, "--retry-delays"), EXIT_USAGE)
+        return _declare_swarrot(SwarrotTopology(queue, delays, quorum=quorum), url, add_retry_queues)
     if shards is not None:
         return _declare_shards(queue, shards, delays, quorum, ordering, retry, url)
     topology = RetryTopology(
@@ -203,12 +214,14 @@ def _declare_shards(
         click.echo(line)
 
 
-def _declare_swarrot(topology: SwarrotTopology, url: str) -> None:
+def _declare_swarrot(topology: SwarrotTopology, url: str, add_retry_queues: bool) -> None:
     """The toolkit's layout: exchanges, queues, bindings, one line each."""
 
     async def go() -> list[str]:
         lines: list[str] = []
         async with connected(url) as broker:
+            if not add_retry_queues and (new := await topology.new_retry_bindings(broker)):
+                raise ConfigurationError(topology.new_bindings_error(new))
             for name, kind, arguments in topology.exchanges():
                 await broker.declare_exchange(name, kind, arguments=arguments or None)
                 extra = f", alternate-exchange={arguments['alternate-exchange']}" if arguments else ""
