@@ -254,12 +254,17 @@ def _parts(
 def _up_source(
     health: HealthState, control: ConsumerControl, part: MessageProvider | None
 ) -> Callable[[], bool]:
-    """`swarrow_consumer_up{queue}`: the consumer is ready and this queue's consumer registered."""
+    """`swarrow_consumer_up{queue}`: what `/readyz` answers, or, for one queue of several, whether that
+    queue is consumed: the worker alive, not stopping, holding no refused copy, and this queue's consumer
+    registered — another queue's consumer going away does not take this one's gauge down with it."""
 
     def up() -> bool:
         if part is None:
             return health.readiness()[0]
-        return not control.stop_requested and part.is_consuming and health.readiness()[0]
+        if control.stop_requested or not part.is_consuming or not health.liveness()[0]:
+            return False
+        blocked = health.blocked
+        return blocked is None or not blocked()
 
     return up
 
