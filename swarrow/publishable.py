@@ -20,7 +20,7 @@ from typing import Any
 from swarrow.errors import InvalidMessageError
 from swarrow.message import Message
 
-__all__ = ["HEADERS_MAX_BYTES", "as_delivered", "check_publishable"]
+__all__ = ["HEADERS_MAX_BYTES", "as_delivered", "check_publishable", "route_headers"]
 
 # A content header must fit in one frame (RabbitMQ's default frame_max is 131072 bytes, minus the
 # frame envelope and the other properties): past this the broker closes the connection.
@@ -32,6 +32,13 @@ _FLOAT32 = struct.Struct(">f")
 _INT32 = (-(2**31), 2**31 - 1)
 _FLOAT32_MAX = 3.4028234663852886e38  # aiormq packs a float header in 32 bits
 _EXPIRATION = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_MAX_EXPIRATION = (
+    315_360_000_000  # ten years in ms: RabbitMQ refuses more (value_too_large) and closes the channel
+)
+# pamqp sends a datetime as whole seconds and reads any value past 2**32 - 1 back as milliseconds.
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_TIME_MAX = datetime(2106, 2, 7, 6, 28, 15, tzinfo=UTC)
+_ROUTE_HEADERS = ("CC", "BCC")  # sender-selected distribution: RabbitMQ closes the channel unless a list
 _SHORT_STRINGS = (
     "content_type",
     "content_encoding",
@@ -61,8 +68,10 @@ def check_publishable(message: Message, *, user: str | None = None) -> None:
         _check_octet("priority", message.priority, 0, 255)
     if message.delivery_mode is not None:
         _check_octet("delivery_mode", message.delivery_mode, 1, 2)
-    if message.timestamp is not None and not isinstance(message.timestamp, datetime):
-        raise InvalidMessageError(f"timestamp must be a datetime, got {type(message.timestamp).__name__}")
+    if message.timestamp is not None:
+        if not isinstance(message.timestamp, datetime):
+            raise InvalidMessageError(f"timestamp must be a datetime, got {type(message.timestamp).__name__}")
+        _check_time("timestamp", message.timestamp)
     if user is not None and message.user_id is not None and message.user_id != user:
         raise InvalidMessageError(
             f"user_id {message.user_id!r} is not the connection's user {user!r}: RabbitMQ refuses it"
@@ -70,6 +79,13 @@ def check_publishable(message: Message, *, user: str | None = None) -> None:
     if not isinstance(message.body, bytes | bytearray | memoryview):
         raise InvalidMessageError(f"body must be bytes, got {type(message.body).__name__}")
     if message.headers:
+        for name in _ROUTE_HEADERS:
+            routes = message.headers.get(name)
+            if routes is not None and not isinstance(routes, list):
+                raise InvalidMessageError(
+                    f"headers[{name!r}] must be a list of routing keys, got {type(routes).__name__}:"
+                    " RabbitMQ refuses anything else (and closes the channel)"
+                )
         size = _table_size("headers", message.headers)
         if size > HEADERS_MAX_BYTES:
             raise InvalidMessageError(
@@ -79,15 +95,28 @@ def check_publishable(message: Message, *, user: str | None = None) -> None:
 
 
 def as_delivered(message: Message) -> Message:
-    """`message` as RabbitMQ would deliver it: datetimes to the second in UTC, header floats in 32 bits."""
+    """`message` as RabbitMQ would deliver it, decoded by aiormq.
+
+    The body a `bytes` copy; datetimes to the second in UTC; header floats in 32 bits; tables with
+    their keys sorted (pamqp sorts them on the wire); enum and other subclasses as their base type;
+    `BCC` gone (RabbitMQ strips it).
+    """
     timestamp = message.timestamp
     headers = message.headers
     changes: dict[str, Any] = {}
+    if type(message.body) is not bytes:
+        changes["body"] = bytes(message.body)
     if timestamp is not None:
         changes["timestamp"] = _to_wire_time(timestamp)
-    if headers and _changes_on_the_wire(headers.values()):
-        changes["headers"] = {key: _delivered_value(value) for key, value in headers.items()}
+    if headers and ("BCC" in headers or not _as_on_the_wire(headers)):
+        changes["headers"] = _delivered_value({k: v for k, v in headers.items() if k != "BCC"})
     return message.replace(**changes) if changes else message
+
+
+def route_headers(headers: Mapping[str, Any], name: str) -> list[str]:
+    """The extra routing keys of a `CC` or `BCC` header (RabbitMQ skips items that are not strings)."""
+    routes = headers.get(name)
+    return [key for key in routes if isinstance(key, str)] if isinstance(routes, list) else []
 
 
 def _check_short_string(name: str, value: object) -> None:
@@ -104,9 +133,19 @@ def _check_short_string(name: str, value: object) -> None:
 
 
 def _check_expiration(value: str) -> None:
-    if not _EXPIRATION.fullmatch(value) or int(value) < 0:
+    if not _EXPIRATION.fullmatch(value) or not 0 <= int(value) <= _MAX_EXPIRATION:
         raise InvalidMessageError(
-            f"expiration must be a whole number of milliseconds >= 0 as a string, got {value!r}"
+            f"expiration must be a whole number of milliseconds from 0 to {_MAX_EXPIRATION} (ten years)"
+            f" as a string, got {value!r}"
+        )
+
+
+def _check_time(path: str, value: datetime) -> None:
+    aware = value if value.tzinfo is not None and value.utcoffset() is not None else value.replace(tzinfo=UTC)
+    if not _EPOCH <= aware <= _TIME_MAX:
+        raise InvalidMessageError(
+            f"{path} = {value.isoformat()} cannot be sent: AMQP carries times from 1970-01-01 to"
+            " 2106-02-07T06:28:15Z (whole seconds since 1970, read back as milliseconds past 2**32)"
         )
 
 
@@ -164,6 +203,7 @@ def _value_size(path: str, value: object) -> int:
         except UnicodeEncodeError:
             raise InvalidMessageError(f"{path} is not encodable as UTF-8") from None
     if isinstance(value, datetime):
+        _check_time(path, value)
         return 8
     if isinstance(value, list):
         return 4 + sum(1 + _value_size(f"{path}[{i}]", item) for i, item in enumerate(value))
@@ -181,24 +221,41 @@ def _to_wire_time(value: datetime) -> datetime:
     return value.astimezone(UTC).replace(microsecond=0)
 
 
-def _changes_on_the_wire(values: Any) -> bool:
-    for value in values:
-        if isinstance(value, (datetime, float)):
-            return True
-        if isinstance(value, list) and _changes_on_the_wire(value):
-            return True
-        if isinstance(value, dict) and _changes_on_the_wire(value.values()):
-            return True
+_EXACT = (str, int, bool, type(None))
+
+
+def _as_on_the_wire(value: Any) -> bool:
+    """True when aiormq would decode `value` back as it is (the common case: nothing to copy)."""
+    kind = type(value)
+    if kind in _EXACT:
+        return True
+    if kind is dict:
+        keys = list(value)
+        return keys == sorted(keys) and all(_as_on_the_wire(item) for item in value.values())
+    if kind is list:
+        return all(_as_on_the_wire(item) for item in value)
+    if kind is Decimal:
+        exponent = value.as_tuple().exponent
+        return isinstance(exponent, int) and exponent <= 0
     return False
 
 
 def _delivered_value(value: Any) -> Any:
+    if isinstance(value, bool) or value is None:
+        return value
     if isinstance(value, datetime):
         return _to_wire_time(value)
     if isinstance(value, float):  # aiormq packs a float header in 32 bits: 0.1 comes back 0.10000000149011612
         return _FLOAT32.unpack(_FLOAT32.pack(value))[0]
+    if isinstance(value, int):
+        return int(value)  # an IntEnum comes back a plain int
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, Decimal):
+        exponent = value.as_tuple().exponent
+        return Decimal(int(value)) if isinstance(exponent, int) and exponent > 0 else Decimal(value)
     if isinstance(value, list):
         return [_delivered_value(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _delivered_value(item) for key, item in value.items()}
+    if isinstance(value, Mapping):
+        return {key: _delivered_value(value[key]) for key in sorted(value)}
     return value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from swarrow._names import check_name
 from swarrow.amqp.connection import AmqpConnection
 from swarrow.amqp.provider import AmqpMessageProvider
 from swarrow.amqp.publisher import AmqpPublisher
@@ -31,6 +32,7 @@ class AmqpBroker(AmqpConnection):
         `stall_check_interval`: how often an idle consumer checks that its queue has no ready
         messages it is not being fed (see `swarrow.amqp.stall`); None turns the check off.
         """
+        check_name("queue", queue)
         return AmqpMessageProvider(
             self,
             queue,

@@ -13,6 +13,7 @@ import aiormq
 import aiormq.abc
 import anyio
 
+from swarrow._names import check_binding, check_declared_name, check_name
 from swarrow.amqp._errors import QuietFirstConnect
 from swarrow.amqp.failover import FailoverConnection, connect_first
 from swarrow.broker import QueueInfo
@@ -151,6 +152,7 @@ class AmqpConnection:
 
     async def inspect_queue(self, name: str) -> QueueInfo | None:
         """Passive declare: the queue's counts, or None when it does not exist."""
+        check_name("queue", name)
         channel = await self._scratch_channel()
         try:
             ok = await channel.queue_declare(name, passive=True)
@@ -165,6 +167,7 @@ class AmqpConnection:
         self, name: str, *, durable: bool = True, arguments: dict[str, Any] | None = None
     ) -> QueueInfo:
         """Declare `name`; `ConfigurationError` naming the queue when it exists with other arguments."""
+        check_declared_name("queue", name)
         existing = await self.inspect_queue(name)
         channel = await self._scratch_channel()
         try:
@@ -239,7 +242,11 @@ class AmqpConnection:
         durable: bool = True,
         arguments: dict[str, Any] | None = None,
     ) -> None:
-        """Declare exchange `name`; `ConfigurationError` naming it when it exists with other arguments."""
+        """Declare exchange `name`; `ConfigurationError` naming it when it exists with other arguments.
+
+        A new name in RabbitMQ's reserved `amq.` namespace is refused too (ACCESS_REFUSED).
+        """
+        check_name("exchange", name)
         channel = await self._scratch_channel()
         try:
             await channel.exchange_declare(
@@ -250,16 +257,21 @@ class AmqpConnection:
                 f"exchange {name!r} already exists with another type or arguments than {type!r} "
                 f"{arguments or {}!r} (durable={durable}): {exc.args[0] if exc.args else exc}"
             ) from None
+        except aiormq.exceptions.ChannelAccessRefused as exc:
+            raise ConfigurationError(
+                f"RabbitMQ refused to declare exchange {name!r}: {exc.args[0] if exc.args else exc}"
+            ) from None
         finally:
             if not channel.is_closed:
                 await channel.close()
 
     async def bind_queue(self, queue: str, exchange: str, routing_key: str = "") -> None:
-        """Bind `queue` to `exchange` with `routing_key` (idempotent)."""
+        """Bind `queue` to `exchange` with `routing_key` (idempotent); never to the default exchange."""
+        check_binding(queue, exchange)
         channel = await self._scratch_channel()
         try:
             await channel.queue_bind(queue, exchange, routing_key=routing_key)
-        except aiormq.exceptions.ChannelNotFoundEntity as exc:
+        except (aiormq.exceptions.ChannelNotFoundEntity, aiormq.exceptions.ChannelAccessRefused) as exc:
             raise ConfigurationError(
                 f"cannot bind queue {queue!r} to exchange {exchange!r}: {exc.args[0] if exc.args else exc}"
             ) from None
@@ -269,6 +281,7 @@ class AmqpConnection:
 
     async def delete_queue(self, name: str) -> None:
         """Delete `name` (no error if absent)."""
+        check_name("queue", name)
         channel = await self._scratch_channel()
         try:
             await channel.queue_delete(name)
@@ -278,6 +291,7 @@ class AmqpConnection:
 
     async def purge_queue(self, name: str) -> int:
         """Drop the ready messages of `name`; return how many."""
+        check_name("queue", name)
         channel = await self._scratch_channel()
         try:
             ok = await channel.queue_purge(name)

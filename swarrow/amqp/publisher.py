@@ -10,6 +10,7 @@ import aiormq.abc
 from aio_pika.abc import AbstractRobustChannel
 from pamqp.commands import Basic
 
+from swarrow._names import check_routing_key
 from swarrow.amqp._errors import CHANNEL_GONE
 from swarrow.amqp.connection import AmqpConnection
 from swarrow.errors import BrokerUnavailableError, PublishError
@@ -76,6 +77,7 @@ class AmqpPublisher:
         the broker closed (a missing exchange) is a `PublishError`, and the next publish opens a new one.
         """
         check_publishable(message, user=self.broker.username)
+        check_routing_key(routing_key, exchange)
         key = message.message_id
         if key is None:  # aiormq gives an id-less message a fresh random one
             await self._publish(message, routing_key, exchange, mandatory)

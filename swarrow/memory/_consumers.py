@@ -22,7 +22,7 @@ class ConsumerSide:
     def url(self) -> str:
         raise NotImplementedError
 
-    def _dead_letter(self, queue: Queue, message: Message, reason: str) -> None:
+    def _dead_letter(self, queue: Queue, message: Message, reason: str, bcc: tuple[str, ...] = ()) -> None:
         raise NotImplementedError
 
     def _notify(self) -> None:
@@ -59,7 +59,8 @@ class ConsumerSide:
         while ready:
             head = ready[0]
             if head.expires_at is not None and head.expires_at < now:
-                self._dead_letter(queue, ready.popleft().message, "expired")
+                expired = ready.popleft()
+                self._dead_letter(queue, expired.message, "expired", expired.bcc)
                 continue
             for offset in range(count):
                 subscriber = subscribers[(queue.turn + offset) % count]
@@ -80,25 +81,33 @@ class ConsumerSide:
 
     def _requeue(self, name: str, entries: list[Entry], *, closing: bool = False) -> None:
         """Return deliveries: classic queues put them back at their old place; quorum queues at the
-        back when rejected, at the head (in delivery order) when their consumer closes."""
+        back when rejected and, when their consumer closes, in delivery order after the deliveries
+        other closed consumers returned before (RabbitMQ serves its returns first, oldest first)."""
         queue = self._queues.get(name)
         if queue is None:
             return
-        head: list[Entry] = []
+        ready = queue.ready
+        returned: list[Entry] = []
         for entry in entries:
             entry.redelivered = True
             entry.delivery_count += 1
             limit = queue.spec.delivery_limit
             if queue.spec.quorum:
+                entry.returned = closing
                 if limit is not None and entry.delivery_count > limit:
-                    self._dead_letter(queue, entry.message, "delivery_limit")
+                    self._dead_letter(queue, entry.message, "delivery_limit", entry.bcc)
                 elif closing:
-                    head.append(entry)
+                    returned.append(entry)
                 else:
-                    queue.ready.append(entry)
+                    ready.append(entry)
             else:
-                queue.ready.insert(bisect.bisect_left(queue.ready, entry.seq, key=lambda e: e.seq), entry)
-        queue.ready.extendleft(reversed(head))
+                ready.insert(bisect.bisect_left(ready, entry.seq, key=lambda e: e.seq), entry)
+        if returned:
+            at = 0
+            while at < len(ready) and ready[at].returned:
+                at += 1
+            for offset, entry in enumerate(returned):
+                ready.insert(at + offset, entry)
         self._dispatch(queue)
         self._notify()
 
@@ -106,6 +115,6 @@ class ConsumerSide:
         """A delivery rejected without requeue: dead-lettered (reason `rejected`) or dropped."""
         queue = self._queues.get(name)
         if queue is not None:
-            self._dead_letter(queue, entry.message, "rejected")
+            self._dead_letter(queue, entry.message, "rejected", entry.bcc)
             self._dispatch(queue)
         self._notify()

@@ -25,6 +25,7 @@ class _Exchange:
     type: str
     bindings: dict[str, set[str]] = field(default_factory=dict)
     alternate: str | None = None  # `alternate-exchange`: where what routes nowhere goes instead
+    durable: bool = True
 
 
 def _topic_match(pattern: str, key: str) -> bool:
@@ -37,7 +38,8 @@ def _topic_match(pattern: str, key: str) -> bool:
             return any(match(p[1:], k[i:]) for i in range(len(k) + 1))
         return bool(k) and (p[0] == "*" or p[0] == k[0]) and match(p[1:], k[1:])
 
-    return match(pattern.split("."), key.split("."))
+    # An empty routing key (or pattern) has no words: `*` does not match it, `#` does.
+    return match(pattern.split(".") if pattern else [], key.split(".") if key else [])
 
 
 class Exchanges:
@@ -46,7 +48,7 @@ class Exchanges:
     def __init__(self) -> None:
         self._by_name = {n: _Exchange(n, t) for n, t in _PREDECLARED.items()}
 
-    def declare(self, name: str, type: str, arguments: dict[str, Any] | None) -> None:
+    def declare(self, name: str, type: str, durable: bool, arguments: dict[str, Any] | None) -> None:
         """Declare `name`; `ConfigurationError` for what memory:// does not model, or a conflict."""
         if type not in _MODELLED:
             raise ConfigurationError(
@@ -64,12 +66,20 @@ class Exchanges:
                 f"exchange {name!r}: alternate-exchange must be a name, got {alternate!r}"
             )
         existing = self._by_name.get(name)
-        if existing is not None and (existing.type != type or existing.alternate != alternate):
+        if existing is None and name.startswith("amq."):
             raise ConfigurationError(
-                f"exchange {name!r} exists with type {existing.type!r} and alternate-exchange "
-                f"{existing.alternate!r}, not {type!r} and {alternate!r} (PRECONDITION_FAILED)"
+                f"exchange name {name!r} starts with 'amq.', reserved by RabbitMQ (ACCESS_REFUSED): "
+                "choose another"
             )
-        self._by_name.setdefault(name, _Exchange(name, type, alternate=alternate))
+        if existing is not None and (
+            existing.type != type or existing.alternate != alternate or existing.durable != durable
+        ):
+            raise ConfigurationError(
+                f"exchange {name!r} exists with type {existing.type!r}, alternate-exchange "
+                f"{existing.alternate!r} and durable={existing.durable}, not {type!r}, {alternate!r} and "
+                f"durable={durable} (PRECONDITION_FAILED)"
+            )
+        self._by_name.setdefault(name, _Exchange(name, type, alternate=alternate, durable=durable))
 
     def bind(self, queue: str, exchange: str, routing_key: str) -> None:
         """Route `exchange`'s messages with `routing_key` into `queue` (topic: `*` and `#`)."""
@@ -88,8 +98,8 @@ class Exchanges:
             for queues in exchange.bindings.values():
                 queues.discard(queue)
 
-    def route(self, exchange: str, routing_key: str) -> list[str]:
-        """The queues `exchange` routes `routing_key` to; `PublishError` (NOT_FOUND) if it does not exist."""
+    def route(self, exchange: str, keys: list[str]) -> list[str]:
+        """The queues `exchange` routes any of `keys` to; `PublishError` (NOT_FOUND) if it does not exist."""
         found = self._by_name.get(exchange)
         if found is None:
             raise PublishError(f"exchange {exchange!r} does not exist (NOT_FOUND)")
@@ -100,12 +110,12 @@ class Exchanges:
             elif found.type == "topic":
                 targets = {
                     q
-                    for key, queues in found.bindings.items()
-                    if _topic_match(key, routing_key)
+                    for pattern, queues in found.bindings.items()
+                    if any(_topic_match(pattern, key) for key in keys)
                     for q in queues
                 }
             else:
-                targets = set(found.bindings.get(routing_key, ()))
+                targets = {q for key in keys for q in found.bindings.get(key, ())}
             # RabbitMQ hands what routes nowhere to the alternate exchange, once per exchange.
             alternate = found.alternate
             if targets or alternate is None or alternate in seen or alternate not in self._by_name:

@@ -21,6 +21,8 @@ class Entry:
     expires_at: float | None = None
     delivery_count: int = 0
     redelivered: bool = False
+    returned: bool = False  # back at a quorum queue's head because its consumer went away
+    bcc: tuple[str, ...] = ()  # BCC routing keys: gone from the headers, still used to dead-letter it
 
 
 class Subscriber(Protocol):

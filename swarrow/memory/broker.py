@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import anyio
 
+from swarrow._names import check_binding, check_declared_name, check_name, check_routing_key
 from swarrow.broker import QueueInfo
 from swarrow.errors import ConfigurationError, PublishError
 from swarrow.memory._arguments import check_redeclare, parse_queue
@@ -18,7 +19,7 @@ from swarrow.memory._deadletter import dead_lettered, is_cycle
 from swarrow.memory._exchanges import Exchanges
 from swarrow.memory._queue import Entry, Queue, Subscriber
 from swarrow.message import Message
-from swarrow.publishable import as_delivered, check_publishable
+from swarrow.publishable import as_delivered, check_publishable, route_headers
 
 if TYPE_CHECKING:
     from swarrow.memory.provider import MemoryMessageProvider, MemoryPublisher
@@ -87,6 +88,7 @@ class MemoryBroker(ConsumerSide):
         """`declare_queue` for synchronous set-up code."""
         if not name:
             raise ConfigurationError("the in-memory broker needs a queue name")
+        check_declared_name("queue", name)
         now = time.monotonic()
         self._expire(now)
         args = dict(arguments or {})
@@ -104,6 +106,7 @@ class MemoryBroker(ConsumerSide):
 
     async def inspect_queue(self, name: str) -> QueueInfo | None:
         """The queue's state, or None when it does not exist (a passive declare: it counts as use)."""
+        check_name("queue", name)
         now = time.monotonic()
         self._expire(now)
         queue = self._queues.get(name)
@@ -125,6 +128,7 @@ class MemoryBroker(ConsumerSide):
 
     async def delete_queue(self, name: str) -> None:
         """Delete `name` and its messages; its consumers wait for it to come back."""
+        check_name("queue", name)
         self._delete(name)
 
     def _delete(self, name: str) -> None:
@@ -138,6 +142,7 @@ class MemoryBroker(ConsumerSide):
 
     async def purge_queue(self, name: str) -> int:
         """Drop the ready messages of `name`; return how many."""
+        check_name("queue", name)
         queue = self._queues.get(name)
         if queue is None:
             return 0
@@ -153,17 +158,25 @@ class MemoryBroker(ConsumerSide):
         durable: bool = True,
         arguments: dict[str, Any] | None = None,
     ) -> None:
-        """Declare an exchange (see `declare_exchange_nowait`); `durable` means nothing in one process."""
-        self.declare_exchange_nowait(name, type, arguments=arguments)
+        """Declare an exchange (see `declare_exchange_nowait`)."""
+        self.declare_exchange_nowait(name, type, durable=durable, arguments=arguments)
 
     def declare_exchange_nowait(
-        self, name: str, type: str = "direct", *, arguments: dict[str, Any] | None = None
+        self,
+        name: str,
+        type: str = "direct",
+        *,
+        durable: bool = True,
+        arguments: dict[str, Any] | None = None,
     ) -> None:
         """Declare a `direct`, `fanout` or `topic` exchange (`amq.*` exist already, as on RabbitMQ).
 
-        The one argument modelled is `alternate-exchange`; any other is refused (`ConfigurationError`).
+        The one argument modelled is `alternate-exchange`; any other is refused (`ConfigurationError`),
+        and so is re-declaring with another type, alternate exchange or `durable` (RabbitMQ's 406),
+        or a new name starting with `amq.` (RabbitMQ's 403).
         """
-        self._exchanges.declare(name, type, arguments)
+        check_name("exchange", name)
+        self._exchanges.declare(name, type, durable, arguments)
 
     async def bind_queue(self, queue: str, exchange: str, routing_key: str = "") -> None:
         """Route `exchange`'s messages with `routing_key` into `queue` (see `bind_queue_nowait`)."""
@@ -171,6 +184,7 @@ class MemoryBroker(ConsumerSide):
 
     def bind_queue_nowait(self, queue: str, exchange: str, routing_key: str = "") -> None:
         """Route messages published to `exchange` with `routing_key` into `queue` (topic: `*` and `#`)."""
+        check_binding(queue, exchange)
         if queue not in self._queues:
             raise ConfigurationError(f"queue {queue!r} does not exist")
         self._exchanges.bind(queue, exchange, routing_key)
@@ -217,6 +231,7 @@ class MemoryBroker(ConsumerSide):
         `x-overflow: reject-publish` refuses it.
         """
         check_publishable(message)
+        check_routing_key(routing_key, exchange)
         if message.user_id is not None:
             raise ConfigurationError(
                 f"user_id {message.user_id!r}: memory:// has no users, so it cannot check it "
@@ -227,7 +242,11 @@ class MemoryBroker(ConsumerSide):
             raise PublishError(f"broker nacked the publish to {exchange!r}/{routing_key!r} (simulated)")
         now = time.monotonic()
         self._expire(now)
-        targets = self._route(exchange, routing_key)
+        headers = message.headers
+        keys = [routing_key]
+        if headers and ("CC" in headers or "BCC" in headers):  # sender-selected distribution
+            keys += route_headers(headers, "CC") + route_headers(headers, "BCC")
+        targets = self._route(exchange, keys)
         if not targets:
             if mandatory:
                 raise PublishError(
@@ -236,7 +255,8 @@ class MemoryBroker(ConsumerSide):
                 )
             return 0
         stored = as_delivered(message.for_publishing()).replace(exchange=exchange, routing_key=routing_key)
-        refused = [name for name in targets if not self._enqueue(self._queues[name], stored, now)]
+        bcc = tuple(route_headers(headers, "BCC")) if headers and "BCC" in headers else ()
+        refused = [name for name in targets if not self._enqueue(self._queues[name], stored, now, bcc)]
         self.published_count += 1
         self._notify()
         if refused:
@@ -246,12 +266,12 @@ class MemoryBroker(ConsumerSide):
             )
         return len(targets)
 
-    def _route(self, exchange: str, routing_key: str) -> list[str]:
+    def _route(self, exchange: str, keys: list[str]) -> list[str]:
         if exchange == "":
-            return [routing_key] if routing_key in self._queues else []
-        return self._exchanges.route(exchange, routing_key)
+            return sorted({key for key in keys if key in self._queues})
+        return self._exchanges.route(exchange, keys)
 
-    def _enqueue(self, queue: Queue, message: Message, now: float) -> bool:
+    def _enqueue(self, queue: Queue, message: Message, now: float, bcc: tuple[str, ...] = ()) -> bool:
         """Add `message` at the tail; False when the queue's overflow policy refuses it."""
         spec = queue.spec
         if (
@@ -261,33 +281,40 @@ class MemoryBroker(ConsumerSide):
             and len(queue.ready) >= spec.max_length + spec.quorum
         ):
             if spec.overflow == "reject-publish-dlx":
-                self._dead_letter(queue, message, "maxlen")
+                self._dead_letter(queue, message, "maxlen", bcc)
             return False
         ttl = spec.ttl_ms
         if message.expiration is not None:
             per_message = int(message.expiration)
             ttl = per_message if ttl is None else min(ttl, per_message)
         expires_at = None if ttl is None else now + ttl / 1000.0
-        entry = Entry(message, next(self._seq), expires_at)
+        entry = Entry(message, next(self._seq), expires_at, bcc=bcc)
         queue.ready.append(entry)
         self._dispatch(queue, now)
         if spec.max_length is not None and spec.overflow == "drop-head":
             while len(queue.ready) > spec.max_length:
-                self._dead_letter(queue, queue.ready.popleft().message, "maxlen")
+                dropped = queue.ready.popleft()
+                self._dead_letter(queue, dropped.message, "maxlen", dropped.bcc)
         if ttl == 0 and queue.ready and queue.ready[-1] is entry:
             # TTL 0: delivered if a consumer could take it just now, otherwise expired at once.
-            self._dead_letter(queue, queue.ready.pop().message, "expired")
+            self._dead_letter(queue, queue.ready.pop().message, "expired", bcc)
         return True
 
-    def _dead_letter(self, queue: Queue, message: Message, reason: str) -> None:
+    def _dead_letter(self, queue: Queue, message: Message, reason: str, bcc: tuple[str, ...] = ()) -> None:
+        """Dead-letter `message` (reason `reason`) from `queue`, or drop it; `bcc`: its BCC keys."""
         exchange = queue.spec.dead_letter_exchange
         if exchange is None:
             logger.debug("dropping %s message from %s: no dead-letter exchange", reason, queue.name)
             return
-        dead = dead_lettered(message, queue.name, reason)
-        routing_key = queue.spec.dead_letter_routing_key or message.routing_key
+        dead_key = queue.spec.dead_letter_routing_key
+        dead = dead_lettered(message, queue.name, reason, dead_key)
+        routing_key = message.routing_key if dead_key is None else dead_key
+        if dead_key is not None:
+            keys, bcc = [dead_key], ()
+        else:  # RabbitMQ routes it again by every key it was published with, BCC's included
+            keys = [routing_key, *route_headers(message.headers, "CC"), *bcc]
         try:
-            targets = self._route(exchange, routing_key)
+            targets = self._route(exchange, keys)
         except PublishError:
             logger.warning(
                 "dead-letter exchange %r of %s does not exist: message dropped", exchange, queue.name
@@ -299,7 +326,7 @@ class MemoryBroker(ConsumerSide):
         stored = dead.replace(exchange=exchange, routing_key=routing_key)
         now = time.monotonic()
         for name in targets:
-            self._enqueue(self._queues[name], stored, now)
+            self._enqueue(self._queues[name], stored, now, bcc)
 
     # -- time: message TTLs and x-expires -------------------------------------------------------
 
@@ -307,7 +334,8 @@ class MemoryBroker(ConsumerSide):
         for queue in list(self._queues.values()):
             ready = queue.ready
             while ready and ready[0].expires_at is not None and ready[0].expires_at < now:
-                self._dead_letter(queue, ready.popleft().message, "expired")
+                expired = ready.popleft()
+                self._dead_letter(queue, expired.message, "expired", expired.bcc)
             expires = queue.spec.expires_ms
             if expires is not None and not queue.subscribers and now - queue.last_used >= expires / 1000.0:
                 self._delete(queue.name)
@@ -346,6 +374,7 @@ class MemoryBroker(ConsumerSide):
         """A provider consuming `queue`."""
         from swarrow.memory.provider import MemoryMessageProvider
 
+        check_name("queue", queue)
         return MemoryMessageProvider(self, queue, prefetch=prefetch)
 
     def publisher(self) -> MemoryPublisher:

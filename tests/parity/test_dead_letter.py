@@ -181,3 +181,48 @@ async def test_a_rejected_message_is_dead_lettered_with_its_routing(
     assert memory == rabbit
     assert rabbit["headers"]["x-death"][0]["reason"] == "rejected"
     assert rabbit["routing_key"] == sides[1].q("dead")
+
+
+@pytest.mark.parametrize("kind", [{}, {"x_queue_type": "quorum"}], ids=["classic", "quorum"])
+@pytest.mark.parametrize(
+    "given",
+    [
+        {"zz": 1, "x-delivery-count": 7},
+        {"x-first-death-queue": "set-by-the-producer"},
+        {"x-death": "not-a-list", "x-first-death-queue": "set-by-the-producer"},
+    ],
+    ids=["plain", "first-death-given", "x-death-not-a-list"],
+)
+async def test_dead_lettering_rewrites_the_headers_as_rabbitmq_does(
+    sides: list[Side], kind: dict[str, str], given: dict[str, Any]
+) -> None:
+    """memory:// kept its own key order, dropped a producer's x-delivery-count, and never overwrote
+    x-first-death-*; RabbitMQ sorts the table, keeps x-delivery-count, and writes x-first-death-*
+    (over a producer's) only when the message had no x-death."""
+
+    async def scenario(side: Side) -> tuple[list[str], dict[str, Any]]:
+        dead = await side.declare("dead")
+        queue = await side.declare("q", x_dead_letter_exchange="", x_dead_letter_routing_key=dead, **kind)
+        await side.publish(queue, "x", headers=given)
+        provider = side.broker.provider(queue)
+        await provider.start()
+        (message,) = await take(provider, 1)
+        await provider.reject(message)
+        await provider.close()
+        reader = side.broker.provider(dead)
+        await reader.start()
+        (died,) = await take(reader, 1)
+        await reader.ack(died)
+        await reader.close()
+        return list(died.headers), _shape(died.headers)
+
+    memory, rabbit = await on_both(sides, scenario)
+    assert memory == rabbit
+    keys = rabbit[0]
+    assert keys == sorted(keys)
+    if "x-death" in given:
+        assert (
+            rabbit[1]["x-first-death-queue"] == "set-by-the-producer" and "x-first-death-reason" not in keys
+        )
+    else:
+        assert rabbit[1]["x-first-death-queue"] == sides[1].q("q")

@@ -194,3 +194,65 @@ async def test_messages_are_shared_round_robin_between_two_consumers(sides: list
 async def _consumers(side: Side, queue: str) -> int:
     info = await side.broker.inspect_queue(queue)
     return 0 if info is None else info.consumer_count
+
+
+@pytest.mark.parametrize("kind", QUEUE_TYPES, ids=TYPE_IDS)
+async def test_several_rejects_come_back_in_place_classic_or_in_reject_order_quorum(
+    sides: list[Side], kind: dict[str, str]
+) -> None:
+    async def scenario(side: Side) -> list[tuple[str, bool, object]]:
+        queue = await side.declare("q", **kind)
+        await side.publish(queue, "a", "b", "c", "d")
+        provider = side.broker.provider(queue, prefetch=2)
+        await provider.start()
+        a, b = await take(provider, 2)
+        await provider.reject(b, requeue=True)
+        await provider.reject(a, requeue=True)
+        seen = []
+        for _ in range(4):
+            (message,) = await take(provider, 1)
+            seen.append((message.body.decode(), message.redelivered, message.headers.get("x-delivery-count")))
+            await provider.ack(message)
+        await provider.close()
+        return seen
+
+    memory, rabbit = await on_both(sides, scenario)
+    assert memory == rabbit
+    if kind:
+        assert rabbit == [("c", False, None), ("d", False, None), ("b", True, 1), ("a", True, 1)]
+    else:  # both back before c; b first, as it was pushed again into the window first
+        assert rabbit == [("b", True, None), ("a", True, None), ("c", False, None), ("d", False, None)]
+
+
+@pytest.mark.parametrize("kind", QUEUE_TYPES, ids=TYPE_IDS)
+async def test_two_consumers_closing_return_their_deliveries_in_rabbitmq_order(
+    sides: list[Side], kind: dict[str, str]
+) -> None:
+    """A quorum queue serves what closed consumers returned first, oldest return first; memory:// put
+    each closing consumer's deliveries at the very head (the last to close came back first)."""
+
+    async def scenario(side: Side) -> list[tuple[str, bool]]:
+        queue = await side.declare("q", **kind)
+        first = side.broker.provider(queue, prefetch=2)
+        second = side.broker.provider(queue, prefetch=2)
+        await first.start()
+        await second.start()
+        await eventually(lambda: _consumers(side, queue), 2)
+        await side.publish(queue, "1", "2", "3", "4", "5", "6")
+        assert bodies(await take(first, 2)) == ["1", "3"]
+        assert bodies(await take(second, 2)) == ["2", "4"]
+        await second.close()
+        await first.close()
+        await eventually(lambda: side.ready(queue), 6)
+        reader = side.broker.provider(queue, prefetch=10)
+        await reader.start()
+        messages = await take(reader, 6)
+        for message in messages:
+            await reader.ack(message)
+        await reader.close()
+        return [(m.body.decode(), m.redelivered) for m in messages]
+
+    memory, rabbit = await on_both(sides, scenario)
+    assert memory == rabbit
+    order = ["2", "4", "1", "3"] if kind else ["1", "2", "3", "4"]
+    assert rabbit == [(b, True) for b in order] + [("5", False), ("6", False)]
