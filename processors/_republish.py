@@ -17,9 +17,10 @@ import time
 import anyio
 from prometheus_client import Counter
 
-from swarrow.errors import SwarrowError
+from swarrow.errors import InvalidMessageError, SwarrowError
 from swarrow.message import Message
 from swarrow.publisher import Publisher
+from swarrow.topology import DROPPED_HEADERS_HEADER, fit_copy
 
 __all__ = [
     "RepublishFailed",
@@ -69,8 +70,22 @@ async def publish_copy(
     try:
         await publisher.publish(copy, queue, exchange)
         return
-    except Exception as exc:
+    except InvalidMessageError as exc:  # no retry can cure it: a copy that fits, if one can
         error: Exception = exc
+        fitted = fit_copy(copy)
+        if fitted is not None:
+            logger.warning("copy of message %s to %s cut to fit one frame (%s): error message shortened, "
+                           "headers left out: %s", original.message_id, queue, exc,
+                           fitted.headers.get(DROPPED_HEADERS_HEADER) or "none",
+                           extra={"queue": original.queue, "message_id": original.message_id})  # fmt: skip
+            copy = fitted
+            try:
+                await publisher.publish(copy, queue, exchange)
+                return
+            except Exception as again:
+                error = again
+    except Exception as exc:
+        error = exc
     deadline = math.inf if hold is None else time.monotonic() + hold
     delay = state.first_backoff
     failures = 0

@@ -154,6 +154,11 @@ def _check_octet(name: str, value: object, low: int, high: int) -> None:
         raise InvalidMessageError(f"{name} must be an integer from {low} to {high}, got {value!r}")
 
 
+def headers_size(headers: Mapping[str, Any]) -> int:
+    """Bytes `headers` take on the wire (see HEADERS_MAX_BYTES); `InvalidMessageError` if unencodable."""
+    return _table_size("headers", headers)
+
+
 def _table_size(path: str, table: Mapping[Any, Any]) -> int:
     size = 4
     for key, value in table.items():

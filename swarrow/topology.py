@@ -18,12 +18,15 @@ from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
 from swarrow.broker import Broker, QueueInfo
+from swarrow.errors import InvalidMessageError
 from swarrow.message import Message
+from swarrow.publishable import HEADERS_MAX_BYTES, headers_size
 from swarrow.validation import require_int, require_seconds
 
 __all__ = [
     "ATTEMPTS_HEADER",
     "DEAD_LETTER_STRATEGIES",
+    "DROPPED_HEADERS_HEADER",
     "ERROR_MESSAGE_HEADER",
     "ERROR_TYPE_HEADER",
     "FAILED_AT_HEADER",
@@ -36,6 +39,7 @@ __all__ = [
     "dead_letter_headers",
     "dead_letter_queue_name",
     "exponential_delays",
+    "fit_copy",
     "header_count",
     "qualified_name",
     "republish_copy",
@@ -51,6 +55,8 @@ ORIGINAL_QUEUE_HEADER: Final = "x-swarrow-original-queue"
 # The producer's `expiration` (its TTL for waiting in Q), kept on a copy that must not expire with it.
 ORIGINAL_EXPIRATION_HEADER: Final = "x-swarrow-original-expiration"
 MAX_ERROR_MESSAGE: Final = 1000
+# On a copy whose headers could not fit one frame: the original's headers left out, comma-separated.
+DROPPED_HEADERS_HEADER: Final = "x-swarrow-dropped-headers"
 DeadLetterStrategy = Literal["at-most-once", "at-least-once"]
 DEAD_LETTER_STRATEGIES: Final[tuple[DeadLetterStrategy, ...]] = ("at-most-once", "at-least-once")
 # Broker-managed headers that would lie on a fresh copy (a quorum queue only sets it when > 0).
@@ -96,11 +102,17 @@ def dead_letter_headers(error_type: str, error_message: str, *, attempts: int, q
     """The headers a dead-lettered copy carries: why, how many tries, when, and from where."""
     return {
         ERROR_TYPE_HEADER: error_type,
-        ERROR_MESSAGE_HEADER: error_message[:MAX_ERROR_MESSAGE],
+        # Escaped if not UTF-8 (a lone surrogate from a decoded body): the copy could never be sent.
+        ERROR_MESSAGE_HEADER: _utf8(error_message[:MAX_ERROR_MESSAGE]),
         ATTEMPTS_HEADER: attempts,
         FAILED_AT_HEADER: datetime.now(UTC).isoformat(),
         ORIGINAL_QUEUE_HEADER: queue,
     }
+
+
+def _utf8(text: str) -> str:
+    """`text` with what UTF-8 cannot encode (a lone surrogate from a decoded body) escaped."""
+    return text.encode("utf-8", "backslashreplace").decode()
 
 
 def republish_copy(message: Message, headers: Mapping[str, Any]) -> Message:
@@ -127,6 +139,39 @@ def republish_copy(message: Message, headers: Mapping[str, Any]) -> Message:
         routing_key="",
         queue="",
     )
+
+
+def fit_copy(copy: Message, limit: int = HEADERS_MAX_BYTES) -> Message | None:
+    """`copy` cut down to headers that fit one frame, or None when it fits already or cannot be made to.
+
+    A copy adds headers to the original's: an original near the limit gives a copy no publish can
+    ever take, held forever. First our error message is shortened, then the original's largest
+    headers are left out, named in `x-swarrow-dropped-headers`: the body always survives.
+    """
+    headers = dict(copy.headers)
+    try:
+        over = headers_size(headers) - limit
+    except InvalidMessageError:
+        return None
+    if over <= 0:
+        return None
+    text = headers.get(ERROR_MESSAGE_HEADER)
+    if isinstance(text, str) and text:
+        encoded = text.encode()
+        kept = encoded[: max(0, len(encoded) - over - 3)]  # 3: the UTF-8 bytes of "…"
+        headers[ERROR_MESSAGE_HEADER] = kept.decode(errors="ignore") + "…"
+        over = headers_size(headers) - limit
+    theirs = [k for k in headers if not k.startswith("x-swarrow-") and k != "swarrot_retry_attempts"]
+    theirs.sort(key=lambda k: headers_size({k: headers[k]}), reverse=True)
+    dropped: list[str] = []
+    for key in theirs:
+        if over <= 0:
+            break
+        del headers[key]
+        dropped.append(key)
+        headers[DROPPED_HEADERS_HEADER] = ",".join(dropped)[:MAX_ERROR_MESSAGE]
+        over = headers_size(headers) - limit
+    return None if over > 0 else dataclasses.replace(copy, headers=headers)
 
 
 class RetryTopology:

@@ -11,10 +11,16 @@ import pytest
 from processors.ack import AckProcessor
 from processors.exception_catcher import ExceptionCatcherProcessor
 from processors.retry import RetryProcessor
-from swarrow import Consumer, Layer, Message, Stack
+from swarrow import Broker, Consumer, Layer, Message, Stack
 from swarrow.amqp import AmqpBroker
 from swarrow.errors import PermanentError
-from swarrow.topology import ORIGINAL_EXPIRATION_HEADER, RETRY_ATTEMPT_HEADER, RetryTopology
+from swarrow.topology import (
+    DROPPED_HEADERS_HEADER,
+    ERROR_MESSAGE_HEADER,
+    ORIGINAL_EXPIRATION_HEADER,
+    RETRY_ATTEMPT_HEADER,
+    RetryTopology,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -22,7 +28,7 @@ TTL_MS = 300  # the producer's TTL for waiting in Q, far shorter than the retry 
 
 
 async def _run_until(
-    broker: AmqpBroker, queue: str, callback: Any, done: Any, delays: tuple[float, ...], send: list[Message]
+    broker: Broker, queue: str, callback: Any, done: Any, delays: tuple[float, ...], send: list[Message]
 ) -> None:
     """Consume `queue`; once the consumer is registered, publish `send` (short TTLs reach it in time)."""
     provider = broker.provider(queue, prefetch=10)
@@ -49,7 +55,7 @@ async def _run_until(
         await publisher.close()
 
 
-async def _count(broker: AmqpBroker, name: str) -> int:
+async def _count(broker: Broker, name: str) -> int:
     info = await broker.inspect_queue(name)
     return -1 if info is None else info.message_count
 
@@ -114,5 +120,56 @@ async def _get(broker: AmqpBroker, queue: str) -> Message:
         assert message is not None
         await provider.reject(message, requeue=True)
         return message
+    finally:
+        await provider.close()
+
+
+async def test_a_dead_copy_too_big_for_one_frame_is_cut_to_fit_instead_of_held_forever(
+    broker: Broker, queue_name: str
+) -> None:
+    # Before the fix: a producer's message with headers near the 128,000-byte limit got a dead copy
+    # 128,625 bytes long, refused locally (InvalidMessageError) every 5 s forever: 0 of 3 in Q.dead,
+    # its slot held until a restart; an error message holding a lone surrogate did the same.
+    await RetryTopology(queue_name, (5.0,)).declare(broker)
+
+    async def callback(message: Message) -> None:
+        raise PermanentError("bad byte \udcff" if message.message_id == "surrogate" else "x" * 900)
+
+    dead = f"{queue_name}.dead"
+
+    async def all_dead() -> bool:
+        return await _count(broker, dead) == 3
+
+    send = [
+        Message(b"near", message_id="near", headers={"blob": "a" * 127_500}),
+        Message(b"over", message_id="over", headers={"blob": "b" * 127_950, "keep": "k"}),
+        Message(b"surrogate", message_id="surrogate"),
+    ]
+    await _run_until(broker, queue_name, callback, all_dead, (5.0,), send)
+    copies = {m.message_id: m for m in await _get_all(broker, dead, 3)}
+    near, over, surrogate = copies["near"], copies["over"], copies["surrogate"]
+    assert near.body == b"near" and near.headers["blob"] == "a" * 127_500
+    assert near.headers[ERROR_MESSAGE_HEADER].endswith("…")  # our error message gave way
+    assert DROPPED_HEADERS_HEADER not in near.headers
+    assert over.body == b"over" and "blob" not in over.headers and over.headers["keep"] == "k"
+    assert over.headers[DROPPED_HEADERS_HEADER] == "blob"
+    assert surrogate.headers[ERROR_MESSAGE_HEADER] == "bad byte \\udcff"
+    assert await _count(broker, queue_name) == 0
+
+
+async def _get_all(broker: Broker, queue: str, n: int) -> list[Message]:
+    """Read `n` messages of `queue` and put them back."""
+    provider = broker.provider(queue, prefetch=n)
+    await provider.start()
+    got: list[Message] = []
+    try:
+        with anyio.fail_after(5):
+            while len(got) < n:
+                message = await provider.receive()
+                assert message is not None
+                got.append(message)
+        for message in got:
+            await provider.reject(message, requeue=True)
+        return got
     finally:
         await provider.close()
