@@ -10,7 +10,7 @@ from swarrow.provider import MessageProvider
 from swarrow.publisher import Publisher
 from swarrow.scan import QueueScan
 
-__all__ = ["Broker", "QueueInfo", "QueueStats", "QueueStatsSource"]
+__all__ = ["Broker", "QueueInfo"]  # QueueStats, QueueStatsSource: typing aids for the metrics layer, not API
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,7 @@ SUBMODULE_API = {
     "logs",
     "memory",
     "metrics",
+    "multi_queue",
     "ordering",
     "otel",
     "outcome",
