@@ -141,6 +141,12 @@ def republish_copy(message: Message, headers: Mapping[str, Any]) -> Message:
     )
 
 
+_KEPT_WHEN_FITTING: Final = frozenset({
+    RETRY_ATTEMPT_HEADER, ERROR_TYPE_HEADER, ERROR_MESSAGE_HEADER, ATTEMPTS_HEADER, FAILED_AT_HEADER,
+    ORIGINAL_QUEUE_HEADER, DROPPED_HEADERS_HEADER, "swarrot_retry_attempts",
+})  # fmt: skip
+
+
 def fit_copy(copy: Message, limit: int = HEADERS_MAX_BYTES) -> Message | None:
     """`copy` cut down to headers that fit one frame, or None when it fits already or cannot be made to.
 
@@ -161,7 +167,8 @@ def fit_copy(copy: Message, limit: int = HEADERS_MAX_BYTES) -> Message | None:
         kept = encoded[: max(0, len(encoded) - over - 3)]  # 3: the UTF-8 bytes of "…"
         headers[ERROR_MESSAGE_HEADER] = kept.decode(errors="ignore") + "…"
         over = headers_size(headers) - limit
-    theirs = [k for k in headers if not k.startswith("x-swarrow-") and k != "swarrot_retry_attempts"]
+    # Any header may go (a producer may name one x-swarrow-…), the small counts and reasons excepted.
+    theirs = [k for k in headers if k not in _KEPT_WHEN_FITTING]
     theirs.sort(key=lambda k: headers_size({k: headers[k]}), reverse=True)
     dropped: list[str] = []
     for key in theirs:
