@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from time import monotonic
 
@@ -24,14 +24,22 @@ class MaxRuntimeProcessor:
 
     A background task stops an idle consumer at the deadline; a busy one is told after the message
     that crossed it, once the inner layers (ack) returned, so nothing is redelivered (swarrot PR #228).
+    `clock` (seconds, monotonic) and the watcher's `sleep` go together: tests inject a manual pair.
     """
 
     def __init__(
-        self, inner: Processor, /, *, seconds: float, clock: Callable[[], float] = monotonic
+        self,
+        inner: Processor,
+        /,
+        *,
+        seconds: float,
+        clock: Callable[[], float] = monotonic,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
         self.inner = inner
         self.seconds = require_seconds("seconds", seconds)
-        self.clock = clock  # seconds, monotonic; tests inject one
+        self.clock = clock
+        self.sleep = sleep
         self._deadline = clock() + self.seconds
 
     @asynccontextmanager
@@ -46,7 +54,8 @@ class MaxRuntimeProcessor:
                 tg.cancel_scope.cancel()
 
     async def _watch(self, control: ConsumerControl) -> None:
-        await anyio.sleep(max(0.0, self._deadline - self.clock()))
+        while (left := self._deadline - self.clock()) > 0:
+            await self.sleep(left)
         self._stop(control)
 
     def _stop(self, control: ConsumerControl | None) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import anyio
@@ -22,15 +22,23 @@ logger = logging.getLogger(__name__)
 class StopWhenIdleProcessor:
     """Stop gracefully when nothing is in flight and no message started or finished for `seconds`.
 
-    For batch jobs and cron-style workers: consume what is there, then exit 0.
+    For batch jobs and cron-style workers: consume what is there, then exit 0. `clock` (seconds,
+    monotonic) and the watcher's `sleep` go together: tests inject a manual pair.
     """
 
     def __init__(
-        self, inner: Processor, /, *, seconds: float, clock: Callable[[], float] = time.monotonic
+        self,
+        inner: Processor,
+        /,
+        *,
+        seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
         self.inner = inner
         self.seconds = require_seconds("seconds", seconds)
-        self.clock = clock  # seconds, monotonic; tests inject one
+        self.clock = clock
+        self.sleep = sleep
         self._last_activity = clock()
 
     @asynccontextmanager
@@ -51,7 +59,7 @@ class StopWhenIdleProcessor:
             if idle_for >= seconds and control.in_flight == 0:
                 break
             # Wake exactly when the idle period would end; a message in flight pushes it back.
-            await anyio.sleep(seconds - idle_for if idle_for < seconds else seconds)
+            await self.sleep(seconds - idle_for if idle_for < seconds else seconds)
         logger.info("no message for %gs: stopping", seconds, extra={"queue": control.queue_name})
         control.stop("idle", f"no message for {seconds:g}s")
 

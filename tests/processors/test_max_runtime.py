@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 import anyio
 import pytest
 
 from processors.ack import AckProcessor
 from processors.max_runtime import MaxRuntimeProcessor
 from swarrow import Consumer, Layer, MemoryBroker, Message, Stack
+from tests.manual_clock import ManualClock, consuming
 
 pytestmark = pytest.mark.anyio
 
@@ -18,17 +17,17 @@ async def test_stops_an_idle_consumer_at_the_deadline() -> None:
     broker = MemoryBroker()
     broker.declare_queue_nowait("q")
     provider = broker.provider("q")
+    clock = ManualClock()
 
     async def handle(message: Message) -> None:
         raise AssertionError("no message was published")
 
-    stack = Stack(Layer(MaxRuntimeProcessor, seconds=0.2), callback=handle)
-    started = time.monotonic()
-    with anyio.fail_after(3):
-        reason = await Consumer(provider, stack).run()
-    elapsed = time.monotonic() - started
-    assert reason.code == "max_runtime"
-    assert 0.19 <= elapsed < 2
+    stack = Stack(Layer(MaxRuntimeProcessor, seconds=60, clock=clock, sleep=clock.sleep), callback=handle)
+    async with consuming(Consumer(provider, stack)) as stopped:
+        await clock.advance(59)
+        assert stopped == []  # idle, and a second before the deadline
+        await clock.advance(1)
+    assert [reason.code for reason in stopped] == ["max_runtime"]
 
 
 async def test_message_crossing_the_deadline_finishes_is_acked_then_stops() -> None:

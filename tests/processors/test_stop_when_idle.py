@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 import anyio
 import pytest
 
 from processors.ack import AckProcessor
 from processors.stop_when_idle import StopWhenIdleProcessor
 from swarrow import Consumer, Layer, MemoryBroker, Message, Stack
+from tests.manual_clock import ManualClock, consuming
 
 pytestmark = pytest.mark.anyio
 
@@ -21,58 +20,63 @@ async def test_drains_the_queue_then_stops() -> None:
         broker.publish_nowait(Message(str(i).encode()), "q")
     provider = broker.provider("q", prefetch=5)
     seen: list[bytes] = []
+    clock = ManualClock()
 
     async def handle(message: Message) -> None:
         seen.append(message.body)
 
-    stack = Stack(
-        Layer(StopWhenIdleProcessor, seconds=0.1), Layer(AckProcessor, provider=provider), callback=handle
-    )
-    with anyio.fail_after(3):
-        reason = await Consumer(provider, stack, concurrency=2).run()
-    assert reason.code == "idle"
-    assert len(seen) == 25
+    idle = Layer(StopWhenIdleProcessor, seconds=10, clock=clock, sleep=clock.sleep)
+    stack = Stack(idle, Layer(AckProcessor, provider=provider), callback=handle)
+    async with consuming(Consumer(provider, stack, concurrency=2)) as stopped:
+        assert len(seen) == 25  # drained, and still running: no time has passed
+        await clock.advance(9)
+        assert stopped == []
+        await clock.advance(1)
+    assert [reason.code for reason in stopped] == ["idle"]
     assert len(provider.acked) == 25
     assert broker.message_count("q") == 0
 
 
-async def test_does_not_stop_while_a_long_message_is_in_flight() -> None:
+async def test_does_not_stop_while_a_long_message_is_in_flight_and_counts_from_its_end() -> None:
     broker = MemoryBroker()
     broker.declare_queue_nowait("q")
     broker.publish_nowait(Message(b"slow"), "q")
     provider = broker.provider("q")
-    finished_at = 0.0
+    clock = ManualClock()
+    release = anyio.Event()
 
     async def handle(message: Message) -> None:
-        nonlocal finished_at
-        await anyio.sleep(0.3)  # three idle periods long
-        finished_at = time.monotonic()
+        await release.wait()
 
-    stack = Stack(
-        Layer(StopWhenIdleProcessor, seconds=0.1), Layer(AckProcessor, provider=provider), callback=handle
-    )
-    with anyio.fail_after(3):
-        reason = await Consumer(provider, stack).run()
-    stopped_at = time.monotonic()
-    assert reason.code == "idle"
-    assert provider.acked == [1]  # finished, not cut short
-    assert stopped_at - finished_at >= 0.09  # the idle period counts from the end of the message
+    idle = Layer(StopWhenIdleProcessor, seconds=10, clock=clock, sleep=clock.sleep)
+    stack = Stack(idle, Layer(AckProcessor, provider=provider), callback=handle)
+    async with consuming(Consumer(provider, stack)) as stopped:
+        await clock.advance(35)  # three idle periods and more, the message still running
+        assert stopped == []
+        await clock.advance(7)
+        release.set()
+        await clock.advance(0)  # the message ends at +42; the watcher is due at +45
+        assert provider.acked == [1]  # finished, not cut short
+        await clock.advance(3)
+        assert stopped == []  # 3 s since the message ended (45 since it started)
+        await clock.advance(7)
+    assert [reason.code for reason in stopped] == ["idle"]
 
 
 async def test_an_empty_queue_stops_after_the_idle_period() -> None:
     broker = MemoryBroker()
     broker.declare_queue_nowait("q")
+    clock = ManualClock()
 
     async def handle(message: Message) -> None:
         raise AssertionError("queue is empty")
 
-    started = time.monotonic()
-    with anyio.fail_after(3):
-        reason = await Consumer(
-            broker.provider("q"), Stack(Layer(StopWhenIdleProcessor, seconds=0.15), callback=handle)
-        ).run()
-    assert reason.code == "idle"
-    assert 0.14 <= time.monotonic() - started < 2
+    stack = Stack(Layer(StopWhenIdleProcessor, seconds=15, clock=clock, sleep=clock.sleep), callback=handle)
+    async with consuming(Consumer(broker.provider("q"), stack)) as stopped:
+        await clock.advance(14)
+        assert stopped == []
+        await clock.advance(1)
+    assert [reason.code for reason in stopped] == ["idle"]
 
 
 @pytest.mark.parametrize("seconds", [0, -1, float("nan"), None])
