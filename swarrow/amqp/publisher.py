@@ -12,6 +12,7 @@ from pamqp.commands import Basic
 
 from swarrow._names import check_routing_key
 from swarrow.amqp._errors import CHANNEL_GONE
+from swarrow.amqp._same_id import OnePerMessageId
 from swarrow.amqp.connection import AmqpConnection
 from swarrow.errors import BrokerUnavailableError, PublishError
 from swarrow.message import Message
@@ -54,7 +55,7 @@ class AmqpPublisher:
         self.confirm_timeout = confirm_timeout
         self._channel: AbstractRobustChannel | None = None
         self._lock = asyncio.Lock()
-        self._in_flight: dict[str, asyncio.Event] = {}  # message ids with a publish unconfirmed
+        self._same_id = OnePerMessageId()
 
     async def _underlay(self) -> aiormq.abc.AbstractChannel:
         if self._channel is None:
@@ -78,21 +79,8 @@ class AmqpPublisher:
         """
         check_publishable(message, user=self.broker.username)
         check_routing_key(routing_key, exchange)
-        key = message.message_id
-        if key is None:  # aiormq gives an id-less message a fresh random one
+        async with self._same_id.turn(message.message_id):
             await self._publish(message, routing_key, exchange, mandatory)
-            return
-        # Non-mandatory ones too: aiormq maps their id to their delivery tag as well, so one sent while
-        # a mandatory copy of that id awaits its return would take the return (and the copy "confirm").
-        in_flight = self._in_flight
-        while (other := in_flight.get(key)) is not None:
-            await other.wait()
-        done = in_flight[key] = asyncio.Event()
-        try:
-            await self._publish(message, routing_key, exchange, mandatory)
-        finally:
-            del in_flight[key]
-            done.set()
 
     async def _publish(self, message: Message, routing_key: str, exchange: str, mandatory: bool) -> None:
         where = f"exchange {exchange!r} routing key {routing_key!r}"

@@ -18,6 +18,7 @@ from anyio.abc import TaskGroup
 from pamqp.commands import Basic
 
 from swarrow.amqp._errors import CHANNEL_GONE as CHANNEL_GONE
+from swarrow.amqp._same_id import OnePerMessageId
 from swarrow.amqp.broker import AmqpBroker
 from swarrow.amqp.publisher import _properties
 from swarrow.broker import Broker
@@ -68,6 +69,7 @@ class AmqpReplyTransport:
         self._deliver: Deliver | None = None
         self._lost: Lost | None = None
         self._exchanges: set[str] = {""}  # seen to exist: a publish to a missing one closes the channel
+        self._same_id = OnePerMessageId()
 
     @property
     def reply_to(self) -> str:
@@ -114,14 +116,15 @@ class AmqpReplyTransport:
             channel = await self._open()
             if exchange not in self._exchanges:
                 await self._check_exchange(channel, exchange)
-            confirmation = await channel.basic_publish(
-                message.body,
-                exchange=exchange,
-                routing_key=routing_key,
-                properties=_properties(message),
-                mandatory=True,
-                timeout=self.confirm_timeout,
-            )
+            async with self._same_id.turn(message.message_id):  # a caller's id may repeat (idempotency)
+                confirmation = await channel.basic_publish(
+                    message.body,
+                    exchange=exchange,
+                    routing_key=routing_key,
+                    properties=_properties(message),
+                    mandatory=True,
+                    timeout=self.confirm_timeout,
+                )
         except aiormq.exceptions.PublishError:
             raise PublishError(f"request returned as unroutable ({where}): no queue is bound there") from None
         except (*CHANNEL_GONE,) as exc:

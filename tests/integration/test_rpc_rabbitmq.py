@@ -13,7 +13,7 @@ from processors.ack import AckProcessor
 from processors.reply import ReplyProcessor
 from swarrow import Consumer, Layer, Message, Stack
 from swarrow.amqp import AmqpBroker
-from swarrow.errors import RpcConnectionLost, RpcTimeout
+from swarrow.errors import PublishError, RpcConnectionLost, RpcTimeout
 from swarrow.rpc import RpcClient
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
@@ -205,3 +205,31 @@ async def test_a_worker_that_dies_right_after_answering_does_not_run_the_request
             tg.cancel_scope.cancel()
         await survivor.close()
     assert runs.count(b"quick") == 1
+
+
+async def test_calls_sharing_a_message_id_each_get_their_own_routing_outcome(
+    amqp_broker: AmqpBroker, queue_name: str
+) -> None:
+    # aiormq matches a return to its publish by message_id: a call to a missing queue and one to an
+    # existing queue, sent together with one (idempotency) id, swapped outcomes: the missing queue's call
+    # waited for a reply that could not come, and the delivered one raised "no queue".
+    await amqp_broker.declare_queue(queue_name, durable=False)
+    outcomes: dict[str, str] = {}
+    rounds = 5
+
+    async def call(client: RpcClient, key: str, queue: str, message_id: str) -> None:
+        try:
+            await client.call(queue, b"x", timeout=0.5, message_id=message_id)
+            outcomes[key] = "replied"
+        except PublishError:
+            outcomes[key] = "unroutable"
+        except RpcTimeout:
+            outcomes[key] = "timeout"
+
+    async with RpcClient(amqp_broker) as client:
+        for i in range(rounds):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call, client, f"missing-{i}", f"{queue_name}.nowhere", f"same-{i}")
+                tg.start_soon(call, client, f"present-{i}", queue_name, f"same-{i}")
+    pairs = (("missing", "unroutable"), ("present", "timeout"))
+    assert outcomes == {f"{key}-{i}": outcome for i in range(rounds) for key, outcome in pairs}
