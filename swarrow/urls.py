@@ -46,6 +46,8 @@ _CREDENTIALS_IN_TEXT: Final = re.compile(
     r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*:/{0,2}(?P<user>[^\s:/@'\"<>]*)):(?P<secret>[^\s'\"<>]*)@"
 )
 _HOST_NAME: Final = re.compile(r"[\w-]+(\.[\w-]+)*\.?")
+# A `password=` (or `sslpassword=`) parameter of a query string or a `--flag=value`, any case.
+_PASSWORD_PARAM: Final = re.compile(r"((?:^|[?&;=\s-])[a-z_]*password=)([^&#;\s]*)", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,8 +209,18 @@ def mask_text(text: str) -> str:
 
 
 def mask_argv(argv: Iterable[str]) -> list[str]:
-    """A command line safe to log: every argument that holds a URL password masked (`--url=…` too)."""
-    return [mask_url(arg) if ":" in arg.rpartition("@")[0] else arg for arg in argv]
+    """A command line safe to log: every URL password masked (`--url=…` too), and `password=` parameters.
+
+    (`--track-jobs 'postgresql://h/db?user=u&password=…'` carries its password in the query string.)
+    """
+    masked = []
+    for arg in argv:
+        if ":" in arg.rpartition("@")[0]:
+            arg = mask_url(arg)
+        if "password" in arg.lower():
+            arg = _PASSWORD_PARAM.sub(r"\1***", arg)
+        masked.append(arg)
+    return masked
 
 
 def parse_url(url: str | Sequence[str]) -> BrokerURL:

@@ -260,3 +260,18 @@ def test_open_broker_hands_the_client_a_re_encoded_url() -> None:
 )
 def test_encode_credentials_reads_them_up_to_the_last_at(url: str, encoded: str) -> None:
     assert encode_credentials(url) == encoded
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--track-jobs", "postgresql://127.0.0.1:5432/db?user=pg&password=Zqsecret"],
+        ["--track-jobs=postgresql://h/db?sslpassword=Zqsecret&sslmode=require"],
+        ["--track-jobs", "postgresql://pg@h/db?PASSWORD=Zqsecret#x"],
+        ["--secret-password=Zqsecret"],
+    ],
+)
+def test_mask_argv_masks_a_password_given_as_a_parameter(argv: list[str]) -> None:
+    # The pool logs its workers' command line with it: a job store URL's ?password= was printed whole.
+    masked = " ".join(mask_argv(["swarrow", "consume", "app:run", *argv]))
+    assert "Zqsecret" not in masked and "password=***" in masked.lower()
