@@ -17,6 +17,7 @@ import time
 import anyio
 from prometheus_client import Counter
 
+from swarrow.control import current_control
 from swarrow.errors import InvalidMessageError, SwarrowError
 from swarrow.message import Message
 from swarrow.publisher import Publisher
@@ -24,6 +25,7 @@ from swarrow.topology import DROPPED_HEADERS_HEADER, fit_copy
 
 __all__ = [
     "RepublishFailed",
+    "RepublishInterrupted",
     "RepublishState",
     "add_refusals",
     "held_reason",
@@ -38,6 +40,12 @@ class RepublishFailed(SwarrowError):
     """Raised when a retry or dead-letter copy was not confirmed in time; `requeue` makes ack requeue."""
 
     requeue = True
+
+
+class RepublishInterrupted(SwarrowError):
+    """Raised when the consumer stops while a copy is held: ack leaves the original unsettled."""
+
+    leave_unsettled = True
 
 
 class RepublishState:
@@ -105,7 +113,13 @@ async def publish_copy(
             logger.warning("copy of message %s to %s not confirmed (%s); the original is held unacked, "
                            "publishing the copy again in %.1f s (failure %d)",
                            original.message_id, queue, error, delay, failures, extra=extra)  # fmt: skip
-            await anyio.sleep(delay)
+            if await _stopped_within(delay):
+                logger.warning("copy of message %s to %s still not confirmed as the consumer stops; the "
+                               "original is left unacked: the broker redelivers it", original.message_id,
+                               queue, extra=extra)  # fmt: skip
+                raise RepublishInterrupted(
+                    f"copy of {original.message_id!r} to {queue!r} not confirmed before the stop: {error}"
+                ) from error
             delay = min(delay * 2, state.max_backoff)
             try:
                 await publisher.publish(copy, queue, exchange)
@@ -117,6 +131,21 @@ async def publish_copy(
             return
     finally:
         state.held -= 1
+
+
+async def _stopped_within(delay: float) -> bool:
+    """Wait `delay` seconds, or less if the consumer is asked to stop; True if it was.
+
+    A held copy must not keep a stop waiting for the whole grace period: the original is better
+    left unsettled (the broker redelivers it once) than held until the grace period cancels it.
+    """
+    control = current_control()
+    if control is None:
+        await anyio.sleep(delay)
+        return False
+    with anyio.move_on_after(delay):
+        await control.wait_stop_requested()
+    return control.is_stopping()
 
 
 def republish_states(processor: object) -> list[RepublishState]:

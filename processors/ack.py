@@ -20,7 +20,8 @@ class AckProcessor:
 
     The reject requeues when `requeue_on_error` is set or when the exception carries a truthy
     `requeue` attribute (`RepublishFailed` from the retry layer does: its copy was not confirmed,
-    so dropping or dead-lettering the original would lose it). Rejects use `basic.reject`, which
+    so dropping or dead-lettering the original would lose it); one with a truthy `leave_unsettled`
+    (`RepublishInterrupted`: the consumer stops) is not settled at all. Rejects use `basic.reject`, which
     quorum queues count in `x-delivery-count`. A failing ack is never followed by a reject: one
     delivery, one settlement.
     """
@@ -38,6 +39,8 @@ class AckProcessor:
         try:
             keep_going = await self.inner(message)
         except Exception as exc:
+            if getattr(exc, "leave_unsettled", False):  # a stop interrupted a held copy: redelivered
+                raise
             requeue = self.requeue_on_error or bool(getattr(exc, "requeue", False))
             await self.provider.reject(message, requeue=requeue)
             record_outcome(REQUEUED if requeue else REJECTED)

@@ -32,6 +32,11 @@ class ExceptionCatcherProcessor:
             return await self.inner(message)
         except Exception as exc:
             record_error(qualified_name(exc), str(exc)[:MAX_ERROR_MESSAGE])  # for the job tracker outside
+            if getattr(exc, "leave_unsettled", False):  # a stop, not a failure: said once, no traceback
+                self.logger.warning("message %s from %s left unacked for redelivery: %s", message.message_id,
+                                    message.queue, exc, extra={"queue": message.queue,
+                                                               "message_id": message.message_id})  # fmt: skip
+                return True
             self.logger.exception(
                 "message %s from %s failed: %s",
                 message.message_id,

@@ -156,3 +156,48 @@ async def test_a_quorum_delivery_limit_never_drops_a_message_whose_copy_is_refus
     with anyio.fail_after(5):
         while await _count(amqp_broker, queue_name) != 1:
             await anyio.sleep(0.05)
+
+
+async def test_a_stop_does_not_wait_the_grace_period_for_a_held_copy(
+    amqp_broker: AmqpBroker, queue_name: str
+) -> None:
+    # Before the fix: the held copy was published again every 5 s until the grace period ran out, so a
+    # stop took the whole of it (10.5 s through the CLI with --grace-period 10s; 30 s by default).
+    # After: the original is left unsettled at once (redelivered once), the stop takes well under 1 s.
+    topology = RetryTopology(queue_name, DELAYS)
+    await topology.declare(amqp_broker)
+    await amqp_broker.delete_queue(f"{queue_name}.retry.1")
+    publisher = amqp_broker.publisher()
+    await publisher.publish(Message(b"job", message_id="h"), queue_name)
+    provider = amqp_broker.provider(queue_name, prefetch=10)
+    retry: list[RetryProcessor] = []
+
+    def retry_layer(inner: Any) -> RetryProcessor:
+        retry.append(RetryProcessor(inner, publisher=publisher, attempts=len(DELAYS), delays=DELAYS))
+        return retry[0]
+
+    calls: list[str] = []
+
+    async def callback(message: Message) -> None:
+        calls.append(message.message_id or "")
+        raise ConnectionError("fails")
+
+    stack = Stack(Layer(ExceptionCatcherProcessor), Layer(AckProcessor, provider=provider), retry_layer,
+                  callback=callback)  # fmt: skip
+    consumer = Consumer(provider, stack, concurrency=2, grace_period=20)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consumer.run)
+            with anyio.fail_after(5):
+                while not retry or retry[0].republish.held == 0:
+                    await anyio.sleep(0.02)  # polling a condition, bounded by fail_after
+            consumer.control.stop("test")
+            stopping = anyio.current_time()
+        took = anyio.current_time() - stopping
+    finally:
+        await publisher.close()
+    assert took < 2, f"the stop took {took:.1f} s with a held copy"
+    assert calls == ["h"] and retry[0].republish.held == 0
+    with anyio.fail_after(5):
+        while await _count(amqp_broker, queue_name) != 1:  # back in Q: left unsettled, not dropped
+            await anyio.sleep(0.05)
