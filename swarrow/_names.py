@@ -7,25 +7,38 @@ Over AMQP a queue, exchange or routing key over 255 bytes is a raw `ValueError` 
 
 from __future__ import annotations
 
-from swarrow.errors import ConfigurationError, InvalidMessageError
+import re
+from typing import Any
 
-__all__ = ["check_binding", "check_declared_name", "check_name", "check_routing_key"]
+from swarrow.errors import ConfigurationError, InvalidMessageError
+from swarrow.publishable import check_table
+
+__all__ = ["check_arguments", "check_binding", "check_declared_name", "check_name", "check_routing_key"]
 
 _SHORTSTR_MAX_BYTES = 255
+_EXCHANGE_MAX_CHARS = 127  # pamqp's limit for an exchange name
+# The characters pamqp (aiormq's codec) allows in queue and exchange names; anything else is a raw
+# ValueError ("Invalid value for queue") from the client, though RabbitMQ itself would take it.
+_NAME = re.compile(r"[a-zA-Z0-9\-_.:@#,/+ ]*")
+_ALLOWED = "letters, digits, space and - _ . : @ # , / +"
 
 
-def _too_long(value: str) -> int | None:
-    size = len(value.encode())
-    return size if size > _SHORTSTR_MAX_BYTES else None
+def _problem(kind: str, name: str) -> str | None:
+    if kind == "exchange" and len(name) > _EXCHANGE_MAX_CHARS:
+        return f"is {len(name)} characters, over the AMQP client's {_EXCHANGE_MAX_CHARS}"
+    size = len(name.encode())
+    if size > _SHORTSTR_MAX_BYTES:
+        return f"is {size} bytes, over AMQP's {_SHORTSTR_MAX_BYTES}-byte limit"
+    if not _NAME.fullmatch(name):
+        return f"has characters the AMQP client (pamqp) refuses: use {_ALLOWED}"
+    return None
 
 
 def check_name(kind: str, name: str) -> None:
     """`ConfigurationError` when `name` (of a queue or an exchange) cannot travel in AMQP."""
-    size = _too_long(name)
-    if size is not None:
-        raise ConfigurationError(
-            f"{kind} name {name[:40]!r}... is {size} bytes, over AMQP's {_SHORTSTR_MAX_BYTES}-byte limit"
-        )
+    problem = _problem(kind, name)
+    if problem is not None:
+        raise ConfigurationError(f"{kind} name {name[:60]!r} {problem}")
 
 
 def check_declared_name(kind: str, name: str) -> None:
@@ -50,9 +63,34 @@ def check_binding(queue: str, exchange: str) -> None:
 
 def check_routing_key(routing_key: str, exchange: str) -> None:
     """`InvalidMessageError` when the routing key or the exchange name cannot travel in AMQP."""
-    for what, value in (("routing key", routing_key), ("exchange name", exchange)):
-        size = _too_long(value)
-        if size is not None:
-            raise InvalidMessageError(
-                f"{what} {value[:40]!r}... is {size} bytes, over AMQP's {_SHORTSTR_MAX_BYTES}-byte limit"
-            )
+    size = len(routing_key.encode())
+    if size > _SHORTSTR_MAX_BYTES:
+        raise InvalidMessageError(
+            f"routing key {routing_key[:60]!r} is {size} bytes, over AMQP's {_SHORTSTR_MAX_BYTES}-byte limit"
+        )
+    problem = _problem("exchange", exchange)
+    if problem is not None:
+        raise InvalidMessageError(f"exchange name {exchange[:60]!r} {problem}")
+
+
+_MASTER_LOCATORS = ("min-masters", "client-local", "random")
+
+
+def check_arguments(kind: str, name: str, arguments: dict[str, Any] | None) -> None:
+    """`ConfigurationError` for declaration arguments that cannot be sent or that break the connection.
+
+    A value the encoder cannot take (bytes, an int past 64 bits) was a raw `TypeError` from pamqp; an
+    unknown `x-queue-master-locator` makes RabbitMQ 3.10 close the whole connection (INTERNAL_ERROR).
+    """
+    if not arguments:
+        return
+    try:
+        check_table("arguments", arguments)
+    except InvalidMessageError as exc:
+        raise ConfigurationError(f"{kind} {name!r}: {exc}") from None
+    locator = arguments.get("x-queue-master-locator")
+    if locator is not None and locator not in _MASTER_LOCATORS:
+        raise ConfigurationError(
+            f"invalid argument 'x-queue-master-locator' for {kind} {name!r}: must be one of"
+            f" {', '.join(map(repr, _MASTER_LOCATORS))}, got {locator!r} (RabbitMQ 3.10 drops the connection)"
+        )

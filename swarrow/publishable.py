@@ -20,7 +20,7 @@ from typing import Any
 from swarrow.errors import InvalidMessageError
 from swarrow.message import Message
 
-__all__ = ["HEADERS_MAX_BYTES", "as_delivered", "check_publishable", "route_headers"]
+__all__ = ["HEADERS_MAX_BYTES", "as_delivered", "check_publishable", "check_table", "route_headers"]
 
 # A content header must fit in one frame (RabbitMQ's default frame_max is 131072 bytes, minus the
 # frame envelope and the other properties): past this the broker closes the connection.
@@ -111,6 +111,11 @@ def as_delivered(message: Message) -> Message:
     if headers and ("BCC" in headers or not _as_on_the_wire(headers)):
         changes["headers"] = _delivered_value({k: v for k, v in headers.items() if k != "BCC"})
     return message.replace(**changes) if changes else message
+
+
+def check_table(path: str, table: Mapping[Any, Any]) -> None:
+    """`InvalidMessageError` naming the first key or value of `table` AMQP cannot carry (as for headers)."""
+    _table_size(path, table)
 
 
 def route_headers(headers: Mapping[str, Any], name: str) -> list[str]:

@@ -13,7 +13,7 @@ import aiormq
 import aiormq.abc
 import anyio
 
-from swarrow._names import check_binding, check_declared_name, check_name
+from swarrow._names import check_arguments, check_binding, check_declared_name, check_name
 from swarrow.amqp._errors import QuietFirstConnect
 from swarrow.amqp.failover import FailoverConnection, connect_first
 from swarrow.broker import QueueInfo
@@ -31,6 +31,7 @@ _CURRENT_DLX: Final = re.compile(r"inequivalent arg 'x-dead-letter-exchange'.*?b
 _CURRENT_TTL: Final = re.compile(r"inequivalent arg 'x-message-ttl'.*?current is (?:the value )?'(\d+)'")
 # RabbitMQ's 406 reply names what it refused: "invalid arg 'x-message-ttl' ...", "inequivalent arg
 # 'durable' ...", "invalid property 'non-durable' ...", "invalid type 'byte' for arg 'x-...'".
+_EXCHANGE_TYPES: Final = ("direct", "fanout", "topic", "headers")
 _REFUSED_ARG = re.compile(r"(?:arg|property) '([^']+)'")
 
 
@@ -168,6 +169,7 @@ class AmqpConnection:
     ) -> QueueInfo:
         """Declare `name`; `ConfigurationError` naming the queue when it exists with other arguments."""
         check_declared_name("queue", name)
+        check_arguments("queue", name, arguments)
         existing = await self.inspect_queue(name)
         channel = await self._scratch_channel()
         try:
@@ -247,6 +249,12 @@ class AmqpConnection:
         A new name in RabbitMQ's reserved `amq.` namespace is refused too (ACCESS_REFUSED).
         """
         check_name("exchange", name)
+        check_arguments("exchange", name, arguments)
+        if type not in _EXCHANGE_TYPES and not type.startswith("x-"):
+            raise ConfigurationError(
+                f"exchange {name!r}: unknown type {type!r} (direct, fanout, topic, headers, or a plugin's"
+                " x-...); RabbitMQ would close the whole connection (COMMAND_INVALID)"
+            )
         channel = await self._scratch_channel()
         try:
             await channel.exchange_declare(
@@ -256,6 +264,10 @@ class AmqpConnection:
             raise ConfigurationError(
                 f"exchange {name!r} already exists with another type or arguments than {type!r} "
                 f"{arguments or {}!r} (durable={durable}): {exc.args[0] if exc.args else exc}"
+            ) from None
+        except aiormq.exceptions.ConnectionCommandInvalid as exc:  # an unknown plugin type: connection gone
+            raise ConfigurationError(
+                f"RabbitMQ refused exchange {name!r} of type {type!r}: {exc.args[0] if exc.args else exc}"
             ) from None
         except aiormq.exceptions.ChannelAccessRefused as exc:
             raise ConfigurationError(

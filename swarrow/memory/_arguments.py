@@ -31,8 +31,34 @@ _NOT_MODELLED = {
     "x-single-active-consumer": "single active consumer",
     "x-dead-letter-strategy": "at-least-once dead-lettering",
 }
-_MAX_TTL = 2**32 - 1
+_MAX_TTL = 315_360_000_000  # ten years in ms: RabbitMQ's bound for x-message-ttl and x-expires
 _OVERFLOWS = ("drop-head", "reject-publish", "reject-publish-dlx")
+# RabbitMQ 3.10 refuses (406) an argument another queue type owns: these are each type's own.
+_OWNED = {
+    "x-queue-mode": "classic",
+    "x-queue-version": "classic",
+    "x-queue-master-locator": "classic",
+    "x-max-priority": "classic",
+    "x-max-in-memory-length": "quorum",
+    "x-max-in-memory-bytes": "quorum",
+    "x-queue-leader-locator": "quorum",
+    "x-quorum-initial-group-size": "quorum",
+    "x-dead-letter-strategy": "quorum",
+    "x-delivery-limit": "quorum",
+    "x-max-age": "stream",
+    "x-initial-cluster-size": "stream",
+    "x-stream-max-segment-size-bytes": "stream",
+}
+# Arguments with no observable effect in one process, whose values RabbitMQ still checks.
+_CHOICES = {
+    "x-queue-mode": ("default", "lazy"),
+    "x-queue-version": (1, 2),
+    "x-queue-master-locator": ("min-masters", "client-local", "random"),
+    "x-queue-leader-locator": ("client-local", "balanced"),
+    "x-dead-letter-strategy": ("at-most-once", "at-least-once"),
+}
+# Values of a not-modelled argument that ask for nothing memory:// lacks (the default behaviour).
+_HARMLESS = {"x-single-active-consumer": False, "x-dead-letter-strategy": "at-most-once"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,13 +104,12 @@ def parse_queue(name: str, durable: bool, arguments: dict[str, Any]) -> QueueSpe
     quorum = kind == "quorum"
     if quorum and not durable:
         raise ConfigurationError(f"queue {name!r}: a quorum queue must be durable (durable=False refused)")
+    _check_owned_and_inert(name, str(kind), args)
     ttl = _int_arg(args, "x-message-ttl", name, low=0, high=_MAX_TTL)
     expires = _int_arg(args, "x-expires", name, low=1, high=_MAX_TTL)
     max_length = _int_arg(args, "x-max-length", name, low=0)
     _int_arg(args, "x-max-length-bytes", name, low=0)
     _int_arg(args, "x-max-priority", name, low=0, high=255)
-    if quorum and "x-max-priority" in args:
-        raise _refuse("x-max-priority", name, "quorum queues have no priorities")
     overflow = args.get("x-overflow", "drop-head")
     if overflow not in _OVERFLOWS:
         raise _refuse("x-overflow", name, f"must be one of {', '.join(_OVERFLOWS)}, got {overflow!r}")
@@ -98,13 +123,11 @@ def parse_queue(name: str, durable: bool, arguments: dict[str, Any]) -> QueueSpe
         if dlx is None:
             raise _refuse("x-dead-letter-routing-key", name, "needs x-dead-letter-exchange as well")
     limit = args.get("x-delivery-limit")
-    if limit is not None and not quorum:
-        raise _refuse("x-delivery-limit", name, "only quorum queues count deliveries")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
         # RabbitMQ takes it and ignores it: memory:// says so instead.
         raise _refuse("x-delivery-limit", name, f"memory:// models integer limits only, got {limit!r}")
     for key, what in _NOT_MODELLED.items():
-        if key in args:
+        if key in args and not (key in _HARMLESS and _typed(args[key]) == _typed(_HARMLESS[key])):
             raise ConfigurationError(
                 f"argument {key!r} for queue {name!r}: memory:// does not model {what}; "
                 "test this against RabbitMQ"
@@ -123,6 +146,25 @@ def parse_queue(name: str, durable: bool, arguments: dict[str, Any]) -> QueueSpe
         dead_letter_exchange=dlx,
         dead_letter_routing_key=dlrk,
     )
+
+
+def _check_owned_and_inert(name: str, kind: str, args: dict[str, Any]) -> None:
+    """Refuse what RabbitMQ refuses: another type's argument, or a bad value of one memory need not act on."""
+    for key, owner in _OWNED.items():
+        if key in args and owner != kind:
+            raise _refuse(
+                key, name, f"{kind} queues do not take it, only {owner} queues (RabbitMQ refuses it)"
+            )
+    for key, choices in _CHOICES.items():
+        value = args.get(key)
+        if value is not None and (isinstance(value, bool) or value not in choices):
+            raise _refuse(key, name, f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    _int_arg(args, "x-quorum-initial-group-size", name, low=1)
+    _int_arg(args, "x-max-in-memory-length", name, low=0)
+    _int_arg(args, "x-max-in-memory-bytes", name, low=0)
+    single = args.get("x-single-active-consumer")
+    if single is not None and not isinstance(single, bool):
+        raise _refuse("x-single-active-consumer", name, f"must be true or false, got {single!r}")
 
 
 def _typed(value: Any) -> tuple[str, Any]:

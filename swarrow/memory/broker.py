@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import anyio
 
-from swarrow._names import check_binding, check_declared_name, check_name, check_routing_key
+from swarrow._names import (
+    check_arguments,
+    check_binding,
+    check_declared_name,
+    check_name,
+    check_routing_key,
+)
 from swarrow.broker import QueueInfo
 from swarrow.errors import ConfigurationError, PublishError
 from swarrow.memory._arguments import check_redeclare, parse_queue
@@ -89,6 +95,7 @@ class MemoryBroker(ConsumerSide):
         if not name:
             raise ConfigurationError("the in-memory broker needs a queue name")
         check_declared_name("queue", name)
+        check_arguments("queue", name, arguments)
         now = time.monotonic()
         self._expire(now)
         args = dict(arguments or {})
@@ -176,6 +183,7 @@ class MemoryBroker(ConsumerSide):
         or a new name starting with `amq.` (RabbitMQ's 403).
         """
         check_name("exchange", name)
+        check_arguments("exchange", name, arguments)
         self._exchanges.declare(name, type, durable, arguments)
 
     async def bind_queue(self, queue: str, exchange: str, routing_key: str = "") -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from parity.harness import Side, on_both
-from swarrow import ConfigurationError, InvalidMessageError, Message
+from swarrow import ConfigurationError, Message, PublishError
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -17,7 +17,7 @@ async def _outcome(call: Awaitable[Any]) -> str:
     """'ok', or the error's type and whether it names what it refuses (the caller checks the text)."""
     try:
         await call
-    except (ConfigurationError, InvalidMessageError) as exc:
+    except (ConfigurationError, PublishError) as exc:
         return f"{type(exc).__name__}: {exc}"
     return "ok"
 
@@ -92,7 +92,46 @@ async def test_a_name_over_255_bytes_is_refused_naming_it(sides: list[Side], cal
 
     memory, rabbit = await on_both(sides, scenario)
     assert memory == rabbit
-    assert rabbit.startswith("ConfigurationError") and "256 bytes" in rabbit
+    assert rabbit.startswith("ConfigurationError") and ("256 bytes" in rabbit or "128 characters" in rabbit)
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"),
+    [
+        ("queue", "café"),
+        ("queue", "orders[eu]"),
+        ("queue", "a\nb"),
+        ("exchange", "événements"),
+        ("exchange", "x" * 128),
+    ],
+    ids=["queue-accent", "queue-bracket", "queue-newline", "exchange-accent", "exchange-128"],
+)
+async def test_a_name_the_amqp_client_cannot_send_is_refused_naming_it(
+    sides: list[Side], kind: str, name: str
+) -> None:
+    """pamqp takes only [a-zA-Z0-9 -_.:@#,/+] in names and 127 characters for an exchange: a raw
+    ValueError ('Invalid value for queue') over AMQP, while memory:// took any name."""
+
+    async def scenario(side: Side) -> list[str]:
+        outcomes = []
+        if kind == "queue":
+            outcomes.append(await _outcome(side.broker.declare_queue(name)))
+            publisher = side.broker.publisher()
+            outcomes.append(await _outcome(publisher.publish(Message(b"x"), name)))  # a routing key: any
+            await publisher.close()
+        else:
+            outcomes.append(await _outcome(side.broker.declare_exchange(name, "direct", durable=False)))
+            publisher = side.broker.publisher()
+            outcomes.append(await _outcome(publisher.publish(Message(b"x"), "k", exchange=name)))
+            await publisher.close()
+        return [o.split(":")[0] for o in outcomes] + [repr(name[:60]) in outcomes[0]]
+
+    memory, rabbit = await on_both(sides, scenario)
+    assert memory == rabbit
+    if kind == "queue":  # the routing key may be anything: unroutable, as no such queue can exist
+        assert rabbit == ["ConfigurationError", "PublishError", True]
+    else:
+        assert rabbit == ["ConfigurationError", "InvalidMessageError", True]
 
 
 @pytest.mark.parametrize("where", ["routing_key", "exchange"])
@@ -114,4 +153,5 @@ async def test_a_routing_key_or_exchange_over_255_bytes_is_refused_before_the_wi
 
     memory, rabbit = await on_both(sides, scenario)
     assert memory == rabbit
-    assert rabbit[0].startswith("InvalidMessageError") and "256 bytes" in rabbit[0] and rabbit[1] == 1
+    assert rabbit[0].startswith("InvalidMessageError") and rabbit[1] == 1
+    assert "256 bytes" in rabbit[0] or "256 characters" in rabbit[0]
