@@ -217,7 +217,7 @@ class JsonFormatter(logging.Formatter):
             "pid": record.process,
             "host": self._host,
         }
-        if "@" in entry["message"]:  # a library quoting a URL with its password: masked whoever logged it
+        if "@" in entry["message"] or "?" in entry["message"]:  # a library quoting a URL with its password
             entry["message"] = mask_text(entry["message"])
         for key in STANDARD_FIELDS:
             if key in fields:
@@ -261,7 +261,7 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.message = record.getMessage()
-        if "@" in message:  # a library quoting a URL with its password: masked whoever logged it
+        if "@" in message or "?" in message:  # a library quoting a URL with its password or token
             message = mask_text(message)
         record.asctime = self.formatTime(record)
         key = (record.levelname, record.name)

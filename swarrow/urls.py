@@ -46,6 +46,11 @@ _CREDENTIALS_IN_TEXT: Final = re.compile(
     r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*:/{0,2}(?P<user>[^\s:/@'\"<>]*)):(?P<secret>[^\s'\"<>]*)@"
 )
 _HOST_NAME: Final = re.compile(r"[\w-]+(\.[\w-]+)*\.?")
+# A query parameter named like a credential (token, api-key, secret, password, signature, auth …), any case.
+_SECRET_QUERY_PARAM: Final = re.compile(
+    r"([?&;][\w.-]*?(?:token|key|secret|passw(?:or)?d|pwd|signature|sig|auth|credential)[\w.-]*=)([^&#\s'\"]*)",
+    re.IGNORECASE,
+)
 # A `password=` (or `sslpassword=`) parameter of a query string or a `--flag=value`, any case.
 _PASSWORD_PARAM: Final = re.compile(r"((?:^|[?&;=\s-])[a-z_]*password=)([^&#;\s]*)", re.IGNORECASE)
 
@@ -198,11 +203,14 @@ def encode_credentials(url: str) -> str:
 
 
 def mask_text(text: str) -> str:
-    """`text` with the password of every `scheme://user:password@` it contains masked (free text, logs).
+    """`text` with the password of every `scheme://user:password@` it contains masked (free text, logs),
+    and the value of every query parameter named like a credential (`?token=…`, `&api_key=…`).
 
     In free text a URL ends at a blank or a quote; a password holding a blank is masked by
     `BrokerURL.scrub`, which knows it.
     """
+    if "?" in text and "=" in text:  # an OTLP endpoint's `?api-key=…`, quoted by urllib3 at every retry
+        text = _SECRET_QUERY_PARAM.sub(rf"\1{_MASK}", text)
     if "@" not in text:
         return text
     return _CREDENTIALS_IN_TEXT.sub(lambda m: f"{m['head']}:{_MASK}@", text)

@@ -394,3 +394,19 @@ def test_a_url_with_a_password_is_masked_in_any_log_record(fmt: str) -> None:
 
         failed = logging.LogRecord("x", logging.ERROR, __file__, 0, "failed", (), sys.exc_info())
     assert "hunter2" not in formatter.format(failed) and "svc:***@rabbit" in formatter.format(failed)
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+@pytest.mark.parametrize("query", ["?token=Zqtok", "?api-key=Zqtok&region=eu", "?x=1&access_token=Zqtok"])
+def test_a_credential_in_a_url_query_is_masked_in_any_log_record(fmt: str, query: str) -> None:
+    # The OTLP exporter (through urllib3) quotes its endpoint's path and query at every failed export:
+    # `?token=…` of an OTEL_EXPORTER_OTLP_ENDPOINT was printed at each retry.
+    formatter = JsonFormatter() if fmt == "json" else TextFormatter()
+    record = logging.LogRecord(
+        "opentelemetry.exporter.otlp.proto.http.trace_exporter", logging.WARNING, __file__, 0,
+        "Transient error %s encountered while exporting spans batch, retrying in %.2fs.",
+        (f"HTTPConnectionPool(host='h', port=1): Max retries exceeded with url: /v1/traces{query}", 1.0),
+        None,
+    )  # fmt: skip
+    line = formatter.format(record)
+    assert "Zqtok" not in line and "/v1/traces?" in line and "=***" in line
