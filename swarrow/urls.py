@@ -210,10 +210,17 @@ def mask_text(text: str) -> str:
     `BrokerURL.scrub`, which knows it.
     """
     if "?" in text and "=" in text:  # an OTLP endpoint's `?api-key=…`, quoted by urllib3 at every retry
-        text = _SECRET_QUERY_PARAM.sub(rf"\1{_MASK}", text)
+        text = _SECRET_QUERY_PARAM.sub(_mask_query_value, text)
     if "@" not in text:
         return text
     return _CREDENTIALS_IN_TEXT.sub(lambda m: f"{m['head']}:{_MASK}@", text)
+
+
+def _mask_query_value(match: re.Match[str]) -> str:
+    name = match[1]
+    if name[:-1].lower().endswith(("file", "path", "dir")):  # ?keyfile=/etc/tls/key.pem: a path, not a secret
+        return match[0]
+    return f"{name}{_MASK}"
 
 
 def mask_argv(argv: Iterable[str]) -> list[str]:

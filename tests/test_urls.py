@@ -275,3 +275,8 @@ def test_mask_argv_masks_a_password_given_as_a_parameter(argv: list[str]) -> Non
     # The pool logs its workers' command line with it: a job store URL's ?password= was printed whole.
     masked = " ".join(mask_argv(["swarrow", "consume", "app:run", *argv]))
     assert "Zqsecret" not in masked and "password=***" in masked.lower()
+
+
+def test_mask_text_keeps_tls_file_paths_of_a_url_query() -> None:
+    text = "connecting to amqps://u:pw@h/?cafile=/tls/ca.pem&keyfile=/tls/key.pem&api_key=k3y"
+    assert mask_text(text) == "connecting to amqps://u:***@h/?cafile=/tls/ca.pem&keyfile=/tls/key.pem&api_key=***"
