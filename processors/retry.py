@@ -11,7 +11,7 @@ from swarrow.message import Message
 from swarrow.outcome import DEAD_LETTERED, RETRIED, record_error, record_outcome
 from swarrow.processor import Processor
 from swarrow.publisher import Publisher
-from swarrow.swarrot import SWARROT_ATTEMPTS_HEADER, RetryTopologyName, SwarrotTopology
+from swarrow.swarrot import SWARROT_ATTEMPTS_HEADER, RetryTopologyName, SwarrotTopology, stray_retry_route
 from swarrow.topology import (
     ERROR_MESSAGE_HEADER,
     ERROR_TYPE_HEADER,
@@ -110,6 +110,7 @@ class RetryProcessor:
         self.republish_hold = republish_hold
         self.republish = RepublishState()
         self.retry_topology: RetryTopologyName = retry_topology
+        self._strays: set[tuple[str, str]] = set()  # (queue, routing key) already reported
 
     def topology(self, queue: str) -> RetryTopology | SwarrotTopology:
         """The queues this processor publishes to for `queue`, ready to `declare(broker)`."""
@@ -130,6 +131,8 @@ class RetryProcessor:
         return "", dead_letter_queue_name(queue)
 
     async def __call__(self, message: Message, /) -> bool:
+        if self.retry_topology == "swarrot" and "x-death" in message.headers:
+            self._check_route(message)
         try:
             return await self.inner(message)
         except StopConsumer:
@@ -176,6 +179,22 @@ class RetryProcessor:
             logger.error("message %s dead-lettered after %d call(s): %s: %s", message.message_id,
                          attempt, type(exc).__name__, exc, extra=extra)  # fmt: skip
             return True
+
+    def _check_route(self, message: Message) -> None:
+        """Report (once per queue and key) a retry copy that came back through a queue no delay names."""
+        stray = stray_retry_route(message.queue, self.delays, message.headers)
+        if stray is None or stray[:2] in self._strays:
+            return
+        self._strays.add(stray[:2])
+        through, key, expected = stray
+        logger.error(
+            "message %s came back from retry queue %s, bound to exchange retry with key %s, but the retry "
+            "queue for that key is %s by the retry delays: a queue left bound to a retry key gets a copy of "
+            "every retry (delivered twice when %s is bound too, as after reordered delays); unbind or delete "
+            "%s once empty (rabbitmqctl list_bindings shows both)",
+            message.message_id, through, key, expected, expected, through,
+            extra={"queue": message.queue, "message_id": message.message_id},
+        )  # fmt: skip
 
     def _queue_for(self, delay: float | None) -> int:
         """The retry queue (1-based) with the smallest delay >= `delay`, else the longest; None: the first."""

@@ -14,7 +14,7 @@ exactly as the toolkit does, so either tool may have declared it first.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal, TypeAlias
 
 from swarrow.broker import Broker, QueueInfo
@@ -29,6 +29,7 @@ __all__ = [
     "UNROUTABLE",
     "RetryTopologyName",
     "SwarrotTopology",
+    "stray_retry_route",
     "swarrot_dead_letter_queue_name",
     "swarrot_delays_needed",
     "swarrot_retry_queue_name",
@@ -72,6 +73,39 @@ def swarrot_delays_needed(queue: str, flag: str, mode: str = "--retry-topology s
         "delays would name queues that do not exist, and declaring those beside the toolkit's would "
         "bind two queues to each retry key, delivering every retry twice"
     )
+
+
+def stray_retry_route(
+    queue: str, delays: Sequence[float], headers: Mapping[str, Any]
+) -> tuple[str, str, str] | None:
+    """(queue it came through, routing key, retry queue `delays` name for that key) when a retry copy
+    came back through another queue than the one `delays` name for its routing key, else None.
+
+    Read from the newest `x-death` entry (a TTL expiry on exchange `retry`). Such a copy means a
+    queue left bound to `Q_retry_k` (reordered or changed delays): with the right one bound too,
+    every retry for attempt k is delivered twice. AMQP cannot list bindings; this is where it shows.
+    """
+    deaths = headers.get("x-death")
+    if not isinstance(deaths, list) or not deaths or not isinstance(deaths[0], Mapping):
+        return None
+    newest = deaths[0]
+    keys = newest.get("routing-keys")
+    through = newest.get("queue")
+    if newest.get("reason") != "expired" or newest.get("exchange") != RETRY_EXCHANGE:
+        return None
+    if (
+        not isinstance(through, str)
+        or not isinstance(keys, list)
+        or len(keys) != 1
+        or not isinstance(keys[0], str)
+    ):
+        return None
+    prefix = f"{queue}_retry_"
+    number = keys[0][len(prefix) :] if keys[0].startswith(prefix) else ""
+    if not number.isdigit() or not 1 <= int(number) <= len(delays):
+        return None
+    expected = swarrot_retry_queue_name(queue, delays[int(number) - 1])
+    return None if through == expected else (through, keys[0], expected)
 
 
 class SwarrotTopology:

@@ -214,3 +214,68 @@ def test_consume_with_changed_swarrot_delays_warns_that_declaring_them_would_del
     assert result.exit_code == 2, result.output
     assert "'mail_retry_10' missing" in result.output
     assert "delete its old mail_retry_* queues first" in result.output and "delivered twice" in result.output
+
+
+def test_a_stray_retry_route_is_told_from_the_newest_x_death_entry() -> None:
+    from swarrow.swarrot import stray_retry_route
+
+    def death(queue: str, key: str, reason: str = "expired") -> dict[str, Any]:
+        return {"x-death": [{"queue": queue, "reason": reason, "exchange": "retry", "routing-keys": [key]}]}
+
+    delays = [10, 25]
+    assert stray_retry_route("mail", delays, death("mail_retry_10", "mail_retry_1")) is None
+    assert stray_retry_route("mail", delays, death("mail_retry_5", "mail_retry_1")) == (
+        "mail_retry_5", "mail_retry_1", "mail_retry_10",
+    )  # fmt: skip
+    assert stray_retry_route("mail", delays, death("mail_retry_5", "mail_retry_1", "rejected")) is None
+    assert stray_retry_route("mail", delays, death("mail_retry_100", "mail_retry_3")) is None  # not ours to say
+    assert stray_retry_route("mail", delays, {"x-death": "garbage"}) is None
+    assert stray_retry_route("mail", delays, {}) is None
+
+
+@pytest.mark.integration
+async def test_a_retry_delivered_twice_through_reordered_delays_is_reported_naming_the_stray_queue(
+    amqp_broker: AmqpBroker, queue_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """0.2s,0.4s then 0.4s,0.2s: both queues exist, so declare adds a second queue to each key unseen.
+
+    The duplicate itself cannot be prevented (AMQP shows no bindings); the first copy that comes back
+    through the queue the delays do not name is logged once, naming it, its key and the right queue.
+    """
+    old, new = SwarrotTopology(queue_name, [0.2, 0.4]), SwarrotTopology(queue_name, [0.4, 0.2])
+    calls: list[Any] = []
+
+    async def callback(message: Message) -> None:
+        calls.append(message.headers.get(SWARROT_ATTEMPTS_HEADER))
+        if not calls[-1]:
+            raise RuntimeError("first call fails")
+
+    async def one_message(topology: SwarrotTopology) -> None:
+        publisher = amqp_broker.publisher()
+        await publisher.publish(Message(b"{}", message_id="m"), queue_name)
+        provider = amqp_broker.provider(queue_name, prefetch=10)
+        layers = default_stack(
+            provider=provider, publisher=publisher, signals=False, log=False, retry_attempts=2,
+            retry_delays=topology.delays, retry_topology="swarrot", stop_when_idle=1.5,
+        )  # fmt: skip
+        with anyio.fail_after(20):
+            await Consumer(provider, Stack(*layers, callback=callback), concurrency=2).run()
+        await publisher.close()
+
+    stray = "came back from retry queue"
+    try:
+        await old.declare(amqp_broker)
+        await one_message(old)
+        assert calls == [None, 1] and stray not in caplog.text  # the right route says nothing
+        calls.clear()
+        await new.declare(amqp_broker, add_retry_queues=True)  # nothing missing: nothing to refuse
+        await one_message(new)
+        assert calls == [None, 1, 1]  # delivered twice: through queue_retry_0.2 and queue_retry_0.4
+        reports = [r.getMessage() for r in caplog.records if stray in r.getMessage()]
+        assert len(reports) == 1, reports
+        assert f"{queue_name}_retry_0.2, bound to exchange retry with key {queue_name}_retry_1" in reports[0]
+        assert f"the retry queue for that key is {queue_name}_retry_0.4" in reports[0]
+    finally:
+        for name, _ in old.queues():
+            if name != "unroutable":
+                await amqp_broker.delete_queue(name)
