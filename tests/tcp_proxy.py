@@ -9,9 +9,18 @@ from contextlib import asynccontextmanager, suppress
 import anyio
 import anyio.abc
 
-__all__ = ["BASIC_CONSUME", "BASIC_QOS", "CHANNEL_OPEN", "CONNECTION_OPEN", "FreezingProxy", "freezing_proxy"]
+__all__ = [
+    "BASIC_CONSUME",
+    "BASIC_QOS",
+    "CHANNEL_OPEN",
+    "CONNECTION_OPEN",
+    "QUEUE_DECLARE",
+    "FreezingProxy",
+    "freezing_proxy",
+]
 
 CONNECTION_OPEN = (10, 40)
+QUEUE_DECLARE = (50, 10)
 BASIC_QOS = (60, 10)
 BASIC_CONSUME = (60, 20)
 CHANNEL_OPEN = (20, 10)

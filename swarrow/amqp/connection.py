@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import re
 import ssl
-from collections.abc import Sequence
-from typing import Any, Final, Self
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Concatenate, Final, ParamSpec, Self, TypeVar
 
 import aiormq
 import aiormq.abc
 import anyio
 
 from swarrow._names import check_arguments, check_binding, check_declared_name, check_name
-from swarrow.amqp._errors import QuietFirstConnect
+from swarrow.amqp._errors import CHANNEL_GONE, QuietFirstConnect
 from swarrow.amqp.failover import FailoverConnection, connect_first
 from swarrow.broker import QueueInfo
-from swarrow.errors import ConfigurationError
+from swarrow.errors import BrokerUnavailableError, ConfigurationError
 from swarrow.urls import DEFAULT_URL, BrokerURL, parse_url
 
 __all__ = ["AmqpConnection"]
@@ -33,6 +35,42 @@ _CURRENT_TTL: Final = re.compile(r"inequivalent arg 'x-message-ttl'.*?current is
 # 'durable' ...", "invalid property 'non-durable' ...", "invalid type 'byte' for arg 'x-...'".
 _EXCHANGE_TYPES: Final = ("direct", "fanout", "topic", "headers")
 _REFUSED_ARG = re.compile(r"(?:arg|property) '([^']+)'")
+# Seconds to wait for a scratch channel's close-ok; a silent broker's channel is left to the connection.
+_SCRATCH_CLOSE_TIMEOUT: Final = 1.0
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _bounded(
+    method: Callable[Concatenate[AmqpConnection, _P], Coroutine[Any, Any, _T]],
+) -> Callable[Concatenate[AmqpConnection, _P], Coroutine[Any, Any, _T]]:
+    """Bound a queue administration call by `connect_timeout`, once connected (the connect bounds itself).
+
+    Without it a broker gone silent after the connection held the CLI's queue checks forever.
+    """
+
+    @functools.wraps(method)
+    async def call(self: AmqpConnection, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        await self._connect()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                return await method(self, *args, **kwargs)
+        except TimeoutError:
+            what = method.__name__.replace("_", " ")
+            timeout = self.connect_timeout
+            raise BrokerUnavailableError(
+                f"{self.url} did not answer within {timeout:g}s (connect_timeout): {what} {args[0]!r}"
+            ) from None
+
+    return call
+
+
+async def _close_scratch(channel: aiormq.abc.AbstractChannel) -> None:
+    """Close a one-off channel, waiting at most _SCRATCH_CLOSE_TIMEOUT for the broker's answer."""
+    if channel.is_closed:
+        return
+    with contextlib.suppress(*CHANNEL_GONE):
+        await asyncio.wait_for(channel.close(), _SCRATCH_CLOSE_TIMEOUT)
 
 
 class AmqpConnection:
@@ -151,6 +189,7 @@ class AmqpConnection:
         channel: aiormq.abc.AbstractChannel = await transport.connection.channel(publisher_confirms=False)
         return channel
 
+    @_bounded
     async def inspect_queue(self, name: str) -> QueueInfo | None:
         """Passive declare: the queue's counts, or None when it does not exist."""
         check_name("queue", name)
@@ -160,10 +199,10 @@ class AmqpConnection:
         except aiormq.exceptions.ChannelNotFoundEntity:
             return None
         finally:
-            if not channel.is_closed:
-                await channel.close()
+            await _close_scratch(channel)
         return QueueInfo(name, False, int(ok.message_count or 0), int(ok.consumer_count or 0))
 
+    @_bounded
     async def declare_queue(
         self, name: str, *, durable: bool = True, arguments: dict[str, Any] | None = None
     ) -> QueueInfo:
@@ -183,10 +222,10 @@ class AmqpConnection:
                 "on it, and write permission on its dead-letter exchange: rabbitmqctl set_permissions)"
             ) from None
         finally:
-            if not channel.is_closed:
-                await channel.close()
+            await _close_scratch(channel)
         return QueueInfo(name, existing is None, int(ok.message_count or 0), int(ok.consumer_count or 0))
 
+    @_bounded
     async def has_dead_letter_exchange(self, name: str) -> bool | None:
         """Whether the existing queue has an `x-dead-letter-exchange` argument; None when it cannot be told.
 
@@ -203,10 +242,10 @@ class AmqpConnection:
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
             found = _CURRENT_DLX.search(str(exc))
         finally:
-            if not channel.is_closed:
-                await channel.close()
+            await _close_scratch(channel)
         return None if found is None else found.group(1) != "none"
 
+    @_bounded
     async def message_ttl(self, name: str) -> float | None:
         """The existing queue's `x-message-ttl` in seconds, or None when it cannot be told (no TTL, no queue).
 
@@ -225,8 +264,7 @@ class AmqpConnection:
             except aiormq.exceptions.ChannelPreconditionFailed as exc:
                 text = str(exc)
             finally:
-                if not channel.is_closed:
-                    await channel.close()
+                await _close_scratch(channel)
             found = _CURRENT_TTL.search(text)
             if found is not None:
                 return int(found.group(1)) / 1000
@@ -236,6 +274,7 @@ class AmqpConnection:
             return None
         return None
 
+    @_bounded
     async def declare_exchange(
         self,
         name: str,
@@ -274,9 +313,9 @@ class AmqpConnection:
                 f"RabbitMQ refused to declare exchange {name!r}: {exc.args[0] if exc.args else exc}"
             ) from None
         finally:
-            if not channel.is_closed:
-                await channel.close()
+            await _close_scratch(channel)
 
+    @_bounded
     async def bind_queue(self, queue: str, exchange: str, routing_key: str = "") -> None:
         """Bind `queue` to `exchange` with `routing_key` (idempotent); never to the default exchange."""
         check_binding(queue, exchange)
@@ -288,9 +327,9 @@ class AmqpConnection:
                 f"cannot bind queue {queue!r} to exchange {exchange!r}: {exc.args[0] if exc.args else exc}"
             ) from None
         finally:
-            if not channel.is_closed:
-                await channel.close()
+            await _close_scratch(channel)
 
+    @_bounded
     async def delete_queue(self, name: str) -> None:
         """Delete `name` (no error if absent)."""
         check_name("queue", name)
@@ -298,9 +337,9 @@ class AmqpConnection:
         try:
             await channel.queue_delete(name)
         finally:
-            if not channel.is_closed:
-                await channel.close()
+            await _close_scratch(channel)
 
+    @_bounded
     async def purge_queue(self, name: str) -> int:
         """Drop the ready messages of `name`; return how many."""
         check_name("queue", name)
@@ -310,8 +349,7 @@ class AmqpConnection:
         except aiormq.exceptions.ChannelNotFoundEntity:
             return 0
         finally:
-            if not channel.is_closed:
-                await channel.close()
+            await _close_scratch(channel)
         return int(ok.message_count or 0)
 
     async def __aenter__(self) -> Self:

@@ -15,7 +15,7 @@ import pytest
 
 from swarrow.amqp import AmqpBroker
 from swarrow.errors import BrokerUnavailableError
-from tests.tcp_proxy import BASIC_CONSUME, BASIC_QOS, CONNECTION_OPEN, freezing_proxy
+from tests.tcp_proxy import BASIC_CONSUME, BASIC_QOS, CONNECTION_OPEN, QUEUE_DECLARE, freezing_proxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -117,3 +117,24 @@ async def test_ctrl_c_while_connecting_to_a_silent_broker_exits_at_once(amqp_url
             await process.aclose()
     assert code != 0  # interrupted, not a success
     assert took < 3, took
+
+
+@pytest.mark.parametrize("call", ["inspect_queue", "declare_queue", "message_ttl"])
+async def test_the_queue_checks_give_up_after_the_connect_timeout(
+    amqp_url: str, amqp_broker: AmqpBroker, queue_name: str, call: str
+) -> None:
+    # Before the fix: the CLI's queue checks (a passive queue.declare, --declare, the retry queues' TTLs)
+    # waited on a silent broker with no timeout: 'swarrow consume' was still there 45 s later, no
+    # signal sent. After: BrokerUnavailableError after connect_timeout (CLI: exit 4 after 13 s).
+    await amqp_broker.declare_queue(queue_name)
+    target = urlsplit(amqp_url).port or 5672
+    async with freezing_proxy(target, QUEUE_DECLARE) as proxy:
+        broker = AmqpBroker(_proxied(amqp_url, proxy.port), connect_timeout=1)
+        started = time.monotonic()
+        try:
+            with anyio.fail_after(8), pytest.raises(BrokerUnavailableError, match="did not answer within 1s"):
+                await getattr(broker, call)(queue_name)
+            assert time.monotonic() - started < 4
+        finally:
+            with anyio.move_on_after(5, shield=True):
+                await broker.close()
