@@ -45,6 +45,7 @@ SUBMODULE_API = {
     "otel",
     "outcome",
     "pool",
+    "prepare",
     "publishable",
     "replies",
     "rpc",

@@ -69,7 +69,7 @@ def pool_worker_layers(pool: Any, settings: Settings, layers: Sequence[Any]) -> 
 def supervise(ctx: click.Context, settings: dict[str, Any]) -> int:
     """Run `--workers N`: check the queues once, then supervise N copies of this command."""
     from swarrow.pool import Backoff, WorkerPool, default_command, strip_options
-    from swarrow.runner import prepare_queues, resolve_delays_of_queues
+    from swarrow.prepare import prepare_queues, resolve_delays_of_queues
     from swarrow.settings import queue_fields
     from swarrow.units import format_duration
 
