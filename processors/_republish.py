@@ -17,6 +17,7 @@ import time
 import anyio
 from prometheus_client import Counter
 
+from swarrow.backoff import Backoff
 from swarrow.control import current_control
 from swarrow.errors import InvalidMessageError, SwarrowError
 from swarrow.message import Message
@@ -95,13 +96,14 @@ async def publish_copy(
     except Exception as exc:
         error = exc
     deadline = math.inf if hold is None else time.monotonic() + hold
-    delay = state.first_backoff
+    backoff = Backoff(initial=min(state.first_backoff, state.max_backoff), maximum=state.max_backoff)
     failures = 0
     state.held += 1
     extra = {"queue": original.queue, "message_id": original.message_id}
     try:
         while True:
             failures += 1
+            delay = backoff.delay(failures)
             state.failures += 1
             state.last_error = f"copy to {queue!r} refused: {error}"
             if time.monotonic() + delay > deadline:
@@ -120,7 +122,6 @@ async def publish_copy(
                 raise RepublishInterrupted(
                     f"copy of {original.message_id!r} to {queue!r} not confirmed before the stop: {error}"
                 ) from error
-            delay = min(delay * 2, state.max_backoff)
             try:
                 await publisher.publish(copy, queue, exchange)
             except Exception as exc:

@@ -14,6 +14,7 @@ from anyio.abc import TaskStatus
 from swarrow.control import ConsumerControl
 from swarrow.message import Message
 from swarrow.processor import Processor
+from swarrow.stop_signals import StopSignals
 
 __all__ = ["DEFAULT_SIGNALS", "SignalHandlerProcessor"]
 
@@ -41,7 +42,8 @@ class SignalHandlerProcessor:
                 raise ValueError(f"signals must be signal numbers, got {signum!r}") from None
         self.inner = inner
         self.signals = tuple(resolved)
-        self.received = 0
+        self.stops = StopSignals()
+        self.received = 0  # a copy of `stops.received`, read per message
 
     @asynccontextmanager
     async def lifespan(self, control: ConsumerControl) -> AsyncIterator[None]:
@@ -76,9 +78,9 @@ class SignalHandlerProcessor:
             task_status.started()
             extra = {"queue": control.queue_name}
             async for signum in received:
-                self.received += 1
-                name = signal.Signals(signum).name
-                if self.received == 1:
+                name, now = self.stops.receive(signum)
+                self.received = self.stops.received
+                if not now:
                     logger.warning(
                         "%s received: finishing %d in-flight message(s), then stopping "
                         "(send it again to stop now)",

@@ -12,11 +12,11 @@ by the target queue instead of fire-and-forget.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
+from swarrow.backoff import Backoff
 from swarrow.broker import Broker, QueueInfo
 from swarrow.errors import InvalidMessageError
 from swarrow.message import Message
@@ -80,9 +80,7 @@ def exponential_delays(
     require_int("attempts", attempts)
     require_seconds("initial", initial)
     require_seconds("cap", cap)
-    if not math.isfinite(factor) or factor < 1:
-        raise ValueError(f"factor must be a finite number >= 1, got {factor!r}")
-    return tuple(min(initial * factor**k, cap) for k in range(attempts))
+    return Backoff(initial=min(initial, cap), maximum=cap, factor=factor).delays(attempts)
 
 
 def header_count(value: object, limit: int = 1_000_000) -> int | None:

@@ -11,7 +11,7 @@ import math
 import re
 from typing import Final
 
-from swarrow.topology import exponential_delays
+from swarrow.backoff import Backoff
 
 __all__ = [
     "format_duration",
@@ -94,10 +94,11 @@ def parse_delays(text: str | float | list[str | float] | tuple[str | float, ...]
         first, cap = parse_duration(first_text), parse_duration(cap_text)
         if cap < first:
             raise ValueError(f"invalid delays {text!r}: the cap {cap_text!r} is below the first delay")
+        backoff = Backoff(initial=first, maximum=cap)
         count = 1
-        while first * 2 ** (count - 1) < cap and count <= MAX_DELAYS:
+        while backoff.delay(count) < cap and count <= MAX_DELAYS:
             count += 1
-        delays = exponential_delays(count, initial=first, cap=cap)
+        delays = backoff.delays(count)
     elif isinstance(text, str):
         items = text.split(",")
         # `1s,,2s` is a typo, not two delays: silently skipping it would declare one retry queue too few.

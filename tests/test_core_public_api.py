@@ -52,6 +52,7 @@ SUBMODULE_API = {
     "runner",
     "settings",
     "stack",
+    "stop_signals",
     "swarrot",
     "scan",
     "topology",

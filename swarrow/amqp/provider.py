@@ -20,6 +20,7 @@ from swarrow.amqp.buffer import DeliveryBuffer
 from swarrow.amqp.connection import AmqpConnection
 from swarrow.amqp.fastpath import FastPath, apply_fast_path
 from swarrow.amqp.stall import watch_for_stall
+from swarrow.backoff import Backoff
 from swarrow.errors import BrokerUnavailableError, ConfigurationError
 from swarrow.message import Message
 from swarrow.validation import require_int, require_seconds
@@ -330,7 +331,9 @@ class AmqpMessageProvider(DeliveryBuffer, Settlement):
             self._recovery = asyncio.get_running_loop().create_task(self._recover())
 
     async def _recover(self) -> None:
-        delay = 0.2
+        cap = self.broker.reconnect_interval * 2
+        backoff = Backoff(initial=min(0.2, cap), maximum=cap)
+        failures = 0
         while self._wanted and self._consumer_tag is None:
             try:
                 if self._channel is None:
@@ -349,8 +352,8 @@ class AmqpMessageProvider(DeliveryBuffer, Settlement):
                 )
             except Exception as exc:  # the broker may still be going down or up: try again
                 logger.debug("re-consuming %s failed: %r", self._queue_name, exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.broker.reconnect_interval * 2)
+            failures += 1
+            await asyncio.sleep(backoff.delay(failures))
 
     def refill_soon(self) -> None:
         """Write the acks held for coalescing now, so the broker refills the prefetch window at once.

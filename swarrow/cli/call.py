@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Sequence
-from typing import IO, Final
+from typing import IO
 
 import click
 
@@ -14,12 +14,11 @@ from swarrow.cli.errors import CliError, fail
 from swarrow.cli.help import ENV_EPILOG, ManCommand, option
 from swarrow.cli.params import Duration, Header, url_option
 from swarrow.errors import PublishError, RemoteError, RpcTimeout
-from swarrow.exits import EXIT_BROKER, EXIT_CRASH, EXIT_OK, EXIT_USAGE
+from swarrow.exits import EXIT_BROKER, EXIT_CRASH, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE
 from swarrow.rpc import Reply, RpcClient
 
 __all__ = ["EXIT_TIMEOUT", "call"]
 
-EXIT_TIMEOUT: Final = 5
 _EXITS = (
     "\b\nExit status:\n"
     f"  {EXIT_OK}  a reply came: its body is on stdout\n"

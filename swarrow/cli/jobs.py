@@ -19,7 +19,14 @@ from swarrow.cli._jobs_store import store_options
 from swarrow.cli.bootstrap import run_anyio
 from swarrow.cli.errors import CliError
 from swarrow.errors import ConfigurationError
-from swarrow.exits import EXIT_BROKER, EXIT_CRASH, EXIT_OK, EXIT_USAGE
+from swarrow.exits import (
+    EXIT_BROKER,
+    EXIT_CRASH,
+    EXIT_JOBS_UNFINISHED,
+    EXIT_JOBS_UNKNOWN,
+    EXIT_OK,
+    EXIT_USAGE,
+)
 from swarrow.jobs import FINAL_STATES, JOB_STATES, Job, JobStore, JobStoreError
 from swarrow.units import format_duration, parse_duration
 
@@ -27,8 +34,6 @@ __all__ = ["EXIT_JOBS_UNFINISHED", "EXIT_JOBS_UNKNOWN", "JOBS_EXIT_CODES", "jobs
 
 T = TypeVar("T")
 
-EXIT_JOBS_UNKNOWN: Final = 6
-EXIT_JOBS_UNFINISHED: Final = 7
 JOBS_EXIT_CODES: Final = {
     EXIT_OK: "every job succeeded (unfinished: none is unfinished)",
     EXIT_CRASH: "a job failed, was dead-lettered or expired (wins over 6 and 7)",

@@ -18,6 +18,7 @@ from typing import ClassVar, Final
 import anyio
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
+from swarrow.backoff import Backoff
 from swarrow.jobs.model import JobRecord
 from swarrow.jobs.store import JobStore
 
@@ -27,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 _MAX_WRITE: Final = 5_000  # records per write: a long outage's backlog goes out in pieces
 _MAX_TRIES: Final = 3  # then a batch is dropped: a record the database refuses must not stall tracking
+_STORE_BACKOFF: Final = Backoff(initial=0.25, maximum=5.0)
 
 
 class _JobMetrics:
@@ -140,7 +142,7 @@ class JobRecorder:
                 pass  # a backlog: keep writing
             if self._store_down:
                 # Back off while the store is away: 0.25 s, 0.5 s … 5 s between attempts.
-                await anyio.sleep(min(5.0, 0.25 * 2 ** min(self._tries, 5)))
+                await anyio.sleep(_STORE_BACKOFF.delay(self._tries + 1))
 
     async def _flush_once(self, timeout: float) -> bool:
         """Write the pending batch (or take one from the buffer) within `timeout`; True once it is written.

@@ -34,6 +34,7 @@ from swarrow.pool.slots import Slot, Worker
 from swarrow.pool.snapshot import Snapshot, build_snapshot
 from swarrow.pool.spawn import FATAL_SPAWN_ERRORS, open_worker_process, worker_env
 from swarrow.pool.status import compact_dead_process, read_status, status_path
+from swarrow.stop_signals import StopSignals
 from swarrow.urls import mask_argv
 from swarrow.validation import require_int, require_seconds
 
@@ -87,7 +88,7 @@ class WorkerPool:
         self.restarts: Tally[str] = Tally()
         self.exit_code = EXIT_OK
         self.generation = 0
-        self.signals_received = 0
+        self._stop_signals = StopSignals()
         self.snapshot = Snapshot({}, {}, 0, {})
         self.server: PoolServer | None = None
         self.health: HealthState | None = None
@@ -104,6 +105,11 @@ class WorkerPool:
         # Set once any worker consumed: from then on a usage or import exit is backed off, not fatal.
         self.proven = False
         self.spawn_failures = 0
+
+    @property
+    def signals_received(self) -> int:
+        """SIGTERM/SIGINT received so far (SIGHUP is a rolling restart, not counted)."""
+        return self._stop_signals.received
 
     @property
     def stopping(self) -> bool:
@@ -296,12 +302,11 @@ class WorkerPool:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as received:
             task_status.started()
             async for signum in received:
-                name = signal.Signals(signum).name
                 if signum == signal.SIGHUP:
-                    self.rolling_restart(name)
+                    self.rolling_restart(signal.Signals(signum).name)
                     continue
-                self.signals_received += 1
-                if self.signals_received == 1:
+                name, now = self._stop_signals.receive(signum)
+                if not now:
                     logger.warning(
                         "%s received: draining every worker, then stopping (send it again to stop now)", name
                     )
