@@ -28,6 +28,9 @@ class ConsumerSide:
     def _notify(self) -> None:
         raise NotImplementedError
 
+    def _trim(self, queue: Queue) -> None:
+        raise NotImplementedError
+
     def _has_queue(self, name: str) -> bool:
         return name in self._queues
 
@@ -108,6 +111,7 @@ class ConsumerSide:
                 at += 1
             for offset, entry in enumerate(returned):
                 ready.insert(at + offset, entry)
+        self._trim(queue)  # RabbitMQ applies x-max-length to what comes back too
         self._dispatch(queue)
         self._notify()
 

@@ -35,6 +35,8 @@ __all__ = ["MemoryBroker"]
 
 logger = logging.getLogger(__name__)
 
+MAX_MESSAGE_SIZE = 134_217_728  # RabbitMQ 3.10's default max_message_size (128 MiB)
+
 
 class MemoryBroker(ConsumerSide):
     """In-process queues and exchanges with RabbitMQ 3.10's observable behaviour (see the README)."""
@@ -240,6 +242,12 @@ class MemoryBroker(ConsumerSide):
         """
         check_publishable(message)
         check_routing_key(routing_key, exchange)
+        size = len(message.body)
+        if size > MAX_MESSAGE_SIZE:
+            raise PublishError(
+                f"publish to {exchange!r}/{routing_key!r} refused: message size {size} is larger than"
+                f" RabbitMQ's default max size {MAX_MESSAGE_SIZE} (max_message_size; it closes the channel)"
+            )
         if message.user_id is not None:
             raise ConfigurationError(
                 f"user_id {message.user_id!r}: memory:// has no users, so it cannot check it "
@@ -279,11 +287,18 @@ class MemoryBroker(ConsumerSide):
             return sorted({key for key in keys if key in self._queues})
         return self._exchanges.route(exchange, keys)
 
-    def _enqueue(self, queue: Queue, message: Message, now: float, bcc: tuple[str, ...] = ()) -> bool:
-        """Add `message` at the tail; False when the queue's overflow policy refuses it."""
+    def _enqueue(
+        self, queue: Queue, message: Message, now: float, bcc: tuple[str, ...] = (), *, dead: bool = False
+    ) -> bool:
+        """Add `message` at the tail; False when the queue's overflow policy refuses it.
+
+        `dead`: a dead-lettered message, which a quorum queue takes even when full (it has no publisher
+        to refuse).
+        """
         spec = queue.spec
         if (
             spec.max_length is not None
+            and not (dead and spec.quorum)
             and spec.overflow != "drop-head"
             # A quorum queue refuses only once it is over the limit (it takes one message past it).
             and len(queue.ready) >= spec.max_length + spec.quorum
@@ -299,14 +314,19 @@ class MemoryBroker(ConsumerSide):
         entry = Entry(message, next(self._seq), expires_at, bcc=bcc)
         queue.ready.append(entry)
         self._dispatch(queue, now)
-        if spec.max_length is not None and spec.overflow == "drop-head":
-            while len(queue.ready) > spec.max_length:
-                dropped = queue.ready.popleft()
-                self._dead_letter(queue, dropped.message, "maxlen", dropped.bcc)
+        self._trim(queue)
         if ttl == 0 and queue.ready and queue.ready[-1] is entry:
             # TTL 0: delivered if a consumer could take it just now, otherwise expired at once.
             self._dead_letter(queue, queue.ready.pop().message, "expired", bcc)
         return True
+
+    def _trim(self, queue: Queue) -> None:
+        """`x-overflow: drop-head`: dead-letter (`maxlen`) from the head down to `x-max-length`."""
+        spec = queue.spec
+        if spec.max_length is not None and spec.overflow == "drop-head":
+            while len(queue.ready) > spec.max_length:
+                dropped = queue.ready.popleft()
+                self._dead_letter(queue, dropped.message, "maxlen", dropped.bcc)
 
     def _dead_letter(self, queue: Queue, message: Message, reason: str, bcc: tuple[str, ...] = ()) -> None:
         """Dead-letter `message` (reason `reason`) from `queue`, or drop it; `bcc`: its BCC keys."""
@@ -334,7 +354,7 @@ class MemoryBroker(ConsumerSide):
         stored = dead.replace(exchange=exchange, routing_key=routing_key)
         now = time.monotonic()
         for name in targets:
-            self._enqueue(self._queues[name], stored, now, bcc)
+            self._enqueue(self._queues[name], stored, now, bcc, dead=True)
 
     # -- time: message TTLs and x-expires -------------------------------------------------------
 

@@ -7,7 +7,7 @@ from typing import Any
 import anyio
 import pytest
 
-from parity.harness import Side, eventually, on_both
+from parity.harness import Side, eventually, on_both, take
 from swarrow import ConfigurationError, PublishError
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration, pytest.mark.timeout(60)]
@@ -214,3 +214,79 @@ async def test_a_consumed_queue_with_x_expires_stays(sides: list[Side]) -> None:
 
     memory, rabbit = await on_both(sides, scenario)
     assert memory == rabbit == 0
+
+
+async def _bodies_of(side: Side, queue: str) -> list[tuple[str, str | None]]:
+    """Every ready message of `queue` (taken and acked): body, and its latest x-death reason."""
+    count = await side.ready(queue) or 0
+    provider = side.broker.provider(queue, prefetch=max(count, 1))
+    await provider.start()
+    try:
+        messages = await take(provider, count)
+        for message in messages:
+            await provider.ack(message)
+    finally:
+        await provider.close()
+    return [
+        (m.body.decode(), m.headers["x-death"][0]["reason"] if "x-death" in m.headers else None)
+        for m in messages
+    ]
+
+
+@pytest.mark.parametrize("kind", [{}, {"x_queue_type": "quorum"}], ids=["classic", "quorum"])
+@pytest.mark.parametrize("how", ["reject", "close"])
+async def test_a_delivery_coming_back_to_a_full_queue_makes_it_drop_its_head(
+    sides: list[Side], kind: dict[str, str], how: str
+) -> None:
+    """memory:// let a requeue take a drop-head queue past x-max-length (3 ready of 2); RabbitMQ drops
+    the head."""
+
+    async def scenario(side: Side) -> list[Any]:
+        dead = await side.declare("dead")
+        queue = await side.declare(
+            "q", x_max_length=2, x_dead_letter_exchange="", x_dead_letter_routing_key=dead, **kind
+        )
+        await side.publish(queue, "m1", "m2", "m3")  # m1 dropped at once
+        provider = side.broker.provider(queue, prefetch=1)
+        await provider.start()
+        (m2,) = await take(provider, 1)
+        await side.publish(queue, "m4")  # ready: m3 m4
+        await provider.stop_consuming()
+        if how == "reject":
+            await provider.reject(m2, requeue=True)
+        await provider.close()
+        await eventually(lambda: side.ready(dead), 2)
+        return [await side.ready(queue), await _bodies_of(side, queue), await _bodies_of(side, dead)]
+
+    memory, rabbit = await on_both(sides, scenario)
+    assert memory == rabbit
+    if kind and how == "reject":  # back of a quorum queue: m3 is the head then
+        assert rabbit == [2, [("m4", None), ("m2", None)], [("m1", "maxlen"), ("m3", "maxlen")]]
+    else:  # back at its place in a classic queue, or returned first on a quorum one: m2 is the head
+        assert rabbit == [2, [("m3", None), ("m4", None)], [("m1", "maxlen"), ("m2", "maxlen")]]
+
+
+@pytest.mark.parametrize("kind", [{}, {"x_queue_type": "quorum"}], ids=["classic", "quorum"])
+async def test_a_dead_letter_into_a_full_reject_publish_queue(
+    sides: list[Side], kind: dict[str, str]
+) -> None:
+    """A classic queue drops it; a quorum queue takes it past its limit (no publisher to refuse):
+    memory:// refused it on both."""
+
+    async def scenario(side: Side) -> list[int | None]:
+        full = await side.declare("full", x_max_length=1, x_overflow="reject-publish", **kind)
+        await side.publish(full, "fits")
+        queue = await side.declare("q", x_dead_letter_exchange="", x_dead_letter_routing_key=full)
+        await side.publish(queue, "dies")
+        provider = side.broker.provider(queue)
+        await provider.start()
+        (message,) = await take(provider, 1)
+        await provider.reject(message)
+        await provider.close()
+        return [
+            await eventually(lambda: side.ready(full), 2 if kind else 1, timeout=1),
+            await side.ready(queue),
+        ]
+
+    memory, rabbit = await on_both(sides, scenario)
+    assert memory == rabbit == [2 if kind else 1, 0]

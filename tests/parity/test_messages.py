@@ -215,3 +215,27 @@ async def test_values_come_back_as_the_amqp_client_decodes_them(sides: list[Side
     memory, rabbit = await on_both(sides, scenario)
     assert memory == rabbit
     assert rabbit[:6] == [bytes, b"before", bytes, ["aa", "mm", "zz"], ["b", "y"], [int, str, "1000"]]
+
+
+async def test_a_body_over_rabbitmqs_default_max_size_is_refused_and_the_publisher_goes_on(
+    sides: list[Side],
+) -> None:
+    """RabbitMQ 3.10 refuses a body over 128 MiB (its default max_message_size); memory:// took it."""
+
+    async def scenario(side: Side) -> tuple[str, int | None]:
+        queue = await side.declare("q")
+        publisher = side.broker.publisher()
+        try:
+            try:
+                await publisher.publish(Message(bytes(134_217_729)), queue)
+            except PublishError as exc:
+                error = "refused" if "134217728" in str(exc) else str(exc)
+            else:
+                error = "published"
+            await publisher.publish(Message(b"small"), queue)
+        finally:
+            await publisher.close()
+        return error, await side.ready(queue)
+
+    memory, rabbit = await on_both(sides, scenario)
+    assert memory == rabbit == ("refused", 1)
