@@ -56,7 +56,8 @@ class Message:
 
     def for_publishing(self, **headers: Any) -> Message:
         """Return a copy without delivery fields, with `headers` merged in: what a republish sends."""
-        merged = {**self.headers, **headers} if headers else dict(self.headers)
+        own = self.headers or {}  # None from a caller who ignored the type: no headers, as over AMQP
+        merged = {**own, **headers} if headers else dict(own)
         return dataclasses.replace(
             self,
             headers=merged,

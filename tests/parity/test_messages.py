@@ -239,3 +239,20 @@ async def test_a_body_over_rabbitmqs_default_max_size_is_refused_and_the_publish
 
     memory, rabbit = await on_both(sides, scenario)
     assert memory == rabbit == ("refused", 1)
+
+
+async def test_headers_none_means_no_headers_on_both(sides: list[Side]) -> None:
+    """memory:// raised a raw TypeError ('NoneType' object is not iterable); AMQP delivered it with {}."""
+
+    async def scenario(side: Side) -> Any:
+        queue = await side.declare("q")
+        await side.publish(queue, "x", headers=None)
+        provider = side.broker.provider(queue)
+        await provider.start()
+        (message,) = await take(provider, 1)
+        await provider.ack(message)
+        await provider.close()
+        return message.headers
+
+    memory, rabbit = await on_both(sides, scenario)
+    assert memory == rabbit == {}
