@@ -40,6 +40,7 @@ class AckProcessor:
             keep_going = await self.inner(message)
         except Exception as exc:
             if getattr(exc, "leave_unsettled", False):  # a stop interrupted a held copy: redelivered
+                record_outcome(REQUEUED)  # what happens to it: a job tracker says retrying, not succeeded
                 raise
             requeue = self.requeue_on_error or bool(getattr(exc, "requeue", False))
             await self.provider.reject(message, requeue=requeue)

@@ -4,6 +4,7 @@ import contextlib
 
 import pytest
 
+from processors._republish import RepublishInterrupted
 from processors.ack import AckProcessor
 from processors.retry import RepublishFailed
 from swarrow import MemoryBroker, MemoryMessageProvider, Message
@@ -89,6 +90,23 @@ async def test_exception_with_truthy_requeue_attribute_requeues(memory_broker: M
     assert provider.rejected == [(message.delivery_tag, True)]
     again = provider.receive_nowait()
     assert again is not None and again.redelivered
+
+
+async def test_a_stop_during_a_held_copy_leaves_the_message_unsettled_and_says_requeued(
+    memory_broker: MemoryBroker,
+) -> None:
+    # Settled by nobody: the broker redelivers it when the channel closes. Before the outcome was
+    # recorded, a job tracker outside wrote the job as succeeded (no outcome after a caught error).
+    provider, message = await _deliver(memory_broker)
+
+    async def interrupted(message: Message) -> bool:
+        raise RepublishInterrupted("copy not confirmed before the stop")
+
+    reset_outcome()
+    with pytest.raises(RepublishInterrupted):
+        await AckProcessor(interrupted, provider=provider)(message)
+    assert provider.rejected == [] and provider.acked == []
+    assert get_outcome() == "requeued"
 
 
 async def test_keeps_an_outcome_recorded_by_inner_layers(memory_broker: MemoryBroker) -> None:
