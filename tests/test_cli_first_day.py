@@ -361,6 +361,17 @@ def test_print_settings_shows_how_values_were_understood_and_where_they_came_fro
     assert "s3cr3t" not in out and "prefetch = 100" in out and "# default" in out
 
 
+def test_print_settings_says_an_ack_batch_above_half_the_prefetch_is_lowered() -> None:
+    # Before: "ack_batch_size = 10" for --prefetch 10 --ack-batch-size 10, which runs with 5 (issue 12 #5).
+    result = invoke("consume", "tests.first_day_callbacks:ok", "-q", "jobs", "--prefetch", "10",
+                    "--ack-batch-size", "10", "--print-settings")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "ack_batch_size = 10 (uses 5: at most half the prefetch)" in result.output
+    fits = invoke("consume", "tests.first_day_callbacks:ok", "-q", "jobs", "--prefetch", "10",
+                  "--ack-batch-size", "5", "--print-settings")  # fmt: skip
+    assert "ack_batch_size = 5 " in fits.output and "uses" not in fits.output
+
+
 def test_print_settings_shows_every_node_of_a_cluster_url_list(tmp_path: Path) -> None:
     path = tmp_path / "swarrow.toml"
     path.write_text(

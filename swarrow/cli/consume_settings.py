@@ -207,12 +207,22 @@ def print_settings(settings: ConsumeSettings) -> None:
         if key in ("print_settings", "config_path"):
             continue
         value = settings.values[key]
-        lines.append((key, _understood(key, value), _origin(settings, key)))
+        shown = _understood(key, value)
+        if key == "ack_batch_size" and value is not None:
+            shown += _ack_batch_used(value, settings.values.get("prefetch"))
+        lines.append((key, shown, _origin(settings, key)))
     width = max(len(f"{k} = {v}") for k, v, _ in lines)
     if path := settings.values.get("config_path"):
         click.echo(f"# config file: {os.path.abspath(path)}")
     for key, shown, origin in lines:
         click.echo(f"{f'{key} = {shown}':<{width}}  # {origin}")
+
+
+def _ack_batch_used(batch: int, prefetch: object) -> str:
+    """What the consumer uses instead of a batch above half the prefetch (which would stall it)."""
+    if isinstance(prefetch, int) and batch > 1 and batch > prefetch // 2:
+        return f" (uses {max(1, prefetch // 2)}: at most half the prefetch)"
+    return ""
 
 
 def _origin(settings: ConsumeSettings, key: str) -> str:
