@@ -64,6 +64,7 @@ async def consume(
     ack_batch_size: int | None,
     ack_flush_ms: float | None,
     task_per_delivery: bool = False,
+    frame_per_read: bool = False,
 ) -> dict[str, Any]:
     broker = AmqpBroker(url)
     await broker.connect()
@@ -74,6 +75,7 @@ async def consume(
         options["ack_flush_interval"] = ack_flush_ms / 1000.0
     provider = broker.provider(queue, prefetch=prefetch, **options)
     provider.fast_delivery = not task_per_delivery
+    provider.bulk_intake = not frame_per_read
     publisher = broker.publisher()
     count = 0
 
@@ -86,8 +88,10 @@ async def consume(
     consumer = Consumer(provider, Stack(*layers, callback=callback), concurrency=concurrency, grace_period=30)
     try:
         started = time.perf_counter()
+        started_cpu = time.process_time()
         reason = await consumer.run()
         elapsed = time.perf_counter() - started
+        cpu = time.process_time() - started_cpu
     finally:
         await publisher.close()
         await broker.close()
@@ -97,11 +101,15 @@ async def consume(
         "rate": count / elapsed,
         "stop": reason.code,
         "stale_settlements": getattr(provider, "stale_settlements", 0),
+        "bulk_intake": bool(provider.fast_path and provider.fast_path.bulk_intake),
+        "cpu_us_per_message": round(cpu / max(count, 1) * 1e6, 1),
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--url", default=URL)
     parser.add_argument("--queue")
     parser.add_argument("--stack", choices=("callback", "default"), default="default")
@@ -111,7 +119,12 @@ def main() -> None:
     parser.add_argument("--ack-batch-size", type=int)
     parser.add_argument("--ack-flush-ms", type=float)
     parser.add_argument("--uvloop", action="store_true")
-    parser.add_argument("--task-per-delivery", action="store_true", help="aiormq's task per delivery (A/B check)")
+    parser.add_argument(
+        "--task-per-delivery", action="store_true", help="aiormq's task per delivery (A/B check)"
+    )
+    parser.add_argument(
+        "--frame-per-read", action="store_true", help="no bulk intake: aiormq reads each frame (A/B check)"
+    )
     parser.add_argument("--log-file", default=os.path.join(RESULTS, "consumer.log"))
     parser.add_argument("--profile", help="write a cProfile summary of the run to this file")
     args = parser.parse_args()
@@ -132,6 +145,7 @@ def main() -> None:
             ack_batch_size=args.ack_batch_size,
             ack_flush_ms=args.ack_flush_ms,
             task_per_delivery=args.task_per_delivery,
+            frame_per_read=args.frame_per_read,
         )
 
     async def go() -> dict[str, Any]:

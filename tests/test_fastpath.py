@@ -106,7 +106,7 @@ async def test_an_unsupported_aiormq_turns_both_tricks_off_and_says_so_once(
         assert channel.frames.maxsize == 10
         assert not is_inline(channel)  # type: ignore[arg-type]
     lines = [r.getMessage() for r in caplog.records if r.name == "swarrow.amqp.fastpath"]
-    assert len(lines) == 2  # one per trick, not one per channel
+    assert len(lines) == 3  # one per trick (reader, inline, bulk intake), not one per channel
     assert all("is off on aiormq" in line for line in lines)
 
 

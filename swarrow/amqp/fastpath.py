@@ -37,10 +37,13 @@ import aiormq.abc
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
+from swarrow.amqp.intake import Route, install_bulk_intake
+
 __all__ = [
     "AIORMQ_VERSION",
     "SUPPORTED",
     "FastPath",
+    "Route",
     "Take",
     "apply_fast_path",
     "is_inline",
@@ -76,15 +79,33 @@ class FastPath:
 
     reader_unbounded: bool
     inline_delivery: bool
+    bulk_route: Route | None = None  # the bulk intake's route for this channel (swarrow.amqp.intake)
+
+    @property
+    def bulk_intake(self) -> bool:
+        """True when the connection's reader takes this channel's deliveries in bulk."""
+        return self.bulk_route is not None
 
 
 def apply_fast_path(
-    underlay: aiormq.abc.AbstractChannel, take: Take, queue_name: str, *, inline: bool = True
+    underlay: aiormq.abc.AbstractChannel,
+    take: Take,
+    queue_name: str,
+    *,
+    inline: bool = True,
+    bulk: bool = True,
 ) -> FastPath:
-    """Apply both tricks to a fresh consumer channel; log once per process for each that stays off."""
+    """Apply the tricks to a fresh consumer channel; log once per process for each that stays off."""
+    route = None
+    if SUPPORTED and inline and bulk:
+        route = install_bulk_intake(underlay, take, queue_name, _close_channel)
     state = FastPath(
-        let_reader_run_ahead(underlay), inline and _install_inline_delivery(underlay, take, queue_name)
+        let_reader_run_ahead(underlay),
+        inline and _install_inline_delivery(underlay, take, queue_name, route),
+        route,
     )
+    if inline and bulk and route is None:
+        _report_off("bulk_intake", "each frame is read and decoded one at a time by aiormq and pamqp")
     if not state.reader_unbounded:
         _report_off("reader_unbounded", "the channel's frame queue stays capped at 10 frames")
     if inline and not state.inline_delivery:
@@ -136,8 +157,14 @@ def _close_channel(underlay: aiormq.abc.AbstractChannel, queue_name: str, why: s
     task.add_done_callback(_closing.discard)
 
 
-def _install_inline_delivery(underlay: aiormq.abc.AbstractChannel, take: Take, queue_name: str) -> bool:
-    """Take deliveries in aiormq's channel reader instead of a task per message."""
+def _install_inline_delivery(
+    underlay: aiormq.abc.AbstractChannel, take: Take, queue_name: str, route: Route | None
+) -> bool:
+    """Take deliveries in aiormq's channel reader instead of a task per message.
+
+    With the bulk intake on, this handler takes only the deliveries the connection reader let
+    through; `route.busy` tells the reader not to take one itself meanwhile (order).
+    """
     frames = getattr(underlay, "frames", None)
     if not SUPPORTED or not isinstance(frames, asyncio.Queue) or not hasattr(underlay, "_on_deliver_frame"):
         return False
@@ -148,6 +175,16 @@ def _install_inline_delivery(underlay: aiormq.abc.AbstractChannel, take: Take, q
         return item[1]
 
     async def on_deliver_frame(frame: Any) -> None:
+        if route is None:
+            await take_delivery(frame)
+            return
+        route.busy = True
+        try:
+            await take_delivery(frame)
+        finally:
+            route.busy = False
+
+    async def take_delivery(frame: Any) -> None:
         header = await next_frame()
         if not isinstance(header, ContentHeader):
             _close_channel(

@@ -111,6 +111,7 @@ class AmqpMessageProvider(DeliveryBuffer, Settlement):
         self._recovery: asyncio.Task[None] | None = None
         self.stale_settlements = 0
         self.fast_delivery = True  # False: aiormq's task-per-delivery consumer callback (benchmarks)
+        self.bulk_intake = True  # False: aiormq reads and decodes each frame (benchmarks' A/B)
         self.fast_path: FastPath | None = None  # what the fast path managed on the current channel
         self.slow_deliveries = 0  # taken through aiormq's consumer callback: 0 while the fast path works
         self.delivered = 0  # deliveries taken, ever (progress for the stall watch)
@@ -238,7 +239,11 @@ class AmqpMessageProvider(DeliveryBuffer, Settlement):
             underlay.on_consumer_cancel_callbacks.add(self._on_cancel)
             underlay.closing.add_done_callback(functools.partial(self._on_channel_closed, underlay))
             self.fast_path = apply_fast_path(
-                underlay, self._take, self._queue_name, inline=self.fast_delivery
+                underlay,
+                self._take,
+                self._queue_name,
+                inline=self.fast_delivery,
+                bulk=self.bulk_intake,
             )
             if dropped or unflushed:
                 self.stale_settlements += unflushed

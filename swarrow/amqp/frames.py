@@ -1,0 +1,212 @@
+"""Decode one delivery's `basic.deliver` and content header straight from the wire bytes.
+
+Why not pamqp: its generic decoder walks each class's slots, looks every field's type up by name and
+copies the remaining bytes at every step; for the two frames every consumed message carries that is
+most of the consumer's CPU (README "Performance"). These two decoders know the fixed layouts, read
+with `struct.unpack_from` at offsets, and build objects with pamqp's attribute names, so the provider
+takes them exactly as it takes pamqp's. The rare parts stay pamqp's: header tables
+(`pamqp.decode.field_table`) and timestamps (`pamqp.decode.timestamp`), so their values are pamqp's by
+construction. `tests/test_frames.py` decodes generated frames with both and compares every field.
+
+Malformed input raises `FrameError` (a `ValueError`): the caller closes the channel, never guesses.
+"""
+
+from __future__ import annotations
+
+import datetime
+import struct
+from typing import Any, Final
+
+from pamqp import decode
+
+__all__ = [
+    "DELIVER_PREFIX",
+    "FRAME_END",
+    "FRAME_HEAD",
+    "Deliver",
+    "FrameError",
+    "Properties",
+    "decode_content_header",
+    "decode_deliver",
+]
+
+#: type (1 method, 2 header, 3 body, 8 heartbeat), channel, payload size; the payload; then FRAME_END.
+FRAME_HEAD: Final = struct.Struct(">BHI")
+FRAME_END: Final = 0xCE
+#: The first four payload bytes of a `basic.deliver` method frame: class 60, method 60.
+DELIVER_PREFIX: Final = b"\x00\x3c\x00\x3c"
+
+_U64: Final = struct.Struct(">Q")
+_HEADER: Final = struct.Struct(">HHQH")  # class id, weight, body size, first property-flags word
+_U16: Final = struct.Struct(">H")
+
+#: What the decoders read from: a frame's bytes, or the bulk intake's buffer.
+Buffer = bytes | bytearray
+
+
+class FrameError(ValueError):
+    """A delivery's frames do not decode: the channel carrying them must be closed."""
+
+
+class Deliver:
+    """The fields of `basic.deliver` the provider reads (pamqp's `Basic.Deliver` names)."""
+
+    __slots__ = ("consumer_tag", "delivery_tag", "exchange", "redelivered", "routing_key")
+
+    def __init__(
+        self, consumer_tag: str, delivery_tag: int, redelivered: bool, exchange: str, routing_key: str
+    ) -> None:
+        self.consumer_tag = consumer_tag
+        self.delivery_tag = delivery_tag
+        self.redelivered = redelivered
+        self.exchange = exchange
+        self.routing_key = routing_key
+
+
+class Properties:
+    """A message's basic properties (pamqp's `Basic.Properties` names; absent ones are None)."""
+
+    __slots__ = (
+        "app_id",
+        "cluster_id",
+        "content_encoding",
+        "content_type",
+        "correlation_id",
+        "delivery_mode",
+        "expiration",
+        "headers",
+        "message_id",
+        "message_type",
+        "priority",
+        "reply_to",
+        "timestamp",
+        "user_id",
+    )
+
+    content_type: str | None
+    content_encoding: str | None
+    headers: dict[str, Any] | None
+    delivery_mode: int | None
+    priority: int | None
+    correlation_id: str | None
+    reply_to: str | None
+    expiration: str | None
+    message_id: str | None
+    timestamp: datetime.datetime | None
+    message_type: str | None
+    user_id: str | None
+    app_id: str | None
+    cluster_id: str
+
+
+def _shortstr(data: Buffer, offset: int, end: int) -> tuple[str, int]:
+    if offset >= end:
+        raise FrameError("a short string runs past the end of its frame")
+    stop = offset + 1 + data[offset]
+    if stop > end:
+        raise FrameError("a short string runs past the end of its frame")
+    try:
+        return data[offset + 1 : stop].decode("utf-8"), stop
+    except UnicodeDecodeError as exc:
+        raise FrameError(f"a short string is not UTF-8: {exc}") from None
+
+
+def decode_deliver(data: Buffer, start: int, end: int) -> Deliver:
+    """Decode the `basic.deliver` payload in `data[start:end]` (its first 4 bytes are DELIVER_PREFIX)."""
+    consumer_tag, offset = _shortstr(data, start + 4, end)
+    if offset + 9 > end:
+        raise FrameError("basic.deliver is truncated")
+    (delivery_tag,) = _U64.unpack_from(data, offset)
+    redelivered = bool(data[offset + 8] & 1)
+    exchange, offset = _shortstr(data, offset + 9, end)
+    routing_key, offset = _shortstr(data, offset, end)
+    return Deliver(consumer_tag, delivery_tag, redelivered, exchange, routing_key)
+
+
+def decode_content_header(data: Buffer, start: int, end: int) -> tuple[int, Properties]:
+    """Decode a content header payload in `data[start:end]`: (body size, properties)."""
+    if start + 14 > end:
+        raise FrameError("a content header is truncated")
+    _class_id, _weight, body_size, flags = _HEADER.unpack_from(data, start)
+    offset = start + 14
+    more = flags & 1
+    while more:  # continuation flag words: no basic property lives there, but skip them as pamqp does
+        if offset + 2 > end:
+            raise FrameError("content header flags are truncated")
+        (more,) = _U16.unpack_from(data, offset)
+        more &= 1
+        offset += 2
+    p = Properties()
+    if flags & 0x8000:
+        p.content_type, offset = _shortstr(data, offset, end)
+    else:
+        p.content_type = None
+    if flags & 0x4000:
+        p.content_encoding, offset = _shortstr(data, offset, end)
+    else:
+        p.content_encoding = None
+    if flags & 0x2000:
+        try:
+            consumed, table = decode.field_table(bytes(data[offset:end]))
+        except (ValueError, UnicodeDecodeError, IndexError) as exc:
+            raise FrameError(f"the headers table does not decode: {exc}") from None
+        p.headers = table
+        offset += consumed
+    else:
+        p.headers = None
+    if flags & 0x1000:
+        if offset >= end:
+            raise FrameError("delivery_mode is truncated")
+        p.delivery_mode = data[offset]
+        offset += 1
+    else:
+        p.delivery_mode = None
+    if flags & 0x0800:
+        if offset >= end:
+            raise FrameError("priority is truncated")
+        p.priority = data[offset]
+        offset += 1
+    else:
+        p.priority = None
+    if flags & 0x0400:
+        p.correlation_id, offset = _shortstr(data, offset, end)
+    else:
+        p.correlation_id = None
+    if flags & 0x0200:
+        p.reply_to, offset = _shortstr(data, offset, end)
+    else:
+        p.reply_to = None
+    if flags & 0x0100:
+        p.expiration, offset = _shortstr(data, offset, end)
+    else:
+        p.expiration = None
+    if flags & 0x0080:
+        p.message_id, offset = _shortstr(data, offset, end)
+    else:
+        p.message_id = None
+    if flags & 0x0040:
+        if offset + 8 > end:
+            raise FrameError("timestamp is truncated")
+        p.timestamp = decode.timestamp(bytes(data[offset : offset + 8]))[1]
+        offset += 8
+    else:
+        p.timestamp = None
+    if flags & 0x0020:
+        p.message_type, offset = _shortstr(data, offset, end)
+    else:
+        p.message_type = None
+    if flags & 0x0010:
+        p.user_id, offset = _shortstr(data, offset, end)
+    else:
+        p.user_id = None
+    if flags & 0x0008:
+        p.app_id, offset = _shortstr(data, offset, end)
+    else:
+        p.app_id = None
+    if flags & 0x0004:
+        p.cluster_id, offset = _shortstr(data, offset, end)
+    else:
+        p.cluster_id = ""
+    if offset > end:
+        raise FrameError("the content header's properties run past its frame")
+    return body_size, p
