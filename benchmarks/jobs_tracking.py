@@ -40,9 +40,7 @@ from swarrow.amqp import AmqpBroker
 from swarrow.control import ConsumerControl
 from swarrow.jobs import JobStore
 
-DEFAULT_PG = os.environ.get(
-    "SWARROW_TEST_POSTGRES_URL", "postgresql://swarrow:swarrow@127.0.0.1:55432/swarrow"
-)
+DEFAULT_PG = os.environ.get("SWARROW_TEST_POSTGRES_URL", "postgresql://swarrow:swarrow@127.0.0.1:55432/swarrow")
 SCHEMA = "bench_jobs"
 
 
@@ -117,9 +115,7 @@ async def in_memory(kind: str, count: int, repeat: int, pg_url: str | None, tmp:
             for n, message in enumerate(batch):
                 await processor(message)
                 if n % 100 == 99:
-                    await (
-                        anyio.lowlevel.checkpoint()
-                    )  # let the flusher (and the ack flusher) run, as a real loop would
+                    await anyio.lowlevel.checkpoint()  # let the flusher (and the ack flusher) run, as a real loop would
             cpu, wall = time.thread_time() - cpu0, time.perf_counter() - wall0
         await provider.close()
         best_cpu, best_wall = min(best_cpu, cpu), min(best_wall, wall)
@@ -189,9 +185,7 @@ async def postgres_reachable(url: str) -> bool:
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
     from swarrow.logs import configure_logging
 
-    configure_logging(
-        "INFO", "text", stream=open(os.path.join(RESULTS, "jobs_tracking.log"), "w", buffering=1 << 16)
-    )  # noqa: SIM115, ASYNC230
+    configure_logging("INFO", "text", stream=open(os.path.join(RESULTS, "jobs_tracking.log"), "w", buffering=1 << 16))  # noqa: SIM115, ASYNC230
     kinds = ["none", "sqlite"]
     pg_url = args.postgres_url
     if await postgres_reachable(pg_url):
@@ -212,12 +206,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 rates[k].append(await on_broker(k, args.messages, pg_url, tmp))
     medians = {k: statistics.median(v) for k, v in rates.items()}
     result["broker"] = {
-        k: {
-            "median": medians[k],
-            "min": min(rates[k]),
-            "max": max(rates[k]),
-            "ratio": medians[k] / medians["none"],
-        }
+        k: {"median": medians[k], "min": min(rates[k]), "max": max(rates[k]), "ratio": medians[k] / medians["none"]}
         for k in kinds
     }
     logging.getLogger().handlers.clear()
@@ -225,9 +214,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--memory-messages", type=int, default=20_000)

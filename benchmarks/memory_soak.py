@@ -38,14 +38,8 @@ async def soak(messages: int, every: int, concurrency: int, clear_settled_log: b
     broker.declare_queue_nowait("soak")
     provider = broker.provider("soak", prefetch=max(100, concurrency))
     layers = default_stack(
-        provider=provider,
-        publisher=broker.publisher(),
-        max_runtime=3600.0,
-        max_messages=messages,
-        memory_limit=4096.0,
-        metrics=True,
-        registry=CollectorRegistry(),
-        log=True,
+        provider=provider, publisher=broker.publisher(), max_runtime=3600.0, max_messages=messages,
+        memory_limit=4096.0, metrics=True, registry=CollectorRegistry(), log=True,
     )
     samples: list[tuple[int, float]] = []
     count = 0
@@ -94,9 +88,7 @@ async def soak(messages: int, every: int, concurrency: int, clear_settled_log: b
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--every", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=10)
@@ -104,9 +96,7 @@ def main() -> None:
         "--keep-ack-log", action="store_true", help="leave MemoryMessageProvider.acked growing (measures it)"
     )
     args = parser.parse_args()
-    emit(
-        anyio.run(soak, args.messages, args.every, args.concurrency, not args.keep_ack_log, backend="asyncio")
-    )
+    emit(anyio.run(soak, args.messages, args.every, args.concurrency, not args.keep_ack_log, backend="asyncio"))
 
 
 if __name__ == "__main__":

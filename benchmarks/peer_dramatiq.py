@@ -49,10 +49,7 @@ async def publish(url: str, queue: str, bodies: list[bytes], *, window: int = 20
         started = time.perf_counter()
         for i in range(0, len(bodies), window):
             confirms = await asyncio.gather(
-                *(
-                    channel.basic_publish(b, routing_key=queue, properties=properties)
-                    for b in bodies[i : i + window]
-                )
+                *(channel.basic_publish(b, routing_key=queue, properties=properties) for b in bodies[i : i + window])
             )
             if not all(isinstance(c, Basic.Ack) for c in confirms):
                 raise RuntimeError("the broker nacked a benchmark message")
@@ -151,19 +148,13 @@ async def delete_all(url: str, queue: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default=URL)
     parser.add_argument("--queue", help="base name for dramatiq's queues (default: a fresh unique name)")
     parser.add_argument("--messages", type=int, default=50_000)
-    parser.add_argument(
-        "--prefetch", type=int, default=1000, help="dramatiq_queue_prefetch (0: dramatiq's default)"
-    )
+    parser.add_argument("--prefetch", type=int, default=1000, help="dramatiq_queue_prefetch (0: dramatiq's default)")
     parser.add_argument("--threads", type=int, default=8)
-    parser.add_argument(
-        "--timeout", type=float, help="give up after this many seconds (default: N/500, min 60)"
-    )
+    parser.add_argument("--timeout", type=float, help="give up after this many seconds (default: N/500, min 60)")
     args = parser.parse_args()
     timeout = args.timeout or max(60.0, args.messages / 500)
     queue = args.queue or unique_queue("dramatiq")

@@ -26,9 +26,7 @@ from _common import URL, emit, run_loop, standalone
 from faststream.rabbit import Channel, RabbitBroker, RabbitQueue
 
 
-async def consume(
-    url: str, queue: str, messages: int, prefetch: int, *, log: bool, timeout: float
-) -> dict[str, Any]:
+async def consume(url: str, queue: str, messages: int, prefetch: int, *, log: bool, timeout: float) -> dict[str, Any]:
     broker = RabbitBroker(url) if log else RabbitBroker(url, logger=None)
     done = asyncio.Event()
     count = 0
@@ -55,9 +53,7 @@ async def consume(
         elapsed = time.perf_counter() - started
         if count != messages:
             # The queue held exactly N: more means redeliveries, after a connection was lost mid-run.
-            raise SystemExit(
-                f"peer_faststream: handled {count:,} deliveries of {messages:,} messages: redeliveries"
-            )
+            raise SystemExit(f"peer_faststream: handled {count:,} deliveries of {messages:,} messages: redeliveries")
     finally:
         await broker.stop()  # a no-op after a clean stop; closes the connection after a failure
     return {
@@ -70,17 +66,13 @@ async def consume(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default=URL)
     parser.add_argument("--queue")
     parser.add_argument("--messages", type=int, default=50_000)
     parser.add_argument("--prefetch", type=int, default=1000)
     parser.add_argument("--log", action="store_true", help="FastStream's default INFO logging (to stdout)")
-    parser.add_argument(
-        "--timeout", type=float, help="give up after this many seconds (default: N/500, min 60)"
-    )
+    parser.add_argument("--timeout", type=float, help="give up after this many seconds (default: N/500, min 60)")
     args = parser.parse_args()
     timeout = args.timeout or max(60.0, args.messages / 500)
 

@@ -34,9 +34,7 @@ async def raw_publish(url: str, queue: str, messages: int, window: int) -> float
             while next_n < messages:
                 next_n += 1
                 await exchange.publish(
-                    aio_pika.Message(
-                        BODY, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, message_id=str(next_n)
-                    ),
+                    aio_pika.Message(BODY, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, message_id=str(next_n)),
                     routing_key=queue,
                     mandatory=True,
                 )
@@ -53,26 +51,9 @@ def cli_publish(url: str, queue: str, messages: int, window: int) -> float:
     declare = asyncio.run(_declare(url, queue))
     assert declare
     out = subprocess.run(
-        [
-            swarrow,
-            "publish",
-            "--queue",
-            queue,
-            "--body",
-            BODY.decode(),
-            "--count",
-            str(messages),
-            "--persistent",
-            "--window",
-            str(window),
-            "--url",
-            url,
-            "--no-progress",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=max(60, messages / 500),
-        check=True,
+        [swarrow, "publish", "--queue", queue, "--body", BODY.decode(), "--count", str(messages),
+         "--persistent", "--window", str(window), "--url", url, "--no-progress"],
+        capture_output=True, text=True, timeout=max(60, messages / 500), check=True,
     )
     found = re.search(r"in ([0-9.]+) s", out.stdout + out.stderr)
     if found is None:
@@ -103,9 +84,7 @@ def measure(which: str, url: str, messages: int, window: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default=URL)
     parser.add_argument("--messages", type=int, default=50_000)
     parser.add_argument("--window", type=int, default=100)

@@ -78,20 +78,13 @@ def parse_list(text: str) -> list[int]:
 
 
 def build_variants(
-    prefetches: list[int],
-    concurrencies: list[int],
-    quick: bool,
-    peers_python: str | None,
-    peer_messages: int | None,
+    prefetches: list[int], concurrencies: list[int], quick: bool, peers_python: str | None, peer_messages: int | None
 ) -> list[Variant]:
     """Raw baselines first in each prefetch group, then swarrow (b) and (c) at each concurrency; peers last."""
     variants: list[Variant] = []
     for p in prefetches:
         variants.append(Variant(f"aiopika/p{p}", "raw aio-pika, ack each", "raw_aiopika.py", [], p))
-        for kind, name in (
-            ("callback", "(b) swarrow ack+callback"),
-            ("default", "(c) swarrow default stack"),
-        ):
+        for kind, name in (("callback", "(b) swarrow ack+callback"), ("default", "(c) swarrow default stack")):
             for c in concurrencies:
                 if c > p:
                     continue  # the consumer refuses concurrency > prefetch
@@ -101,37 +94,18 @@ def build_variants(
         if p == 1000:
             if quick:
                 variants.append(
-                    Variant(
-                        "aiormq/p1000/single",
-                        "raw aiormq, ack each",
-                        "raw_aiormq.py",
-                        ["--ack-every", "1"],
-                        p,
-                    )
+                    Variant("aiormq/p1000/single", "raw aiormq, ack each", "raw_aiormq.py", ["--ack-every", "1"], p)
                 )
             variants.append(
-                Variant(
-                    "aiormq/p1000/m100",
-                    "raw aiormq, multiple every 100",
-                    "raw_aiormq.py",
-                    ["--ack-every", "100"],
-                    p,
-                )
+                Variant("aiormq/p1000/m100", "raw aiormq, multiple every 100", "raw_aiormq.py", ["--ack-every", "100"], p)
             )
-            variants.append(
-                Variant("aiopika/p1000/uv", "raw aio-pika, ack each", "raw_aiopika.py", [], p, uvloop=True)
-            )
+            variants.append(Variant("aiopika/p1000/uv", "raw aio-pika, ack each", "raw_aiopika.py", [], p, uvloop=True))
             uv_concurrency = [c for c in (concurrencies if quick else [10]) if c <= p]
             for c in uv_concurrency:
                 variants.append(
                     Variant(
-                        f"default/p{p}/c{c}/uv",
-                        "(c) swarrow default stack",
-                        "swarrow_consumer.py",
-                        ["--stack", "default"],
-                        p,
-                        c,
-                        uvloop=True,
+                        f"default/p{p}/c{c}/uv", "(c) swarrow default stack", "swarrow_consumer.py",
+                        ["--stack", "default"], p, c, uvloop=True,
                     )
                 )
             if peers_python is not None:
@@ -143,26 +117,13 @@ def peer_variants(python: str, messages: int | None) -> list[Variant]:
     """FastStream (quiet: its INFO logging costs ~25%, see `peer_faststream.py --log`) and dramatiq at prefetch 1000."""
     return [
         Variant(
-            "faststream/p1000",
-            "FastStream subscriber, quiet",
-            "peer_faststream.py",
-            [],
-            1000,
-            python=python,
-            messages=messages,
+            "faststream/p1000", "FastStream subscriber, quiet", "peer_faststream.py", [], 1000,
+            python=python, messages=messages,
         ),
         Variant(
-            "dramatiq/p1000/t8",
-            "dramatiq worker, 8 threads",
-            "peer_dramatiq.py",
-            ["--threads", "8"],
-            1000,
-            concurrency=8,
-            python=python,
-            messages=messages,
-            fills_own_queue=True,
-            queue_suffixes=("", ".DQ", ".XQ"),
-            loop="8 threads",
+            "dramatiq/p1000/t8", "dramatiq worker, 8 threads", "peer_dramatiq.py", ["--threads", "8"], 1000,
+            concurrency=8, python=python, messages=messages, fills_own_queue=True,
+            queue_suffixes=("", ".DQ", ".XQ"), loop="8 threads",
         ),
     ]
 
@@ -177,9 +138,7 @@ def peers_unavailable(python: str) -> str | None:
     try:
         out = subprocess.run(
             [python, "-c", "import faststream.rabbit, dramatiq.brokers.rabbitmq"],
-            capture_output=True,
-            timeout=60,
-            check=False,
+            capture_output=True, timeout=60, check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"{where}: {exc}"
@@ -187,9 +146,7 @@ def peers_unavailable(python: str) -> str | None:
         lines = out.stderr.decode(errors="replace").strip().splitlines() or [f"exit code {out.returncode}"]
         # No stamp: the install failed and make retries it; a stamp: the venv broke after it was built.
         fix = f"rm -rf {where} && " if os.path.exists(os.path.join(venv, ".install-stamp")) else ""
-        return (
-            f"{where} cannot import faststream and dramatiq ({lines[-1][:160]}): `{fix}make bench-peers-env`"
-        )
+        return f"{where} cannot import faststream and dramatiq ({lines[-1][:160]}): `{fix}make bench-peers-env`"
     return None
 
 
@@ -199,19 +156,8 @@ async def one_run(variant: Variant, messages: int, timeout: float) -> None:
     try:
         if not variant.fills_own_queue:
             await fill_queue(URL, queue, messages)
-        cmd = [
-            variant.python,
-            os.path.join(ROOT, variant.script),
-            "--url",
-            URL,
-            "--queue",
-            queue,
-            "--messages",
-            str(messages),
-            "--prefetch",
-            str(variant.prefetch),
-            *variant.args,
-        ]
+        cmd = [variant.python, os.path.join(ROOT, variant.script), "--url", URL, "--queue", queue,
+               "--messages", str(messages), "--prefetch", str(variant.prefetch), *variant.args]
         if variant.python != PY:
             # A peer gives up (and says so) before run.py kills it.
             cmd += ["--timeout", str(max(30.0, timeout - 20))]
@@ -328,9 +274,7 @@ def run_script(args: list[str], timeout: float) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="N=5,000, 1 run, prefetch 1000, concurrency 10")
     parser.add_argument("--messages", type=int)
     parser.add_argument("--runs", type=int)
@@ -339,13 +283,9 @@ def main() -> None:
     parser.add_argument("--only", default="e2e,layers,memory,publish")
     parser.add_argument("--soak-messages", type=int)
     parser.add_argument("--no-peers", action="store_true", help="leave out the FastStream and dramatiq peers")
+    parser.add_argument("--peer-messages", type=int, default=20_000, help="peers consume min(N, this) (default 20,000)")
     parser.add_argument(
-        "--peer-messages", type=int, default=20_000, help="peers consume min(N, this) (default 20,000)"
-    )
-    parser.add_argument(
-        "--peers-python",
-        default=PEERS_PY,
-        help="the peers' interpreter (default: $SWARROW_PEERS_PYTHON, else benchmarks/.venv-peers)",
+        "--peers-python", default=PEERS_PY, help="the peers' interpreter (default: $SWARROW_PEERS_PYTHON, else benchmarks/.venv-peers)"
     )
     args = parser.parse_args()
     quick = args.quick
@@ -367,17 +307,9 @@ def main() -> None:
     )
     print(header, flush=True)
     if load >= 1.0:
-        print(
-            f"warning: load average {load:.2f} >= 1.0: other work is running, figures are noisy", flush=True
-        )
+        print(f"warning: load average {load:.2f} >= 1.0: other work is running, figures are noisy", flush=True)
     report: list[str] = [header, ""]
-    results: dict[str, Any] = {
-        "date": when,
-        "cores": os.cpu_count(),
-        "messages": messages,
-        "runs": runs,
-        "soak": results_soak,
-    }
+    results: dict[str, Any] = {"date": when, "cores": os.cpu_count(), "messages": messages, "runs": runs, "soak": results_soak}
 
     if "e2e" in parts:
         peers_python: str | None = os.path.abspath(args.peers_python)  # the scripts run with cwd=benchmarks/
@@ -391,42 +323,21 @@ def main() -> None:
         for r in range(runs):
             for v in variants:
                 run_async(one_run(v, messages, timeout))
-                print(
-                    f"  run {r + 1}/{runs} {v.key}: {fmt_rate(v.rates[-1]) if v.rates else v.errors[-1]}",
-                    flush=True,
-                )
+                print(f"  run {r + 1}/{runs} {v.key}: {fmt_rate(v.rates[-1]) if v.rates else v.errors[-1]}", flush=True)
         table = e2e_table(variants)
         report += ["End to end against RabbitMQ (msg/s consumed and acked):", "", *table, ""]
         report += peers_table(variants, messages, peers_skipped)
         results["e2e"] = [
-            {
-                "key": v.key,
-                "label": v.label,
-                "prefetch": v.prefetch,
-                "concurrency": v.concurrency,
-                "uvloop": v.uvloop,
-                "messages": v.messages or messages,
-                "library": v.library,
-                "rates": v.rates,
-                "median": v.median,
-                "errors": v.errors,
-            }
+            {"key": v.key, "label": v.label, "prefetch": v.prefetch, "concurrency": v.concurrency,
+             "uvloop": v.uvloop, "messages": v.messages or messages, "library": v.library,
+             "rates": v.rates, "median": v.median, "errors": v.errors}
             for v in variants
         ]
         results["peers_skipped"] = peers_skipped
 
     if "layers" in parts:
         print("  layers (in memory)…", flush=True)
-        lay = run_script(
-            [
-                "layers.py",
-                "--messages",
-                str(50_000 if quick else 200_000),
-                "--repeat",
-                str(3 if quick else 5),
-            ],
-            300,
-        )
+        lay = run_script(["layers.py", "--messages", str(50_000 if quick else 200_000), "--repeat", str(3 if quick else 5)], 300)
         results["layers"] = lay
         report += [
             "Per-layer overhead, in memory (µs per message, best of repeats; no broker, no consumer loop):",
@@ -459,9 +370,7 @@ def main() -> None:
         rates: dict[str, list[float]] = {"raw": [], "cli": []}
         for r in range(runs):
             for which in ("raw", "cli"):
-                out = run_script(
-                    ["publish.py", "--messages", str(pub_n), "--which", which, "--url", URL], 300
-                )
+                out = run_script(["publish.py", "--messages", str(pub_n), "--which", which, "--url", URL], 300)
                 rates[which].append(out["rate"])
                 print(f"  run {r + 1}/{runs} publish/{which}: {fmt_rate(out['rate'])}", flush=True)
         results["publish"] = rates

@@ -1,0 +1,240 @@
+"""The bulk intake's frame receiver on a real asyncio stream: whole deliveries taken in order, everything
+else handed to aiormq in order, and a malformed delivery closing only its channel.
+
+The connection and channel here are stand-ins holding the three attributes the receiver reads;
+tests/integration/test_fastpath_rabbitmq.py runs the same receiver on aiormq and RabbitMQ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Any
+
+import pamqp.frame
+import pytest
+from aiormq.connection import FrameReceiver
+from aiormq.exceptions import AMQPConnectionError, InvalidFrameError
+from pamqp import commands
+from pamqp.body import ContentBody
+from pamqp.header import ContentHeader
+from pamqp.heartbeat import Heartbeat
+
+from swarrow.amqp.intake import BulkFrameReceiver, Route, become_bulk
+
+pytestmark = pytest.mark.anyio
+
+FRAME_MAX_BODY = 1000  # body frames cut at this size, as a broker does at frame_max
+
+
+class Channel:
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.frames: asyncio.Queue[Any] = asyncio.Queue()
+
+
+class Connection:
+    def __init__(self, *channels: Channel) -> None:
+        self.channels = {c.number: c for c in channels}
+        self._Connection__last_frame_time = 0.0
+
+
+def delivery(channel: int, tag: int, body: bytes, **properties: Any) -> bytes:
+    frames = pamqp.frame.marshal(
+        commands.Basic.Deliver(f"ctag{channel}", tag, tag % 2 == 0, "ex", "rk"), channel
+    )
+    frames += pamqp.frame.marshal(
+        ContentHeader(0, len(body), commands.Basic.Properties(**properties)), channel
+    )
+    for start in range(0, len(body), FRAME_MAX_BODY):
+        frames += pamqp.frame.marshal(ContentBody(body[start : start + FRAME_MAX_BODY]), channel)
+    return frames
+
+
+class Harness:
+    def __init__(self) -> None:
+        self.reader = asyncio.StreamReader()
+        self.one, self.two = Channel(1), Channel(2)
+        self.connection = Connection(self.one, self.two)
+        receiver = become_bulk(FrameReceiver(self.reader), self.connection)
+        assert isinstance(receiver, BulkFrameReceiver)
+        self.receiver = receiver
+        self.taken: list[tuple[Any, Any, bytes]] = []
+        self.closed: list[str] = []
+        self.route = Route(self.one, self.take, "q", self.close)  # type: ignore[arg-type]
+        receiver._swarrow_routes[1] = self.route
+
+    def take(self, deliver: Any, properties: Any, body: bytes, channel: Any) -> None:
+        assert channel is self.one
+        self.taken.append((deliver, properties, body))
+
+    def close(self, channel: Any, queue: str, why: str) -> None:
+        self.closed.append(why)
+
+    async def frames_until_eof(self) -> list[Any]:
+        returned = []
+        while True:
+            try:
+                _, number, frame = await self.receiver.get_frame()
+            except StopAsyncIteration:
+                return returned
+            returned.append((number, type(frame).__name__))
+
+
+async def test_deliveries_cut_anywhere_are_taken_whole_and_in_order() -> None:
+    h = Harness()
+    rng = random.Random(21)
+    expected = []
+    stream = b""
+    for tag in range(1, 41):
+        body = rng.randbytes(rng.choice([0, 1, 100, 999, 1000, 1001, 3500]))
+        headers = {"n": tag, "nested": {"list": [tag, "x"]}} if tag % 3 else None
+        stream += delivery(1, tag, body, message_id=f"m{tag}", headers=headers, delivery_mode=2)
+        expected.append((tag, body, f"m{tag}", headers))
+        if tag % 10 == 0:  # other traffic between deliveries: handed to aiormq, in order
+            stream += pamqp.frame.marshal(Heartbeat(), 0) + pamqp.frame.marshal(commands.Basic.QosOk(), 2)
+    reading = asyncio.get_running_loop().create_task(h.frames_until_eof())
+    position = 0
+    while position < len(stream):
+        size = rng.randint(1, 700)
+        h.reader.feed_data(stream[position : position + size])
+        position += size
+        await asyncio.sleep(0)
+    h.reader.feed_eof()
+    returned = await asyncio.wait_for(reading, 10)
+    assert returned == [(0, "Heartbeat"), (2, "QosOk")] * 4
+    got = [(d.delivery_tag, body, p.message_id, p.headers) for d, p, body in h.taken]
+    assert got == expected
+    assert all(d.redelivered == (d.delivery_tag % 2 == 0) for d, _, _ in h.taken)
+    assert h.route.taken == 40 and not h.closed
+    assert h.connection._Connection__last_frame_time > 0  # aiormq's heartbeat watchdog is fed
+
+
+@pytest.mark.parametrize("why", ["busy", "queued"])
+async def test_a_channel_whose_reader_is_behind_gets_its_delivery_the_aiormq_way(why: str) -> None:
+    h = Harness()
+    if why == "busy":
+        h.route.busy = True  # the inline handler is between a delivery's frames
+    else:
+        h.one.frames.put_nowait((0, commands.Basic.ConsumeOk("ctag1")))  # not yet read by the channel
+    h.reader.feed_data(delivery(1, 1, b"x" * 1500))
+    h.reader.feed_eof()
+    assert await h.frames_until_eof() == [
+        (1, "Deliver"),
+        (1, "ContentHeader"),
+        (1, "ContentBody"),
+        (1, "ContentBody"),
+    ]
+    assert h.taken == []
+
+
+async def test_a_delivery_interleaved_with_another_channel_goes_the_aiormq_way_in_order() -> None:
+    h = Harness()
+    frames = delivery(1, 1, b"body")
+    deliver_end = 7 + int.from_bytes(frames[3:7], "big") + 1
+    h.reader.feed_data(
+        frames[:deliver_end] + pamqp.frame.marshal(commands.Basic.QosOk(), 2) + frames[deliver_end:]
+    )
+    h.reader.feed_data(delivery(2, 5, b"other channel, no route"))
+    h.reader.feed_eof()
+    assert await h.frames_until_eof() == [
+        (1, "Deliver"),
+        (2, "QosOk"),
+        (1, "ContentHeader"),
+        (1, "ContentBody"),
+        (2, "Deliver"),
+        (2, "ContentHeader"),
+        (2, "ContentBody"),
+    ]
+    assert h.taken == []
+
+
+async def test_a_delivery_for_a_channel_aiormq_no_longer_has_is_not_taken() -> None:
+    h = Harness()
+    del h.connection.channels[1]
+    h.reader.feed_data(delivery(1, 1, b"late"))
+    h.reader.feed_eof()
+    assert [name for _, name in await h.frames_until_eof()] == ["Deliver", "ContentHeader", "ContentBody"]
+    assert h.taken == []
+
+
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [
+        (
+            pamqp.frame.marshal(commands.Basic.Deliver("ctag1", 1, False, "", "q"), 1)
+            + pamqp.frame.marshal(ContentBody(b"no header"), 1),
+            "a frame of type 3 instead of a content header",
+        ),
+        (
+            pamqp.frame.marshal(commands.Basic.Deliver("ctag1", 1, False, "", "q"), 1)
+            + pamqp.frame.marshal(ContentHeader(0, 10, commands.Basic.Properties()), 1)
+            + pamqp.frame.marshal(ContentBody(b"12345"), 1)
+            + pamqp.frame.marshal(commands.Basic.Deliver("ctag1", 2, False, "", "q"), 1),
+            "a frame of type 1 after 5 of 10 body bytes",
+        ),
+        (
+            pamqp.frame.marshal(commands.Basic.Deliver("ctag1", 1, False, "", "q"), 1)
+            + pamqp.frame.marshal(ContentHeader(0, 3, commands.Basic.Properties()), 1)
+            + pamqp.frame.marshal(ContentBody(b"12345"), 1),
+            "5 body bytes where the header announced 3",
+        ),
+        (
+            pamqp.frame.marshal(commands.Basic.Deliver("ctag1", 1, False, "", "q"), 1)[:-1]
+            + b"\x00"
+            + pamqp.frame.marshal(ContentHeader(0, 0, commands.Basic.Properties()), 1),
+            "does not end with 0xCE",
+        ),
+    ],
+)
+async def test_a_malformed_delivery_closes_its_channel_only_and_drops_the_rest_of_its_content(
+    bad: bytes, why: str
+) -> None:
+    h = Harness()
+    h.reader.feed_data(delivery(1, 1, b"good before"))
+    h.reader.feed_data(bad)
+    h.reader.feed_data(delivery(1, 3, b"after: the channel is closing, the broker redelivers it"))
+    h.reader.feed_data(pamqp.frame.marshal(commands.Channel.CloseOk(), 1))
+    h.reader.feed_data(pamqp.frame.marshal(commands.Basic.QosOk(), 2))
+    h.reader.feed_eof()
+    returned = await h.frames_until_eof()
+    assert [body for _, _, body in h.taken] == [b"good before"]
+    assert len(h.closed) == 1 and why in h.closed[0]
+    assert returned == [(1, "CloseOk"), (2, "QosOk")]  # nothing of the broken channel's content
+
+
+async def test_a_bad_frame_end_outside_a_delivery_is_a_connection_error_as_in_aiormq() -> None:
+    h = Harness()
+    h.reader.feed_data(pamqp.frame.marshal(commands.Basic.QosOk(), 2)[:-1] + b"\x00")
+    with pytest.raises(InvalidFrameError, match="does not end with 0xCE"):
+        await h.receiver.get_frame()
+
+
+async def test_a_connection_closed_mid_frame_is_a_connection_error() -> (
+    None
+):
+    h = Harness()
+    h.reader.feed_data(delivery(1, 1, b"whole") + delivery(1, 2, b"cut")[:20])
+    h.reader.feed_eof()
+    with pytest.raises(AMQPConnectionError, match="unexpectedly closed"):
+        await h.receiver.get_frame()
+    assert len(h.taken) == 1
+
+
+async def test_a_take_that_raises_is_logged_and_the_reader_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    h = Harness()
+    calls = []
+
+    def failing_take(deliver: Any, properties: Any, body: bytes, channel: Any) -> None:
+        calls.append(body)
+        if body == b"first":
+            raise RuntimeError("boom")
+
+    h.route.take = failing_take
+    caplog.set_level(logging.ERROR)
+    h.reader.feed_data(delivery(1, 1, b"first") + delivery(1, 2, b"second"))
+    h.reader.feed_eof()
+    assert await h.frames_until_eof() == []
+    assert calls == [b"first", b"second"]
+    assert "could not take a delivery from q" in caplog.text
