@@ -21,6 +21,7 @@ async def consume(url: str, queue_name: str, messages: int, prefetch: int) -> di
     connection = await aio_pika.connect(url)
     try:
         started = time.perf_counter()
+        started_cpu = time.process_time()
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
         queue = await channel.get_queue(queue_name, ensure=False)
@@ -38,9 +39,15 @@ async def consume(url: str, queue_name: str, messages: int, prefetch: int) -> di
         await done.wait()
         await channel.close()
         elapsed = time.perf_counter() - started
+        cpu = time.process_time() - started_cpu
     finally:
         await connection.close()
-    return {"messages": messages, "seconds": elapsed, "rate": messages / elapsed}
+    return {
+        "messages": messages,
+        "seconds": elapsed,
+        "rate": messages / elapsed,
+        "cpu_us_per_message": round(cpu / messages * 1e6, 1),
+    }
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ async def consume(url: str, queue: str, messages: int, prefetch: int, ack_every:
     connection = await aiormq.connect(url)
     try:
         started = time.perf_counter()
+        started_cpu = time.process_time()
         channel = await connection.channel()
         await channel.basic_qos(prefetch_count=prefetch)
         done = asyncio.Event()
@@ -43,9 +44,15 @@ async def consume(url: str, queue: str, messages: int, prefetch: int, ack_every:
         await done.wait()
         await channel.close()
         elapsed = time.perf_counter() - started
+        cpu = time.process_time() - started_cpu
     finally:
         await connection.close()
-    return {"messages": messages, "seconds": elapsed, "rate": messages / elapsed}
+    return {
+        "messages": messages,
+        "seconds": elapsed,
+        "rate": messages / elapsed,
+        "cpu_us_per_message": round(cpu / messages * 1e6, 1),
+    }
 
 
 def main() -> None:

@@ -65,6 +65,7 @@ class Variant:
     queue_suffixes: tuple[str, ...] = ("",)  # every queue the script may leave, deleted after each run
     loop: str | None = None  # the table's loop column, when not asyncio / uvloop
     rates: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)  # consumer CPU µs per message, where the script reports it
     errors: list[str] = field(default_factory=list)
     library: str | None = None
 
@@ -100,6 +101,19 @@ def build_variants(
                 Variant("aiormq/p1000/m100", "raw aiormq, multiple every 100", "raw_aiormq.py", ["--ack-every", "100"], p)
             )
             variants.append(Variant("aiopika/p1000/uv", "raw aio-pika, ack each", "raw_aiopika.py", [], p, uvloop=True))
+            for c in concurrencies:
+                variants.append(
+                    Variant(
+                        f"default/p{p}/c{c}/nolog", "(c) swarrow default stack, logger off", "swarrow_consumer.py",
+                        ["--stack", "default", "--no-log"], p, c,
+                    )
+                )
+            variants.append(
+                Variant(
+                    f"default/p{p}/c10/frames", "(c) swarrow default stack, no bulk intake (A/B)",
+                    "swarrow_consumer.py", ["--stack", "default", "--frame-per-read"], p, 10,
+                )
+            )
             uv_concurrency = [c for c in (concurrencies if quick else [10]) if c <= p]
             for c in uv_concurrency:
                 variants.append(
@@ -116,6 +130,10 @@ def build_variants(
 def peer_variants(python: str, messages: int | None) -> list[Variant]:
     """FastStream (quiet: its INFO logging costs ~25%, see `peer_faststream.py --log`) and dramatiq at prefetch 1000."""
     return [
+        Variant(
+            "pika/p1000/m100", "sync pika, multiple every 100", "peer_pika.py", [], 1000,
+            python=python, loop="blocking",
+        ),
         Variant(
             "faststream/p1000", "FastStream subscriber, quiet", "peer_faststream.py", [], 1000,
             python=python, messages=messages,
@@ -187,6 +205,8 @@ async def one_run(variant: Variant, messages: int, timeout: float) -> None:
         if result.get("dead_lettered"):
             variant.errors.append(f"{result['dead_lettered']} messages dead-lettered")
         variant.rates.append(result["rate"])
+        if "cpu_us_per_message" in result:
+            variant.cpu.append(result["cpu_us_per_message"])
         variant.library = result.get("library", variant.library)
     finally:
         for suffix in variant.queue_suffixes:
@@ -200,9 +220,11 @@ def fmt_rate(x: float) -> str:
 def e2e_table(variants: list[Variant]) -> list[str]:
     by_key = {v.key: v for v in variants}
     aiormq = by_key.get("aiormq/p1000/m100")
+    pika = by_key.get("pika/p1000/m100")
     lines = [
-        "| consumer | prefetch | concurrency | loop | msg/s median | min–max | × raw aio-pika | × raw aiormq m100 |",
-        "|---|---:|---:|---|---:|---:|---:|---:|",
+        "| consumer | prefetch | concurrency | loop | msg/s median | min–max | CPU µs/msg | × raw aio-pika "
+        "| × raw aiormq m100 | × sync pika |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for v in variants:
         raw = by_key.get(f"aiopika/p{v.prefetch}")
@@ -213,12 +235,15 @@ def e2e_table(variants: list[Variant]) -> list[str]:
             if uv_raw and uv_raw.rates and v.rates:
                 vs_raw += f" ({v.median / uv_raw.median:.2f}× uv)"
         vs_mq = f"{v.median / aiormq.median:.2f}×" if aiormq and aiormq.rates and v.rates else "—"
+        vs_pika = f"{v.median / pika.median:.2f}×" if pika and pika.rates and v.rates else "—"
+        cpu = f"{statistics.median(v.cpu):.1f}" if v.cpu else "—"
         conc = "—" if v.concurrency is None else str(v.concurrency)
         loop = v.loop or ("uvloop" if v.uvloop else "asyncio")
         note = f" (N={v.messages:,})" if v.messages is not None else ""
         note += f" ⚠ {'; '.join(sorted(set(v.errors)))}" if v.errors else ""
         lines.append(
-            f"| {v.label}{note} | {v.prefetch} | {conc} | {loop} | {fmt_rate(v.median)} | {lo_hi} | {vs_raw} | {vs_mq} |"
+            f"| {v.label}{note} | {v.prefetch} | {conc} | {loop} | {fmt_rate(v.median)} | {lo_hi} | {cpu} "
+            f"| {vs_raw} | {vs_mq} | {vs_pika} |"
         )
     return lines
 
@@ -235,7 +260,7 @@ def peers_table(variants: list[Variant], messages: int, skipped: str | None) -> 
     """Ratios of swarrow's (c) cell to each peer, the figure the performance issue asks for (≥ 2.5×)."""
     if skipped is not None:
         return [f"Peers (FastStream, dramatiq) skipped: {skipped}.", ""]
-    peers = [v for v in variants if v.python != PY]
+    peers = [v for v in variants if v.python != PY and not v.key.startswith("pika/")]
     ours = swarrow_for_peers(variants)
     if not peers:
         return []
@@ -262,6 +287,29 @@ def peers_table(variants: list[Variant], messages: int, skipped: str | None) -> 
         lines.append(
             f"| (c) swarrow default stack ({cell}) / {peer.label} | {fmt_rate(ours.median)} "
             f"| {fmt_rate(peer.median)} | {ratio} |"
+        )
+    return [*lines, ""]
+
+
+def pika_table(variants: list[Variant]) -> list[str]:
+    """Each prefetch-1000 default-stack cell against sync pika's ceiling (the performance issue: ≥ 1.0×, logger off ≥ 1.3×)."""
+    pika = next((v for v in variants if v.key == "pika/p1000/m100" and v.rates), None)
+    if pika is None:
+        return []
+    lines = [
+        f"Against synchronous pika with multiple acks ({pika.library or 'pika'}), the pure-Python ceiling, same runs:",
+        "",
+        "| swarrow cell | swarrow msg/s | pika msg/s | × | CPU µs/msg swarrow / pika |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    pika_cpu = f"{statistics.median(pika.cpu):.1f}" if pika.cpu else "—"
+    for v in variants:
+        if not v.key.startswith("default/p1000/") or v.uvloop or not v.rates:
+            continue
+        cpu = f"{statistics.median(v.cpu):.1f}" if v.cpu else "—"
+        lines.append(
+            f"| {v.label}, c{v.concurrency} | {fmt_rate(v.median)} | {fmt_rate(pika.median)} "
+            f"| **{v.median / pika.median:.2f}×** | {cpu} / {pika_cpu} |"
         )
     return [*lines, ""]
 
@@ -327,6 +375,7 @@ def main() -> None:
         table = e2e_table(variants)
         report += ["End to end against RabbitMQ (msg/s consumed and acked):", "", *table, ""]
         report += peers_table(variants, messages, peers_skipped)
+        report += pika_table(variants)
         results["e2e"] = [
             {"key": v.key, "label": v.label, "prefetch": v.prefetch, "concurrency": v.concurrency,
              "uvloop": v.uvloop, "messages": v.messages or messages, "library": v.library,

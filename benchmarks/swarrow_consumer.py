@@ -26,7 +26,7 @@ from swarrow import Consumer, Layer, Message, Stack
 from swarrow.amqp import AmqpBroker
 
 
-def build_layers(kind: str, provider: Any, publisher: Any, messages: int) -> list[Any]:
+def build_layers(kind: str, provider: Any, publisher: Any, messages: int, *, log: bool = True) -> list[Any]:
     if kind == "callback":
         return [Layer(AckProcessor, provider=provider)]
     from processors.defaults import default_stack
@@ -40,7 +40,7 @@ def build_layers(kind: str, provider: Any, publisher: Any, messages: int) -> lis
         memory_limit=4096.0,
         metrics=True,
         registry=CollectorRegistry(),
-        log=True,
+        log=log,
         catch=True,
         retry=True,
     )
@@ -65,6 +65,7 @@ async def consume(
     ack_flush_ms: float | None,
     task_per_delivery: bool = False,
     frame_per_read: bool = False,
+    log: bool = True,
 ) -> dict[str, Any]:
     broker = AmqpBroker(url)
     await broker.connect()
@@ -84,7 +85,7 @@ async def consume(
         count += 1
         return count < messages
 
-    layers = build_layers(kind, provider, publisher, messages)
+    layers = build_layers(kind, provider, publisher, messages, log=log)
     consumer = Consumer(provider, Stack(*layers, callback=callback), concurrency=concurrency, grace_period=30)
     try:
         started = time.perf_counter()
@@ -125,6 +126,7 @@ def main() -> None:
     parser.add_argument(
         "--frame-per-read", action="store_true", help="no bulk intake: aiormq reads each frame (A/B check)"
     )
+    parser.add_argument("--no-log", action="store_true", help="default stack without its logger layer")
     parser.add_argument("--log-file", default=os.path.join(RESULTS, "consumer.log"))
     parser.add_argument("--profile", help="write a cProfile summary of the run to this file")
     args = parser.parse_args()
@@ -146,6 +148,7 @@ def main() -> None:
             ack_flush_ms=args.ack_flush_ms,
             task_per_delivery=args.task_per_delivery,
             frame_per_read=args.frame_per_read,
+            log=not args.no_log,
         )
 
     async def go() -> dict[str, Any]:
