@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from collections.abc import Callable
 from typing import Any, Final, cast
 
@@ -54,6 +55,7 @@ __all__ = ["BulkFrameReceiver", "Route", "become_bulk", "install_bulk_intake"]
 logger = logging.getLogger(__name__)
 
 _CHUNK: Final = 65536
+_BODY_SIZE: Final = struct.Struct(">Q")  # a content header's body size, after its class id and weight
 _LAST_FRAME_TIME: Final = "_Connection__last_frame_time"
 _NEED_MORE: Final = 0  # the delivery is not all in the buffer yet
 _PASS: Final = -1  # let aiormq take this delivery
@@ -164,34 +166,41 @@ class BulkFrameReceiver(FrameReceiver):
                 raise FrameError("a frame does not end with 0xCE")
             if header_type != 2:
                 raise FrameError(f"a frame of type {header_type} instead of a content header")
-            body_size, properties = decode_content_header(buf, header_at + 7, header_stop)
+            if header_size < 12:
+                raise FrameError("a content header is truncated")
+            (body_size,) = _BODY_SIZE.unpack_from(buf, header_at + 11)
+            # Find every body frame first, copying nothing: a large body arrives over many reads, and
+            # it is copied once, when all of it is here.
+            spans: list[tuple[int, int]] = []
             after: int = header_stop + 1
-            if body_size == 0:
+            received = 0
+            while received < body_size:
+                if end - after < 8:
+                    return _NEED_MORE
+                body_type, body_channel, body_len = FRAME_HEAD.unpack_from(buf, after)
+                if body_channel != channel:
+                    return _PASS
+                body_stop = after + 7 + body_len
+                if body_stop >= end:
+                    return _NEED_MORE
+                if body_type != 3:
+                    raise FrameError(
+                        f"a frame of type {body_type} after {received} of {body_size} body bytes"
+                    )
+                if buf[body_stop] != FRAME_END:
+                    raise FrameError("a body frame does not end with 0xCE")
+                spans.append((after + 7, body_stop))
+                received += body_len
+                after = body_stop + 1
+            if received != body_size:
+                raise FrameError(f"{received} body bytes where the header announced {body_size}")
+            _, properties = decode_content_header(buf, header_at + 7, header_stop)
+            if not spans:
                 body = b""
+            elif len(spans) == 1:
+                body = bytes(buf[spans[0][0] : spans[0][1]])
             else:
-                parts: list[bytes] = []
-                received = 0
-                while received < body_size:
-                    if end - after < 8:
-                        return _NEED_MORE
-                    body_type, body_channel, body_len = FRAME_HEAD.unpack_from(buf, after)
-                    if body_channel != channel:
-                        return _PASS
-                    body_stop = after + 7 + body_len
-                    if body_stop >= end:
-                        return _NEED_MORE
-                    if body_type != 3:
-                        raise FrameError(
-                            f"a frame of type {body_type} after {received} of {body_size} body bytes"
-                        )
-                    if buf[body_stop] != FRAME_END:
-                        raise FrameError("a body frame does not end with 0xCE")
-                    parts.append(bytes(buf[after + 7 : body_stop]))
-                    received += body_len
-                    after = body_stop + 1
-                if received != body_size:
-                    raise FrameError(f"{received} body bytes where the header announced {body_size}")
-                body = parts[0] if len(parts) == 1 else b"".join(parts)
+                body = b"".join([buf[a:b] for a, b in spans])
             deliver = decode_deliver(buf, pos + 7, stop)
         except FrameError as exc:
             route.broken = True
