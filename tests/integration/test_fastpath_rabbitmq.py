@@ -34,13 +34,14 @@ async def test_both_tricks_are_active_on_the_installed_aiormq(
     assert SUPPORTED, "the installed aiormq is not the major version the fast path was written for"
     await amqp_broker.declare_queue(queue_name)
     big = b"x" * 300_000  # several body frames (frame_max 128 KiB)
+    huge = bytes(range(256)) * (10 * 2**20 // 256)  # 10 MiB: 80 body frames over ~160 reads
     publisher = amqp_broker.publisher()
     provider = amqp_broker.provider(queue_name, prefetch=10)
     try:
         await provider.start()
         # Published once consuming: deliveries that arrive behind basic.consume-ok (still in the channel's
         # queue) go the inline handler's way to keep their order; these come one by one.
-        for body in (b"", b"small", big):
+        for body in (b"", b"small", big, huge):
             await publisher.publish(Message(body), queue_name)
         state = provider.fast_path
         assert state is not None and state.reader_unbounded and state.inline_delivery and state.bulk_intake
@@ -48,10 +49,10 @@ async def test_both_tricks_are_active_on_the_installed_aiormq(
         assert underlay is not None
         assert underlay.frames.maxsize == 0  # type: ignore[attr-defined]
         assert is_inline(underlay)
-        bodies = [(await _receive(provider)).body for _ in range(3)]
-        assert bodies == [b"", b"small", big]
+        bodies = [(await _receive(provider)).body for _ in range(4)]
+        assert bodies == [b"", b"small", big, huge]
         assert provider.slow_deliveries == 0  # each came through the reader-side handler, none the slow way
-        assert state.bulk_route is not None and state.bulk_route.taken == 3  # all three taken in bulk
+        assert state.bulk_route is not None and state.bulk_route.taken == 4  # all four taken in bulk
     finally:
         await provider.close()
         await publisher.close()
