@@ -132,7 +132,8 @@ def test_batching_handler_flushes_warnings_at_once_and_info_in_the_background() 
     finally:
         log.removeHandler(handler)
         handler.close()
-    assert not handler._flusher.is_alive() or handler._stopped.is_set()
+    handler._flusher.join(timeout=5)  # close() set the stop: the flusher thread ends, it does not linger
+    assert not handler._flusher.is_alive()
 
 
 def test_text_formatter_matches_the_standard_timestamp() -> None:
