@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from parity.harness import Side, eventually, on_both, take
-from swarrow import ConfigurationError, PublishError
+from swarrow import ConfigurationError, Message, PublishError
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -290,3 +290,22 @@ async def test_a_dead_letter_into_a_full_reject_publish_queue(
 
     memory, rabbit = await on_both(sides, scenario)
     assert memory == rabbit == [2 if kind else 1, 0]
+
+
+async def test_publishing_does_not_keep_an_x_expires_queue_alive(sides: list[Side]) -> None:
+    async def scenario(side: Side) -> int | None:
+        queue = await side.declare("q", x_expires=400)
+        publisher = side.broker.publisher()
+        try:
+            for _ in range(8):  # a publish every 0.1 s for 0.8 s: not a use of the queue
+                try:
+                    await publisher.publish(Message(b"x"), queue, mandatory=False)
+                except PublishError:
+                    break
+                await anyio.sleep(0.1)
+        finally:
+            await publisher.close()
+        return await eventually(lambda: side.ready(queue), None, timeout=1)
+
+    memory, rabbit = await on_both(sides, scenario)
+    assert memory is None and rabbit is None

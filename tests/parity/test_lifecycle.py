@@ -189,3 +189,42 @@ async def test_a_delivery_settled_through_another_provider_is_ignored(sides: lis
 
     memory, rabbit = await on_both(sides, scenario)
     assert memory == rabbit == 4
+
+
+@pytest.mark.parametrize("kind", QUEUE_TYPES, ids=TYPE_IDS)
+async def test_the_lower_of_queue_and_message_ttl_wins_and_original_expiration_is_kept(
+    sides: list[Side], kind: dict[str, str]
+) -> None:
+    async def scenario(side: Side) -> list[Any]:
+        dead = await side.declare("dead")
+        queue = await side.declare(
+            "q", x_message_ttl=100, x_dead_letter_exchange="", x_dead_letter_routing_key=dead, **kind
+        )
+        await side.publish(queue, "queue-ttl-wins", expiration="60000")
+        await side.publish(queue, "message-ttl-wins", expiration="20")
+        await eventually(lambda: side.ready(dead), 2)
+        reader = side.broker.provider(dead)
+        await reader.start()
+        died = await take(reader, 2)
+        for message in died:
+            await reader.ack(message)
+        await reader.close()
+        return [(m.body, m.expiration, m.headers["x-death"][0].get("original-expiration")) for m in died]
+
+    memory, rabbit = await on_both(sides, scenario)
+    assert memory == rabbit == [(b"queue-ttl-wins", None, "60000"), (b"message-ttl-wins", None, "20")]
+
+
+async def test_purge_drops_only_ready_messages_and_unacked_ones_come_back(sides: list[Side]) -> None:
+    async def scenario(side: Side) -> list[int | None]:
+        queue = await side.declare("q")
+        await side.publish(queue, "a", "b", "c")
+        provider = side.broker.provider(queue, prefetch=1)
+        await provider.start()
+        await take(provider, 1)
+        purged = await side.broker.purge_queue(queue)
+        await provider.close()
+        return [purged, await eventually(lambda: side.ready(queue), 1)]
+
+    memory, rabbit = await on_both(sides, scenario)
+    assert memory == rabbit == [2, 1]
