@@ -29,8 +29,13 @@ logger = logging.getLogger(__name__)
 # A TTL no retry queue has (RabbitMQ's largest); RabbitMQ's 406 for it names the current value.
 _TTL_PROBE: Final = 2**31 - 1
 _DLX_PROBE: Final = "swarrow.probe.no-such-exchange"
-_CURRENT_DLX: Final = re.compile(r"inequivalent arg 'x-dead-letter-exchange'.*?but current is (none|.+)$")
-_CURRENT_TTL: Final = re.compile(r"inequivalent arg 'x-message-ttl'.*?current is (?:the value )?'(\d+)'")
+# "inequivalent arg 'K' for queue 'q' in vhost '/': received ... but current is X", X one of: none,
+# 'V', the value 'V' of type 'T'.
+_INEQUIVALENT: Final = re.compile(
+    r"inequivalent arg '([^']+)' for queue .*? but current is "
+    r"(?:(none)|the value '(.*)' of type '([^']+)'|'(.*)')$"
+)
+_INTEGER_TYPES: Final = ("byte", "short", "signedint", "long", "unsignedbyte", "unsignedshort", "unsignedint")
 # RabbitMQ's 406 reply names what it refused: "invalid arg 'x-message-ttl' ...", "inequivalent arg
 # 'durable' ...", "invalid property 'non-durable' ...", "invalid type 'byte' for arg 'x-...'".
 _EXCHANGE_TYPES: Final = ("direct", "fanout", "topic", "headers")
@@ -229,50 +234,53 @@ class AmqpConnection:
     async def has_dead_letter_exchange(self, name: str) -> bool | None:
         """Whether the existing queue has an `x-dead-letter-exchange` argument; None when it cannot be told.
 
-        Read like `message_ttl`: a declaration with a probe value, whose refusal names the current one
-        (`... but current is none`). A RabbitMQ policy can also give a queue a dead-letter exchange;
-        that, AMQP does not show.
+        Read like `message_ttl`. A RabbitMQ policy can also give a queue a dead-letter exchange; that,
+        AMQP does not show.
         """
-        if await self.inspect_queue(name) is None:
-            return None
-        channel = await self._scratch_channel()
-        try:
-            await channel.queue_declare(name, durable=True, arguments={"x-dead-letter-exchange": _DLX_PROBE})
-            return True  # its dead-letter exchange is the probe's name: possible, if improbable
-        except aiormq.exceptions.ChannelPreconditionFailed as exc:
-            found = _CURRENT_DLX.search(str(exc))
-        finally:
-            await _close_scratch(channel)
-        return None if found is None else found.group(1) != "none"
+        told, current = await self._current_argument(name, "x-dead-letter-exchange", _DLX_PROBE)
+        return current is not None if told else None
 
     @_bounded
     async def message_ttl(self, name: str) -> float | None:
-        """The existing queue's `x-message-ttl` in seconds, or None when it cannot be told (no TTL, no queue).
+        """The existing queue's `x-message-ttl` in seconds; None when it has none, or it cannot be told."""
+        told, current = await self._current_argument(name, "x-message-ttl", _TTL_PROBE)
+        return current / 1000 if told and isinstance(current, int) else None
 
-        AMQP has no call that returns a queue's arguments; declaring it with a TTL no queue has makes
-        RabbitMQ refuse and name the current one (`... received '2147483647' but current is '200'`).
-        Only for a queue that exists (checked first): the probe must never create one.
+    async def _current_argument(self, name: str, key: str, probe: object) -> tuple[bool, object]:
+        """(True, the queue's `key`, None if it has none), or (False, None) when it cannot be told.
+
+        AMQP has no call that returns a queue's arguments; declaring it with a value no queue has makes
+        RabbitMQ refuse and name the current one. It names the first argument that differs, which may
+        be another (`durable`, `x-queue-type`, a TTL beside the dead-letter exchange...): that one is
+        declared as it is and the question asked again. Only for a queue that exists (checked first):
+        the probe must never create one.
         """
         if await self.inspect_queue(name) is None:
-            return None
-        arguments: dict[str, Any] = {"x-message-ttl": _TTL_PROBE}
-        for _ in range(2):  # a quorum queue first answers about x-queue-type; then ask again as one
+            return False, None
+        durable = True
+        arguments: dict[str, Any] = {key: probe}
+        for _ in range(_EQUIVALENCE_KEYS + 2):
             channel = await self._scratch_channel()
             try:
-                await channel.queue_declare(name, durable=True, arguments=arguments)
-                return _TTL_PROBE / 1000  # the probe value itself: possible, if improbable
+                await channel.queue_declare(name, durable=durable, arguments=arguments)
+                return True, probe  # the probe value itself: possible, if improbable
             except aiormq.exceptions.ChannelPreconditionFailed as exc:
-                text = str(exc)
+                found = _INEQUIVALENT.search(str(exc.args[0] if exc.args else exc))
             finally:
                 await _close_scratch(channel)
-            found = _CURRENT_TTL.search(text)
-            if found is not None:
-                return int(found.group(1)) / 1000
-            if "'x-queue-type'" in text and "quorum" in text:
-                arguments["x-queue-type"] = "quorum"
-                continue
-            return None
-        return None
+            if found is None:
+                return False, None
+            argument, none, value, kind, bare = found.groups()
+            current = None if none else _typed_current(value, kind) if kind else _typed_current(bare, None)
+            if argument == key:
+                return True, current
+            if argument == "durable":
+                durable = current is True
+            elif current is None:
+                arguments.pop(argument, None)
+            else:
+                arguments[argument] = current
+        return False, None
 
     @_bounded
     async def declare_exchange(
@@ -372,6 +380,20 @@ class AmqpConnection:
             except TimeoutError:
                 logger.warning("%s did not answer the connection close within %gs; dropped it",
                                self.url, self.connect_timeout)  # fmt: skip
+
+
+_EQUIVALENCE_KEYS: Final = 14  # RabbitMQ compares about this many arguments on a re-declare
+
+
+def _typed_current(text: str, kind: str | None) -> object:
+    """A value RabbitMQ quoted in a 406, as the Python value that declares it again alike."""
+    if kind in _INTEGER_TYPES or (kind is None and text.lstrip("-").isdigit()):
+        return int(text)
+    if kind == "bool" or (kind is None and text in ("true", "false")):
+        return text == "true"
+    if kind in ("double", "float"):
+        return float(text)
+    return text
 
 
 def _declare_error(

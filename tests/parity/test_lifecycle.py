@@ -228,3 +228,28 @@ async def test_purge_drops_only_ready_messages_and_unacked_ones_come_back(sides:
 
     memory, rabbit = await on_both(sides, scenario)
     assert memory == rabbit == [2, 1]
+
+
+@pytest.mark.parametrize("kind", QUEUE_TYPES, ids=TYPE_IDS)
+async def test_message_ttl_and_dead_letter_exchange_are_read_back_alike(
+    sides: list[Side], kind: dict[str, str]
+) -> None:
+    """Over AMQP the probes read only the argument RabbitMQ named first: has_dead_letter_exchange said
+    None for any queue with a TTL too (every retry queue), message_ttl None for every quorum queue with
+    a dead-letter exchange or limit (the swarrot TTL check was skipped there); memory:// told both."""
+
+    async def scenario(side: Side) -> list[Any]:
+        broker: Any = side.broker
+        both = await side.declare(
+            "both", durable=bool(kind), x_message_ttl=5000, x_dead_letter_exchange="", x_max_length=7, **kind
+        )
+        plain = await side.declare("plain", **kind)
+        zero = await side.declare("zero", x_message_ttl=0, x_dead_letter_exchange="amq.direct", **kind)
+        names = (both, plain, zero, side.q("missing"))
+        return [
+            [await broker.message_ttl(name) for name in names],
+            [await broker.has_dead_letter_exchange(name) for name in names],
+        ]
+
+    memory, rabbit = await on_both(sides, scenario)
+    assert memory == rabbit == [[5.0, None, 0.0, None], [True, False, True, None]]
