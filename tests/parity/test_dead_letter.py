@@ -226,3 +226,27 @@ async def test_dead_lettering_rewrites_the_headers_as_rabbitmq_does(
         )
     else:
         assert rabbit[1]["x-first-death-queue"] == sides[1].q("q")
+
+
+@pytest.mark.parametrize("kind", [{}, {"x_queue_type": "quorum"}], ids=["classic", "quorum"])
+async def test_a_queue_whose_overflow_dead_letters_into_itself_drops_the_head(
+    sides: list[Side], kind: dict[str, str]
+) -> None:
+    async def scenario(side: Side) -> tuple[list[str], int | None]:
+        name = side.q("loop")
+        queue = await side.declare(
+            "loop", x_max_length=1, x_dead_letter_exchange="", x_dead_letter_routing_key=name, **kind
+        )
+        await side.publish(queue, "first", "second")
+        await anyio.sleep(0.2)
+        count = await side.ready(queue) or 0
+        provider = side.broker.provider(queue, prefetch=5)
+        await provider.start()
+        messages = await take(provider, count)
+        for message in messages:
+            await provider.ack(message)
+        await provider.close()
+        return [m.body.decode() for m in messages], await side.ready(queue)
+
+    memory, rabbit = await on_both(sides, scenario)
+    assert memory == rabbit == (["second"], 0)  # "first" would close a maxlen-only cycle: dropped

@@ -253,3 +253,45 @@ async def test_message_ttl_and_dead_letter_exchange_are_read_back_alike(
 
     memory, rabbit = await on_both(sides, scenario)
     assert memory == rabbit == [[5.0, None, 0.0, None], [True, False, True, None]]
+
+
+async def test_a_quorum_delivery_limit_counts_returns_on_close_too(sides: list[Side]) -> None:
+    async def scenario(side: Side) -> list[Any]:
+        dead = await side.declare("dead")
+        queue = await side.declare(
+            "q", x_queue_type="quorum", x_delivery_limit=1, x_dead_letter_exchange="",
+            x_dead_letter_routing_key=dead,
+        )  # fmt: skip
+        await side.publish(queue, "poison")
+        counts = []
+        for _ in range(2):
+            provider = side.broker.provider(queue, prefetch=1)
+            await provider.start()
+            (message,) = await take(provider, 1)
+            counts.append(message.headers.get("x-delivery-count"))
+            await provider.close()  # returned unsettled: a delivery all the same
+        died = await eventually(lambda: side.ready(dead), 1)
+        return [counts, died, await side.ready(queue)]
+
+    memory, rabbit = await on_both(sides, scenario)
+    assert memory == rabbit == [[None, 1], 1, 0]
+
+
+@pytest.mark.parametrize("kind", QUEUE_TYPES, ids=TYPE_IDS)
+async def test_expiration_zero_reaches_a_waiting_consumer_and_expires_otherwise(
+    sides: list[Side], kind: dict[str, str]
+) -> None:
+    async def scenario(side: Side) -> list[Any]:
+        dead = await side.declare("dead")
+        queue = await side.declare("q", x_dead_letter_exchange="", x_dead_letter_routing_key=dead, **kind)
+        provider = side.broker.provider(queue, prefetch=5)
+        await provider.start()
+        await side.publish(queue, "to-the-consumer", expiration="0")
+        (message,) = await take(provider, 1)
+        await provider.ack(message)
+        await provider.close()
+        await side.publish(queue, "nobody-waits", expiration="0")
+        return [message.body, await eventually(lambda: side.ready(dead), 1), await side.ready(queue)]
+
+    memory, rabbit = await on_both(sides, scenario)
+    assert memory == rabbit == [b"to-the-consumer", 1, 0]
