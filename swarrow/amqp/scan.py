@@ -137,24 +137,36 @@ class AmqpQueueScan:
         self._count = ready
         self._reader = await self._connect("reader")
         try:
-            channel = await self._reader.channel(publisher_confirms=False, frame_buffer_size=_FRAME_BUFFER)
-            self._channel = channel
-            self.inline_delivery = install_inline_delivery(channel, self._take)
-            channel.closing.add_done_callback(self._on_closed)
-            await channel.basic_qos(prefetch_count=0)  # a pass holds the whole queue unacked
-            try:
-                await channel.basic_consume(self._queue, self._on_delivery, no_ack=False)
-            except aiormq.exceptions.ChannelAccessRefused as exc:
-                raise ConfigurationError(
-                    f"RabbitMQ refused to read queue {self._queue!r}: {exc.args[0] if exc.args else exc} "
-                    "(the user needs read permission on it)"
-                ) from None
-            self._publisher = await self._writer.channel(publisher_confirms=True, on_return_raises=True)
-            self._publisher.closing.add_done_callback(self._on_closed)
-            batch = BatchPublisher(self._publisher)
-            self._batch = batch if batch.install() else None
+            async with asyncio.timeout(self.connect_timeout):  # a broker gone silent: never hang
+                await self._subscribe()
+        except TimeoutError:
+            raise self._silent("opening the scan") from None
         except _GONE as exc:
             raise self._broker_gone(exc) from None
+
+    def _silent(self, what: str) -> BrokerUnavailableError:
+        timeout = self.connect_timeout
+        return BrokerUnavailableError(f"{self.url} did not answer within {timeout:g}s while {what}")
+
+    async def _subscribe(self) -> None:
+        if self._reader is None or self._writer is None:
+            raise RuntimeError("the scan is not connected")
+        channel = await self._reader.channel(publisher_confirms=False, frame_buffer_size=_FRAME_BUFFER)
+        self._channel = channel
+        self.inline_delivery = install_inline_delivery(channel, self._take)
+        channel.closing.add_done_callback(self._on_closed)
+        await channel.basic_qos(prefetch_count=0)  # a pass holds the whole queue unacked
+        try:
+            await channel.basic_consume(self._queue, self._on_delivery, no_ack=False)
+        except aiormq.exceptions.ChannelAccessRefused as exc:
+            raise ConfigurationError(
+                f"RabbitMQ refused to read queue {self._queue!r}: {exc.args[0] if exc.args else exc} "
+                "(the user needs read permission on it)"
+            ) from None
+        self._publisher = await self._writer.channel(publisher_confirms=True, on_return_raises=True)
+        self._publisher.closing.add_done_callback(self._on_closed)
+        batch = BatchPublisher(self._publisher)
+        self._batch = batch if batch.install() else None
 
     def _on_closed(self, future: asyncio.Future[Any]) -> None:
         if self._draining:
@@ -208,12 +220,16 @@ class AmqpQueueScan:
         if self._writer is None:
             raise RuntimeError("the scan is not open")
         try:
-            channel = await self._writer.channel(publisher_confirms=False)
-            try:
-                ok = await channel.queue_declare(name, passive=True)
-            finally:
-                if not channel.is_closed:
-                    await channel.close()
+            async with asyncio.timeout(self.connect_timeout):  # a broker gone silent: never hang
+                channel = await self._writer.channel(publisher_confirms=False)
+                try:
+                    ok = await channel.queue_declare(name, passive=True)
+                finally:
+                    if not channel.is_closed:
+                        with contextlib.suppress(*_GONE, TimeoutError):
+                            await asyncio.wait_for(channel.close(), 1.0)
+        except TimeoutError:
+            raise self._silent(f"checking queue {name!r}") from None
         except aiormq.exceptions.ChannelNotFoundEntity:
             return None
         except aiormq.exceptions.ChannelLockedResource:
@@ -373,7 +389,7 @@ class AmqpQueueScan:
         if channel is not None and not channel.is_closed and not self._lost:
             # Closing the channel first flushes the acks queued before it (a connection close may not).
             with contextlib.suppress(Exception):
-                async with asyncio.timeout(10):
+                async with asyncio.timeout(self.connect_timeout):
                     await channel.close()
         for connection in (self._reader, self._writer):
             if connection is None:

@@ -14,6 +14,7 @@ import anyio
 import pytest
 
 from swarrow.amqp import AmqpBroker
+from swarrow.amqp.scan import AmqpQueueScan
 from swarrow.errors import BrokerUnavailableError
 from tests.tcp_proxy import BASIC_CONSUME, BASIC_QOS, CONNECTION_OPEN, QUEUE_DECLARE, freezing_proxy
 
@@ -138,3 +139,20 @@ async def test_the_queue_checks_give_up_after_the_connect_timeout(
         finally:
             with anyio.move_on_after(5, shield=True):
                 await broker.close()
+
+
+@pytest.mark.parametrize("method", [QUEUE_DECLARE, BASIC_CONSUME], ids=["check", "consume"])
+async def test_a_dead_letter_scan_gives_up_on_a_silent_broker(
+    amqp_url: str, amqp_broker: AmqpBroker, queue_name: str, method: tuple[int, int]
+) -> None:
+    # Before the fix: 'swarrow dead list' was still waiting 40 s later for a broker gone silent at
+    # basic.consume (its queue check and channel setup had no timeout). After: BrokerUnavailableError.
+    await amqp_broker.declare_queue(queue_name)
+    target = urlsplit(amqp_url).port or 5672
+    async with freezing_proxy(target, method) as proxy:
+        scan = AmqpQueueScan(_proxied(amqp_url, proxy.port), queue_name, connect_timeout=1)
+        started = time.monotonic()
+        with anyio.fail_after(15), pytest.raises(BrokerUnavailableError, match="did not answer within 1s"):
+            async with scan:
+                pass
+        assert time.monotonic() - started < 8
