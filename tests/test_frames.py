@@ -31,6 +31,8 @@ from swarrow.amqp.frames import (
 )
 
 PROPERTY_NAMES = list(commands.Basic.Properties.__slots__)
+# The same examples on every run (CI included), and no .hypothesis/ directory left behind.
+REPEATABLE: dict[str, Any] = {"derandomize": True, "database": None}
 
 shortstr = st.text(max_size=40).filter(lambda s: len(s.encode()) <= 255)
 exchange_names = st.from_regex(r"[a-zA-Z0-9_.:-]{0,127}", fullmatch=True)
@@ -91,7 +93,7 @@ def _normalise(value: Any) -> Any:
     return (type(value).__name__, value)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow], **REPEATABLE)
 @given(props=properties(), body_size=st.integers(0, 2**40))
 def test_content_headers_decode_as_pamqp_decodes_them(
     props: commands.Basic.Properties, body_size: int
@@ -111,7 +113,7 @@ def test_content_headers_decode_as_pamqp_decodes_them(
     ]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, **REPEATABLE)
 @given(
     consumer_tag=shortstr,
     delivery_tag=st.integers(0, 2**63 - 1),  # pamqp writes it signed; a channel never counts that far
