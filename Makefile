@@ -133,5 +133,5 @@ bench-cluster: install cluster ## Quorum vs classic, 1 vs 3 nodes, 1 vs 3 worker
 	$(PY) benchmarks/cluster.py $(BENCH_ARGS)
 
 clean: ## Remove caches and build output (keeps the venv)
-	rm -rf build dist .mypy_cache .ruff_cache .pytest_cache .install-stamp *.egg-info
+	rm -rf build dist .mypy_cache .ruff_cache .pytest_cache .hypothesis .install-stamp *.egg-info
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +
