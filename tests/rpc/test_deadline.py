@@ -8,6 +8,7 @@ import pytest
 
 from swarrow import Message
 from swarrow.rpc.deadline import DEADLINE_HEADER, request_deadline
+from swarrow.topology import RETRY_ATTEMPT_HEADER, republish_copy
 
 
 def test_the_header_is_milliseconds_since_the_epoch() -> None:
@@ -35,3 +36,14 @@ def test_a_timestamp_to_the_second_never_expires_a_request_early() -> None:
 def test_a_bad_expiration_is_no_deadline() -> None:
     sent = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
     assert request_deadline(Message(b"", timestamp=sent, expiration="soon")) is None
+
+
+def test_a_retry_copy_keeps_its_callers_deadline_through_the_original_expiration() -> None:
+    # Retry copies drop `expiration` (issue 12, item 1) and keep it in a header; before this, a retried
+    # request from a client that sets only timestamp + expiration had no deadline: its retry ran after
+    # the caller had stopped waiting.
+    sent = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    original = Message(b"", timestamp=sent, expiration="500", queue="rpc", delivery_tag=1)
+    copy = republish_copy(original, {RETRY_ATTEMPT_HEADER: 1})
+    assert copy.expiration is None
+    assert request_deadline(copy) == request_deadline(original) == sent.timestamp() + 1.5
