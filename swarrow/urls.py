@@ -155,7 +155,8 @@ def mask_url(url: str) -> str:
 
     Works on any shape — a password holding `/ # ? @ :` unencoded, several nodes, several URLs joined
     by `,`, a URL that does not parse — so it is safe for error messages about bad URLs too. The
-    user name is kept: `amqp://app:***@host/`.
+    user name is kept beside a password (`amqp://app:***@host/`); a user alone may be a token and is
+    masked (`amqp://***@host/`).
     """
     parts = _URL_SEPARATOR.split(url)
     if len(parts) > 1 and all("@" in part for part in parts):  # a list of URLs, as parse_url reads it
@@ -180,7 +181,8 @@ def _mask_one(url: str) -> str:
     if colon < 0:
         if start == 0 or separator < 0:  # no "scheme://": the part before @ may be a bare password
             return _MASK + url[at:]
-        return url  # a user name and no password
+        # A user and no password: services that authenticate by token put it there (amqp://TOKEN@host/).
+        return f"{url[:start]}{_MASK}{url[at:]}"
     return f"{url[:start]}{userinfo[:colon]}:{_MASK}{url[at:]}"
 
 

@@ -24,7 +24,8 @@ from swarrow.urls import BrokerNode, BrokerURL, encode_credentials, mask_argv, m
         ("amqp://svc:p1@h1/ ; amqps://svc:p/2@h2/v", "amqp://svc:***@h1/ ; amqps://svc:***@h2/v"),
         ("amqp://svc:a,amqp://b@h1/", "amqp://svc:***@h1/"),  # a password that looks like a list
         ("--url=amqp://svc:s3cr/et@host/", "--url=amqp://svc:***@host/"),
-        ("amqp://user-only@host/", "amqp://user-only@host/"),
+        ("amqp://user-only@host/", "amqp://***@host/"),  # a user alone may be a token
+        ("amqps://s3cr3tT0ken@host:5671/vh", "amqps://***@host:5671/vh"),
         ("amqp://host/", "amqp://host/"),
         ("memory://x", "memory://x"),
     ],
