@@ -89,11 +89,12 @@ async def test_a_message_requeued_after_its_ttl_is_dead_lettered_not_redelivered
     assert memory == rabbit == [1, 0]
 
 
+@pytest.mark.parametrize("kind", QUEUE_TYPES, ids=TYPE_IDS)
 async def test_a_deleted_queue_cancels_its_consumer_which_resumes_when_it_is_declared_again(
-    sides: list[Side],
+    sides: list[Side], kind: dict[str, str]
 ) -> None:
     async def scenario(side: Side) -> list[Any]:
-        queue = await side.declare("q")
+        queue = await side.declare("q", **kind)
         await side.publish(queue, "a", "b")
         provider = side.broker.provider(queue, prefetch=1)
         await provider.start()
@@ -105,7 +106,7 @@ async def test_a_deleted_queue_cancels_its_consumer_which_resumes_when_it_is_dec
             waited = "none" if got is None else got.body.decode()
         stopped = provider.is_consuming
         await provider.ack(a)  # settling a delivery of the deleted queue raises nothing
-        await side.declare("q")
+        await side.declare("q", **kind)
         await side.publish(queue, "c")
         (c,) = await take(provider, 1)
         await provider.ack(c)
