@@ -61,9 +61,9 @@ def test_urgent_first_then_normal_all_processed_through_the_cli(
     assert len(lines) == 10_000 and len({m for _, m in lines}) == 10_000
     last_urgent = max(i for i, (q, _) in enumerate(lines) if q == urgent)
     normal_before = sum(1 for q, _ in lines[:last_urgent] if q == normal)
-    # Not a hard bound: a normal message runs whenever urgent's buffer is empty for an instant (its refill is one
-    # round trip away). Measured 0-100 on a quiet machine and 113 once with the machine loaded 6-fold, so the
-    # test allows two of normal's prefetch windows (4% of its 5,000) while urgent had work.
+    # Not a hard bound: a normal message runs whenever urgent's buffer is empty for an instant (its refill
+    # is one round trip away). Measured 0-100 on a quiet machine and 113 once with the machine loaded
+    # 6-fold, so the test allows two of normal's prefetch windows (4% of its 5,000) while urgent had work.
     assert normal_before <= 200, normal_before
 
 
