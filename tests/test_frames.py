@@ -174,12 +174,32 @@ def _header(flags: int, rest: bytes) -> bytes:
         (b"\x00\x3c\x00\x3c", "short string runs past"),  # no consumer tag
         (b"\x00\x3c\x00\x3c\x03abc\x00\x00", "truncated"),  # delivery tag cut
         (b"\x00\x3c\x00\x3c\x01a" + b"\x00" * 8 + b"\x00\x05ab", "short string runs past"),
-        (b"\x00\x3c\x00\x3c\x02\xff\xfe" + b"\x00" * 9 + b"\x00\x00", "not UTF-8"),
     ],
 )
 def test_a_malformed_deliver_raises_frame_error(payload: bytes, why: str) -> None:
     with pytest.raises(FrameError, match=why):
         decode_deliver(payload, 0, len(payload))
+
+
+def test_bytes_that_are_not_utf8_decode_with_replacement_characters() -> None:
+    # Other clients publish them and RabbitMQ passes them through: a delivery, not a broken frame.
+    deliver = b"\x00\x3c\x00\x3c\x01t" + struct.pack(">Q", 5) + b"\x01\x00\x03rk\xff"
+    d = decode_deliver(deliver, 0, len(deliver))
+    assert (d.consumer_tag, d.delivery_tag, d.redelivered, d.routing_key) == ("t", 5, True, "rk\ufffd")
+    inner = b"\x02n\xffS\x00\x00\x00\x01v"  # {"n\xff": "v"}
+    array = (
+        b"A"
+        + struct.pack(">I", 1 + 4 + len(inner) + 2)
+        + b"F"
+        + struct.pack(">I", len(inner))
+        + inner
+        + b"b\x07"
+    )
+    table = b"\x02k\xfe" + array + b"\x02ok" + b"t\x01"
+    header = _header(0x2080, struct.pack(">I", len(table)) + table + b"\x02m\xc3")
+    _, p = decode_content_header(header, 0, len(header))
+    assert p.headers == {"k\ufffd": [{"n\ufffd": "v"}, 7], "ok": True}
+    assert p.message_id == "m\ufffd"
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,10 @@ takes them exactly as it takes pamqp's. The rare parts stay pamqp's: header tabl
 construction. `tests/test_frames.py` decodes generated frames with both and compares every field.
 
 Malformed input raises `FrameError` (a `ValueError`): the caller closes the channel, never guesses.
+Bytes that are not UTF-8 in a short string or a header name are not malformed: RabbitMQ passes them
+through from other clients (a routing key, a `message_id`, a header name), and pamqp's decoder raises
+on them, which failed the whole connection on every redelivery. They decode with U+FFFD in place of
+each bad sequence, so the message reaches the stack (and its retry/dead-letter path) like any other.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ DELIVER_PREFIX: Final = b"\x00\x3c\x00\x3c"
 _U64: Final = struct.Struct(">Q")
 _HEADER: Final = struct.Struct(">HHQH")  # class id, weight, body size, first property-flags word
 _U16: Final = struct.Struct(">H")
+_U32: Final = struct.Struct(">I")
 
 #: What the decoders read from: a frame's bytes, or the bulk intake's buffer.
 Buffer = bytes | bytearray
@@ -107,8 +112,45 @@ def _shortstr(data: Buffer, offset: int, end: int) -> tuple[str, int]:
         raise FrameError("a short string runs past the end of its frame")
     try:
         return data[offset + 1 : stop].decode("utf-8"), stop
-    except UnicodeDecodeError as exc:
-        raise FrameError(f"a short string is not UTF-8: {exc}") from None
+    except UnicodeDecodeError:
+        return data[offset + 1 : stop].decode("utf-8", "replace"), stop
+
+
+def _lenient_table(value: bytes) -> tuple[int, dict[str, Any]]:
+    """pamqp's `field_table`, but a name that is not UTF-8 decodes with U+FFFD instead of raising."""
+    (length,) = _U32.unpack_from(value, 0)
+    end = 4 + length
+    if end > len(value):
+        raise ValueError("field table length exceeds available data")
+    table: dict[str, Any] = {}
+    offset = 4
+    while offset < end:
+        key_end = offset + 1 + value[offset]
+        if key_end > end:
+            raise ValueError("field table key length exceeds data")
+        key = value[offset + 1 : key_end].decode("utf-8", "replace")
+        consumed, table[key] = _lenient_value(value[key_end:])
+        offset = key_end + consumed
+    return end, table
+
+
+def _lenient_value(value: bytes) -> tuple[int, Any]:
+    kind = value[0:1]
+    if kind == b"F":
+        consumed, result = _lenient_table(value[1:])
+    elif kind == b"A":
+        (length,) = _U32.unpack_from(value, 1)
+        end, offset, items = 5 + length, 5, []
+        if end > len(value):
+            raise ValueError("field array length exceeds available data")
+        while offset < end:
+            used, item = _lenient_value(value[offset:])
+            items.append(item)
+            offset += used
+        return offset, items
+    else:
+        return decode.embedded_value(value)
+    return consumed + 1, result
 
 
 def decode_deliver(data: Buffer, start: int, end: int) -> Deliver:
@@ -147,8 +189,11 @@ def decode_content_header(data: Buffer, start: int, end: int) -> tuple[int, Prop
         p.content_encoding = None
     if flags & 0x2000:
         try:
-            consumed, table = decode.field_table(bytes(data[offset:end]))
-        except (ValueError, UnicodeDecodeError, IndexError) as exc:
+            try:
+                consumed, table = decode.field_table(bytes(data[offset:end]))
+            except UnicodeDecodeError:  # a name that is not UTF-8 (pamqp decodes long strings leniently)
+                consumed, table = _lenient_table(bytes(data[offset:end]))
+        except (ValueError, IndexError, struct.error) as exc:
             raise FrameError(f"the headers table does not decode: {exc}") from None
         p.headers = table
         offset += consumed

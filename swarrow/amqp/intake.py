@@ -39,7 +39,9 @@ import aiormq.abc
 import pamqp.frame
 from aiormq.connection import FrameReceiver
 from aiormq.exceptions import AMQPConnectionError, InvalidFrameError
+from pamqp.commands import Basic
 from pamqp.exceptions import PAMQPException
+from pamqp.header import ContentHeader
 
 from swarrow.amqp.frames import (
     DELIVER_PREFIX,
@@ -56,6 +58,7 @@ logger = logging.getLogger(__name__)
 
 _CHUNK: Final = 65536
 _BODY_SIZE: Final = struct.Struct(">Q")  # a content header's body size, after its class id and weight
+_WEIGHT: Final = struct.Struct(">H")  # a content header's weight, after its class id
 _LAST_FRAME_TIME: Final = "_Connection__last_frame_time"
 _NEED_MORE: Final = 0  # the delivery is not all in the buffer yet
 _PASS: Final = -1  # let aiormq take this delivery
@@ -141,7 +144,10 @@ class BulkFrameReceiver(FrameReceiver):
                 try:
                     return pamqp.frame.unmarshal(data)
                 except PAMQPException as exc:
-                    raise InvalidFrameError(str(exc)) from exc
+                    lenient = _lenient_frame(frame_type, channel, data, exc)
+                    if lenient is None:
+                        raise InvalidFrameError(str(exc)) from exc
+                    return lenient
             return None
         finally:
             if pos:
@@ -214,6 +220,40 @@ class BulkFrameReceiver(FrameReceiver):
                 "could not take a delivery from %s", route.queue_name, extra={"queue": route.queue_name}
             )
         return after
+
+
+def _lenient_frame(frame_type: int, channel: int, data: bytes, error: BaseException) -> Any:
+    """A delivery's frame pamqp refused only for bytes that are not UTF-8, decoded by swarrow's decoder.
+
+    RabbitMQ passes such bytes through from other clients (a routing key, a `message_id`, a header
+    name); raised into aiormq's reader they failed the connection, and the redelivery failed it again,
+    forever. None for anything else: that stays the connection error aiormq's receiver raises.
+    """
+    cause: BaseException | None = error
+    while cause is not None and not isinstance(cause, UnicodeDecodeError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return None
+    frame: Any
+    try:
+        if frame_type == 1 and data[7:11] == DELIVER_PREFIX:
+            d = decode_deliver(data, 7, len(data) - 1)
+            frame = Basic.Deliver.__new__(Basic.Deliver)  # its validate() refuses such an exchange name
+            frame.consumer_tag, frame.delivery_tag, frame.redelivered = (
+                d.consumer_tag,
+                d.delivery_tag,
+                d.redelivered,
+            )
+            frame.exchange, frame.routing_key = d.exchange, d.routing_key
+        elif frame_type == 2 and len(data) >= 16:
+            body_size, properties = decode_content_header(data, 7, len(data) - 1)
+            frame = ContentHeader(_WEIGHT.unpack_from(data, 9)[0], body_size)
+            frame.properties = properties  # pamqp's attribute names: what the inline handler reads
+        else:
+            return None
+    except FrameError:
+        return None
+    return len(data), channel, frame
 
 
 def _reader_frame_receiver(connection: Any) -> Any:

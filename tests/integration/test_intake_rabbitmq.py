@@ -1,0 +1,87 @@
+"""The bulk intake against bytes other clients put on the wire: short strings that are not UTF-8.
+
+RabbitMQ passes them through (a routing key, a property, a header name). Before, pamqp raised on them
+inside aiormq's reader: the consumer's connection failed, reconnected, got the same delivery back and
+failed again, forever — nothing behind it on the queue was ever consumed.
+"""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from pamqp.commands import Basic
+
+from swarrow.amqp import AmqpBroker, AmqpMessageProvider
+from swarrow.message import Message
+from tests.integration._raw_amqp import PLACEHOLDER, RawPublisher
+
+pytestmark = [pytest.mark.integration, pytest.mark.anyio]
+
+_BAD = "\ufffd\ufffd"  # what NOT_UTF8 (two invalid bytes) decodes to
+
+
+async def _receive(provider: AmqpMessageProvider, timeout: float = 10.0) -> Message:
+    with anyio.fail_after(timeout):
+        message = await provider.receive()
+    assert message is not None
+    return message
+
+
+def _publish_odd(amqp_url: str, queue: str, count: int) -> None:
+    raw = RawPublisher(amqp_url)
+    try:
+        raw.fanout_to(f"{queue}.odd", queue)
+        for n in range(count):
+            properties = Basic.Properties(
+                message_id=f"odd{n}{PLACEHOLDER}",
+                content_type=f"text/{PLACEHOLDER}",
+                headers={f"k{PLACEHOLDER}": {f"n{PLACEHOLDER}": [1, {f"a{PLACEHOLDER}": "v"}]}, "ok": 7},
+            )
+            raw.publish(f"{queue}.odd", f"rk{PLACEHOLDER}", b"odd body", properties)
+        raw.publish("", queue, b"plain", Basic.Properties(message_id="plain"))
+    finally:
+        raw.close()
+
+
+def _check_odd(message: Message, n: int) -> None:
+    assert message.body == b"odd body"
+    assert message.message_id == f"odd{n}{_BAD}"
+    assert message.content_type == f"text/{_BAD}"
+    assert message.routing_key == f"rk{_BAD}"
+    assert message.headers == {f"k{_BAD}": {f"n{_BAD}": [1, {f"a{_BAD}": "v"}]}, "ok": 7}
+
+
+async def test_short_strings_that_are_not_utf8_are_delivered_not_fatal(
+    amqp_url: str, amqp_broker: AmqpBroker, queue_name: str
+) -> None:
+    await amqp_broker.declare_queue(queue_name)
+    # Waiting before the consumer starts: the first deliveries arrive behind basic.consume-ok, so the
+    # bulk reader lets aiormq's path take them (pamqp decodes their frames).
+    await anyio.to_thread.run_sync(_publish_odd, amqp_url, queue_name, 2)
+    provider = amqp_broker.provider(queue_name, prefetch=10, ack_batch_size=1)
+    try:
+        await provider.start()
+        underlay = provider._underlay
+        for n in range(2):
+            message = await _receive(provider)
+            _check_odd(message, n)
+            assert not message.redelivered
+            await provider.ack(message)
+        plain = await _receive(provider)
+        assert (plain.message_id, plain.redelivered) == ("plain", False)
+        await provider.ack(plain)
+        # Published while consuming: taken whole by the bulk reader with swarrow's own decoder.
+        route = provider.fast_path.bulk_route if provider.fast_path else None
+        assert route is not None
+        taken = route.taken
+        await anyio.to_thread.run_sync(_publish_odd, amqp_url, queue_name, 3)
+        for n in range(3):
+            message = await _receive(provider)
+            _check_odd(message, n)
+            assert not message.redelivered
+            await provider.ack(message)
+        assert (await _receive(provider)).message_id == "plain"
+        assert route.taken > taken
+        assert provider._underlay is underlay  # no channel or connection was lost on the way
+    finally:
+        await provider.close()
