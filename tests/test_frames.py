@@ -181,6 +181,14 @@ def test_a_malformed_deliver_raises_frame_error(payload: bytes, why: str) -> Non
         decode_deliver(payload, 0, len(payload))
 
 
+def test_a_timestamp_past_year_9999_is_delivered_not_refused() -> None:
+    # A client that counts nanoseconds: pamqp raises "year ... is out of range" on it.
+    table = b"\x01tT" + struct.pack(">Q", 2**63)
+    header = _header(0x2040, struct.pack(">I", len(table)) + table + struct.pack(">Q", 2**64 - 1))
+    _, p = decode_content_header(header, 0, len(header))
+    assert (p.timestamp, p.headers) == (None, {"t": 2**63})
+
+
 def test_bytes_that_are_not_utf8_decode_with_replacement_characters() -> None:
     # Other clients publish them and RabbitMQ passes them through: a delivery, not a broken frame.
     deliver = b"\x00\x3c\x00\x3c\x01t" + struct.pack(">Q", 5) + b"\x01\x00\x03rk\xff"

@@ -13,6 +13,8 @@ Bytes that are not UTF-8 in a short string or a header name are not malformed: R
 through from other clients (a routing key, a `message_id`, a header name), and pamqp's decoder raises
 on them, which failed the whole connection on every redelivery. They decode with U+FFFD in place of
 each bad sequence, so the message reaches the stack (and its retry/dead-letter path) like any other.
+Likewise a timestamp `datetime` cannot hold (past year 9999): the `timestamp` property reads as None,
+a header's timestamp as the integer that was sent.
 """
 
 from __future__ import annotations
@@ -148,9 +150,22 @@ def _lenient_value(value: bytes) -> tuple[int, Any]:
             items.append(item)
             offset += used
         return offset, items
+    elif kind == b"T":
+        if len(value) < 9:
+            raise ValueError("a timestamp is truncated")
+        return 9, _timestamp(value[1:9], _U64.unpack_from(value, 1)[0])
     else:
         return decode.embedded_value(value)
     return consumed + 1, result
+
+
+def _timestamp(value: bytes, beyond: Any) -> Any:
+    """pamqp's timestamp, or `beyond` where datetime cannot hold it (a client that sent micro- or
+    nanoseconds: past year 9999), so the message is still delivered."""
+    try:
+        return decode.timestamp(value)[1]
+    except (ValueError, OverflowError):
+        return beyond
 
 
 def decode_deliver(data: Buffer, start: int, end: int) -> Deliver:
@@ -191,9 +206,9 @@ def decode_content_header(data: Buffer, start: int, end: int) -> tuple[int, Prop
         try:
             try:
                 consumed, table = decode.field_table(bytes(data[offset:end]))
-            except UnicodeDecodeError:  # a name that is not UTF-8 (pamqp decodes long strings leniently)
+            except (ValueError, OverflowError):  # a name not UTF-8, a timestamp past year 9999, or broken
                 consumed, table = _lenient_table(bytes(data[offset:end]))
-        except (ValueError, IndexError, struct.error) as exc:
+        except (ValueError, OverflowError, IndexError, struct.error) as exc:
             raise FrameError(f"the headers table does not decode: {exc}") from None
         p.headers = table
         offset += consumed
@@ -232,7 +247,7 @@ def decode_content_header(data: Buffer, start: int, end: int) -> tuple[int, Prop
     if flags & 0x0040:
         if offset + 8 > end:
             raise FrameError("timestamp is truncated")
-        p.timestamp = decode.timestamp(bytes(data[offset : offset + 8]))[1]
+        p.timestamp = _timestamp(bytes(data[offset : offset + 8]), None)
         offset += 8
     else:
         p.timestamp = None

@@ -144,7 +144,7 @@ class BulkFrameReceiver(FrameReceiver):
                 try:
                     return pamqp.frame.unmarshal(data)
                 except PAMQPException as exc:
-                    lenient = _lenient_frame(frame_type, channel, data, exc)
+                    lenient = _lenient_frame(frame_type, channel, data)
                     if lenient is None:
                         raise InvalidFrameError(str(exc)) from exc
                     return lenient
@@ -208,7 +208,7 @@ class BulkFrameReceiver(FrameReceiver):
             else:
                 body = b"".join([buf[a:b] for a, b in spans])
             deliver = decode_deliver(buf, pos + 7, stop)
-        except FrameError as exc:
+        except (ValueError, OverflowError, IndexError, struct.error) as exc:  # FrameError is a ValueError
             route.broken = True
             route.close(ch, route.queue_name, f"a malformed delivery ({exc})")
             return stop + 1
@@ -222,18 +222,15 @@ class BulkFrameReceiver(FrameReceiver):
         return after
 
 
-def _lenient_frame(frame_type: int, channel: int, data: bytes, error: BaseException) -> Any:
-    """A delivery's frame pamqp refused only for bytes that are not UTF-8, decoded by swarrow's decoder.
+def _lenient_frame(frame_type: int, channel: int, data: bytes) -> Any:
+    """A delivery's frame pamqp refused, decoded by swarrow's decoder; None when that fails too.
 
-    RabbitMQ passes such bytes through from other clients (a routing key, a `message_id`, a header
-    name); raised into aiormq's reader they failed the connection, and the redelivery failed it again,
-    forever. None for anything else: that stays the connection error aiormq's receiver raises.
+    pamqp refuses bytes that are not UTF-8 in a short string (a routing key, a `message_id`, a
+    header name: RabbitMQ passes them through from other clients) and timestamps past year 9999;
+    raised into aiormq's reader they failed the connection, and the redelivery failed it again,
+    forever. swarrow's decoder reads those leniently (`swarrow.amqp.frames`) and refuses the rest:
+    then it stays the connection error aiormq's own receiver raises.
     """
-    cause: BaseException | None = error
-    while cause is not None and not isinstance(cause, UnicodeDecodeError):
-        cause = cause.__cause__ or cause.__context__
-    if cause is None:
-        return None
     frame: Any
     try:
         if frame_type == 1 and data[7:11] == DELIVER_PREFIX:
@@ -251,7 +248,7 @@ def _lenient_frame(frame_type: int, channel: int, data: bytes, error: BaseExcept
             frame.properties = properties  # pamqp's attribute names: what the inline handler reads
         else:
             return None
-    except FrameError:
+    except (ValueError, OverflowError, IndexError, struct.error):  # FrameError is a ValueError
         return None
     return len(data), channel, frame
 

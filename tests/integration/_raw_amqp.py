@@ -67,14 +67,27 @@ class RawPublisher:
         self._expect(commands.Queue.BindOk)
 
     def publish(
-        self, exchange: str, routing_key: str, body: bytes, properties: commands.Basic.Properties
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: commands.Basic.Properties,
+        swaps: tuple[tuple[bytes, bytes], ...] = (),
     ) -> None:
-        """Publish, turning every PLACEHOLDER in the method and header frames into NOT_UTF8."""
+        """Publish, turning every PLACEHOLDER in the method and header frames into NOT_UTF8.
+
+        `swaps`: more (old, new) byte strings of equal length replaced in the header frame.
+        """
         method = pamqp.frame.marshal(commands.Basic.Publish(exchange=exchange, routing_key=routing_key), 1)
         header = pamqp.frame.marshal(ContentHeader(0, len(body), properties), 1)
         content = pamqp.frame.marshal(ContentBody(body), 1) if body else b""
         swap = (_PLACEHOLDER_BYTES, NOT_UTF8)
-        self._sock.sendall(method.replace(*swap) + header.replace(*swap) + content)
+        header = header.replace(*swap)
+        for old, new in swaps:
+            if len(old) != len(new) or old not in header:
+                raise ValueError(f"cannot swap {old!r} in the header frame")
+            header = header.replace(old, new)
+        self._sock.sendall(method.replace(*swap) + header + content)
 
     def close(self) -> None:
         self._send(1, commands.Channel.Close(200, "done", 0, 0))

@@ -1,11 +1,15 @@
-"""The bulk intake against bytes other clients put on the wire: short strings that are not UTF-8.
+"""The bulk intake against bytes other clients put on the wire: short strings that are not UTF-8,
+timestamps in nanoseconds.
 
-RabbitMQ passes them through (a routing key, a property, a header name). Before, pamqp raised on them
-inside aiormq's reader: the consumer's connection failed, reconnected, got the same delivery back and
+RabbitMQ passes them through (a routing key, a property, a header name, a timestamp). Before, pamqp
+raised on them inside aiormq's reader: the consumer's connection failed, reconnected, got the same delivery back and
 failed again, forever — nothing behind it on the queue was ever consumed.
 """
 
 from __future__ import annotations
+
+import datetime
+import struct
 
 import anyio
 import pytest
@@ -18,6 +22,8 @@ from tests.integration._raw_amqp import PLACEHOLDER, RawPublisher
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
 _BAD = "\ufffd\ufffd"  # what NOT_UTF8 (two invalid bytes) decodes to
+_SECONDS = 1_000_000_000
+_NANOSECONDS = 1_700_000_000_000_000_000  # a timestamp as a client counting nanoseconds sends it
 
 
 async def _receive(provider: AmqpMessageProvider, timeout: float = 10.0) -> Message:
@@ -38,6 +44,14 @@ def _publish_odd(amqp_url: str, queue: str, count: int) -> None:
                 headers={f"k{PLACEHOLDER}": {f"n{PLACEHOLDER}": [1, {f"a{PLACEHOLDER}": "v"}]}, "ok": 7},
             )
             raw.publish(f"{queue}.odd", f"rk{PLACEHOLDER}", b"odd body", properties)
+        at = datetime.datetime.fromtimestamp(_SECONDS, tz=datetime.UTC)
+        raw.publish(
+            "",
+            queue,
+            b"late",
+            Basic.Properties(message_id="late", timestamp=at, headers={"sent": at}),
+            swaps=((struct.pack(">Q", _SECONDS), struct.pack(">Q", _NANOSECONDS)),),
+        )
         raw.publish("", queue, b"plain", Basic.Properties(message_id="plain"))
     finally:
         raw.close()
@@ -51,7 +65,15 @@ def _check_odd(message: Message, n: int) -> None:
     assert message.headers == {f"k{_BAD}": {f"n{_BAD}": [1, {f"a{_BAD}": "v"}]}, "ok": 7}
 
 
-async def test_short_strings_that_are_not_utf8_are_delivered_not_fatal(
+async def _check_late(provider: AmqpMessageProvider) -> None:
+    """The timestamp datetime cannot hold: None as the property, the integer sent as a header."""
+    message = await _receive(provider)
+    assert (message.message_id, message.body, message.timestamp) == ("late", b"late", None)
+    assert message.headers == {"sent": _NANOSECONDS}
+    await provider.ack(message)
+
+
+async def test_short_strings_not_utf8_and_huge_timestamps_are_delivered_not_fatal(
     amqp_url: str, amqp_broker: AmqpBroker, queue_name: str
 ) -> None:
     await amqp_broker.declare_queue(queue_name)
@@ -67,6 +89,7 @@ async def test_short_strings_that_are_not_utf8_are_delivered_not_fatal(
             _check_odd(message, n)
             assert not message.redelivered
             await provider.ack(message)
+        await _check_late(provider)
         plain = await _receive(provider)
         assert (plain.message_id, plain.redelivered) == ("plain", False)
         await provider.ack(plain)
@@ -80,6 +103,7 @@ async def test_short_strings_that_are_not_utf8_are_delivered_not_fatal(
             _check_odd(message, n)
             assert not message.redelivered
             await provider.ack(message)
+        await _check_late(provider)
         assert (await _receive(provider)).message_id == "plain"
         assert route.taken > taken
         assert provider._underlay is underlay  # no channel or connection was lost on the way
