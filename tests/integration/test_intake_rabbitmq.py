@@ -2,8 +2,8 @@
 timestamps in nanoseconds.
 
 RabbitMQ passes them through (a routing key, a property, a header name, a timestamp). Before, pamqp
-raised on them inside aiormq's reader: the consumer's connection failed, reconnected, got the same delivery back and
-failed again, forever — nothing behind it on the queue was ever consumed.
+raised on them inside aiormq's reader: the consumer's connection failed, reconnected, got the same
+delivery back and failed again, forever — nothing behind it on the queue was ever consumed.
 """
 
 from __future__ import annotations
