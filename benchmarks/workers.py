@@ -3,10 +3,9 @@
     python benchmarks/workers.py [--messages 50000] [--runs 3] [--workers 1,2]
 
 Each run fills a fresh durable queue with N persistent ~100-byte messages, starts
-`swarrow consume workers:noop --queue Q --workers W --prefetch 1000 --concurrency 10` (the full default
-stack, INFO log lines to a file), and times from the first message gone from the queue to the last one
-delivered (at most `prefetch` per worker still being processed then: 2-4% of N); then SIGTERM, and the
-queue must be empty once the workers drained. Runs alternate between the worker counts. The
+`swarrow consume workers:noop --queue Q --workers W --prefetch 1000 --concurrency 10 --declare` (the full default
+stack, INFO log lines to a file) and rates it by the workers' own log lines: N over the time between the
+first and the last `acked` line. Then SIGTERM, and the queue must be empty. Runs alternate between the worker counts. The
 consumer's rate is N over that time; the broker (on the same 2 cores) shares the CPU with the workers.
 """
 
@@ -14,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import os
 import signal
@@ -44,27 +44,27 @@ async def one_run(url: str, workers: int, messages: int, timeout: float) -> floa
     log = open(os.path.join(RESULTS, f"workers{workers}.log"), "w")  # noqa: SIM115, ASYNC230
     proc = await asyncio.create_subprocess_exec(
         SWARROW, "consume", "workers:noop", "--url", url, "--queue", queue, "--workers", str(workers),
-        "--prefetch", "1000", "--concurrency", "10", "--log-level", "info",
+        "--prefetch", "1000", "--concurrency", "10", "--log-level", "info", "--declare",
         stdout=log, stderr=log, cwd=HERE, env={**os.environ, "PYTHONPATH": HERE},
     )  # fmt: skip
     connection = await aiormq.connect(url)
+    path = log.name
     try:
         channel = await connection.channel()
         deadline = time.monotonic() + timeout
-        while await ready(channel, queue) >= messages:
+        count_acked = AckedLines(path)
+        while (acked := count_acked()) < messages:
+            if proc.returncode is not None:
+                raise RuntimeError(f"swarrow consume exited {proc.returncode} after {acked} messages: see {path}")
             if time.monotonic() > deadline:
-                raise RuntimeError("no message consumed before the timeout")
-            await asyncio.sleep(0.005)
-        started = time.perf_counter()
-        while await ready(channel, queue):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the queue did not empty before the timeout")
-            await asyncio.sleep(0.005)
-        elapsed = time.perf_counter() - started
-        proc.send_signal(signal.SIGTERM)  # drains: what was delivered is finished and acked
+                raise RuntimeError(f"{acked} of {messages} messages acked before the timeout: see {path}")
+            await asyncio.sleep(0.05)
+        count_acked.file.close()
+        first, last = acked_span(path)
+        proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.wait(), 60)
         if left := await ready(channel, queue):
-            raise RuntimeError(f"{left} messages back in the queue after the workers stopped")
+            raise RuntimeError(f"{left} messages back in the queue after every one was acked")
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
@@ -76,7 +76,35 @@ async def one_run(url: str, workers: int, messages: int, timeout: float) -> floa
         log.close()
         await connection.close()
         await delete_queue(url, queue)
-    return messages / elapsed
+    return (messages - 1) / (last - first)
+
+
+class AckedLines:
+    """Counts the workers' `acked` log lines, reading only what was appended since the last call."""
+
+    def __init__(self, path: str) -> None:
+        self.file = open(path, "rb")  # noqa: SIM115
+        self.count = 0
+        self.tail = b""
+
+    def __call__(self) -> int:
+        data = self.tail + self.file.read()
+        cut = data.rfind(b"\n") + 1
+        self.count += data[:cut].count(b" acked in ")
+        self.tail = data[cut:]
+        return self.count
+
+
+def acked_span(path: str) -> tuple[float, float]:
+    """Seconds (log timestamps) of the first and the last acked message."""
+    stamps = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if " acked in " in line:
+                day, clock = line.split(" ", 2)[:2]
+                when = dt.datetime.strptime(f"{day} {clock}", "%Y-%m-%d %H:%M:%S,%f")
+                stamps.append(when.timestamp())
+    return min(stamps), max(stamps)
 
 
 def main() -> None:

@@ -203,15 +203,25 @@ def decode_content_header(data: Buffer, start: int, end: int) -> tuple[int, Prop
     else:
         p.content_encoding = None
     if flags & 0x2000:
+        if offset + 4 > end:
+            raise FrameError("the headers table does not decode: its length is truncated")
+        (length,) = _U32.unpack_from(data, offset)
+        stop = offset + 4 + length
+        if stop > end:  # checked here: pamqp 4.0.0 reads past a short table without a word
+            raise FrameError(
+                f"the headers table does not decode: {length} bytes announced, {end - offset - 4} left"
+            )
         try:
             try:
-                consumed, table = decode.field_table(bytes(data[offset:end]))
+                consumed, table = decode.field_table(bytes(data[offset:stop]))
             except (ValueError, OverflowError):  # a name not UTF-8, a timestamp past year 9999, or broken
-                consumed, table = _lenient_table(bytes(data[offset:end]))
+                consumed, table = _lenient_table(bytes(data[offset:stop]))
         except (ValueError, OverflowError, IndexError, struct.error) as exc:
             raise FrameError(f"the headers table does not decode: {exc}") from None
+        if consumed != stop - offset:
+            raise FrameError("the headers table does not decode: its entries overrun its length")
         p.headers = table
-        offset += consumed
+        offset = stop
     else:
         p.headers = None
     if flags & 0x1000:
