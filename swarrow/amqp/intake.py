@@ -52,7 +52,7 @@ from swarrow.amqp.frames import (
     decode_deliver,
 )
 
-__all__ = ["BulkFrameReceiver", "Route", "become_bulk", "install_bulk_intake"]
+__all__ = ["BulkFrameReceiver", "Route", "become_bulk", "install_bulk_intake", "tolerate_odd_frames"]
 
 logger = logging.getLogger(__name__)
 
@@ -312,3 +312,15 @@ def install_bulk_intake(
     if isinstance(closing, asyncio.Future):
         closing.add_done_callback(forget)
     return route
+
+
+def tolerate_odd_frames(connection: Any) -> bool:
+    """Give an aiormq connection the bulk receiver without any route: every frame still goes
+    aiormq's way, one at a time (its back-pressure kept), but a delivery pamqp refuses only for text
+    that is not UTF-8 or a timestamp past year 9999 is decoded by swarrow's decoder instead of
+    failing the connection (`_lenient_frame`). For the dead-letter scan, which must read such letters.
+    """
+    if not isinstance(getattr(connection, _LAST_FRAME_TIME, None), float):
+        return False
+    receiver = _reader_frame_receiver(connection)
+    return receiver is not None and become_bulk(receiver, connection) is not None

@@ -29,6 +29,8 @@ from pamqp.commands import Basic
 from swarrow.amqp._errors import describe_connect_error
 from swarrow.amqp._errors import scrub as _scrub
 from swarrow.amqp._scan_fastpath import BatchPublisher, install_inline_delivery
+from swarrow.amqp.fastpath import SUPPORTED
+from swarrow.amqp.intake import tolerate_odd_frames
 from swarrow.amqp.publisher import _properties
 from swarrow.errors import BrokerUnavailableError, ConfigurationError, PublishError
 from swarrow.message import Message
@@ -154,6 +156,8 @@ class AmqpQueueScan:
         channel = await self._reader.channel(publisher_confirms=False, frame_buffer_size=_FRAME_BUFFER)
         self._channel = channel
         self.inline_delivery = install_inline_delivery(channel, self._take)
+        if SUPPORTED:  # a letter another client published with odd bytes must not fail the scan
+            tolerate_odd_frames(self._reader)
         channel.closing.add_done_callback(self._on_closed)
         await channel.basic_qos(prefetch_count=0)  # a pass holds the whole queue unacked
         try:

@@ -9,7 +9,10 @@ delivery back and failed again, forever — nothing behind it on the queue was e
 from __future__ import annotations
 
 import datetime
+import os
 import struct
+import subprocess
+import sys
 
 import anyio
 import pytest
@@ -109,3 +112,38 @@ async def test_short_strings_not_utf8_and_huge_timestamps_are_delivered_not_fata
         assert provider._underlay is underlay  # no channel or connection was lost on the way
     finally:
         await provider.close()
+
+
+def _publish_odd_letter(amqp_url: str, dead: str) -> None:
+    raw = RawPublisher(amqp_url)
+    try:
+        at = datetime.datetime.fromtimestamp(_SECONDS, tz=datetime.UTC)
+        properties = Basic.Properties(
+            message_id=f"odd{PLACEHOLDER}", timestamp=at, headers={f"k{PLACEHOLDER}": 1}
+        )
+        swaps = ((struct.pack(">Q", _SECONDS), struct.pack(">Q", _NANOSECONDS)),)
+        raw.publish("", dead, b"odd body", properties, swaps=swaps)
+        raw.publish("", dead, b"plain", Basic.Properties(message_id="plain"))
+    finally:
+        raw.close()
+
+
+async def test_the_dead_letter_scan_reads_a_letter_with_odd_bytes(
+    amqp_url: str, amqp_broker: AmqpBroker, queue_name: str
+) -> None:
+    # The broker's own dead-lettering (or another client) can put such a letter in QUEUE.dead;
+    # before, every `swarrow dead` command failed on it: "connection ... lost (Could not unmarshal ...)".
+    dead = f"{queue_name}.dead"
+    await amqp_broker.declare_queue(queue_name)
+    await amqp_broker.declare_queue(dead)
+    await anyio.to_thread.run_sync(_publish_odd_letter, amqp_url, dead)
+    command = [sys.executable, "-m", "swarrow", "dead", "show", "--queue", queue_name, "--url", amqp_url]
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    shown = await anyio.to_thread.run_sync(
+        lambda: subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert f"message_id=odd{_BAD}" in shown.stdout and "message_id=plain" in shown.stdout
+    with anyio.fail_after(10):
+        while (info := await amqp_broker.inspect_queue(dead)) is None or info.message_count != 2:
+            await anyio.sleep(0.05)  # `show` leaves every letter where it was
