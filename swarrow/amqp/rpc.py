@@ -20,6 +20,8 @@ from pamqp.commands import Basic
 from swarrow.amqp._errors import CHANNEL_GONE as CHANNEL_GONE
 from swarrow.amqp._same_id import OnePerMessageId
 from swarrow.amqp.broker import AmqpBroker
+from swarrow.amqp.fastpath import SUPPORTED
+from swarrow.amqp.intake import tolerate_odd_frames
 from swarrow.amqp.publisher import _properties
 from swarrow.broker import Broker
 from swarrow.errors import PublishError, RpcConnectionLost
@@ -96,6 +98,8 @@ class AmqpReplyTransport:
             if transport is None:
                 raise RpcConnectionLost(f"not connected to {self.broker.url}")
             channel = await transport.connection.channel(publisher_confirms=True, on_return_raises=True)
+            if SUPPORTED:  # a reply another client sent with odd bytes must not fail the connection
+                tolerate_odd_frames(transport.connection)
             await channel.basic_consume(DIRECT_REPLY_TO, self._on_reply, no_ack=True)
             channel.closing.add_done_callback(self._on_closed)
             self._channel = channel

@@ -20,6 +20,7 @@ from pamqp.commands import Basic
 
 from swarrow.amqp import AmqpBroker, AmqpMessageProvider
 from swarrow.message import Message
+from swarrow.rpc import RpcClient
 from tests.integration._raw_amqp import PLACEHOLDER, RawPublisher
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
@@ -147,3 +148,40 @@ async def test_the_dead_letter_scan_reads_a_letter_with_odd_bytes(
     with anyio.fail_after(10):
         while (info := await amqp_broker.inspect_queue(dead)) is None or info.message_count != 2:
             await anyio.sleep(0.05)  # `show` leaves every letter where it was
+
+
+def _reply_odd(amqp_url: str, reply_to: str, correlation_id: str) -> None:
+    raw = RawPublisher(amqp_url)
+    try:
+        properties = Basic.Properties(correlation_id=correlation_id, message_id=f"r{PLACEHOLDER}")
+        raw.publish("", reply_to, b"answer", properties)
+    finally:
+        raw.close()
+
+
+async def test_an_rpc_reply_with_odd_bytes_reaches_its_caller(
+    amqp_url: str, amqp_broker: AmqpBroker, queue_name: str
+) -> None:
+    # A worker written with another client answers with a message_id that is not UTF-8; before,
+    # the caller's connection failed on the reply: RpcConnectionLost for it and every call in flight.
+    await amqp_broker.declare_queue(queue_name)
+    provider = amqp_broker.provider(queue_name, prefetch=1)
+
+    async def serve() -> None:
+        request = await _receive(provider)
+        assert request.reply_to is not None and request.correlation_id is not None
+        await anyio.to_thread.run_sync(_reply_odd, amqp_url, request.reply_to, request.correlation_id)
+        await provider.ack(request)
+
+    try:
+        await provider.start()
+        caller = AmqpBroker(amqp_url)  # a connection of its own, as a client process has
+        try:
+            async with anyio.create_task_group() as tg, RpcClient(caller) as client:
+                tg.start_soon(serve)
+                reply = await client.call(queue_name, b"question", timeout=10)
+                assert (reply.body, reply.message.message_id) == (b"answer", f"r{_BAD}")
+        finally:
+            await caller.close()
+    finally:
+        await provider.close()
