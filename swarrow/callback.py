@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
@@ -12,7 +13,6 @@ from contextvars import ContextVar
 from typing import Any, TypeAlias
 
 import anyio
-import anyio.from_thread
 import anyio.to_thread
 
 from swarrow.control import ConsumerControl, current_control
@@ -40,13 +40,14 @@ Callback: TypeAlias = AsyncCallback | SyncCallback
 class _OverrunningCall:
     """One sync callback call in a worker thread, which a cancellation cannot stop: wait for it to return."""
 
-    __slots__ = ("callback", "done", "lock", "started", "waiter")
+    __slots__ = ("callback", "done", "lock", "loop", "started", "waiter")
 
     def __init__(self, callback: SyncCallback) -> None:
         self.callback = callback
         self.started = False
         self.done = False
         self.waiter: anyio.Event | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.lock = threading.Lock()
 
     def run(self, message: Message) -> bool | None:
@@ -62,11 +63,13 @@ class _OverrunningCall:
             # the two sides always sees the other, so no wake-up is lost.
             self.done = True
             _running_late.discard(self)
-            waiter = self.waiter
-            if waiter is not None:
+            waiter, loop = self.waiter, self.loop
+            if waiter is not None and loop is not None:
+                # Fire and forget: waiting for the loop to run it (anyio.from_thread.run_sync) hung this
+                # thread for ever when the loop had stopped without closing, and the process with it at exit.
                 try:
-                    anyio.from_thread.run_sync(waiter.set)
-                except Exception:  # the event loop is gone: nobody waits any more
+                    loop.call_soon_threadsafe(waiter.set)
+                except RuntimeError:  # the event loop is closed: nobody waits any more
                     logger.debug("could not wake the waiter of a late sync callback", exc_info=True)
 
     def cancelled(self) -> bool:
@@ -79,6 +82,7 @@ class _OverrunningCall:
 
     async def wait(self) -> None:
         """Return once the thread returned (cancellable: the thread is then left running)."""
+        self.loop = asyncio.get_running_loop()
         event = self.waiter = anyio.Event()
         if not self.done:
             await event.wait()
