@@ -15,7 +15,7 @@ PEERS_REQ = benchmarks/peers-requirements.txt
 LINT_PATHS = $(wildcard swarrow processors tests benchmarks)
 
 .DEFAULT_GOAL := help
-.PHONY: test-lowest help install rabbitmq postgresql cluster cluster-stop test-cluster run test test-unit test-reliability lint bench bench-quick bench-peers-env clean
+.PHONY: test-lowest test-lowest-unit test-lowest-smoke help install rabbitmq postgresql cluster cluster-stop test-cluster run test test-unit test-reliability lint bench bench-quick bench-peers-env clean
 
 help: ## List the targets
 	@echo "usage: make <target>   (VENV=$(VENV))"
@@ -91,10 +91,15 @@ $(LOWEST_STAMP): pyproject.toml scripts/lowest-constraints.py | $(PY)
 		grep -iE '^(aio-pika|aiormq|pamqp|anyio|click|prometheus.client|uvloop|asyncpg) '
 	@touch $@
 
-test-lowest: $(LOWEST_STAMP) rabbitmq ## Unit tests + a RabbitMQ smoke test on the lowest dependency versions allowed
+test-lowest: test-lowest-unit test-lowest-smoke ## Unit tests + a RabbitMQ smoke test on the lowest dependency versions allowed
+
+# The two halves apart, so CI runs the unit half (no broker) beside `make test`'s cluster tests, which mostly wait.
+test-lowest-unit: $(LOWEST_STAMP) ## The unit tests on the lowest dependency versions (no broker)
 	$(LOWEST_PY) -m pytest -q -p no:cacheprovider -m "not integration and not reliability and not prometheus" \
 		--ignore=tests/cluster \
 		$(PYTEST_ARGS)
+
+test-lowest-smoke: $(LOWEST_STAMP) rabbitmq ## The RabbitMQ smoke test on the lowest dependency versions
 	$(LOWEST_PY) -m pytest -q -p no:cacheprovider $(LOWEST_SMOKE) $(PYTEST_ARGS)
 
 test-reliability: install rabbitmq ## Run the chaos suite in tests/reliability
