@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from click.testing import CliRunner, Result
+from stuck_threads import pytest_sessionfinish, pytest_unconfigure  # noqa: F401  # hooks, found by name
 
 from swarrow import Broker, MemoryBroker
 from swarrow.amqp import AmqpBroker
@@ -34,6 +35,7 @@ def _exit_guard(code: int) -> None:
     raise RuntimeError(f"os._exit({code}) called in the pytest process: it would end the run silently")
 
 
+_exit_guard.__swarrow_real_exit__ = _real_exit  # type: ignore[attr-defined]  # for tests/stuck_threads.py
 os._exit = _exit_guard
 
 
