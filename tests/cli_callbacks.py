@@ -9,7 +9,18 @@ import anyio
 
 from swarrow import Message
 
-__all__ = ["boom", "hang", "not_callable", "ok", "record", "record_queue", "slow", "slow_record"]
+__all__ = [
+    "boom",
+    "hang",
+    "hang_or_boom",
+    "not_callable",
+    "ok",
+    "record",
+    "record_queue",
+    "slow",
+    "slow_record",
+    "stuck",
+]
 
 not_callable = 42
 
@@ -60,3 +71,16 @@ async def record_queue(message: Message) -> None:
 async def hang(message: Message) -> None:
     """Never returns on its own: only a time limit frees the slot."""
     await anyio.sleep_forever()
+
+
+def stuck(message: Message) -> None:
+    """A sync callback stuck far past any time limit: its thread outlives the stop."""
+    time.sleep(300)
+
+
+def hang_or_boom(message: Message) -> None:
+    """`boom` raises after 1.5 s; anything else is stuck like `stuck`."""
+    if message.body == b"boom":
+        time.sleep(1.5)
+        raise ValueError("boom")
+    time.sleep(300)

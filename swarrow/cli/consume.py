@@ -345,17 +345,25 @@ def consume(ctx: click.Context, /, target: str | None, config_path: str | None, 
         except Exception as exc:
             fail(exc)
     before = worker_threads()  # another event loop's (a test runner's) are not this run's to wait for
+    error: click.ClickException | None = None
     try:
         reason: StopReason = run_anyio(
             functools.partial(consume_async, callback, run_settings, processors=processors, layers=layers),
             use_uvloop=settings["uvloop"],
         )
     except Exception as exc:
-        fail(exc)
+        try:
+            fail(exc)
+        except click.ClickException as failure:
+            error = failure
     finally:
         if sdk is not None:
             from swarrow.otel import shutdown_sdk
 
             shutdown_sdk(sdk)  # flushes the spans still batched, within a budget
+    if error is not None:
+        # A crash with a callback thread stuck in its call: exit with the error, never wait for the thread.
+        exit_now_if_threads_hang(error.exit_code, before=before, last_words=error.show)
+        raise error
     logger.info("stopped (%s); exiting 0", reason)
     exit_now_if_threads_hang(0, before=before)
