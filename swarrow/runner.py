@@ -15,7 +15,9 @@ import dataclasses
 import functools
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import Unpack
 
@@ -48,6 +50,7 @@ __all__ = [
     "consume",
     "describe_queues",
     "existing_retry_delays",
+    "exit_if_callback_threads_hang",
     "prepare_queues",
     "resolve_retry_delays",
     "resolve_url",
@@ -249,18 +252,29 @@ def run(
     except BaseException as exc:
         if hung_callback_threads():
             logger.error("the consumer failed: %r", exc)
-            _exit_if_callback_threads_hang(1)
+            exit_if_callback_threads_hang(1)
         raise
-    _exit_if_callback_threads_hang(0)
+    exit_if_callback_threads_hang(0)
     return reason
 
 
-def _exit_if_callback_threads_hang(code: int) -> None:
-    """End the process now if sync callback threads outlived the stop: the interpreter would join them."""
+def exit_if_callback_threads_hang(code: int, *, last_words: Callable[[], None] | None = None) -> None:
+    """End the process now if sync callback threads outlived the stop: the interpreter would join them.
+
+    `hung_callback_threads()` counts exactly the calls whose message was cancelled while their thread
+    ran on, so there is nothing to wait for. Once leaving, SIGINT and SIGTERM are ignored: a second
+    Ctrl-C raised into the exit and left the process waiting for the threads for ever. `last_words`
+    runs before the exit (an error still to print).
+    """
     hung = hung_callback_threads()
     if not hung:
         return
+    if threading.current_thread() is threading.main_thread():
+        for stop_signal in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(stop_signal, signal.SIG_IGN)
     logger.warning("%d sync callback thread(s) still running after the stop; exiting without them", hung)
+    if last_words is not None:
+        last_words()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -6,13 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from swarrow.cli import bootstrap
+from swarrow import callback, runner
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,63 +22,52 @@ class _Exited(Exception):
 
 
 @pytest.fixture
-def exits(monkeypatch: pytest.MonkeyPatch) -> None:
+def exits(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     def fake_exit(code: int) -> None:
         raise _Exited(code)
 
-    monkeypatch.setattr(bootstrap.os, "_exit", fake_exit)
-    monkeypatch.setattr(bootstrap.logging, "shutdown", lambda: None)
+    monkeypatch.setattr(runner.os, "_exit", fake_exit)
+    monkeypatch.setattr(runner.logging, "shutdown", lambda: None)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
 
 
-def _hung_threads(count: int, release: threading.Event) -> list[threading.Thread]:
-    threads = [
-        threading.Thread(target=release.wait, name="AnyIO worker thread", daemon=True) for _ in range(count)
-    ]
-    for thread in threads:
-        thread.start()
-    return threads
+def _late_calls(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+    """`count` calls whose message was cancelled while their thread runs on (what a time limit leaves)."""
+    monkeypatch.setattr(callback, "_running_late", {object() for _ in range(count)})
 
 
-def test_many_hung_threads_share_one_short_wait(exits: None) -> None:
-    release = threading.Event()
-    _hung_threads(10, release)
+def test_many_hung_threads_cost_no_wait(exits: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    _late_calls(monkeypatch, 10)
     said: list[str] = []
     started = time.monotonic()
-    try:
-        with pytest.raises(_Exited) as exited:
-            bootstrap.exit_now_if_threads_hang(3, last_words=lambda: said.append("error shown"))
-    finally:
-        release.set()
+    with pytest.raises(_Exited) as exited:
+        runner.exit_if_callback_threads_hang(3, last_words=lambda: said.append("error shown"))
     elapsed = time.monotonic() - started
-    # Before: 0.5 s per thread, one after another: 10 threads 5 s, concurrency 100 50 s.
+    # Before: the CLI joined each AnyIO worker thread for 0.5 s, one after another: 10 threads 5 s,
+    # concurrency 100 50 s.
     assert elapsed < 1.5, f"exiting past 10 hung threads took {elapsed:.1f}s"
     assert exited.value.args == (3,) and said == ["error shown"]
 
 
-def test_a_signal_during_the_check_is_ignored_and_the_handlers_come_back(exits: None) -> None:
-    release = threading.Event()
-    _hung_threads(2, release)
-    handler_before = signal.getsignal(signal.SIGINT)
-    timer = threading.Timer(0.1, os.kill, args=(os.getpid(), signal.SIGINT))
-    timer.start()
-    try:
-        with pytest.raises(_Exited):  # not KeyboardInterrupt: before, Ctrl-C here left the process waiting
-            bootstrap.exit_now_if_threads_hang(0)
-    finally:
-        release.set()
-        timer.join()
-    assert signal.getsignal(signal.SIGINT) is handler_before
+def test_a_second_signal_cannot_interrupt_the_exit(exits: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    _late_calls(monkeypatch, 2)
+    with pytest.raises(_Exited):
+        runner.exit_if_callback_threads_hang(0)
+    # Before: a second Ctrl-C raised into the exit and the interpreter then waited for the threads.
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
 
 
-def test_no_thread_of_this_run_means_no_wait_and_no_exit(exits: None) -> None:
-    release = threading.Event()
-    theirs = frozenset(_hung_threads(1, release))
-    try:
-        started = time.monotonic()
-        bootstrap.exit_now_if_threads_hang(0, before=theirs)  # returns: nothing of this run hangs
-        assert time.monotonic() - started < 0.2
-    finally:
-        release.set()
+def test_nothing_hung_means_no_exit_and_the_handlers_untouched(
+    exits: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _late_calls(monkeypatch, 0)
+    handler = signal.getsignal(signal.SIGINT)
+    runner.exit_if_callback_threads_hang(0)  # returns: the interpreter's own exit has nothing to wait for
+    assert signal.getsignal(signal.SIGINT) is handler
 
 
 def _swarrow(*args: str) -> subprocess.Popen[str]:

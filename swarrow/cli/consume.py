@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from swarrow import __version__
-from swarrow.cli.bootstrap import configure_cli_logging, exit_now_if_threads_hang, run_anyio, worker_threads
+from swarrow.cli.bootstrap import configure_cli_logging, run_anyio
 from swarrow.cli.consume_settings import DEFAULT_CONFIG, build_settings, print_settings, resolve_settings
 from swarrow.cli.errors import fail
 from swarrow.cli.help import ENV_EPILOG, EXIT_EPILOG, ManCommand, option
@@ -328,6 +328,7 @@ def consume(ctx: click.Context, /, target: str | None, config_path: str | None, 
     if settings["workers"] > 1 and pool_worker is None:
         ctx.exit(supervise(ctx, settings.values))
     from swarrow.runner import consume as consume_async
+    from swarrow.runner import exit_if_callback_threads_hang
 
     # Only what is true now: the queues are reported once checked, "consuming" once it consumes.
     logger.info("swarrow %s starting (pid %d)", __version__, os.getpid())
@@ -344,7 +345,6 @@ def consume(ctx: click.Context, /, target: str | None, config_path: str | None, 
             sdk = configure_sdk()
         except Exception as exc:
             fail(exc)
-    before = worker_threads()  # another event loop's (a test runner's) are not this run's to wait for
     error: click.ClickException | None = None
     try:
         reason: StopReason = run_anyio(
@@ -363,7 +363,7 @@ def consume(ctx: click.Context, /, target: str | None, config_path: str | None, 
             shutdown_sdk(sdk)  # flushes the spans still batched, within a budget
     if error is not None:
         # A crash with a callback thread stuck in its call: exit with the error, never wait for the thread.
-        exit_now_if_threads_hang(error.exit_code, before=before, last_words=error.show)
+        exit_if_callback_threads_hang(error.exit_code, last_words=error.show)
         raise error
     logger.info("stopped (%s); exiting 0", reason)
-    exit_now_if_threads_hang(0, before=before)
+    exit_if_callback_threads_hang(0)
