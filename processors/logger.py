@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from time import perf_counter
 
-from swarrow.logs import RecordTemplate
+from swarrow.logs import DirectLines, RecordTemplate
 from swarrow.message import Message
 from swarrow.outcome import FAILED, get_outcome, reset_outcome
 from swarrow.processor import Processor
@@ -54,6 +54,8 @@ class LoggerProcessor:
         self._format = _FORMAT_BODY if log_body else _FORMAT
         # The per-message record of the usual outcome, made from a template (a quarter of makeRecord).
         self._records = RecordTemplate(self.logger, level, self._format, pathname=__file__, fields=_FIELDS)
+        # ... or no record at all, when swarrow's handler alone would see it (`DirectLines`).
+        self._lines = DirectLines(self.logger, level)
 
     async def __call__(self, message: Message, /) -> bool:
         reset_outcome()
@@ -77,10 +79,25 @@ class LoggerProcessor:
         if self.log_body:
             body = message.body[: self.max_body].decode("utf-8", errors="replace")
             args = (*args, body)
-        logger = self.logger
         if level == self.level:
+            handler = self._lines.handler()
+            if handler is not None:
+                fields: dict[str, object] = {
+                    "queue": message.queue,
+                    "message_id": message.message_id,
+                    "routing_key": message.routing_key,
+                    "redelivered": message.redelivered,
+                    "attempt": attempt,
+                    "duration": duration,
+                    "outcome": outcome,
+                }
+                if body is not None:
+                    fields["body"] = body
+                if self._lines.write(handler, self._format % args, fields):
+                    return
             record = self._records.make(args)
         else:  # a failure: rare, made the standard way (findCaller skipped: the caller is this line)
+            logger = self.logger
             record = logger.makeRecord(logger.name, level, __file__, 0, self._format, args, None, None)
         # The `extra` fields, set the way makeRecord sets them (none of them is a LogRecord attribute).
         fields = record.__dict__
@@ -95,4 +112,4 @@ class LoggerProcessor:
             fields["error_type"] = type(exc).__name__
         if body is not None:
             fields["body"] = body
-        logger.handle(record)
+        self.logger.handle(record)

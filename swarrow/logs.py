@@ -11,13 +11,14 @@ import threading
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import IO, Any, Final, Literal
+from typing import IO, Any, Final, Literal, cast
 
 from swarrow.urls import mask_text
 
 __all__ = [
     "STANDARD_FIELDS",
     "BatchingStreamHandler",
+    "DirectLines",
     "JsonFormatter",
     "RecordTemplate",
     "TextFormatter",
@@ -208,27 +209,41 @@ class JsonFormatter(logging.Formatter):
         return self._prefix + _ISO_MILLISECONDS[int((created - second) * 1000)]
 
     def format(self, record: logging.LogRecord) -> str:
-        fields = record.__dict__
-        entry: dict[str, Any] = {
-            "time": self._time(record.created),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-            "pid": record.process,
+        entry = self.entry(record.created, record.levelname, record.name, record.getMessage(), record.process)
+        self.add_fields(entry, record.__dict__)
+        if record.exc_info:
+            entry["exc_info"] = mask_text(self.formatException(record.exc_info))
+        if record.stack_info:
+            entry["stack_info"] = self.formatStack(record.stack_info)
+        return self.encode(entry)
+
+    def entry(
+        self, created: float, levelname: str, name: str, message: str, pid: int | None
+    ) -> dict[str, Any]:
+        """The keys every line starts with (shared with `DirectLines`, which has no record)."""
+        if "@" in message or "?" in message:  # a library quoting a URL with its password
+            message = mask_text(message)
+        return {
+            "time": self._time(created),
+            "level": levelname,
+            "logger": name,
+            "message": message,
+            "pid": pid,
             "host": self._host,
         }
-        if "@" in entry["message"] or "?" in entry["message"]:  # a library quoting a URL with its password
-            entry["message"] = mask_text(entry["message"])
+
+    @staticmethod
+    def add_fields(entry: dict[str, Any], fields: Mapping[str, Any]) -> None:
+        """swarrow's own fields first, in their order, then the other extra fields (not record attributes)."""
         for key in STANDARD_FIELDS:
             if key in fields:
                 entry[key] = fields[key]
         for key, value in fields.items():
             if key not in _RECORD_ATTRIBUTES and key not in entry:
                 entry[key] = value
-        if record.exc_info:
-            entry["exc_info"] = mask_text(self.formatException(record.exc_info))
-        if record.stack_info:
-            entry["stack_info"] = self.formatStack(record.stack_info)
+
+    def encode(self, entry: dict[str, Any]) -> str:
+        """One line of JSON, the line separators json leaves raw escaped."""
         line: str = self._encode(entry)
         return line if line.isascii() else line.translate(_JSON_ESCAPES)
 
@@ -253,28 +268,36 @@ class TextFormatter(logging.Formatter):
         self._middles: dict[tuple[str, str], str] = {}
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        second = int(record.created)
+        return self.time_text(record.created, int(record.msecs))
+
+    def time_text(self, created: float, msecs: int) -> str:
+        """The local time of `created` with its milliseconds, the date-and-second part once per second."""
+        second = int(created)
         if second != self._second:
-            self._prefix = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(record.created))
+            self._prefix = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(created))
             self._second = second
-        return self._prefix + _MILLISECONDS[int(record.msecs)]
+        return self._prefix + _MILLISECONDS[msecs]
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.message = record.getMessage()
-        if "@" in message or "?" in message:  # a library quoting a URL with its password or token
-            message = mask_text(message)
         record.asctime = self.formatTime(record)
-        key = (record.levelname, record.name)
-        middle = self._middles.get(key)
-        if middle is None:  # the escaped "LEVEL [worker n] name: " part, once per logger and level
-            middle = self._middles[key] = escape_control(f" {record.levelname} {self._tag}{record.name}: ")
-        if not message.isprintable():  # one C-speed scan in the common, clean case
-            message = message.translate(_TEXT_ESCAPES)
-        # `_TEXT_FORMAT` spelled as an f-string: half the cost of `%` over the record's dict.
-        line = f"{record.asctime}{middle}{message}"
+        line = self.line(record.asctime, record.levelname, record.name, message)
         if record.exc_info or record.exc_text or record.stack_info:
             line += self._indented_details(record)
         return line
+
+    def line(self, asctime: str, levelname: str, name: str, message: str) -> str:
+        """The record's line without its traceback (shared with `DirectLines`, which has no record)."""
+        if "@" in message or "?" in message:  # a library quoting a URL with its password or token
+            message = mask_text(message)
+        key = (levelname, name)
+        middle = self._middles.get(key)
+        if middle is None:  # the escaped "LEVEL [worker n] name: " part, once per logger and level
+            middle = self._middles[key] = escape_control(f" {levelname} {self._tag}{name}: ")
+        if not message.isprintable():  # one C-speed scan in the common, clean case
+            message = message.translate(_TEXT_ESCAPES)
+        # `_TEXT_FORMAT` spelled as an f-string: half the cost of `%` over the record's dict.
+        return f"{asctime}{middle}{message}"
 
     def _indented_details(self, record: logging.LogRecord) -> str:
         if record.exc_info and not record.exc_text:
@@ -347,6 +370,84 @@ class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
         self._stopped.set()
         self.flush()
         super().close()
+
+
+class DirectLines:
+    """Writes a call site's lines straight into swarrow's own handler when nothing else would see the record.
+
+    Why: a worker logs a line per message, and the stdlib's way there — a `LogRecord`, the logger's
+    and handler's filters, the walk over the handlers, the handler's lock, `getMessage`, `format` —
+    cost about as much as the rest of the default stack. When the record would reach exactly one
+    handler, a `BatchingStreamHandler` with swarrow's text or JSON formatter and no filter but the
+    pool's worker tag, and nothing could observe it on the way (a plain `Logger` with no filters,
+    the default record factory), the same line is made from the message and its fields and written
+    under the handler's lock. `handler()` answers that question anew for each line, so a handler or
+    filter added at any time takes effect on the next one; otherwise the caller logs the usual way.
+    """
+
+    __slots__ = ("level", "levelname", "logger")
+
+    def __init__(self, logger: logging.Logger, level: int) -> None:
+        self.logger = logger
+        self.level = level
+        self.levelname = logging.getLevelName(level)
+
+    def handler(self) -> BatchingStreamHandler | None:
+        """The one handler a record of this call site would reach, when the line may be written directly."""
+        logger = self.logger
+        if type(logger) is not logging.Logger or logger.filters or logger.disabled:
+            return None
+        if _record_factory() is not _LogRecord:
+            return None
+        level = self.level
+        found: logging.Handler | None = None
+        current: logging.Logger | None = logger
+        while current is not None:
+            for handler in current.handlers:
+                if level >= handler.level:
+                    if found is not None:
+                        return None
+                    found = handler
+            current = current.parent if current.propagate else None
+        if type(found) is not BatchingStreamHandler or type(found.formatter) not in _DIRECT_FORMATTERS:
+            return None
+        for tag in found.filters:
+            if type(tag) is not _WorkerTag:
+                return None
+        return found
+
+    def write(self, handler: BatchingStreamHandler, message: str, fields: dict[str, object]) -> bool:
+        """Write the line `handler` would write for a record of `message` with extra `fields`.
+
+        False when the stream refused it: the caller then logs the record the usual way, so the
+        handler's own error handling (`handleError`) sees the failure.
+        """
+        now = _now()
+        formatter = handler.formatter
+        for tag in handler.filters:  # what _WorkerTag.filter adds to the record
+            fields["worker"] = cast(_WorkerTag, tag).worker
+        if type(formatter) is TextFormatter:
+            asctime = formatter.time_text(now, int((now - int(now)) * 1000))
+            line = formatter.line(asctime, self.levelname, self.logger.name, message)
+        else:
+            json_formatter = cast(JsonFormatter, formatter)
+            pid = os.getpid() if logging.logProcesses else None
+            entry = json_formatter.entry(now, self.levelname, self.logger.name, message, pid)
+            json_formatter.add_fields(entry, fields)
+            line = json_formatter.encode(entry)
+        with handler.lock:  # type: ignore[union-attr]  # Handler.handle holds it around emit()
+            try:
+                handler.stream.write(line + handler.terminator)
+            except Exception:
+                return False
+            if self.level >= logging.WARNING:
+                handler.flush()
+            else:
+                handler._pending = True
+        return True
+
+
+_DIRECT_FORMATTERS: Final = (TextFormatter, JsonFormatter)
 
 
 def configure_logging(
