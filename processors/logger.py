@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from time import perf_counter
 
-from swarrow.logs import DirectLines, RecordTemplate
+from swarrow.log_fast import DirectLines, RecordTemplate
 from swarrow.message import Message
 from swarrow.outcome import FAILED, get_outcome, reset_outcome
 from swarrow.processor import Processor

@@ -4,24 +4,22 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import socket
 import sys
 import threading
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import IO, Any, Final, Literal, cast
+from typing import IO, Any, Final, Literal
 
 from swarrow.urls import mask_text
 
 __all__ = [
     "STANDARD_FIELDS",
     "BatchingStreamHandler",
-    "DirectLines",
     "JsonFormatter",
-    "RecordTemplate",
     "TextFormatter",
+    "WorkerTag",
     "configure_logging",
     "escape_control",
 ]
@@ -75,116 +73,6 @@ _JSON_ESCAPES: Final = {code: f"\\u{code:04x}" for code in _UNSAFE if code > 0x7
 def escape_control(text: str) -> str:
     r"""`text` with control, line-breaking and bidi characters written as `\n`, `\x1b`, `\u2028`: inert."""
     return text if text.isprintable() else text.translate(_TEXT_ESCAPES)
-
-
-_TASK_NAMES: Final = sys.version_info >= (3, 12)
-# Bound once: the per-record path runs for every message.
-_new_record = object.__new__
-_LogRecord = logging.LogRecord
-_record_factory = logging.getLogRecordFactory
-_thread_id = threading.get_ident
-_now = time.time
-_fork_generation = 0
-
-
-def _after_fork() -> None:
-    global _fork_generation
-    _fork_generation += 1
-
-
-if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
-    os.register_at_fork(after_in_child=_after_fork)
-
-
-class RecordTemplate:
-    """Makes the records of one call site (one logger, level and format) at a quarter of `makeRecord`'s cost.
-
-    A `LogRecord` computes the same process, thread and source fields for every record of a call
-    site; a worker logging each message paid ~2.5 µs for that. This copies them from one record made
-    the normal way and fills in the time, arguments and extra fields. The record is a plain
-    `LogRecord` with the same fields, so handlers, filters and formatters see no difference; when a
-    custom record factory is installed, or on another thread, or after a fork, it falls back to
-    `Logger.makeRecord`.
-    """
-
-    __slots__ = (
-        "_generation",
-        "_start",
-        "_template",
-        "_thread",
-        "fields",
-        "level",
-        "logger",
-        "msg",
-        "pathname",
-    )
-
-    def __init__(
-        self, logger: logging.Logger, level: int, msg: str, *, pathname: str, fields: tuple[str, ...] = ()
-    ) -> None:
-        self.logger = logger
-        self.level = level
-        self.msg = msg
-        self.pathname = pathname
-        # Extra fields every record of the call site sets: in the template (as None) so the copy has room.
-        self.fields = fields
-        self._template: dict[str, Any] | None = None
-        self._thread = 0
-        self._generation = -1
-        self._start = 0.0
-
-    def _slow(self, args: tuple[object, ...], extra: Mapping[str, object] | None) -> logging.LogRecord:
-        logger = self.logger
-        return logger.makeRecord(logger.name, self.level, self.pathname, 0, self.msg, args, None, None, extra)
-
-    def make(self, args: tuple[object, ...], extra: Mapping[str, object] | None = None) -> logging.LogRecord:
-        """A record of this call site with `args` and `extra` fields (which must not shadow record fields)."""
-        template = self._template
-        if (
-            template is None
-            or self._thread != _thread_id()
-            or self._generation != _fork_generation
-            or _record_factory() is not _LogRecord
-        ):
-            return self._refresh(args, extra)
-        now = _now()
-        fields = template.copy()
-        fields["created"] = now
-        fields["msecs"] = int((now - int(now)) * 1000) + 0.0
-        fields["relativeCreated"] = (now - self._start) * 1000
-        fields["args"] = args
-        if extra:
-            fields.update(extra)
-        record: logging.LogRecord = _new_record(_LogRecord)
-        record.__dict__ = fields
-        if _TASK_NAMES:
-            record.taskName = _task_name()
-        return record
-
-    def _refresh(self, args: tuple[object, ...], extra: Mapping[str, object] | None) -> logging.LogRecord:
-        record = self._slow(args, extra)
-        if logging.getLogRecordFactory() is logging.LogRecord and type(record) is logging.LogRecord:
-            fields = dict(record.__dict__)
-            for key in extra or ():
-                del fields[key]
-            self._start = record.created - record.relativeCreated / 1000
-            fields.update(dict.fromkeys(self.fields))
-            self._template = fields
-            self._thread = threading.get_ident()
-            self._generation = _fork_generation
-        else:
-            self._template = None
-        return record
-
-
-def _task_name() -> str | None:
-    if not getattr(logging, "logAsyncioTasks", False):
-        return None
-    asyncio = sys.modules.get("asyncio")
-    try:
-        return asyncio.current_task().get_name() if asyncio is not None else None
-    except Exception:  # no running loop or no task: what LogRecord itself records
-        return None
 
 
 class JsonFormatter(logging.Formatter):
@@ -312,7 +200,7 @@ class TextFormatter(logging.Formatter):
         )
 
 
-class _WorkerTag(logging.Filter):
+class WorkerTag(logging.Filter):
     """Adds the pool slot to every record (a `worker` key in JSON lines)."""
 
     def __init__(self, worker: int) -> None:
@@ -372,84 +260,6 @@ class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
         super().close()
 
 
-class DirectLines:
-    """Writes a call site's lines straight into swarrow's own handler when nothing else would see the record.
-
-    Why: a worker logs a line per message, and the stdlib's way there — a `LogRecord`, the logger's
-    and handler's filters, the walk over the handlers, the handler's lock, `getMessage`, `format` —
-    cost about as much as the rest of the default stack. When the record would reach exactly one
-    handler, a `BatchingStreamHandler` with swarrow's text or JSON formatter and no filter but the
-    pool's worker tag, and nothing could observe it on the way (a plain `Logger` with no filters,
-    the default record factory), the same line is made from the message and its fields and written
-    under the handler's lock. `handler()` answers that question anew for each line, so a handler or
-    filter added at any time takes effect on the next one; otherwise the caller logs the usual way.
-    """
-
-    __slots__ = ("level", "levelname", "logger")
-
-    def __init__(self, logger: logging.Logger, level: int) -> None:
-        self.logger = logger
-        self.level = level
-        self.levelname = logging.getLevelName(level)
-
-    def handler(self) -> BatchingStreamHandler | None:
-        """The one handler a record of this call site would reach, when the line may be written directly."""
-        logger = self.logger
-        if type(logger) is not logging.Logger or logger.filters or logger.disabled:
-            return None
-        if _record_factory() is not _LogRecord:
-            return None
-        level = self.level
-        found: logging.Handler | None = None
-        current: logging.Logger | None = logger
-        while current is not None:
-            for handler in current.handlers:
-                if level >= handler.level:
-                    if found is not None:
-                        return None
-                    found = handler
-            current = current.parent if current.propagate else None
-        if type(found) is not BatchingStreamHandler or type(found.formatter) not in _DIRECT_FORMATTERS:
-            return None
-        for tag in found.filters:
-            if type(tag) is not _WorkerTag:
-                return None
-        return found
-
-    def write(self, handler: BatchingStreamHandler, message: str, fields: dict[str, object]) -> bool:
-        """Write the line `handler` would write for a record of `message` with extra `fields`.
-
-        False when the stream refused it: the caller then logs the record the usual way, so the
-        handler's own error handling (`handleError`) sees the failure.
-        """
-        now = _now()
-        formatter = handler.formatter
-        for tag in handler.filters:  # what _WorkerTag.filter adds to the record
-            fields["worker"] = cast(_WorkerTag, tag).worker
-        if type(formatter) is TextFormatter:
-            asctime = formatter.time_text(now, int((now - int(now)) * 1000))
-            line = formatter.line(asctime, self.levelname, self.logger.name, message)
-        else:
-            json_formatter = cast(JsonFormatter, formatter)
-            pid = os.getpid() if logging.logProcesses else None
-            entry = json_formatter.entry(now, self.levelname, self.logger.name, message, pid)
-            json_formatter.add_fields(entry, fields)
-            line = json_formatter.encode(entry)
-        with handler.lock:  # type: ignore[union-attr]  # Handler.handle holds it around emit()
-            try:
-                handler.stream.write(line + handler.terminator)
-            except Exception:
-                return False
-            if self.level >= logging.WARNING:
-                handler.flush()
-            else:
-                handler._pending = True
-        return True
-
-
-_DIRECT_FORMATTERS: Final = (TextFormatter, JsonFormatter)
-
-
 def configure_logging(
     level: int | str = "INFO",
     fmt: Literal["text", "json"] = "text",
@@ -470,7 +280,7 @@ def configure_logging(
     handler = BatchingStreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(worker=worker))
     if worker is not None:
-        handler.addFilter(_WorkerTag(worker))
+        handler.addFilter(WorkerTag(worker))
     handler._swarrow = True  # type: ignore[attr-defined]  # marks the handler a later call replaces
     root = logging.getLogger()
     for previous in [h for h in root.handlers if getattr(h, "_swarrow", False)]:

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from swarrow.log_fast import RecordTemplate
 from swarrow.logs import (
     BatchingStreamHandler,
     JsonFormatter,
-    RecordTemplate,
     TextFormatter,
     configure_logging,
 )

@@ -22,7 +22,7 @@ from swarrow.amqp.fastpath import FastPath, apply_fast_path
 from swarrow.amqp.stall import watch_for_stall
 from swarrow.backoff import Backoff
 from swarrow.errors import BrokerUnavailableError, ConfigurationError
-from swarrow.message import Message
+from swarrow.message import Message, delivered_message
 from swarrow.validation import require_int, require_seconds
 
 __all__ = ["AmqpMessageProvider"]
@@ -289,7 +289,7 @@ class AmqpMessageProvider(DeliveryBuffer, Settlement):
         elif channel is self._underlay:
             self._open_single.add(tag)
         self._buffer.append(
-            Message(
+            delivered_message(
                 body,
                 p.headers or EMPTY_HEADERS,
                 p.content_type,

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from swarrow.errors import ConfigurationError
 from swarrow.memory._queue import Entry
-from swarrow.message import Message
+from swarrow.message import Message, delivered_message
 from swarrow.validation import require_int
 
 if TYPE_CHECKING:  # the broker makes providers (`MemoryBroker.provider`): a type, not an import
@@ -109,7 +109,7 @@ class MemoryMessageProvider:
         if quorum and entry.delivery_count:
             headers = {**headers, "x-delivery-count": entry.delivery_count}
         self._buffer.append(
-            Message(
+            delivered_message(
                 message.body,
                 headers,
                 message.content_type,

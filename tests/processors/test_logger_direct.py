@@ -11,6 +11,7 @@ import anyio
 import pytest
 
 import processors.logger as logger_module
+import swarrow.log_fast as log_fast
 import swarrow.logs as logs
 from processors.logger import LoggerProcessor
 from swarrow.logs import BatchingStreamHandler, configure_logging
@@ -38,7 +39,7 @@ def quiet_root() -> Iterator[None]:
 
 @pytest.fixture
 def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(logs, "_now", lambda: NOW)
+    monkeypatch.setattr(log_fast, "_now", lambda: NOW)
     monkeypatch.setattr(logger_module, "perf_counter", lambda: 7.0)
 
 
