@@ -51,6 +51,7 @@ __all__ = [
     "describe_queues",
     "existing_retry_delays",
     "exit_if_callback_threads_hang",
+    "ignore_stop_signals_if_threads_hang",
     "prepare_queues",
     "resolve_retry_delays",
     "resolve_url",
@@ -249,6 +250,7 @@ def run(
             backend="asyncio",
             backend_options=backend_options,
         )
+        ignore_stop_signals_if_threads_hang()  # a Ctrl-C from here on cannot hold the exit
     except BaseException as exc:
         if hung_callback_threads():
             logger.error("the consumer failed: %r", exc)
@@ -258,20 +260,29 @@ def run(
     return reason
 
 
+def ignore_stop_signals_if_threads_hang() -> int:
+    """Ignore SIGINT and SIGTERM from now on if sync callback threads outlived the stop; their count.
+
+    Why: a second Ctrl-C raised into the exit, and Python then waited for those threads for ever.
+    Called as soon as the consumer's loop has ended, before anything else can be interrupted.
+    """
+    hung = hung_callback_threads()
+    if hung and threading.current_thread() is threading.main_thread():
+        for stop_signal in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(stop_signal, signal.SIG_IGN)
+    return hung
+
+
 def exit_if_callback_threads_hang(code: int, *, last_words: Callable[[], None] | None = None) -> None:
     """End the process now if sync callback threads outlived the stop: the interpreter would join them.
 
     `hung_callback_threads()` counts exactly the calls whose message was cancelled while their thread
-    ran on, so there is nothing to wait for. Once leaving, SIGINT and SIGTERM are ignored: a second
-    Ctrl-C raised into the exit and left the process waiting for the threads for ever. `last_words`
-    runs before the exit (an error still to print).
+    ran on, so there is nothing to wait for. Once leaving, SIGINT and SIGTERM are ignored
+    (`ignore_stop_signals_if_threads_hang`). `last_words` runs before the exit (an error to print).
     """
-    hung = hung_callback_threads()
+    hung = ignore_stop_signals_if_threads_hang()
     if not hung:
         return
-    if threading.current_thread() is threading.main_thread():
-        for stop_signal in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(stop_signal, signal.SIG_IGN)
     logger.warning("%d sync callback thread(s) still running after the stop; exiting without them", hung)
     if last_words is not None:
         last_words()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,6 +70,66 @@ def test_nothing_hung_means_no_exit_and_the_handlers_untouched(
     handler = signal.getsignal(signal.SIGINT)
     runner.exit_if_callback_threads_hang(0)  # returns: the interpreter's own exit has nothing to wait for
     assert signal.getsignal(signal.SIGINT) is handler
+
+
+def _leave_after(monkeypatch: pytest.MonkeyPatch, run: Any) -> None:
+    """The CLI's run-and-leave with `run` in place of the consumer's event loop."""
+    consume = importlib.import_module("swarrow.cli.consume")  # the module: swarrow.cli.consume is the command
+
+    monkeypatch.setattr(consume, "run_anyio", lambda fn, **options: run())
+    consume._run_and_leave(lambda: None, use_uvloop=False, sdk=None)
+
+
+def test_signals_are_ignored_before_the_exit_line_is_logged(
+    exits: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    consume = importlib.import_module("swarrow.cli.consume")  # the module: swarrow.cli.consume is the command
+
+    _late_calls(monkeypatch, 2)
+    seen: list[object] = []
+
+    def info(message: str, *args: object) -> None:
+        seen.append(signal.getsignal(signal.SIGINT))
+
+    monkeypatch.setattr(consume.logger, "info", info)
+    with pytest.raises(_Exited) as exited:
+        _leave_after(monkeypatch, lambda: "stopped")
+    # Before: ignored only after "exiting 0"; a Ctrl-C right after that line (CI, 2026-11-29) printed
+    # 'Aborted!' and the process waited for its stuck threads.
+    assert seen == [signal.SIG_IGN] and exited.value.args == (0,)
+
+
+@pytest.mark.parametrize(("where", "code"), [("while the loop closes", 130), ("at the exit line", 0)])
+def test_a_ctrl_c_slipping_into_the_exit_ends_it_past_stuck_threads(
+    where: str, code: int, exits: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    consume = importlib.import_module("swarrow.cli.consume")  # the module: swarrow.cli.consume is the command
+
+    _late_calls(monkeypatch, 1)
+
+    def interrupted() -> object:
+        raise KeyboardInterrupt
+
+    def info(message: str, *args: object) -> None:
+        raise KeyboardInterrupt  # a signal handled between two bytecodes, before the ignore took effect
+
+    if where == "at the exit line":
+        monkeypatch.setattr(consume.logger, "info", info)
+    with pytest.raises(_Exited) as exited:
+        _leave_after(monkeypatch, interrupted if where == "while the loop closes" else lambda: "stopped")
+    assert exited.value.args == (code,)
+
+
+def test_a_ctrl_c_with_nothing_stuck_is_a_plain_interrupt(
+    exits: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _late_calls(monkeypatch, 0)
+
+    def interrupted() -> object:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _leave_after(monkeypatch, interrupted)
 
 
 def _swarrow(*args: str) -> subprocess.Popen[str]:

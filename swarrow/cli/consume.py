@@ -328,7 +328,6 @@ def consume(ctx: click.Context, /, target: str | None, config_path: str | None, 
     if settings["workers"] > 1 and pool_worker is None:
         ctx.exit(supervise(ctx, settings.values))
     from swarrow.runner import consume as consume_async
-    from swarrow.runner import exit_if_callback_threads_hang
 
     # Only what is true now: the queues are reported once checked, "consuming" once it consumes.
     logger.info("swarrow %s starting (pid %d)", __version__, os.getpid())
@@ -345,25 +344,47 @@ def consume(ctx: click.Context, /, target: str | None, config_path: str | None, 
             sdk = configure_sdk()
         except Exception as exc:
             fail(exc)
-    error: click.ClickException | None = None
-    try:
-        reason: StopReason = run_anyio(
-            functools.partial(consume_async, callback, run_settings, processors=processors, layers=layers),
-            use_uvloop=settings["uvloop"],
-        )
-    except Exception as exc:
-        try:
-            fail(exc)
-        except click.ClickException as failure:
-            error = failure
-    finally:
-        if sdk is not None:
-            from swarrow.otel import shutdown_sdk
+    _run_and_leave(
+        functools.partial(consume_async, callback, run_settings, processors=processors, layers=layers),
+        use_uvloop=settings["uvloop"],
+        sdk=sdk,
+    )
 
-            shutdown_sdk(sdk)  # flushes the spans still batched, within a budget
-    if error is not None:
-        # A crash with a callback thread stuck in its call: exit with the error, never wait for the thread.
-        exit_if_callback_threads_hang(error.exit_code, last_words=error.show)
-        raise error
-    logger.info("stopped (%s); exiting 0", reason)
-    exit_if_callback_threads_hang(0)
+
+def _run_and_leave(run: Any, *, use_uvloop: bool, sdk: Any) -> None:
+    """Run the consumer to its end and leave: exit 0 after a stop, the error's code after a crash.
+
+    Never waits for a sync callback thread that outlived the stop (`exit_if_callback_threads_hang`),
+    whenever a second Ctrl-C comes.
+    """
+    from swarrow.runner import exit_if_callback_threads_hang, ignore_stop_signals_if_threads_hang
+
+    error: click.ClickException | None = None
+    code = 130  # what a Ctrl-C gets before the consumer's own ending is known
+    try:
+        try:
+            reason: StopReason = run_anyio(run, use_uvloop=use_uvloop)
+            code = 0
+        except Exception as exc:
+            try:
+                fail(exc)
+            except click.ClickException as failure:
+                error = failure
+                code = failure.exit_code
+        finally:
+            ignore_stop_signals_if_threads_hang()
+            if sdk is not None:
+                from swarrow.otel import shutdown_sdk
+
+                shutdown_sdk(sdk)  # flushes the spans still batched, within a budget
+        if error is not None:
+            # A crash with a callback thread stuck in its call: exit with the error, never wait for it.
+            exit_if_callback_threads_hang(error.exit_code, last_words=error.show)
+            raise error
+        logger.info("stopped (%s); exiting 0", reason)
+        exit_if_callback_threads_hang(0)
+    except KeyboardInterrupt:
+        # A Ctrl-C once the consumer's own signal handling had ended (its loop closing, or just before
+        # the signals were ignored): with a stuck callback thread Python would wait for it at exit.
+        exit_if_callback_threads_hang(code)
+        raise
