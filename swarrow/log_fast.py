@@ -138,16 +138,21 @@ class DirectLines:
     handler, a `BatchingStreamHandler` with swarrow's text or JSON formatter and no filter but the
     pool's worker tag, and nothing could observe it on the way (a plain `Logger` with no filters,
     the default record factory), the same line is made from the message and its fields and written
-    under the handler's lock. `handler()` answers that question anew for each line, so a handler or
-    filter added at any time takes effect on the next one; otherwise the caller logs the usual way.
+    under the handler's lock. Any of the record path's methods replaced on its class or instance
+    (Sentry's logging integration wraps `Logger.callHandlers`; a redaction hook may wrap `emit` or
+    `format`) also means the record path. `handler()` answers anew for each line, so a handler or
+    filter added at any time takes effect on the next one; replaced methods are looked for on a
+    new handler and then once a second (looking each line cost as much as writing it).
     """
 
-    __slots__ = ("level", "levelname", "logger")
+    __slots__ = ("_next_check", "_verified", "level", "levelname", "logger")
 
     def __init__(self, logger: logging.Logger, level: int) -> None:
         self.logger = logger
         self.level = level
         self.levelname = logging.getLevelName(level)
+        self._verified: logging.Handler | None = None  # found free of replaced methods ...
+        self._next_check = 0.0  # ... until this monotonic time
 
     def handler(self) -> BatchingStreamHandler | None:
         """The one handler a record of this call site would reach, when the line may be written directly."""
@@ -171,6 +176,12 @@ class DirectLines:
         for tag in found.filters:
             if type(tag) is not WorkerTag:
                 return None
+        if found is not self._verified or _monotonic() >= self._next_check:
+            if not _unpatched(logger, found):
+                self._verified = None
+                return None
+            self._verified = found
+            self._next_check = _monotonic() + 1.0
         return found
 
     def write(self, handler: BatchingStreamHandler, message: str, fields: dict[str, object]) -> bool:
@@ -183,16 +194,17 @@ class DirectLines:
         formatter = handler.formatter
         for tag in handler.filters:  # what WorkerTag.filter adds to the record
             fields["worker"] = cast(WorkerTag, tag).worker
-        if type(formatter) is TextFormatter:
-            asctime = formatter.time_text(now, int((now - int(now)) * 1000))
-            line = formatter.line(asctime, self.levelname, self.logger.name, message)
-        else:
-            json_formatter = cast(JsonFormatter, formatter)
-            pid = os.getpid() if logging.logProcesses else None
-            entry = json_formatter.entry(now, self.levelname, self.logger.name, message, pid)
-            json_formatter.add_fields(entry, fields)
-            line = json_formatter.encode(entry)
+        # Formatted under the lock, as emit() formats: the formatters cache the current second.
         with handler.lock:  # type: ignore[union-attr]  # Handler.handle holds it around emit()
+            if type(formatter) is TextFormatter:
+                asctime = formatter.time_text(now, int((now - int(now)) * 1000))
+                line = formatter.line(asctime, self.levelname, self.logger.name, message)
+            else:
+                json_formatter = cast(JsonFormatter, formatter)
+                pid = os.getpid() if logging.logProcesses else None
+                entry = json_formatter.entry(now, self.levelname, self.logger.name, message, pid)
+                json_formatter.add_fields(entry, fields)
+                line = json_formatter.encode(entry)
             try:
                 handler.stream.write(line + handler.terminator)
             except Exception:
@@ -205,3 +217,40 @@ class DirectLines:
 
 
 _DIRECT_FORMATTERS: Final = (TextFormatter, JsonFormatter)
+# What a record of a direct line would have gone through: replaced on a class (a wrapper installed
+# by a monitoring SDK), the line goes the record's way. Compared as one tuple per line.
+_Logger = logging.Logger
+
+
+def _record_path() -> tuple[object, ...]:
+    return (
+        _Logger.handle,
+        _Logger.callHandlers,
+        _Logger.makeRecord,
+        _Logger.filter,
+        BatchingStreamHandler.handle,
+        BatchingStreamHandler.filter,
+        BatchingStreamHandler.emit,
+        BatchingStreamHandler.format,
+        TextFormatter.format,
+        TextFormatter.formatTime,
+        JsonFormatter.format,
+    )
+
+
+_RECORD_PATH: Final = _record_path()
+_monotonic = time.monotonic
+
+
+def _unpatched(logger: logging.Logger, handler: logging.Handler) -> bool:
+    """True when none of the record path's methods is replaced, on its classes or on these objects."""
+    return (
+        _record_path() == _RECORD_PATH
+        and _UNPATCHED_LOGGER.isdisjoint(vars(logger))
+        and _UNPATCHED_HANDLER.isdisjoint(vars(handler))
+        and _UNPATCHED_FORMATTER.isdisjoint(vars(handler.formatter))
+    )
+# ... and the same names set on the objects themselves.
+_UNPATCHED_LOGGER: Final = frozenset({"handle", "callHandlers", "makeRecord", "filter"})
+_UNPATCHED_HANDLER: Final = frozenset({"handle", "filter", "emit", "format"})
+_UNPATCHED_FORMATTER: Final = frozenset({"format", "formatTime"})

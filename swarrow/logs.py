@@ -122,18 +122,26 @@ class JsonFormatter(logging.Formatter):
 
     @staticmethod
     def add_fields(entry: dict[str, Any], fields: Mapping[str, Any]) -> None:
-        """swarrow's own fields first, in their order, then the other extra fields (not record attributes)."""
+        """swarrow's own fields first, in their order, then the other extra fields; text fields masked."""
         for key in STANDARD_FIELDS:
             if key in fields:
-                entry[key] = fields[key]
+                entry[key] = _masked(fields[key])
         for key, value in fields.items():
             if key not in _RECORD_ATTRIBUTES and key not in entry:
-                entry[key] = value
+                entry[key] = _masked(value)
 
     def encode(self, entry: dict[str, Any]) -> str:
         """One line of JSON, the line separators json leaves raw escaped."""
         line: str = self._encode(entry)
         return line if line.isascii() else line.translate(_JSON_ESCAPES)
+
+
+def _masked(value: Any) -> Any:
+    """A text field with a URL's password or a credential parameter masked (a producer's message id, a
+    routing key, a logged body); anything else as it is."""
+    if type(value) is str and ("@" in value or "?" in value):
+        return mask_text(value)
+    return value
 
 
 class TextFormatter(logging.Formatter):

@@ -45,15 +45,20 @@ def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def handled(monkeypatch: pytest.MonkeyPatch) -> list[logging.LogRecord]:
-    """The records that went the stdlib's way (`Logger.handle`), which a direct line skips."""
+    """The records the logger layer made (the stdlib's way), which a direct line skips.
+
+    Spied on the record template, not on `logging`: a replaced `Logger` method turns the direct
+    lines off (see the monitoring SDK test).
+    """
     seen: list[logging.LogRecord] = []
-    original = logging.Logger.handle
+    original = log_fast.RecordTemplate.make
 
-    def spy(self: logging.Logger, record: logging.LogRecord) -> None:
+    def spy(self: log_fast.RecordTemplate, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = original(self, *args, **kwargs)
         seen.append(record)
-        original(self, record)
+        return record
 
-    monkeypatch.setattr(logging.Logger, "handle", spy)
+    monkeypatch.setattr(log_fast.RecordTemplate, "make", spy)
     return seen
 
 
@@ -266,3 +271,60 @@ def test_a_swarrow_handler_on_the_logger_itself_gets_the_direct_line_and_root_no
         own.close()
     assert handled == []
     assert '"outcome": "acked"' in own_stream.getvalue() and _lines(root_stream, root_handler) == []
+
+
+def test_a_monitoring_sdk_wrapping_logger_methods_sees_every_line(
+    quiet_root: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Sentry's logging integration replaces Logger.callHandlers on the class to collect breadcrumbs.
+    stream = io.StringIO()
+    handler = configure_logging("INFO", "text", stream)
+    _only_swarrow_handlers()
+    processor = LoggerProcessor(_acked)
+    anyio.run(processor, MESSAGES["plain"])  # direct, and the handler now verified for a second
+    seen: list[str] = []
+    original = logging.Logger.callHandlers
+
+    def breadcrumbs(self: logging.Logger, record: logging.LogRecord) -> None:
+        seen.append(record.getMessage())
+        original(self, record)
+
+    monkeypatch.setattr(logging.Logger, "callHandlers", breadcrumbs)
+    monkeypatch.setattr(log_fast, "_monotonic", lambda: 10.0**9)  # a second later: looked for again
+    anyio.run(processor, MESSAGES["no id"])
+    assert len(seen) == 1 and seen[0].startswith("message None from jobs acked in")
+    assert len(_lines(stream, handler)) == 2
+
+
+@pytest.mark.parametrize("where", ["emit", "format"])
+def test_a_hook_set_on_the_handler_or_its_formatter_is_not_bypassed(
+    where: str, quiet_root: None, handled: list[logging.LogRecord]
+) -> None:
+    stream = io.StringIO()
+    handler = configure_logging("INFO", "json", stream)
+    _only_swarrow_handlers()
+    owner: Any = handler if where == "emit" else handler.formatter
+    original = getattr(owner, where)
+    hooked: list[str] = []
+
+    def redact(record: logging.LogRecord) -> Any:
+        hooked.append(record.getMessage())
+        return original(record)
+
+    setattr(owner, where, redact)  # on the object: a new handler is looked at before its first line
+    _log_one(MESSAGES["plain"])
+    assert len(hooked) == 1 and len(handled) == 1
+    assert '"outcome": "acked"' in _lines(stream, handler)[0]
+
+
+def test_json_fields_carrying_a_url_password_are_masked(quiet_root: None) -> None:
+    stream = io.StringIO()
+    handler = configure_logging("INFO", "json", stream)
+    _only_swarrow_handlers()
+    message = Message(b"see amqp://u:body-pw@h/", message_id="amqp://u:id-pw@h/", queue="q",
+                      routing_key="https://h/?token=rk-tok")  # fmt: skip
+    _log_one(message, log_body=True)
+    (line,) = _lines(stream, handler)
+    for secret in ("body-pw", "id-pw", "rk-tok"):
+        assert secret not in line
+    assert '"message_id": "amqp://u:***@h/"' in line
