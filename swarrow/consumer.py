@@ -72,19 +72,26 @@ class Consumer:
         built = self.stack.build()
         try:
             async with built.lifespan(control):
-                if not control.stop_requested and await self._start(control):
-                    # Logged once it is true: after the lifespans (signals, metrics) and the consume call.
-                    logger.info(
-                        "consuming %s (prefetch %d, concurrency %d)",
-                        control.queue_name,
-                        self.provider.prefetch,
-                        self.concurrency,
-                        extra={"queue": control.queue_name},
-                    )
-                    await self._consume(built, control)
+                try:
+                    if not control.stop_requested and await self._start(control):
+                        # Logged once it is true: after the lifespans (signals, metrics) and the consume call.
+                        logger.info(
+                            "consuming %s (prefetch %d, concurrency %d)",
+                            control.queue_name,
+                            self.provider.prefetch,
+                            self.concurrency,
+                            extra={"queue": control.queue_name},
+                        )
+                        await self._consume(built, control)
+                finally:
+                    # Inside the lifespans, so the signal layer still answers while the last acks go
+                    # out: a further Ctrl-C or SIGTERM there was Python's own (KeyboardInterrupt, or
+                    # death), the acks never left and finished messages ran again.
+                    with anyio.CancelScope(shield=True):
+                        await self.provider.close()
         finally:
             with anyio.CancelScope(shield=True):
-                await self.provider.close()
+                await self.provider.close()  # a no-op after the close above; a lifespan may fail to enter
         if self._crash is not None:
             raise self._crash
         if control.reason is None:

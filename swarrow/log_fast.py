@@ -250,6 +250,8 @@ def _unpatched(logger: logging.Logger, handler: logging.Handler) -> bool:
         and _UNPATCHED_HANDLER.isdisjoint(vars(handler))
         and _UNPATCHED_FORMATTER.isdisjoint(vars(handler.formatter))
     )
+
+
 # ... and the same names set on the objects themselves.
 _UNPATCHED_LOGGER: Final = frozenset({"handle", "callHandlers", "makeRecord", "filter"})
 _UNPATCHED_HANDLER: Final = frozenset({"handle", "filter", "emit", "format"})

@@ -18,6 +18,7 @@ __all__ = [
     "record",
     "record_queue",
     "slow",
+    "slow_head_record",
     "slow_record",
     "stuck",
 ]
@@ -58,6 +59,16 @@ def slow_record(message: Message) -> None:
         with open(path + ".started", "a", encoding="utf-8") as file:
             file.write(f"{message.message_id}\n")
     time.sleep(float(os.environ.get("SWARROW_TEST_SLOW", "1")))
+    _append(message)
+
+
+async def slow_head_record(message: Message) -> None:
+    """A body starting with `slow` takes 0.3 s (it holds back the coalesced ack); every id is recorded.
+
+    Async: a stop that cancels it cancels it for good (a sync thread would finish and record anyway).
+    """
+    if message.body.startswith(b"slow"):
+        await anyio.sleep(0.3)
     _append(message)
 
 

@@ -352,3 +352,31 @@ async def test_a_stop_wins_over_a_provider_start_that_never_returns() -> None:
             tg.start_soon(sigterm)
             reason = await consumer.run()
     assert reason.code == "signal"
+
+
+async def test_the_last_acks_go_out_while_every_lifespan_still_runs() -> None:
+    # The signal layer's lifespan watches SIGINT/SIGTERM: the provider's close (the final ack flush)
+    # must happen inside it. Before, it came after every lifespan was left, and a further Ctrl-C or
+    # SIGTERM there lost the acks: messages logged "acked" ran again (attack on issue 21, CLI storms).
+    broker, provider = _setup(5)
+    log: list[str] = []
+    close = provider.close
+
+    async def logged_close() -> None:
+        log.append("provider closed")
+        await close()
+
+    provider.close = logged_close  # type: ignore[method-assign]
+    taken = 0
+
+    async def five(message: Message) -> bool:
+        nonlocal taken
+        taken += 1
+        return taken < 5  # False: the processor asks to stop
+
+    stack = Stack(
+        Layer(Recorder, name="signals", log=log), Layer(AckProcessor, provider=provider), callback=five
+    )
+    await Consumer(provider, stack).run()
+    assert log[:3] == ["enter signals", "provider closed", "exit signals"]
+    assert broker.message_count("q") == 0  # all five acked, none back in the queue

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any
+import signal
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import anyio
 
@@ -13,13 +15,17 @@ from swarrow.cli.errors import CliError
 from swarrow.errors import ConfigurationError
 from swarrow.exits import EXIT_USAGE
 from swarrow.factory import open_broker
+from swarrow.stop_signals import exiting_after_the_watch
 
 __all__ = [
     "Connected",
     "configure_cli_logging",
     "connected",
     "run_anyio",
+    "then_ignore_stop_signals",
 ]
+
+T = TypeVar("T")
 
 logger = logging.getLogger("swarrow.cli")
 
@@ -33,6 +39,27 @@ def configure_cli_logging(level: str, fmt: str) -> None:
     except ValueError:
         pool = None  # reported where the pool settings are used
     configure_logging(level, "json" if fmt == "json" else "text", worker=None if pool is None else pool.slot)
+
+
+def then_ignore_stop_signals(fn: Callable[[], Awaitable[T]]) -> Callable[[], Awaitable[T]]:
+    """`fn`, after which SIGINT and SIGTERM are ignored for the rest of the process: it is leaving.
+
+    Why: once a consumer or a pool has ended (acks flushed, workers gone), the rest of the exit is
+    bounded (connection closes within the connect timeout, the OTel flush within its budget), and a
+    further Ctrl-C raised KeyboardInterrupt into the event loop's teardown (a traceback, exit 1 or
+    130) while a further SIGTERM killed it (143) where it was exiting 0. Only from the main thread.
+    """
+
+    async def run_then_ignore() -> T:
+        exiting_after_the_watch()  # and from the moment the consumer's or pool's signal watch ends
+        try:
+            return await fn()
+        finally:
+            if threading.current_thread() is threading.main_thread():
+                for stop_signal in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(stop_signal, signal.SIG_IGN)
+
+    return run_then_ignore
 
 
 def run_anyio(fn: Callable[[], Any], *, use_uvloop: bool = True) -> Any:

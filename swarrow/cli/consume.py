@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from swarrow import __version__
-from swarrow.cli.bootstrap import configure_cli_logging, run_anyio
+from swarrow.cli.bootstrap import configure_cli_logging, run_anyio, then_ignore_stop_signals
 from swarrow.cli.consume_settings import DEFAULT_CONFIG, build_settings, print_settings, resolve_settings
 from swarrow.cli.errors import fail
 from swarrow.cli.help import ENV_EPILOG, EXIT_EPILOG, ManCommand, option
@@ -345,7 +345,9 @@ def consume(ctx: click.Context, /, target: str | None, config_path: str | None, 
         except Exception as exc:
             fail(exc)
     _run_and_leave(
-        functools.partial(consume_async, callback, run_settings, processors=processors, layers=layers),
+        then_ignore_stop_signals(
+            functools.partial(consume_async, callback, run_settings, processors=processors, layers=layers)
+        ),
         use_uvloop=settings["uvloop"],
         sdk=sdk,
     )

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from swarrow import __version__
-from swarrow.cli.bootstrap import connected, run_anyio
+from swarrow.cli.bootstrap import connected, run_anyio, then_ignore_stop_signals
 from swarrow.cli.errors import CliError, fail
 from swarrow.cli.help import RAW_ARGS
 from swarrow.exits import EXIT_USAGE
@@ -129,6 +129,6 @@ def supervise(ctx: click.Context, settings: dict[str, Any]) -> int:
         mask_url(url),
     )
     try:
-        return pool.run_sync()
+        return int(run_anyio(then_ignore_stop_signals(pool.run), use_uvloop=False))
     except Exception as exc:  # e.g. --metrics-addr in use: exit 2, one line
         fail(exc)

@@ -34,7 +34,7 @@ from swarrow.pool.slots import Slot, Worker
 from swarrow.pool.snapshot import Snapshot, build_snapshot
 from swarrow.pool.spawn import FATAL_SPAWN_ERRORS, open_worker_process, worker_env
 from swarrow.pool.status import compact_dead_process, read_status, status_path
-from swarrow.stop_signals import StopSignals
+from swarrow.stop_signals import StopSignals, watch_closing, watch_ended
 from swarrow.urls import mask_argv
 from swarrow.validation import require_int, require_seconds
 
@@ -299,25 +299,36 @@ class WorkerPool:
     # -- signals and stopping ----------------------------------------------------------------------
 
     async def _watch_signals(self, *, task_status: TaskStatus[None]) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as received:
-            task_status.started()
-            async for signum in received:
-                if signum == signal.SIGHUP:
-                    self.rolling_restart(signal.Signals(signum).name)
-                    continue
-                name, now = self._stop_signals.receive(signum)
-                if not now:
-                    logger.warning(
-                        "%s received: draining every worker, then stopping (send it again to stop now)", name
-                    )
-                    self._begin_stop(exit_code=EXIT_OK)
-                else:
-                    logger.warning(
-                        "%s received again: stopping every worker now; their in-flight messages will be "
-                        "redelivered",
-                        name,
-                    )
-                    self._stop_now()
+        try:
+            await self._watch_signals_until_cancelled(task_status)
+        finally:
+            watch_ended()
+
+    async def _watch_signals_until_cancelled(self, task_status: TaskStatus[None]) -> None:
+        watched = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        with anyio.open_signal_receiver(*watched) as received:
+            try:
+                task_status.started()
+                async for signum in received:
+                    if signum == signal.SIGHUP:
+                        self.rolling_restart(signal.Signals(signum).name)
+                        continue
+                    name, now = self._stop_signals.receive(signum)
+                    if not now:
+                        logger.warning(
+                            "%s received: draining every worker, then stopping (send it again to stop now)",
+                            name,
+                        )
+                        self._begin_stop(exit_code=EXIT_OK)
+                    else:
+                        logger.warning(
+                            "%s received again: stopping every worker now; their in-flight messages will be "
+                            "redelivered",
+                            name,
+                        )
+                        self._stop_now()
+            finally:
+                watch_closing(watched)
 
     def rolling_restart(self, why: str = "requested") -> None:
         """Replace every worker, one at a time, each only once its replacement consumes (SIGHUP)."""

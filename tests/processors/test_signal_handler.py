@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 import pytest
 
@@ -152,3 +153,39 @@ def test_rejects_something_that_is_not_a_signal() -> None:
         SignalHandlerProcessor(inner, signals=[signal.SIGTERM, 12345])
     with pytest.raises(ValueError, match="signals"):
         SignalHandlerProcessor(inner, signals=["SIGTERM"])  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize("exiting", [False, True])
+def test_when_the_watch_ends_a_leaving_process_ignores_further_signals(exiting: bool) -> None:
+    # The CLI (`exiting_after_the_watch`) exits once its consumer stops: a Ctrl-C or SIGTERM after the
+    # watch was Python's own (KeyboardInterrupt in the loop's teardown, or death: exit 1/130/143).
+    # An embedding application gets Python's handlers back, as before.
+    from swarrow.control import ConsumerControl
+    from swarrow.stop_signals import exiting_after_the_watch
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)}
+
+    async def main() -> dict[int, object]:
+        if exiting:
+            exiting_after_the_watch()
+        layer = SignalHandlerProcessor(_passthrough)
+        control = ConsumerControl(queue_name="q", concurrency=1)
+        async with layer.lifespan(control):
+            os.kill(os.getpid(), signal.SIGINT)  # the watch takes it: no KeyboardInterrupt
+            await anyio.lowlevel.checkpoint()
+        return {sig: signal.getsignal(sig) for sig in saved}
+
+    try:
+        after = anyio.run(main)
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+    if exiting:
+        assert after[signal.SIGINT] is signal.SIG_IGN and after[signal.SIGTERM] is signal.SIG_IGN
+    else:
+        assert after[signal.SIGINT] is signal.default_int_handler and after[signal.SIGTERM] is signal.SIG_DFL
+    assert after[signal.SIGQUIT] is signal.SIG_DFL  # not a stop signal of the process's exit
+
+
+async def _passthrough(message: Message) -> bool:
+    return True
