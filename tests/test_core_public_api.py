@@ -37,6 +37,7 @@ SUBMODULE_API = {
     "health",
     "http",
     "jobs",
+    "log_fast",
     "logs",
     "memory",
     "metrics",
