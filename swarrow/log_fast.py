@@ -206,7 +206,7 @@ class DirectLines:
                 json_formatter.add_fields(entry, fields)
                 line = json_formatter.encode(entry)
             try:
-                handler.stream.write(line + handler.terminator)
+                handler.write_line(line)
             except Exception:
                 return False
             if self.level >= logging.WARNING:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
-from typing import NoReturn
+from typing import IO, Any, NoReturn
 
 import click
 
@@ -23,6 +24,13 @@ class CliError(click.ClickException):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code  # type: ignore[misc]  # click declares it on the class only
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        """Print `Error: …` after the log lines still held (`BatchingStreamHandler`): they came first."""
+        for handler in logging.getLogger().handlers:
+            with contextlib.suppress(Exception):
+                handler.flush()
+        super().show(file)
 
 
 def _leaves(exc: BaseException) -> Iterator[BaseException]:
