@@ -233,11 +233,12 @@ class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
     sharing one pipe never tear; only lines in a burst are held (a line after a 10 ms pause goes at
     once). Records below WARNING are written every `flush_interval` seconds by
     a daemon thread; WARNING and above at once, with everything held before them; `close()` (and
-    `logging.shutdown()` at exit) writes the rest. A kill -9 may lose the last `flush_interval` of
+    `logging.shutdown()` at exit) writes the rest. An exit that skips it (kill -9, the OOM killer,
+    `os._exit` in a callback) loses what is held: at most 4 KB, the last `flush_interval` (50 ms) of
     INFO lines, never a warning. On a terminal or an in-memory stream each line is written at once.
     """
 
-    def __init__(self, stream: IO[str], *, flush_interval: float = 0.2) -> None:
+    def __init__(self, stream: IO[str], *, flush_interval: float = 0.05) -> None:
         super().__init__(stream)
         self.flush_interval = flush_interval
         self._pending = False
