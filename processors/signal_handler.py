@@ -14,7 +14,7 @@ from anyio.abc import TaskStatus
 from swarrow.control import ConsumerControl
 from swarrow.message import Message
 from swarrow.processor import Processor
-from swarrow.stop_signals import StopSignals, watch_closing, watch_ended
+from swarrow.stop_signals import StopSignals, watch_closing
 
 __all__ = ["DEFAULT_SIGNALS", "SignalHandlerProcessor"]
 
@@ -68,12 +68,6 @@ class SignalHandlerProcessor:
                 tg.cancel_scope.cancel()
 
     async def _watch(self, control: ConsumerControl, *, task_status: TaskStatus[None]) -> None:
-        try:
-            await self._watch_until_cancelled(control, task_status)
-        finally:
-            watch_ended()  # in the step that closed the receiver: no loop turn for a signal to slip in
-
-    async def _watch_until_cancelled(self, control: ConsumerControl, task_status: TaskStatus[None]) -> None:
         with ExitStack() as stack:
             try:
                 received = stack.enter_context(anyio.open_signal_receiver(*self.signals))

@@ -15,9 +15,7 @@ import dataclasses
 import functools
 import logging
 import os
-import signal
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from typing import Unpack
 
@@ -40,6 +38,7 @@ from swarrow.provider import MessageProvider
 from swarrow.publisher import Publisher
 from swarrow.settings import STACK_OPTION_NAMES, Settings, SettingsOptions, resolve_url
 from swarrow.stack import LayerLike, Stack
+from swarrow.stop_signals import ignore_stop_signals
 from swarrow.topology import (
     exponential_delays,
 )
@@ -267,9 +266,8 @@ def ignore_stop_signals_if_threads_hang() -> int:
     Called as soon as the consumer's loop has ended, before anything else can be interrupted.
     """
     hung = hung_callback_threads()
-    if hung and threading.current_thread() is threading.main_thread():
-        for stop_signal in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(stop_signal, signal.SIG_IGN)
+    if hung:
+        ignore_stop_signals()
     return hung
 
 

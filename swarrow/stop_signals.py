@@ -13,15 +13,22 @@ import threading
 from collections.abc import Iterable
 from contextvars import ContextVar
 
-__all__ = ["StopSignals", "exiting_after_the_watch", "watch_closing", "watch_ended"]
+__all__ = ["StopSignals", "exiting_after_the_watch", "ignore_stop_signals", "watch_closing"]
 
-# Set by a process that exits once its consumer or pool stops (the CLI): see `watch_ended`.
+# Set by a process that exits once its consumer or pool stops (the CLI): see `watch_closing`.
 _exiting_after_the_watch: ContextVar[bool] = ContextVar("swarrow_exiting_after_the_watch", default=False)
 
 
 def exiting_after_the_watch() -> None:
     """Say, for the current task and those it starts, that the process exits once its signal watch ends."""
     _exiting_after_the_watch.set(True)
+
+
+def ignore_stop_signals() -> None:
+    """Ignore SIGINT and SIGTERM from now on (a process that is leaving); only the main thread can."""
+    if threading.current_thread() is threading.main_thread():
+        for stop_signal in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(stop_signal, signal.SIG_IGN)
 
 
 def watch_closing(watched: Iterable[int]) -> None:
@@ -36,26 +43,11 @@ def watch_closing(watched: Iterable[int]) -> None:
     """
     if not _exiting_after_the_watch.get() or threading.current_thread() is not threading.main_thread():
         return
-    stop_signals = [s for s in (signal.SIGINT, signal.SIGTERM) if s in watched]
-    for stop_signal in stop_signals:
-        signal.signal(stop_signal, signal.SIG_IGN)
+    ignore_stop_signals()
     loop = asyncio.get_running_loop()
-    for stop_signal in stop_signals:
+    for stop_signal in (s for s in (signal.SIGINT, signal.SIGTERM) if s in watched):
         loop.remove_signal_handler(stop_signal)
         signal.signal(stop_signal, signal.SIG_IGN)
-
-
-def watch_ended() -> None:
-    """Called as a signal watch closes: ignore SIGINT and SIGTERM if the process is exiting after it.
-
-    Why: closing the watch puts Python's own handlers back, and in the few milliseconds of exit left
-    (a connection's close) a further Ctrl-C raised KeyboardInterrupt into the event loop's teardown
-    (exit 1: "Cannot close a running event loop") and a further SIGTERM killed the process (143).
-    An embedding application (no `exiting_after_the_watch`) gets Python's handlers back, as before.
-    """
-    if _exiting_after_the_watch.get() and threading.current_thread() is threading.main_thread():
-        for stop_signal in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(stop_signal, signal.SIG_IGN)
 
 
 class StopSignals:

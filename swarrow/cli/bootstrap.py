@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -15,7 +13,7 @@ from swarrow.cli.errors import CliError
 from swarrow.errors import ConfigurationError
 from swarrow.exits import EXIT_USAGE
 from swarrow.factory import open_broker
-from swarrow.stop_signals import exiting_after_the_watch
+from swarrow.stop_signals import exiting_after_the_watch, ignore_stop_signals
 
 __all__ = [
     "Connected",
@@ -55,9 +53,7 @@ def then_ignore_stop_signals(fn: Callable[[], Awaitable[T]]) -> Callable[[], Awa
         try:
             return await fn()
         finally:
-            if threading.current_thread() is threading.main_thread():
-                for stop_signal in (signal.SIGINT, signal.SIGTERM):
-                    signal.signal(stop_signal, signal.SIG_IGN)
+            ignore_stop_signals()  # also where no signal watch ran (signal handling off)
 
     return run_then_ignore
 

@@ -34,7 +34,7 @@ from swarrow.pool.slots import Slot, Worker
 from swarrow.pool.snapshot import Snapshot, build_snapshot
 from swarrow.pool.spawn import FATAL_SPAWN_ERRORS, open_worker_process, worker_env
 from swarrow.pool.status import compact_dead_process, read_status, status_path
-from swarrow.stop_signals import StopSignals, watch_closing, watch_ended
+from swarrow.stop_signals import StopSignals, watch_closing
 from swarrow.urls import mask_argv
 from swarrow.validation import require_int, require_seconds
 
@@ -299,12 +299,6 @@ class WorkerPool:
     # -- signals and stopping ----------------------------------------------------------------------
 
     async def _watch_signals(self, *, task_status: TaskStatus[None]) -> None:
-        try:
-            await self._watch_signals_until_cancelled(task_status)
-        finally:
-            watch_ended()
-
-    async def _watch_signals_until_cancelled(self, task_status: TaskStatus[None]) -> None:
         watched = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         with anyio.open_signal_receiver(*watched) as received:
             try:
