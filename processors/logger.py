@@ -82,17 +82,19 @@ class LoggerProcessor:
         if level == self.level:
             handler = self._lines.handler()
             if handler is not None:
-                fields: dict[str, object] = {
-                    "queue": message.queue,
-                    "message_id": message.message_id,
-                    "routing_key": message.routing_key,
-                    "redelivered": message.redelivered,
-                    "attempt": attempt,
-                    "duration": duration,
-                    "outcome": outcome,
-                }
-                if body is not None:
-                    fields["body"] = body
+                fields: dict[str, object] | None = None
+                if self._lines.needs_fields(handler):
+                    fields = {
+                        "queue": message.queue,
+                        "message_id": message.message_id,
+                        "routing_key": message.routing_key,
+                        "redelivered": message.redelivered,
+                        "attempt": attempt,
+                        "duration": duration,
+                        "outcome": outcome,
+                    }
+                    if body is not None:
+                        fields["body"] = body
                 if self._lines.write(handler, self._format % args, fields):
                     return
             record = self._records.make(args)

@@ -184,16 +184,15 @@ class DirectLines:
             self._next_check = _monotonic() + 1.0
         return found
 
-    def write(self, handler: BatchingStreamHandler, message: str, fields: dict[str, object]) -> bool:
+    def write(self, handler: BatchingStreamHandler, message: str, fields: dict[str, object] | None) -> bool:
         """Write the line `handler` would write for a record of `message` with extra `fields`.
 
+        `fields` may be None when `needs_fields(handler)` is False (a text line shows none of them).
         False when the stream refused it: the caller then logs the record the usual way, so the
         handler's own error handling (`handleError`) sees the failure.
         """
         now = _now()
         formatter = handler.formatter
-        for tag in handler.filters:  # what WorkerTag.filter adds to the record
-            fields["worker"] = cast(WorkerTag, tag).worker
         # Formatted under the lock, as emit() formats: the formatters cache the current second.
         with handler.lock:  # type: ignore[union-attr]  # Handler.handle holds it around emit()
             if type(formatter) is TextFormatter:
@@ -201,12 +200,15 @@ class DirectLines:
                 line = formatter.line(asctime, self.levelname, self.logger.name, message)
             else:
                 json_formatter = cast(JsonFormatter, formatter)
+                fields = {} if fields is None else fields
+                for tag in handler.filters:  # what WorkerTag.filter adds to the record
+                    fields["worker"] = cast(WorkerTag, tag).worker
                 pid = os.getpid() if logging.logProcesses else None
                 entry = json_formatter.entry(now, self.levelname, self.logger.name, message, pid)
                 json_formatter.add_fields(entry, fields)
                 line = json_formatter.encode(entry)
             try:
-                handler.write_line(line)
+                handler.write_line(line, now)
             except Exception:
                 return False
             if self.level >= logging.WARNING:
@@ -214,6 +216,11 @@ class DirectLines:
             else:
                 handler._pending = True
         return True
+
+    @staticmethod
+    def needs_fields(handler: BatchingStreamHandler) -> bool:
+        """Whether `handler`'s lines show the extra fields (JSON does, text does not)."""
+        return type(handler.formatter) is not TextFormatter
 
 
 _DIRECT_FORMATTERS: Final = (TextFormatter, JsonFormatter)

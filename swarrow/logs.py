@@ -265,12 +265,16 @@ class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
         except Exception:
             self.handleError(record)
 
-    def write_line(self, line: str) -> None:
-        """Write (or hold) one formatted line; called with the handler's lock held."""
+    def write_line(self, line: str, now: float | None = None) -> None:
+        """Write (or hold) one formatted line; called with the handler's lock held.
+
+        `now`: the line's `time.time()` when the caller has read it already (one clock read per line).
+        """
         if not self._holds:
             self.stream.write(line + self.terminator)
             return
-        now = _monotonic()
+        if now is None:
+            now = _now()
         quiet = now - self._last_line_at > _BURST
         self._last_line_at = now
         if (quiet and not self._held) or not line.isascii():
@@ -323,8 +327,9 @@ class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
 # Writes up to this size are atomic on a pipe (POSIX PIPE_BUF; Linux's value): whole lines only.
 _ATOMIC_WRITE: Final = 4096
 # Lines closer together than this are a burst (a line per message): held. After a pause: written at once.
+# Wall clock (a jump only changes whether one line is held or written at once; the flusher bounds both).
 _BURST: Final = 0.01
-_monotonic = time.monotonic
+_now = time.time
 
 
 def _holds_lines(stream: object) -> bool:

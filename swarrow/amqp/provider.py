@@ -102,6 +102,7 @@ class AmqpMessageProvider(DeliveryBuffer, Settlement):
         self._eager_flush: asyncio.Task[None] | None = None
         self._buffer: deque[Message] = deque()
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._woken = 0
         self._channel: AbstractRobustChannel | None = None
         self._underlay: aiormq.abc.AbstractChannel | None = None
         self._consumer_tag: str | None = None
@@ -313,7 +314,7 @@ class AmqpMessageProvider(DeliveryBuffer, Settlement):
             )
         )
         if self._waiters:
-            self._wake_one()
+            self.wake_for_delivery()
 
     def _on_reopen(self, *_: Any) -> None:
         logger.warning("channel to %s reopened after a connection loss; consuming again", self.broker.url)
