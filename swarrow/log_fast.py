@@ -212,7 +212,7 @@ class DirectLines:
             except Exception:
                 return False
             if self.level >= logging.WARNING:
-                handler.flush()
+                handler.hand_over()
             else:
                 handler._pending = True
         return True

@@ -7,10 +7,13 @@ import io
 import json
 import logging
 import os
+import select
 import socket
 import sys
 import threading
 import time
+import weakref
+from collections import deque
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import IO, Any, Final, Literal
@@ -224,40 +227,77 @@ class WorkerTag(logging.Filter):
 
 
 class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
-    """A stream handler that writes lines in batches instead of a `write(2)` per record.
+    """A stream handler that writes lines in batches, from a thread of its own: not a `write(2)` per record.
 
     A worker logs a line per message, and `sys.stderr` is line-buffered: each line was a system call,
     measured at 27,615 writes for 20,000 messages and most of the CLI's CPU when stderr is a file or
-    a pipe. On such a stream (a file descriptor, not a terminal) lines are held and written together,
-    at most `PIPE_BUF` (4,096) bytes of whole lines per write, so the lines of several pool workers
-    sharing one pipe never tear; only lines in a burst are held (a line after a 10 ms pause goes at
-    once). Records below WARNING are written every `flush_interval` seconds by
-    a daemon thread; WARNING and above at once, with everything held before them; `close()` (and
-    `logging.shutdown()` at exit) writes the rest. An exit that skips it (kill -9, the OOM killer,
-    `os._exit` in a callback) loses what is held: at most 4 KB, the last `flush_interval` (50 ms) of
-    INFO lines, never a warning. On a terminal or an in-memory stream each line is written at once.
+    a pipe. On such a stream (a file descriptor, not a terminal) lines are held and handed in chunks
+    of whole lines, at most `PIPE_BUF` (4,096) bytes each, to a writer thread that writes them to the
+    descriptor, so the lines of several pool workers sharing one pipe never tear. Only lines in a
+    burst are held (a line after a 10 ms pause is handed over at once); held lines are handed over
+    every `flush_interval` (50 ms), a WARNING and above at once with everything held before it.
+
+    Why a thread: a pipe nobody reads (a stalled log shipper, a stopped `| tee`) blocks `write(2)`,
+    and a worker writing from its event loop then stopped for good: SIGTERM and Ctrl-C were never
+    seen. The logging thread never writes now; while the stream is stuck, up to `backlog_limit`
+    bytes wait for it, later lines are dropped and counted, and a warning says how many once it
+    moves again. `flush()` (`CliError` before its `Error:` line, `close()` at exit) waits for the
+    writer at most `flush_timeout` seconds, and not again once the stream is known stuck. An exit that
+    skips `close()` (kill -9, the OOM killer, `os._exit` in a callback) loses what was not written
+    yet: at most the last `flush_interval` of lines. On a terminal or an in-memory stream each line
+    is written at once by the logging thread, as `StreamHandler` does.
     """
 
-    def __init__(self, stream: IO[str], *, flush_interval: float = 0.05) -> None:
+    def __init__(
+        self,
+        stream: IO[str],
+        *,
+        flush_interval: float = 0.05,
+        flush_timeout: float = 1.0,
+        backlog_limit: int = 1 << 20,
+    ) -> None:
         super().__init__(stream)
         self.flush_interval = flush_interval
-        self._pending = False
-        self._held: list[str] = []  # whole lines, ASCII, written together (with the lock held)
+        self.flush_timeout = flush_timeout
+        self.backlog_limit = backlog_limit
+        self._pending = False  # a line went to a stream written at once: flush it in the background
+        self._state = threading.Condition(threading.Lock())  # guards what follows; the writer waits on it
+        self._held: list[str] = []  # whole ASCII lines not handed to the writer yet
         self._held_size = 0
-        self._holds = _holds_lines(stream)
+        self._chunks: deque[tuple[int, bytes]] = deque()  # (descriptor, whole lines) for the writer
+        self._chunk_bytes = 0
+        self._handed = 0  # chunks handed to the writer, ever
+        self._written = 0  # chunks the writer is done with, ever
+        self._dropped = 0  # lines dropped because the backlog was full, not reported yet
+        self._writing_since: float | None = None  # when the write in progress began (monotonic)
+        self._stopping = False
+        self._target = _descriptor_of(stream)
         self._last_line_at = 0.0
-        self._stopped = threading.Event()
-        self._flusher = threading.Thread(
-            target=self._flush_periodically, name="swarrow-log-flush", daemon=True
-        )
-        self._flusher.start()
+        self._writer: threading.Thread | None = None
+        self._start_writer()
+        _LIVE_HANDLERS.add(self)
+
+    def _start_writer(self) -> None:
+        self._writer = threading.Thread(target=self._write_forever, name="swarrow-log-writer", daemon=True)
+        self._writer.start()
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child: the parent writes what was held or queued; the child starts afresh."""
+        self._state = threading.Condition(threading.Lock())
+        self._held = []
+        self._held_size = 0
+        self._chunks = deque()
+        self._chunk_bytes = 0
+        self._handed = self._written = self._dropped = 0
+        self._writing_since = None
+        self._writer = None  # no thread survives a fork: started again by the next line
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             formatter = self.formatter
             self.write_line(formatter.format(record) if formatter is not None else self.format(record))
             if record.levelno >= logging.WARNING:
-                self.flush()
+                self.hand_over()
             else:
                 self._pending = True
         except RecursionError:
@@ -270,66 +310,214 @@ class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
 
         `now`: the line's `time.time()` when the caller has read it already (one clock read per line).
         """
-        if not self._holds:
+        target = self._target
+        if target is None:
             self.stream.write(line + self.terminator)
             return
+        if self._writer is None:
+            self._start_writer()
+        if self._dropped:
+            self._report_drops()  # before this line: it came after the gap
         if now is None:
             now = _now()
         quiet = now - self._last_line_at > _BURST
         self._last_line_at = now
+        state = self._state
         if (quiet and not self._held) or not line.isascii():
-            # A line after a quiet spell goes at once (a CLI's error printed right after it keeps its
-            # place); a non-ASCII line's encoded size is not its length: on its own, in order.
-            self._write_held()
-            self.stream.write(line + self.terminator)
+            # A line after a quiet spell goes at once; a non-ASCII line's encoded size is not its
+            # length: on its own, in order. Encoded here, so an encoding error is the caller's.
+            data = (line + self.terminator).encode(target[1], target[2])
+            with state:
+                self._hand_over_held()
+                self._hand_over(data, 1)
+                state.notify()
             return
         size = len(line) + 1
         if self._held_size + size > _ATOMIC_WRITE:
-            self._write_held()
-        self._held.append(line)
+            with state:
+                self._hand_over_held()
+                if self._chunk_bytes >= _WAKE_AT:  # a few chunks per wake-up: a thread switch costs ~20 µs
+                    state.notify()
+        self._held.append(line)  # the handler lock guards the held lines: no other lock per line
         self._held_size += size
 
-    def _write_held(self) -> None:
+    def _hand_over_held(self) -> None:
+        """Move the held lines to the writer as one chunk (the handler lock and `_state` held)."""
         if self._held:
-            text = self.terminator.join(self._held) + self.terminator
+            data = (self.terminator.join(self._held) + self.terminator).encode("ascii")
+            count = len(self._held)
             self._held.clear()
             self._held_size = 0
-            self.stream.write(text)
+            self._hand_over(data, count)
+
+    def _hand_over(self, data: bytes, lines: int) -> None:
+        """Queue `data` for the writer, or drop its lines while the backlog is full (`_state` held)."""
+        target = self._target
+        if target is None or self._chunk_bytes + len(data) > self.backlog_limit:
+            self._dropped += lines
+            return
+        self._chunks.append((target[0], data))
+        self._chunk_bytes += len(data)
+        self._handed += 1
+
+    def _report_drops(self) -> None:
+        """Say how many lines were dropped, once the stream takes lines again (handler lock held)."""
+        with self._state:
+            if self._chunk_bytes > self.backlog_limit // 2:
+                return
+            dropped, self._dropped = self._dropped, 0
+        record = logging.LogRecord(
+            __name__, logging.WARNING, __file__, 0,
+            "%d log line(s) dropped: the log stream was not taking lines (a pipe nobody read?)",
+            (dropped,), None,
+        )  # fmt: skip
+        self.write_line(self.format(record))
+        self.hand_over()
+
+    def hand_over(self) -> None:
+        """Give the held lines to the writer now, without waiting for it (a warning: written at once).
+
+        Called with the handler lock held (from `emit`, or a direct line's writer).
+        """
+        if self._target is None:
+            self.flush()
+            return
+        with self._state:
+            self._hand_over_held()
+            self._state.notify()
 
     def flush(self) -> None:
-        with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
-            self._pending = False
-            self._write_held()
-            stream: IO[str] | None = self.stream
-            if stream is not None and hasattr(stream, "flush"):
-                stream.flush()
+        """Write what is held and wait for it: at most `flush_timeout`, not once the stream is stuck."""
+        if self._target is None:
+            with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
+                self._pending = False
+                stream: IO[str] | None = self.stream
+                if stream is not None and hasattr(stream, "flush"):
+                    stream.flush()
+            return
+        state = self._state
+        with self.lock, state:  # type: ignore[union-attr]  # created by Handler.__init__
+            self._hand_over_held()
+            state.notify()
+            target = self._handed
+        with state:
+            deadline = _monotonic() + self.flush_timeout
+            while self._written < target:
+                now = _monotonic()
+                since = self._writing_since
+                if now >= deadline or (since is not None and now - since > self.flush_timeout):
+                    return  # the stream is stuck: leave the rest to the writer
+                state.wait(deadline - now)
 
     def setStream(self, stream: IO[str]) -> IO[str] | None:
         self.flush()
         previous = super().setStream(stream)
-        self._holds = _holds_lines(stream)
+        with self._state:
+            self._target = _descriptor_of(stream)
         return previous
 
-    def _flush_periodically(self) -> None:
-        while not self._stopped.wait(self.flush_interval):
-            if self._pending:
+    def _write_forever(self) -> None:
+        state = self._state
+        while True:
+            with state:
+                quiet = False
+                if not self._chunks:
+                    if self._stopping:
+                        return
+                    quiet = not state.wait(self.flush_interval)
+                if self._chunks:
+                    fd, data = self._chunks.popleft()
+                    self._writing_since = _monotonic()
+                else:
+                    fd, data = -1, b""
+            if fd < 0:
+                if quiet:
+                    self._pick_up()
+                continue
+            _write_all(fd, data, self.stream)
+            with state:
+                self._chunk_bytes -= len(data)
+                self._written += 1
+                self._writing_since = None
+                state.notify_all()
+
+    def _pick_up(self) -> None:
+        """After a quiet `flush_interval`: hand over the burst's held tail, or flush a stream written at once.
+
+        Only if the handler lock is free at once: a thread logging now hands over itself.
+        """
+        if not (self._held or self._pending) or self.lock is None or not self.lock.acquire(blocking=False):
+            return
+        try:
+            if self._target is not None:
+                with self._state:
+                    self._hand_over_held()
+            elif self._pending:
+                self._pending = False
                 with contextlib.suppress(OSError, ValueError):  # closed or broken: the next record says so
-                    self.flush()
+                    self.stream.flush()
+        finally:
+            self.lock.release()
 
     def close(self) -> None:
-        self._stopped.set()
         try:
             self.flush()
         finally:
+            with self._state:
+                self._stopping = True
+                self._state.notify_all()
             super().close()
 
 
 # Writes up to this size are atomic on a pipe (POSIX PIPE_BUF; Linux's value): whole lines only.
 _ATOMIC_WRITE: Final = 4096
-# Lines closer together than this are a burst (a line per message): held. After a pause: written at once.
-# Wall clock (a jump only changes whether one line is held or written at once; the flusher bounds both).
+# The writer is woken when this much waits (or after `flush_interval`, a quiet line, a warning, a flush).
+_WAKE_AT: Final = 4 * _ATOMIC_WRITE
+# Lines closer together than this are a burst (a line per message): held. After a pause: handed over at once.
+# Wall clock (a jump only changes whether one line is held or handed over at once; the writer bounds both).
 _BURST: Final = 0.01
 _now = time.time
+_monotonic = time.monotonic
+_write = os.write
+_LIVE_HANDLERS: weakref.WeakSet[BatchingStreamHandler] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for handler in list(_LIVE_HANDLERS):
+        handler._forget_after_fork()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _write_all(fd: int, data: bytes, stream: IO[str]) -> None:
+    """Write all of `data` to `fd` from the writer thread; a failure (a closed pipe, a full disk) drops it.
+
+    `os.write` rather than the stream's own `write`: blocked on a pipe nobody reads, the writer holds
+    no lock of the stream's, so the interpreter can still exit (a daemon thread stuck inside a
+    buffered stream's lock aborts the interpreter's final flush of stderr).
+    """
+    if getattr(stream, "closed", False):
+        return  # closed under us: its descriptor may belong to another file by now
+    view = memoryview(data)
+    while view:
+        try:
+            written = _write(fd, view)
+        except BlockingIOError:  # a descriptor set non-blocking by whoever shares it
+            select.select([], [fd], [], 0.05)
+            continue
+        except OSError:
+            return
+        view = view[written:]
+
+
+def _descriptor_of(stream: object) -> tuple[int, str, str] | None:
+    """(descriptor, encoding, errors) of a stream on a file or a pipe; None for a terminal or in memory."""
+    if not _holds_lines(stream):
+        return None
+    fd = stream.fileno()  # type: ignore[attr-defined]  # _holds_lines checked it
+    return fd, getattr(stream, "encoding", None) or "utf-8", getattr(stream, "errors", None) or "strict"
 
 
 def _holds_lines(stream: object) -> bool:

@@ -6,11 +6,13 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
 
 import pytest
 
+from swarrow import logs
 from swarrow.log_fast import RecordTemplate
 from swarrow.logs import (
     BatchingStreamHandler,
@@ -133,8 +135,9 @@ def test_batching_handler_flushes_warnings_at_once_and_info_in_the_background() 
     finally:
         log.removeHandler(handler)
         handler.close()
-    handler._flusher.join(timeout=5)  # close() set the stop: the flusher thread ends, it does not linger
-    assert not handler._flusher.is_alive()
+    assert handler._writer is not None
+    handler._writer.join(timeout=5)  # close() set the stop: the writer thread ends, it does not linger
+    assert not handler._writer.is_alive()
 
 
 def test_text_formatter_matches_the_standard_timestamp() -> None:
@@ -415,7 +418,7 @@ def test_a_credential_in_a_url_query_is_masked_in_any_log_record(fmt: str, query
 
 
 class _FileLike(io.StringIO):
-    """An in-memory stream claiming a file descriptor (a file, not a terminal); it records its writes."""
+    """An in-memory stream claiming a terminal's file descriptor; it records its writes."""
 
     def __init__(self, fd: int) -> None:
         super().__init__()
@@ -431,45 +434,64 @@ class _FileLike(io.StringIO):
 
 
 @pytest.fixture
-def file_fd(tmp_path: Any) -> Iterator[int]:
-    fd = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT)
-    yield fd
-    os.close(fd)
+def log_file(tmp_path: Path) -> Iterator[tuple[Path, IO[str]]]:
+    path = tmp_path / "log"
+    with open(path, "w", encoding="utf-8") as stream:
+        yield path, stream
+
+
+@pytest.fixture
+def writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """What the handler's writer thread passes to write(2), one item per call."""
+    calls: list[bytes] = []
+
+    def recording(fd: int, data: Any) -> int:
+        calls.append(bytes(data))
+        return os.write(fd, data)
+
+    monkeypatch.setattr(logs, "_write", recording)
+    return calls
 
 
 def _info(handler: logging.Handler, text: str, level: int = logging.INFO) -> None:
     handler.handle(logging.LogRecord("t", level, __file__, 0, text, (), None))
 
 
+def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.005)
+
+
 def test_on_a_file_or_pipe_lines_are_written_together_in_whole_lines_of_at_most_pipe_buf(
-    file_fd: int,
+    log_file: tuple[Path, IO[str]], writes: list[bytes]
 ) -> None:
     # Before: sys.stderr is line-buffered, so each line was a write(2): 27,615 writes for 20,000 messages.
-    stream = _FileLike(file_fd)
+    path, stream = log_file
     handler = BatchingStreamHandler(stream, flush_interval=3600)
     handler.setFormatter(logging.Formatter("%(message)s"))
     lines = [f"message m-{n} from jobs acked in 0.001s (attempt 1)" for n in range(300)]
     for line in lines:
         _info(handler, line)
-    _info(handler, "a warning writes everything held before it", logging.WARNING)
-    assert stream.getvalue().splitlines() == [*lines, "a warning writes everything held before it"]
-    assert len(stream.writes) <= 6  # ~15 KB in 4 KB writes, not 301
-    assert all(w.endswith("\n") and len(w.encode()) <= 4096 for w in stream.writes)
+    _info(handler, "a warning hands over everything held before it", logging.WARNING)
+    expected = [*lines, "a warning hands over everything held before it"]
+    _wait_for(lambda: path.read_text().splitlines() == expected, "the writer did not write the warning")
+    assert len(writes) <= 6  # ~15 KB in 4 KB writes, not 301
+    assert all(w.endswith(b"\n") and len(w) <= 4096 for w in writes)
     _info(handler, "caf\u00e9 \u4e2d")  # not ASCII: written on its own, in order
     _info(handler, "held")
     handler.flush()
-    assert stream.getvalue().splitlines()[-2:] == ["caf\u00e9 \u4e2d", "held"]
+    assert path.read_text().splitlines()[-2:] == ["caf\u00e9 \u4e2d", "held"]
     handler.close()
 
 
-def test_held_lines_are_written_by_the_flusher_within_its_interval(file_fd: int) -> None:
-    stream = _FileLike(file_fd)
+def test_held_lines_are_written_by_the_writer_within_its_interval(log_file: tuple[Path, IO[str]]) -> None:
+    path, stream = log_file
     handler = BatchingStreamHandler(stream, flush_interval=0.05)
-    _info(handler, "soon")
-    deadline = time.monotonic() + 5
-    while "soon" not in stream.getvalue():
-        assert time.monotonic() < deadline, "the flusher never wrote the held line"
-        time.sleep(0.01)
+    _info(handler, "first")  # after a quiet spell: handed over at once
+    _info(handler, "soon")  # in a burst: held, then handed over by the writer's round
+    _wait_for(lambda: "soon" in path.read_text(), "the writer never wrote the held line")
     handler.close()
 
 
@@ -491,15 +513,92 @@ def test_on_a_terminal_or_in_memory_each_line_is_written_at_once() -> None:
         os.close(terminal)
 
 
-def test_a_cli_error_prints_after_the_log_lines_held_before_it(file_fd: int, restore_root: None) -> None:
+def test_a_cli_error_prints_after_the_log_lines_held_before_it(
+    log_file: tuple[Path, IO[str]], restore_root: None
+) -> None:
     from swarrow.cli.errors import CliError
 
-    stream = _FileLike(file_fd)
+    path, stream = log_file
     handler = configure_logging("INFO", "text", stream)
     for n in range(5):  # a burst: the first goes at once, the rest are held
         logging.getLogger("swarrow.cli").info("line %d", n)
     CliError("cannot listen on 127.0.0.1:9: address already in use", 2).show(file=stream)
-    out = stream.getvalue().splitlines()
+    stream.flush()
+    out = path.read_text().splitlines()
     assert [line.rsplit(": ", 1)[-1] for line in out[:5]] == [f"line {n}" for n in range(5)]
     assert out[-1] == "Error: cannot listen on 127.0.0.1:9: address already in use"
     handler.close()
+
+
+def test_a_pipe_nobody_reads_never_blocks_the_logging_thread_and_drops_are_counted() -> None:
+    # Before: the event loop blocked in write(2) once the pipe was full, and then never saw SIGTERM.
+    import fcntl
+    import re
+    import threading
+
+    read_fd, write_fd = os.pipe()
+    fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, 4096)  # a full pipe after ~40 lines
+    stream = os.fdopen(write_fd, "w", encoding="utf-8")
+    handler = BatchingStreamHandler(stream, flush_interval=0.01, flush_timeout=0.2, backlog_limit=16_384)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    try:
+        started = time.monotonic()
+        for n in range(5_000):  # ~250 KB: the pipe and the backlog hold a tenth of it
+            _info(handler, f"line {n:05d} " + "x" * 40)
+        _info(handler, "a warning while stuck", logging.WARNING)
+        handler.flush()  # waits flush_timeout at most ...
+        handler.flush()  # ... and not again once the stream is known stuck
+        assert time.monotonic() - started < 3.0
+        received = bytearray()
+        reader_done = threading.Event()
+
+        def drain() -> None:
+            while chunk := os.read(read_fd, 65536):
+                received.extend(chunk)
+            reader_done.set()
+
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()  # someone reads again: what waited is written, then the count of what was dropped
+        _wait_for(lambda: handler._chunk_bytes == 0, "the backlog was never written")
+        _info(handler, "after")
+        _info(handler, "after, held")
+        handler.flush()
+    finally:
+        handler.close()
+        stream.close()
+    assert reader_done.wait(5)
+    os.close(read_fd)
+    lines = received.decode().splitlines()
+    numbered = [int(line.split()[1]) for line in lines if line.startswith("line ")]
+    assert numbered == sorted(numbered) and len(set(numbered)) == len(numbered)  # in order, none twice
+    dropped = sum(int(m.group(1)) for line in lines if (m := re.match(r"(\d+) log line\(s\) dropped", line)))
+    warning = int("a warning while stuck" in lines)
+    assert len(numbered) + warning + dropped == 5_001
+    assert dropped > 0 and lines[-3].endswith("(a pipe nobody read?)")  # said before the next line
+    assert lines[-2:] == ["after", "after, held"]
+
+
+def test_a_forked_child_writes_its_own_lines_and_none_of_its_parents() -> None:
+    read_fd, write_fd = os.pipe()
+    stream = os.fdopen(write_fd, "w", encoding="utf-8")
+    handler = BatchingStreamHandler(stream, flush_interval=3600)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    _info(handler, "parent, at once")
+    _info(handler, "parent, held at the fork")
+    pid = os.fork()
+    if pid == 0:  # the child: its writer thread did not survive the fork
+        try:
+            _info(handler, "child, at once")
+            _info(handler, "child, held")
+            handler.flush()
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert status == 0
+    handler.flush()
+    handler.close()
+    stream.close()
+    with os.fdopen(read_fd, encoding="utf-8") as pipe:
+        lines = pipe.read().splitlines()
+    expected = ["parent, at once", "parent, held at the fork", "child, at once", "child, held"]
+    assert sorted(lines) == sorted(expected)  # each once: the parent's queued lines are not the child's

@@ -1,0 +1,76 @@
+"""`swarrow consume` with its stderr on a pipe nobody reads: it keeps working and SIGTERM still stops it.
+
+Found in an attack on issue 21's changes (2026-11-29) and left then: once the pipe was full the event
+loop blocked in a log `write(2)`, processing stopped and SIGTERM was never seen (only SIGKILL ended
+it; a stalled log shipper or a stopped `| tee` does this). Log lines are now written by a thread of
+their own, with a bounded backlog; what does not fit is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration]
+
+ROOT = Path(__file__).resolve().parents[2]
+MESSAGES = 2_000  # ~200 KB of log lines: three times what a pipe holds
+
+
+def _swarrow(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "swarrow", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, env=env)  # fmt: skip
+
+
+def _recorded(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_full_stderr_pipe_neither_stalls_the_worker_nor_hides_sigterm(
+    amqp_url: str, queue_name: str, tmp_path: Path, workers: int
+) -> None:
+    record = tmp_path / "processed"
+    env = dict(os.environ, SWARROW_TEST_RECORD=str(record))
+    try:
+        assert _swarrow("declare", "--url", amqp_url, "--queue", queue_name, "--no-retry").returncode == 0
+        published = _swarrow("publish", "--url", amqp_url, "--queue", queue_name, "--body", "x{n}",
+                             "--message-id", "m{n}", "-n", str(MESSAGES))  # fmt: skip
+        assert published.returncode == 0, published.stderr
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "swarrow", "consume", "tests.cli_callbacks:record", "--url", amqp_url,
+             "-q", queue_name, "--no-retry", "--workers", str(workers)],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            while len(_recorded(record)) < MESSAGES:  # before: stuck at ~600, the pipe's worth of lines
+                assert proc.poll() is None, f"exited {proc.returncode} early"
+                assert time.monotonic() < deadline, f"stalled at {len(_recorded(record))} of {MESSAGES}"
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            try:
+                code = proc.wait(timeout=20)  # the flush at exit waits for the stuck pipe 1 s at most
+            except subprocess.TimeoutExpired:
+                pytest.fail("SIGTERM did not stop a worker whose stderr pipe is full")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            assert proc.stderr is not None
+            proc.stderr.close()
+        assert code == 0
+        drained = _swarrow("consume", "tests.cli_callbacks:record", "--url", amqp_url, "-q", queue_name,
+                           "--no-retry", "--stop-when-idle", "1s", env=env)  # fmt: skip
+        assert drained.returncode == 0, drained.stderr[-2000:]
+        ids = _recorded(record)
+        assert sorted(ids) == sorted(f"m{n}" for n in range(1, MESSAGES + 1))  # each once, none lost
+    finally:
+        subprocess.run(["rabbitmqctl", "-q", "-n", os.environ.get("SWARROW_TEST_NODE", "rabbit@localhost"),
+                        "delete_queue", queue_name], capture_output=True, timeout=60)  # fmt: skip
