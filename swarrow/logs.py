@@ -314,7 +314,10 @@ class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
         if target is None:
             self.stream.write(line + self.terminator)
             return
-        if self._writer is None:
+        if self._writer is None or self._stopping:
+            if self._stopping:  # closed (logging.shutdown at exit): a late line goes out at once
+                self._write_after_close(line, target)
+                return
             self._start_writer()
         if self._dropped:
             self._report_drops()  # before this line: it came after the gap
@@ -340,6 +343,15 @@ class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
                     state.notify()
         self._held.append(line)  # the handler lock guards the held lines: no other lock per line
         self._held_size += size
+
+    def _write_after_close(self, line: str, target: tuple[int, str, str]) -> None:
+        """A line logged after `close()`: written by the calling thread, unless the stream is stuck."""
+        with self._state:
+            stuck = self._writing_since is not None or bool(self._chunks)
+        if stuck:
+            self._dropped += 1
+            return
+        _write_all(target[0], (line + self.terminator).encode(target[1], target[2]), self.stream)
 
     def _hand_over_held(self) -> None:
         """Move the held lines to the writer as one chunk (the handler lock and `_state` held)."""

@@ -602,3 +602,15 @@ def test_a_forked_child_writes_its_own_lines_and_none_of_its_parents() -> None:
         lines = pipe.read().splitlines()
     expected = ["parent, at once", "parent, held at the fork", "child, at once", "child, held"]
     assert sorted(lines) == sorted(expected)  # each once: the parent's queued lines are not the child's
+
+
+def test_a_line_logged_after_close_is_still_written(log_file: tuple[Path, IO[str]]) -> None:
+    # logging.shutdown() closes the handler at exit, while a late record (a daemon thread's) may follow.
+    path, stream = log_file
+    handler = BatchingStreamHandler(stream, flush_interval=3600)
+    _info(handler, "before")
+    handler.close()
+    assert handler._writer is not None
+    handler._writer.join(timeout=5)
+    _info(handler, "after close")
+    assert path.read_text().splitlines() == ["before", "after close"]
