@@ -38,6 +38,7 @@ SUBMODULE_API = {
     "http",
     "jobs",
     "log_fast",
+    "log_writer",
     "logs",
     "memory",
     "metrics",

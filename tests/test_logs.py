@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import IO, Any
 
 import pytest
 
-from swarrow import logs
+from swarrow import log_writer
 from swarrow.log_fast import RecordTemplate
 from swarrow.logs import (
     BatchingStreamHandler,
@@ -418,7 +419,7 @@ def test_a_credential_in_a_url_query_is_masked_in_any_log_record(fmt: str, query
 
 
 class _FileLike(io.StringIO):
-    """An in-memory stream claiming a terminal's file descriptor; it records its writes."""
+    """An in-memory stream claiming a real file descriptor (a terminal's, a file's); it records its writes."""
 
     def __init__(self, fd: int) -> None:
         super().__init__()
@@ -433,24 +434,54 @@ class _FileLike(io.StringIO):
         return super().write(text)
 
 
-@pytest.fixture
-def log_file(tmp_path: Path) -> Iterator[tuple[Path, IO[str]]]:
-    path = tmp_path / "log"
-    with open(path, "w", encoding="utf-8") as stream:
-        yield path, stream
+class _Sink:
+    """Where a handler writes, read back: a regular file (written by the logging thread) or a pipe (by the
+    handler's writer thread, with `os.write`); `writes` lists each write, as the stream or write(2) saw it."""
+
+    def __init__(self, kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.kind = kind
+        self.writes: list[str] = []
+        self.received = bytearray()
+        if kind == "file":
+            self._fd = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT)
+            self.stream: IO[str] = _FileLike(self._fd)
+            self.writes = self.stream.writes  # type: ignore[attr-defined]
+            return
+        read_fd, write_fd = os.pipe()
+        self._read_fd = read_fd
+        self.stream = os.fdopen(write_fd, "w", encoding="utf-8")
+
+        def recording(fd: int, data: Any) -> int:
+            self.writes.append(bytes(data).decode())
+            return os.write(fd, data)
+
+        monkeypatch.setattr(log_writer, "_write", recording)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while chunk := os.read(self._read_fd, 65536):
+            self.received.extend(chunk)
+
+    def text(self) -> str:
+        if self.kind == "file":
+            return self.stream.getvalue()  # type: ignore[attr-defined, no-any-return]
+        return self.received.decode()
+
+    def close(self) -> None:
+        self.stream.close()
+        if self.kind == "file":
+            os.close(self._fd)
+        else:
+            self._reader.join(timeout=5)
+            os.close(self._read_fd)
 
 
-@pytest.fixture
-def writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """What the handler's writer thread passes to write(2), one item per call."""
-    calls: list[bytes] = []
-
-    def recording(fd: int, data: Any) -> int:
-        calls.append(bytes(data))
-        return os.write(fd, data)
-
-    monkeypatch.setattr(logs, "_write", recording)
-    return calls
+@pytest.fixture(params=["file", "pipe"])
+def sink(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[_Sink]:
+    opened = _Sink(request.param, tmp_path, monkeypatch)
+    yield opened
+    opened.close()
 
 
 def _info(handler: logging.Handler, text: str, level: int = logging.INFO) -> None:
@@ -464,34 +495,32 @@ def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 5.0) ->
         time.sleep(0.005)
 
 
-def test_on_a_file_or_pipe_lines_are_written_together_in_whole_lines_of_at_most_pipe_buf(
-    log_file: tuple[Path, IO[str]], writes: list[bytes]
-) -> None:
+def test_on_a_file_or_pipe_lines_are_written_together_in_whole_lines_of_at_most_pipe_buf(sink: _Sink) -> None:
     # Before: sys.stderr is line-buffered, so each line was a write(2): 27,615 writes for 20,000 messages.
-    path, stream = log_file
-    handler = BatchingStreamHandler(stream, flush_interval=3600)
+    handler = BatchingStreamHandler(sink.stream, flush_interval=3600)
+    assert handler._batches and (handler._pipe is not None) == (sink.kind == "pipe")
     handler.setFormatter(logging.Formatter("%(message)s"))
     lines = [f"message m-{n} from jobs acked in 0.001s (attempt 1)" for n in range(300)]
     for line in lines:
         _info(handler, line)
-    _info(handler, "a warning hands over everything held before it", logging.WARNING)
-    expected = [*lines, "a warning hands over everything held before it"]
-    _wait_for(lambda: path.read_text().splitlines() == expected, "the writer did not write the warning")
-    assert len(writes) <= 6  # ~15 KB in 4 KB writes, not 301
-    assert all(w.endswith(b"\n") and len(w) <= 4096 for w in writes)
+    _info(handler, "a warning sends everything held before it", logging.WARNING)
+    expected = [*lines, "a warning sends everything held before it"]
+    _wait_for(lambda: sink.text().splitlines() == expected, "the warning was not written")
+    assert 4 <= len(sink.writes) <= 6  # ~15 KB in 4 KB writes, not 301
+    assert all(w.endswith("\n") and len(w.encode()) <= 4096 for w in sink.writes)
     _info(handler, "caf\u00e9 \u4e2d")  # not ASCII: written on its own, in order
     _info(handler, "held")
-    handler.flush()
-    assert path.read_text().splitlines()[-2:] == ["caf\u00e9 \u4e2d", "held"]
+    handler.flush()  # waits for the writer: to the pipe (its reader thread may not have read it yet)
+    assert handler._written == handler._handed
+    _wait_for(lambda: sink.text().splitlines()[-2:] == ["caf\u00e9 \u4e2d", "held"], "not in order")
     handler.close()
 
 
-def test_held_lines_are_written_by_the_writer_within_its_interval(log_file: tuple[Path, IO[str]]) -> None:
-    path, stream = log_file
-    handler = BatchingStreamHandler(stream, flush_interval=0.05)
-    _info(handler, "first")  # after a quiet spell: handed over at once
-    _info(handler, "soon")  # in a burst: held, then handed over by the writer's round
-    _wait_for(lambda: "soon" in path.read_text(), "the writer never wrote the held line")
+def test_held_lines_are_written_within_the_flush_interval(sink: _Sink) -> None:
+    handler = BatchingStreamHandler(sink.stream, flush_interval=0.05)
+    _info(handler, "first")  # after a quiet spell: at once
+    _info(handler, "soon")  # in a burst: held, then sent by the writer thread's round
+    _wait_for(lambda: "soon" in sink.text(), "the held line was never written")
     handler.close()
 
 
@@ -513,18 +542,16 @@ def test_on_a_terminal_or_in_memory_each_line_is_written_at_once() -> None:
         os.close(terminal)
 
 
-def test_a_cli_error_prints_after_the_log_lines_held_before_it(
-    log_file: tuple[Path, IO[str]], restore_root: None
-) -> None:
+def test_a_cli_error_prints_after_the_log_lines_held_before_it(sink: _Sink, restore_root: None) -> None:
     from swarrow.cli.errors import CliError
 
-    path, stream = log_file
-    handler = configure_logging("INFO", "text", stream)
+    handler = configure_logging("INFO", "text", sink.stream)
     for n in range(5):  # a burst: the first goes at once, the rest are held
         logging.getLogger("swarrow.cli").info("line %d", n)
-    CliError("cannot listen on 127.0.0.1:9: address already in use", 2).show(file=stream)
-    stream.flush()
-    out = path.read_text().splitlines()
+    CliError("cannot listen on 127.0.0.1:9: address already in use", 2).show(file=sink.stream)
+    sink.stream.flush()
+    _wait_for(lambda: sink.text().endswith("in use\n"), "the Error: line was not written")
+    out = sink.text().splitlines()
     assert [line.rsplit(": ", 1)[-1] for line in out[:5]] == [f"line {n}" for n in range(5)]
     assert out[-1] == "Error: cannot listen on 127.0.0.1:9: address already in use"
     handler.close()
@@ -604,13 +631,12 @@ def test_a_forked_child_writes_its_own_lines_and_none_of_its_parents() -> None:
     assert sorted(lines) == sorted(expected)  # each once: the parent's queued lines are not the child's
 
 
-def test_a_line_logged_after_close_is_still_written(log_file: tuple[Path, IO[str]]) -> None:
+def test_a_line_logged_after_close_is_still_written(sink: _Sink) -> None:
     # logging.shutdown() closes the handler at exit, while a late record (a daemon thread's) may follow.
-    path, stream = log_file
-    handler = BatchingStreamHandler(stream, flush_interval=3600)
+    handler = BatchingStreamHandler(sink.stream, flush_interval=3600)
     _info(handler, "before")
     handler.close()
     assert handler._writer is not None
     handler._writer.join(timeout=5)
     _info(handler, "after close")
-    assert path.read_text().splitlines() == ["before", "after close"]
+    _wait_for(lambda: sink.text().splitlines() == ["before", "after close"], "the late line was not written")
