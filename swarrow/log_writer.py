@@ -60,7 +60,7 @@ class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
         self._last_line_at = 0.0
         # What the writer thread shares with the logging threads, under `_state`:
         self._state = threading.Condition(threading.Lock())
-        self._chunks: deque[tuple[int, bytes]] = deque()  # (descriptor, whole lines) for a pipe
+        self._chunks: deque[tuple[int, bytes, IO[str]]] = deque()  # (descriptor, lines, stream) for a pipe
         self._chunk_bytes = 0
         self._handed = 0  # chunks handed to the writer, ever
         self._written = 0  # chunks the writer is done with, ever
@@ -154,7 +154,7 @@ class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
             if self._chunk_bytes + len(data) > self.backlog_limit:
                 self._dropped += lines
                 return
-            self._chunks.append((pipe[0], data))
+            self._chunks.append((pipe[0], data, self.stream))
             self._chunk_bytes += len(data)
             self._handed += 1
             if wake or self._chunk_bytes >= _WAKE_AT:  # else a few chunks per wake-up (~20 µs each)
@@ -231,16 +231,15 @@ class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
                     if self._stopping:
                         return
                     quiet = not state.wait(self.flush_interval)
-                if self._chunks:
-                    fd, data = self._chunks.popleft()
+                chunk = self._chunks.popleft() if self._chunks else None
+                if chunk is not None:
                     self._writing_since = _monotonic()
-                else:
-                    fd, data = -1, b""
-            if fd < 0:
+            if chunk is None:
                 if quiet:
                     self._pick_up()
                 continue
-            _write_all(fd, data, self.stream)
+            fd, data, stream = chunk
+            _write_all(fd, data, stream)  # the stream it was queued for (setStream may have changed it)
             with state:
                 self._chunk_bytes -= len(data)
                 self._written += 1
@@ -319,8 +318,8 @@ def _write_all(fd: int, data: bytes, stream: IO[str]) -> None:
 def _mode_of(stream: object) -> tuple[bool, tuple[int, str, str] | None]:
     """(whether lines are batched, (descriptor, encoding, errors) when a writer thread writes them).
 
-    A terminal or an in-memory stream: neither. A regular file: batched, written by the logging
-    thread (a reader cannot stall it). Anything else on a descriptor (a pipe, a socket): both.
+    A terminal or an in-memory stream: neither. A regular file or a device (`/dev/null`): batched,
+    written by the logging thread (no reader can stall it). A pipe or a socket: both.
     """
     fileno = getattr(stream, "fileno", None)
     if fileno is None:
@@ -329,7 +328,8 @@ def _mode_of(stream: object) -> tuple[bool, tuple[int, str, str] | None]:
         fd = fileno()
         if os.isatty(fd):
             return False, None
-        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        mode = os.fstat(fd).st_mode
+        regular = stat.S_ISREG(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
     except (OSError, ValueError, io.UnsupportedOperation):  # StringIO, a closed or captured stream
         return False, None
     if regular:
