@@ -1,4 +1,4 @@
-"""The log handler that writes lines in batches, and to a pipe from a thread of its own.
+"""The log handler that writes lines in batches, and to a stuck pipe from a thread of its own.
 
 A worker logs a line per message, and `sys.stderr` is line-buffered: each line was a system call,
 measured at 27,615 writes for 20,000 messages and most of the CLI's CPU when stderr is a file or a
@@ -14,11 +14,19 @@ import logging
 import os
 import select
 import stat
+import struct
 import threading
 import time
 import weakref
 from collections import deque
-from typing import IO, Final
+from typing import IO, Final, NamedTuple
+
+try:
+    import fcntl
+    import termios
+except ImportError:  # Windows: no FIFO sizes; sockets are checked with select
+    fcntl = None  # type: ignore[assignment]
+    termios = None  # type: ignore[assignment]
 
 __all__ = ["BatchingStreamHandler"]
 
@@ -32,14 +40,16 @@ class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
     before it) go out at once; held lines at the latest after `flush_interval` (50 ms). On a
     terminal or an in-memory stream each line is written at once, as `StreamHandler` does.
 
-    To a regular file the logging thread writes the chunks itself. To a pipe (or a socket, or any
-    other descriptor that a reader can stall) a writer thread writes them with `os.write`, and the
-    logging thread never blocks: while the pipe is stuck up to `backlog_limit` bytes wait for it,
-    later lines are dropped and counted, and a warning says how many once it takes lines again.
-    `flush()` (`CliError` before its `Error:` line, `close()` at exit) waits for the writer at most
-    `flush_timeout` seconds, and not again once the pipe is known stuck. An exit that skips
-    `close()` (kill -9, the OOM killer, `os._exit` in a callback) loses what was not written yet: at
-    most the last `flush_interval` of lines.
+    The logging thread writes the chunks itself, through the stream, so they keep their place among
+    whatever else the process writes there — except to a pipe (or socket) that a reader has let
+    fill up: a write there would block (the event loop stopped for good, SIGTERM unseen). Then a
+    writer thread takes over, in order: up to `backlog_limit` bytes wait for the pipe, later lines
+    are dropped and counted, a warning says how many once it takes lines again, and the logging
+    thread writes itself again once nothing waits. `flush()` (`CliError` before its `Error:` line,
+    `close()` at exit) waits for the writer at most `flush_timeout` seconds, and not again once the
+    pipe is known stuck. An exit that skips `close()` (kill -9, the OOM killer, `os._exit` in a
+    callback) loses what is held: at most the last `flush_interval` of INFO lines, never a warning
+    (unless the pipe was stuck).
     """
 
     def __init__(
@@ -144,17 +154,27 @@ class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
                 self._state.notify()
 
     def _send(self, text: str, lines: int, *, wake: bool = True) -> None:
-        """Write `text` to a file, or queue it for the writer thread (a pipe); handler lock held."""
+        """Write `text` (handler lock held): at once to a file or a pipe with room, else via the writer.
+
+        At once, through the stream, keeps every line in its place among whatever else the process
+        writes there (a `print`, a traceback, a line just before `os._exit`); only while a pipe is
+        nearly full, or lines already wait for it, does the writer thread take them, in order.
+        """
         pipe = self._pipe
         if pipe is None:
             self.stream.write(text)
             return
-        data = text.encode(pipe[1], pipe[2])  # here, so an encoding error is the caller's (handleError)
+        if not self._chunks and self._writing_since is None and _has_room(pipe, len(text)):
+            stream = self.stream
+            stream.write(text)
+            stream.flush()  # nothing left in the stream's buffer to come out of order later
+            return
+        data = text.encode(pipe.encoding, pipe.errors)  # here: an encoding error is the caller's
         with self._state:
             if self._chunk_bytes + len(data) > self.backlog_limit:
                 self._dropped += lines
                 return
-            self._chunks.append((pipe[0], data, self.stream))
+            self._chunks.append((pipe.fd, data, self.stream))
             self._chunk_bytes += len(data)
             self._handed += 1
             if wake or self._chunk_bytes >= _WAKE_AT:  # else a few chunks per wake-up (~20 µs each)
@@ -167,11 +187,12 @@ class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
             self.stream.write(line + self.terminator)
             return
         with self._state:
-            stuck = self._writing_since is not None or bool(self._chunks)
-        if stuck:
-            self._dropped += 1
+            waiting = self._writing_since is not None or bool(self._chunks)
+        if waiting or not _has_room(pipe, len(line) + 1):
+            self._dropped += 1  # the writer has stopped: it would wait for ever
             return
-        _write_all(pipe[0], (line + self.terminator).encode(pipe[1], pipe[2]), self.stream)
+        self.stream.write(line + self.terminator)
+        self.stream.flush()
 
     def _report_drops(self) -> None:
         """Say how many lines were dropped, once the pipe takes lines again (handler lock held)."""
@@ -279,6 +300,9 @@ _WAKE_AT: Final = 4 * _ATOMIC_WRITE
 # Lines closer together than this are a burst (a line per message): held. After a pause: written at once.
 # Wall clock (a jump only changes whether one line is held or written at once; the writer bounds both).
 _BURST: Final = 0.01
+# Free bytes a pipe must keep beyond a chunk for the logging thread to write it itself (see _has_room).
+_HEADROOM: Final = 3 * _ATOMIC_WRITE
+_GET_PIPE_SIZE: Final[int | None] = getattr(fcntl, "F_GETPIPE_SZ", None)  # Linux
 _now = time.time
 _monotonic = time.monotonic
 _write = os.write
@@ -315,8 +339,38 @@ def _write_all(fd: int, data: bytes, stream: IO[str]) -> None:
         view = view[written:]
 
 
-def _mode_of(stream: object) -> tuple[bool, tuple[int, str, str] | None]:
-    """(whether lines are batched, (descriptor, encoding, errors) when a writer thread writes them).
+class _Pipe(NamedTuple):
+    """A stream a reader can stall: its descriptor, how to encode for it, and its size (FIFOs on Linux)."""
+
+    fd: int
+    encoding: str
+    errors: str
+    capacity: int  # bytes a FIFO holds (F_GETPIPE_SZ); 0: a socket, or no way to ask
+
+
+def _has_room(pipe: _Pipe, size: int) -> bool:
+    """Whether `size` bytes go into the pipe now without blocking, with room to spare for other writers.
+
+    A FIFO: its capacity less the unread bytes (FIONREAD), leaving `_HEADROOM` so that pool workers
+    sharing the pipe, each checking then writing, cannot together fill it under one of them. Else
+    (a socket): writable by `select` (at least a third of its send buffer free).
+    """
+    fd = pipe.fd
+    if pipe.capacity:
+        try:
+            unread: int = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+        except OSError:
+            return False
+        return pipe.capacity - unread >= 4 * size + _HEADROOM  # 4 bytes a character at most
+    try:
+        _, writable, _ = select.select([], [fd], [], 0)
+    except (OSError, ValueError):  # a descriptor past select's limit: the writer thread then
+        return False
+    return bool(writable)
+
+
+def _mode_of(stream: object) -> tuple[bool, _Pipe | None]:
+    """(whether lines are batched, the pipe when a reader can stall the stream).
 
     A terminal or an in-memory stream: neither. A regular file or a device (`/dev/null`): batched,
     written by the logging thread (no reader can stall it). A pipe or a socket: both.
@@ -334,5 +388,9 @@ def _mode_of(stream: object) -> tuple[bool, tuple[int, str, str] | None]:
         return False, None
     if regular:
         return True, None
+    capacity = 0
+    if stat.S_ISFIFO(mode) and _GET_PIPE_SIZE is not None:
+        with contextlib.suppress(OSError):
+            capacity = fcntl.fcntl(fd, _GET_PIPE_SIZE)
     encoding = getattr(stream, "encoding", None) or "utf-8"
-    return True, (fd, encoding, getattr(stream, "errors", None) or "strict")
+    return True, _Pipe(fd, encoding, getattr(stream, "errors", None) or "strict", capacity)

@@ -95,3 +95,11 @@ def hang_or_boom(message: Message) -> None:
         time.sleep(1.5)
         raise ValueError("boom")
     time.sleep(300)
+
+
+def warn_and_exit(message: Message) -> None:
+    """Log a WARNING naming the message, then end the process at once with os._exit(3) (no shutdown)."""
+    import logging
+
+    logging.getLogger("tests.cli_callbacks").warning("fatal condition on %s, exiting", message.message_id)
+    os._exit(3)

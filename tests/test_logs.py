@@ -434,6 +434,18 @@ class _FileLike(io.StringIO):
         return super().write(text)
 
 
+class _RecordingText(io.TextIOWrapper):
+    """A text stream on a real descriptor that records each write: the logging thread's, written at once."""
+
+    def __init__(self, raw: IO[bytes], writes: list[str]) -> None:
+        super().__init__(raw, encoding="utf-8", line_buffering=True)  # type: ignore[arg-type]
+        self.writes = writes
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
 class _Sink:
     """Where a handler writes, read back: a regular file (written by the logging thread) or a pipe (by the
     handler's writer thread, with `os.write`); `writes` lists each write, as the stream or write(2) saw it."""
@@ -449,7 +461,7 @@ class _Sink:
             return
         read_fd, write_fd = os.pipe()
         self._read_fd = read_fd
-        self.stream = os.fdopen(write_fd, "w", encoding="utf-8")
+        self.stream = _RecordingText(open(write_fd, "wb"), self.writes)  # noqa: SIM115
 
         def recording(fd: int, data: Any) -> int:
             self.writes.append(bytes(data).decode())
@@ -640,3 +652,51 @@ def test_a_line_logged_after_close_is_still_written(sink: _Sink) -> None:
     handler._writer.join(timeout=5)
     _info(handler, "after close")
     _wait_for(lambda: sink.text().splitlines() == ["before", "after close"], "the late line was not written")
+
+
+def _pipe_handler() -> tuple[int, IO[str], BatchingStreamHandler]:
+    read_fd, write_fd = os.pipe()
+    stream = os.fdopen(write_fd, "w", encoding="utf-8", buffering=1)
+    handler = BatchingStreamHandler(stream, flush_interval=3600)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    return read_fd, stream, handler
+
+
+def test_on_a_pipe_with_room_a_warning_is_written_before_os_exit() -> None:
+    # Attack on the writer thread (2026-11-29): a WARNING logged just before os._exit (a callback's, a
+    # multiprocessing fork child's) was handed to the writer thread and never written.
+    read_fd, stream, handler = _pipe_handler()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _info(handler, "quiet line")
+            _info(handler, "held line")
+            _info(handler, "fatal, exiting", logging.WARNING)
+        finally:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 3
+    handler.close()
+    stream.close()
+    with os.fdopen(read_fd, encoding="utf-8") as pipe:
+        assert pipe.read().splitlines() == ["quiet line", "held line", "fatal, exiting"]
+
+
+def test_on_a_pipe_log_lines_keep_their_place_among_other_writes_to_the_stream() -> None:
+    # The same attack: lines went out after later print()s and tracebacks, one glued into a print's line.
+    read_fd, stream, handler = _pipe_handler()
+    expected = []
+    for n in range(200):
+        handler.write_line(f"log {n}", now=1.0 + n)  # a second apart: each after a quiet spell
+        stream.write(f"print {n}")  # print() writes the text, then the newline
+        stream.write("\n")
+        expected += [f"log {n}", f"print {n}"]
+    handler.write_line("held 1", now=500.0)
+    handler.write_line("held 2", now=500.001)  # in a burst: held ...
+    handler.handle(logging.LogRecord("t", logging.ERROR, __file__, 0, "an error", (), None))  # ... then sent
+    stream.write("Traceback (most recent call last):\n")
+    expected += ["held 1", "held 2", "an error", "Traceback (most recent call last):"]
+    handler.close()
+    stream.close()
+    with os.fdopen(read_fd, encoding="utf-8") as pipe:
+        assert pipe.read().splitlines() == expected

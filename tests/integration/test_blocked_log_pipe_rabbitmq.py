@@ -74,3 +74,24 @@ def test_a_full_stderr_pipe_neither_stalls_the_worker_nor_hides_sigterm(
     finally:
         subprocess.run(["rabbitmqctl", "-q", "-n", os.environ.get("SWARROW_TEST_NODE", "rabbit@localhost"),
                         "delete_queue", queue_name], capture_output=True, timeout=60)  # fmt: skip
+
+
+def test_a_warning_just_before_os_exit_reaches_a_stderr_pipe(amqp_url: str, queue_name: str) -> None:
+    # Attack on the writer thread (2026-11-29): through a pipe the WARNING, and the "consuming" line
+    # before it, were lost 3 times of 3 (handed to the writer thread, which os._exit never let run).
+    try:
+        assert _swarrow("declare", "--url", amqp_url, "--queue", queue_name, "--no-retry").returncode == 0
+        published = _swarrow("publish", "--url", amqp_url, "--queue", queue_name, "--body", "x",
+                             "--message-id", "m-last")  # fmt: skip
+        assert published.returncode == 0, published.stderr
+        ran = subprocess.run(
+            [sys.executable, "-m", "swarrow", "consume", "tests.cli_callbacks:warn_and_exit",
+             "--url", amqp_url, "-q", queue_name, "--no-retry"],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert ran.returncode == 3
+        assert f"consuming {queue_name}" in ran.stderr
+        assert "fatal condition on m-last, exiting" in ran.stderr.splitlines()[-1]
+    finally:
+        subprocess.run(["rabbitmqctl", "-q", "-n", os.environ.get("SWARROW_TEST_NODE", "rabbit@localhost"),
+                        "delete_queue", queue_name], capture_output=True, timeout=60)  # fmt: skip
