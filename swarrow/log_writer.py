@@ -252,9 +252,12 @@ class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
                     if self._stopping:
                         return
                     quiet = not state.wait(self.flush_interval)
-                chunk = self._chunks.popleft() if self._chunks else None
-                if chunk is not None:
+                chunk = None
+                if self._chunks:
+                    # Set before the pop: a logging thread reads both without the lock, and must never
+                    # see an empty queue and no write in progress while this chunk is still to go.
                     self._writing_since = _monotonic()
+                    chunk = self._chunks.popleft()
             if chunk is None:
                 if quiet:
                     self._pick_up()
