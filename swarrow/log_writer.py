@@ -9,24 +9,17 @@ pipe. And a pipe nobody reads (a stalled log shipper, a stopped `| tee`) blocked
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import logging
 import os
 import select
 import stat
-import struct
 import threading
 import time
 import weakref
 from collections import deque
 from typing import IO, Final, NamedTuple
-
-try:
-    import fcntl
-    import termios
-except ImportError:  # Windows: no FIFO sizes; sockets are checked with select
-    fcntl = None  # type: ignore[assignment]
-    termios = None  # type: ignore[assignment]
 
 __all__ = ["BatchingStreamHandler"]
 
@@ -40,16 +33,17 @@ class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
     before it) go out at once; held lines at the latest after `flush_interval` (50 ms). On a
     terminal or an in-memory stream each line is written at once, as `StreamHandler` does.
 
-    The logging thread writes the chunks itself, through the stream, so they keep their place among
-    whatever else the process writes there — except to a pipe (or socket) that a reader has let
-    fill up: a write there would block (the event loop stopped for good, SIGTERM unseen). Then a
-    writer thread takes over, in order: up to `backlog_limit` bytes wait for the pipe, later lines
-    are dropped and counted, a warning says how many once it takes lines again, and the logging
-    thread writes itself again once nothing waits. `flush()` (`CliError` before its `Error:` line,
-    `close()` at exit) waits for the writer at most `flush_timeout` seconds, and not again once the
-    pipe is known stuck. An exit that skips `close()` (kill -9, the OOM killer, `os._exit` in a
-    callback) loses what is held: at most the last `flush_interval` of INFO lines, never a warning
-    (unless the pipe was stuck).
+    The logging thread writes the chunks itself, at once, so they keep their place among whatever
+    else the process writes there — except to a pipe (or socket) that a reader has let fill up: a
+    write there would block (the event loop stopped for good, SIGTERM unseen). To a pipe the logging
+    thread only writes without waiting (`RWF_NOWAIT`); what does not fit goes, in order, to a writer
+    thread: up to `backlog_limit` bytes wait for the pipe, later lines are dropped and counted, a
+    warning says how many once it moves again (or at close), and the logging thread writes itself
+    again once nothing waits. `flush()` (`CliError` before its `Error:` line, `close()` at exit)
+    waits for the writer while it makes progress (a chunk at least every `flush_timeout`, 10 s in
+    all), and only 0.1 s again until a stuck pipe moves. An exit that skips `close()` (kill -9, the
+    OOM killer, `os._exit` in a callback) loses what is held: at most the last `flush_interval` of
+    INFO lines, never a warning (unless the pipe was stuck).
     """
 
     def __init__(
@@ -76,8 +70,10 @@ class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
         self._written = 0  # chunks the writer is done with, ever
         self._dropped = 0  # lines dropped while the backlog was full, not reported yet
         self._writing_since: float | None = None  # when the write in progress began (monotonic)
+        self._gave_up_at = -1  # `_written` when a flush last stopped waiting for a stuck pipe
         self._stopping = False
         self._batches, self._pipe = _mode_of(stream)
+        self._nowait = _RWF_NOWAIT != 0 and hasattr(os, "pwritev")  # else select before each write
         self._writer: threading.Thread | None = None
         self._start_writer()
         _LIVE_HANDLERS.add(self)
@@ -95,6 +91,7 @@ class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
         self._chunk_bytes = 0
         self._handed = self._written = self._dropped = 0
         self._writing_since = None
+        self._gave_up_at = -1
         self._writer = None  # no thread survives a fork: started again by the next line
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -156,20 +153,21 @@ class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
     def _send(self, text: str, lines: int, *, wake: bool = True) -> None:
         """Write `text` (handler lock held): at once to a file or a pipe with room, else via the writer.
 
-        At once, through the stream, keeps every line in its place among whatever else the process
-        writes there (a `print`, a traceback, a line just before `os._exit`); only while a pipe is
-        nearly full, or lines already wait for it, does the writer thread take them, in order.
+        At once keeps every line in its place among whatever else the process writes there (a
+        `print`, a traceback, a line just before `os._exit`). To a pipe or socket the logging thread
+        only ever writes without waiting (`RWF_NOWAIT`: all of it, or what fits); what does not fit,
+        and everything after it until the writer has caught up, goes to the writer thread, in order.
         """
         pipe = self._pipe
         if pipe is None:
             self.stream.write(text)
             return
-        if not self._chunks and self._writing_since is None and _has_room(pipe, len(text)):
-            stream = self.stream
-            stream.write(text)
-            stream.flush()  # nothing left in the stream's buffer to come out of order later
-            return
         data = text.encode(pipe.encoding, pipe.errors)  # here: an encoding error is the caller's
+        if not self._chunks and self._writing_since is None:
+            written = self._write_now(pipe, data)
+            if written == len(data):
+                return
+            data = data[written:]
         with self._state:
             if self._chunk_bytes + len(data) > self.backlog_limit:
                 self._dropped += lines
@@ -180,24 +178,40 @@ class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
             if wake or self._chunk_bytes >= _WAKE_AT:  # else a few chunks per wake-up (~20 µs each)
                 self._state.notify()
 
+    def _write_now(self, pipe: _Pipe, data: bytes) -> int:
+        """Bytes of `data` written to the pipe without waiting: all, part, or none (it is full)."""
+        if self._nowait:
+            try:
+                return _write_nowait(pipe.fd, data)
+            except BrokenPipeError:  # nobody will ever read: the lines are gone, as with a failed write
+                return len(data)
+            except OSError as exc:
+                if exc.errno not in _NOWAIT_REFUSED:
+                    raise
+                self._nowait = False  # an older kernel: ask select instead, below
+        if not _writable(pipe.fd):
+            return 0
+        stream = self.stream  # writable: at least a page free (racy only against other writers)
+        stream.write(data.decode(pipe.encoding, pipe.errors))
+        stream.flush()
+        return len(data)
+
     def _write_after_close(self, line: str) -> None:
-        """A line logged after `close()`: written by the calling thread, unless the pipe is stuck."""
+        """A line logged after `close()`: written by the calling thread if the pipe takes it now."""
         pipe = self._pipe
         if pipe is None:
             self.stream.write(line + self.terminator)
             return
         with self._state:
             waiting = self._writing_since is not None or bool(self._chunks)
-        if waiting or not _has_room(pipe, len(line) + 1):
-            self._dropped += 1  # the writer has stopped: it would wait for ever
-            return
-        self.stream.write(line + self.terminator)
-        self.stream.flush()
+        data = (line + self.terminator).encode(pipe.encoding, pipe.errors)
+        if waiting or self._write_now(pipe, data) < len(data):
+            self._dropped += 1  # the writer has stopped: part of a line would tear the next one
 
-    def _report_drops(self) -> None:
-        """Say how many lines were dropped, once the pipe takes lines again (handler lock held)."""
+    def _report_drops(self, *, closing: bool = False) -> None:
+        """Say how many lines were dropped, once the pipe moves again or at close (handler lock held)."""
         with self._state:
-            if self._chunk_bytes > self.backlog_limit // 2:
+            if not self._dropped or (self._chunk_bytes > self.backlog_limit // 2 and not closing):
                 return
             dropped, self._dropped = self._dropped, 0
         record = logging.LogRecord(
@@ -228,13 +242,20 @@ class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
         state = self._state
         with state:
             target = self._handed
-            deadline = _monotonic() + self.flush_timeout
+            # Known stuck (no chunk written since a flush last gave up): look only briefly again.
+            patience = _RECHECK if self._written == self._gave_up_at else self.flush_timeout
+            started = progress_at = _monotonic()
+            written = self._written
             while self._written < target:
                 now = _monotonic()
-                since = self._writing_since
-                if now >= deadline or (since is not None and now - since > self.flush_timeout):
-                    return  # the pipe is stuck: the rest is the writer's
-                state.wait(deadline - now)
+                if self._written != written:
+                    written, progress_at, patience = self._written, now, self.flush_timeout
+                # The reader has stopped (no chunk written for flush_timeout), or it is slow and an
+                # exit must not wait for ever: the rest is the writer's.
+                if now - progress_at > patience or now - started > _DRAIN_LIMIT:
+                    self._gave_up_at = self._written
+                    return
+                state.wait(min(patience, self.flush_timeout) / 4)
 
     def setStream(self, stream: IO[str]) -> IO[str] | None:
         self.flush()
@@ -288,6 +309,9 @@ class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
 
     def close(self) -> None:
         try:
+            if self._pipe is not None and self._dropped:
+                with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
+                    self._report_drops(closing=True)
             self.flush()
         finally:
             with self._state:
@@ -303,9 +327,13 @@ _WAKE_AT: Final = 4 * _ATOMIC_WRITE
 # Lines closer together than this are a burst (a line per message): held. After a pause: written at once.
 # Wall clock (a jump only changes whether one line is held or written at once; the writer bounds both).
 _BURST: Final = 0.01
-# Free bytes a pipe must keep beyond a chunk for the logging thread to write it itself (see _has_room).
-_HEADROOM: Final = 3 * _ATOMIC_WRITE
-_GET_PIPE_SIZE: Final[int | None] = getattr(fcntl, "F_GETPIPE_SZ", None)  # Linux
+# At exit, how long a pipe whose reader is slow but moving may hold the flush (a stopped one: flush_timeout).
+_DRAIN_LIMIT: Final = 10.0
+# How long a flush looks again at a pipe a previous flush found stuck (a writer just unblocked is that quick).
+_RECHECK: Final = 0.1
+_RWF_NOWAIT: Final[int] = getattr(os, "RWF_NOWAIT", 0)
+# What pwritev2 answers where RWF_NOWAIT is not supported (an older kernel, another system).
+_NOWAIT_REFUSED: Final = frozenset({errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS, errno.ESPIPE})
 _now = time.time
 _monotonic = time.monotonic
 _write = os.write
@@ -343,28 +371,27 @@ def _write_all(fd: int, data: bytes, stream: IO[str]) -> None:
 
 
 class _Pipe(NamedTuple):
-    """A stream a reader can stall: its descriptor, how to encode for it, and its size (FIFOs on Linux)."""
+    """A stream a reader can stall (a pipe, a socket): its descriptor and how to encode for it."""
 
     fd: int
     encoding: str
     errors: str
-    capacity: int  # bytes a FIFO holds (F_GETPIPE_SZ); 0: a socket, or no way to ask
 
 
-def _has_room(pipe: _Pipe, size: int) -> bool:
-    """Whether `size` bytes go into the pipe now without blocking, with room to spare for other writers.
+def _write_nowait(fd: int, data: bytes) -> int:
+    """write(2) that never waits (`RWF_NOWAIT`, Linux 5.8+ for pipes): the bytes written, 0 if none fit.
 
-    A FIFO: its capacity less the unread bytes (FIONREAD), leaving `_HEADROOM` so that pool workers
-    sharing the pipe, each checking then writing, cannot together fill it under one of them. Else
-    (a socket): writable by `select` (at least a third of its send buffer free).
+    Whole or nothing for up to `PIPE_BUF` bytes on a pipe; and unlike setting `O_NONBLOCK`, it
+    changes nothing for the other writers sharing the descriptor (a `print`, pool workers).
     """
-    fd = pipe.fd
-    if pipe.capacity:
-        try:
-            unread: int = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
-        except OSError:
-            return False
-        return pipe.capacity - unread >= 4 * size + _HEADROOM  # 4 bytes a character at most
+    try:
+        return os.pwritev(fd, [data], -1, _RWF_NOWAIT)
+    except BlockingIOError:
+        return 0
+
+
+def _writable(fd: int) -> bool:
+    """Whether a write of up to `PIPE_BUF` bytes would not wait now (a free page; racy with other writers)."""
     try:
         _, writable, _ = select.select([], [fd], [], 0)
     except (OSError, ValueError):  # a descriptor past select's limit: the writer thread then
@@ -391,9 +418,5 @@ def _mode_of(stream: object) -> tuple[bool, _Pipe | None]:
         return False, None
     if regular:
         return True, None
-    capacity = 0
-    if stat.S_ISFIFO(mode) and _GET_PIPE_SIZE is not None:
-        with contextlib.suppress(OSError):
-            capacity = fcntl.fcntl(fd, _GET_PIPE_SIZE)
     encoding = getattr(stream, "encoding", None) or "utf-8"
-    return True, _Pipe(fd, encoding, getattr(stream, "errors", None) or "strict", capacity)
+    return True, _Pipe(fd, encoding, getattr(stream, "errors", None) or "strict")

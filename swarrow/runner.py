@@ -11,11 +11,13 @@ swarrow.run(handle, queue="emails", max_messages=10_000, concurrency=10)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import Unpack
 
@@ -285,6 +287,19 @@ def exit_if_callback_threads_hang(code: int, *, last_words: Callable[[], None] |
     if last_words is not None:
         last_words()
     logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    _flush_standard_streams(timeout=1.0)
     os._exit(code)
+
+
+def _flush_standard_streams(*, timeout: float) -> None:
+    """Flush stdout and stderr, waiting `timeout` at most: a hung callback thread may be blocked in a
+    `print` to a pipe nobody reads, holding the stream's lock, and the flush would then wait for ever."""
+
+    def flush() -> None:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+
+    flusher = threading.Thread(target=flush, name="swarrow-exit-flush", daemon=True)
+    flusher.start()
+    flusher.join(timeout)

@@ -447,8 +447,8 @@ class _RecordingText(io.TextIOWrapper):
 
 
 class _Sink:
-    """Where a handler writes, read back: a regular file (written by the logging thread) or a pipe (by the
-    handler's writer thread, with `os.write`); `writes` lists each write, as the stream or write(2) saw it."""
+    """Where a handler writes, read back: a regular file (written by the logging thread) or a pipe (the
+    logging thread's writes that never wait, the writer thread's `os.write`); `writes` lists each write."""
 
     def __init__(self, kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         self.kind = kind
@@ -467,7 +467,14 @@ class _Sink:
             self.writes.append(bytes(data).decode())
             return os.write(fd, data)
 
+        def recording_nowait(fd: int, data: bytes) -> int:
+            written = nowait(fd, data)
+            self.writes.append(data[:written].decode())
+            return written
+
+        nowait = log_writer._write_nowait
         monkeypatch.setattr(log_writer, "_write", recording)
+        monkeypatch.setattr(log_writer, "_write_nowait", recording_nowait)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -700,3 +707,88 @@ def test_on_a_pipe_log_lines_keep_their_place_among_other_writes_to_the_stream()
     stream.close()
     with os.fdopen(read_fd, encoding="utf-8") as pipe:
         assert pipe.read().splitlines() == expected
+
+
+def _fill_fragmented(write_fd: int) -> int:
+    """Fill a pipe as a mix of long and short writes does: full with ~33 KB unread, not 64 KB (pages)."""
+    written = 0
+    try:
+        while True:
+            for size in (4000, 200):
+                written += os.pwritev(write_fd, [b"f" * (size - 1) + b"\n"], -1, os.RWF_NOWAIT)
+    except BlockingIOError:
+        pass
+    try:
+        while True:  # the last page's room too: then no write of any size fits
+            written += os.pwritev(write_fd, [b"\n"], -1, os.RWF_NOWAIT)
+    except BlockingIOError:
+        return written
+
+
+def _in_a_thread_or_fail(work: Callable[[], None], what: str, timeout: float = 10.0) -> None:
+    """Run `work`; fail (instead of hanging the suite) if it blocks."""
+    done = threading.Event()
+
+    def run() -> None:
+        work()
+        done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    assert done.wait(timeout), what
+
+
+@pytest.mark.parametrize("nowait", [True, False], ids=["rwf-nowait", "select"])
+def test_a_full_pipe_never_blocks_the_logging_thread_however_its_pages_are_filled(nowait: bool) -> None:
+    # Attack 2 on the writer (2026-11-29): a pipe full of short writes, one per page, held only ~33 KB, so a
+    # room check by unread bytes let the logging thread write, and it blocked for ever (SIGTERM unseen).
+    read_fd, write_fd = os.pipe()
+    filled = _fill_fragmented(write_fd)
+    assert 0 < filled < 40_000
+    stream = os.fdopen(write_fd, "w", encoding="utf-8", buffering=1)
+    handler = BatchingStreamHandler(stream, flush_interval=0.01, flush_timeout=0.2)
+    handler._nowait = nowait  # False: a kernel without RWF_NOWAIT for pipes (select, then write)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+
+    def log() -> None:
+        for n in range(300):
+            _info(handler, f"line {n}", logging.WARNING if n % 50 == 0 else logging.INFO)
+        handler.flush()
+
+    _in_a_thread_or_fail(log, "a log call blocked on the full pipe")
+    received = bytearray()
+    while len(received) < filled:
+        received.extend(os.read(read_fd, 65536))
+    _in_a_thread_or_fail(handler.close, "close() blocked")
+    stream.close()
+    with os.fdopen(read_fd, "rb") as pipe:
+        received.extend(pipe.read())
+    lines = [line for line in received.decode().splitlines() if line and not line.startswith("f")]
+    assert lines == [f"line {n}" for n in range(300)]  # waited for the reader, in order, none lost
+
+
+def test_at_close_a_slow_reader_gets_every_line_and_the_count_of_what_was_dropped() -> None:
+    # Attack 2: close() waited 1 s in all, then the queued lines died with the process, uncounted.
+    read_fd, write_fd = os.pipe()
+    filled = _fill_fragmented(write_fd)
+    stream = os.fdopen(write_fd, "w", encoding="utf-8", buffering=1)
+    handler = BatchingStreamHandler(stream, flush_interval=0.01, flush_timeout=0.3, backlog_limit=60_000)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for n in range(6_000):  # ~96 KB: 60 KB waits, the rest is dropped
+        _info(handler, f"line {n:05d} " + "x" * 4)
+    received = bytearray()
+
+    def read_slowly() -> None:  # ~200 KB/s: the close takes ~0.5 s, longer than flush_timeout
+        while chunk := os.read(read_fd, 4096):
+            received.extend(chunk)
+            time.sleep(0.02)
+
+    reader = threading.Thread(target=read_slowly, daemon=True)
+    reader.start()
+    handler.close()
+    stream.close()
+    reader.join(timeout=10)
+    lines = received.decode()[filled:].splitlines()
+    numbered = [int(line.split()[1]) for line in lines if line.startswith("line ")]
+    dropped = sum(int(line.split()[0]) for line in lines if "log line(s) dropped" in line)
+    assert dropped > 0 and len(numbered) + dropped == 6_000
+    assert numbered == sorted(numbered)
