@@ -150,13 +150,16 @@ class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
             with self._state:
                 self._state.notify()
 
-    def _send(self, text: str, lines: int, *, wake: bool = True) -> None:
+    def _send(self, text: str, lines: int, *, wake: bool = True, force: bool = False) -> None:
         """Write `text` (handler lock held): at once to a file or a pipe with room, else via the writer.
 
         At once keeps every line in its place among whatever else the process writes there (a
         `print`, a traceback, a line just before `os._exit`). To a pipe or socket the logging thread
         only ever writes without waiting (`RWF_NOWAIT`: all of it, or what fits); what does not fit,
         and everything after it until the writer has caught up, goes to the writer thread, in order.
+        While its backlog is full the logging thread waits for the writer as long as it makes progress
+        (back-pressure from a slow reader, as a blocking write gave); a stuck one's lines are dropped.
+        `force`: queue whatever the backlog (the end of a line already partly written, a drop count).
         """
         pipe = self._pipe
         if pipe is None:
@@ -167,9 +170,12 @@ class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
             written = self._write_now(pipe, data)
             if written == len(data):
                 return
+            if written:
+                force = True  # part of it is out: the rest must follow, or the next line tears it
             data = data[written:]
         with self._state:
-            if self._chunk_bytes + len(data) > self.backlog_limit:
+            full = self._chunk_bytes + len(data) > self.backlog_limit
+            if full and not force and not self._room_for(len(data)):
                 self._dropped += lines
                 return
             self._chunks.append((pipe.fd, data, self.stream))
@@ -177,6 +183,23 @@ class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
             self._handed += 1
             if wake or self._chunk_bytes >= _WAKE_AT:  # else a few chunks per wake-up (~20 µs each)
                 self._state.notify()
+
+    def _room_for(self, size: int) -> bool:
+        """Wait (`_state` held) until `size` more bytes fit the backlog, while the writer makes progress."""
+        if size > self.backlog_limit or self._written == self._gave_up_at:
+            return False  # never fits, or the pipe was found stuck and nothing was written since
+        state = self._state
+        written, progress_at = self._written, _monotonic()
+        while self._chunk_bytes + size > self.backlog_limit:
+            now = _monotonic()
+            if self._written != written:
+                written, progress_at = self._written, now
+            elif now - progress_at > self.flush_timeout:
+                self._gave_up_at = self._written
+                return False
+            state.notify()
+            state.wait(self.flush_timeout / 4)
+        return True
 
     def _write_now(self, pipe: _Pipe, data: bytes) -> int:
         """Bytes of `data` written to the pipe without waiting: all, part, or none (it is full)."""
@@ -189,9 +212,9 @@ class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
                 if exc.errno not in _NOWAIT_REFUSED:
                     raise
                 self._nowait = False  # an older kernel: ask select instead, below
-        if not _writable(pipe.fd):
-            return 0
-        stream = self.stream  # writable: at least a page free (racy only against other writers)
+        if len(data) > _ATOMIC_WRITE or not _writable(pipe.fd):
+            return 0  # writable means a page free: only a write of at most a page surely fits
+        stream = self.stream  # (racy only against other writers)
         stream.write(data.decode(pipe.encoding, pipe.errors))
         stream.flush()
         return len(data)
@@ -205,22 +228,26 @@ class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
         with self._state:
             waiting = self._writing_since is not None or bool(self._chunks)
         data = (line + self.terminator).encode(pipe.encoding, pipe.errors)
-        if waiting or self._write_now(pipe, data) < len(data):
-            self._dropped += 1  # the writer has stopped: part of a line would tear the next one
+        written = 0 if waiting else self._write_now(pipe, data)
+        if not written:
+            self._dropped += 1  # the writer has stopped, and the pipe is full
+        elif written < len(data):
+            _write_all(pipe.fd, data[written:], self.stream)  # the rest of a long line: never torn
 
     def _report_drops(self, *, closing: bool = False) -> None:
         """Say how many lines were dropped, once the pipe moves again or at close (handler lock held)."""
         with self._state:
             if not self._dropped or (self._chunk_bytes > self.backlog_limit // 2 and not closing):
                 return
+        self._send_held(wake=False)  # first: what it drops is in the count too
+        with self._state:
             dropped, self._dropped = self._dropped, 0
         record = logging.LogRecord(
             __name__, logging.WARNING, __file__, 0,
             "%d log line(s) dropped: the log stream was not taking lines (a pipe nobody read?)",
             (dropped,), None,
         )  # fmt: skip
-        self.write_line(self.format(record))
-        self.hand_over()
+        self._send(self.format(record) + self.terminator, 1, force=True)  # the count is never dropped
 
     def hand_over(self) -> None:
         """Send the held lines now, not waiting for a pipe's writer (after a warning); handler lock held."""

@@ -792,3 +792,100 @@ def test_at_close_a_slow_reader_gets_every_line_and_the_count_of_what_was_droppe
     dropped = sum(int(line.split()[0]) for line in lines if "log line(s) dropped" in line)
     assert dropped > 0 and len(numbered) + dropped == 6_000
     assert numbered == sorted(numbered)
+
+
+def _drain(read_fd: int, into: bytearray) -> threading.Thread:
+    def read() -> None:
+        while chunk := os.read(read_fd, 65536):
+            into.extend(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    return reader
+
+
+def test_a_line_longer_than_the_backlog_is_written_whole_never_torn() -> None:
+    # Attack 3 (2026-11-29): a 2 MB line went out as its first 64 KB (what fitted the pipe), the rest was
+    # dropped for the 1 MiB backlog, and the next line was glued onto it.
+    read_fd, stream, handler = _pipe_handler()
+    handler.backlog_limit = 100_000
+    received = bytearray()
+    big = "a" * 300_000
+    _info(handler, big)  # nobody reads yet: 64 KB fits, the rest must follow
+    reader = _drain(read_fd, received)
+    _info(handler, "after")
+    handler.close()
+    stream.close()
+    reader.join(timeout=10)
+    assert received.decode().splitlines() == [big, "after"]
+
+
+def test_a_long_line_logged_after_close_is_written_whole() -> None:
+    read_fd, stream, handler = _pipe_handler()
+    received = bytearray()
+    reader = _drain(read_fd, received)
+    handler.close()
+    big = "b" * 100_000
+    _info(handler, big)
+    _info(handler, "short")
+    stream.close()
+    reader.join(timeout=10)
+    assert received.decode().splitlines() == [big, "short"]
+
+
+def test_without_rwf_nowait_a_long_line_to_a_full_pipe_goes_to_the_writer_thread() -> None:
+    # Attack 3: select calls a pipe with a free page writable; a 100 KB line then blocked the logging thread.
+    read_fd, stream, handler = _pipe_handler()
+    handler._nowait = False
+    filled = _fill_fragmented(stream.fileno()) - len(os.read(read_fd, 4000))  # one page free: "writable"
+    handler.flush_timeout = 0.2
+    _in_a_thread_or_fail(lambda: _info(handler, "c" * 100_000), "the logging thread blocked on a long line")
+    received = bytearray()
+    reader = _drain(read_fd, received)
+    handler.close()
+    stream.close()
+    reader.join(timeout=10)
+    assert received[filled:].decode().splitlines()[-1] == "c" * 100_000
+
+
+def test_a_slow_reader_slows_the_logging_thread_down_instead_of_losing_lines() -> None:
+    # Attack 3: --workers with long lines and a reader that kept up overall dropped hundreds of lines, where
+    # a blocking write had slowed them down. Lines are dropped only while the pipe is stuck.
+    read_fd, stream, handler = _pipe_handler()
+    handler.backlog_limit = 20_000
+    received = bytearray()
+
+    def read_slowly() -> None:
+        while chunk := os.read(read_fd, 4096):
+            received.extend(chunk)
+            time.sleep(0.001)
+
+    reader = threading.Thread(target=read_slowly, daemon=True)
+    reader.start()
+    for n in range(2_000):
+        _info(handler, f"line {n:04d} " + "x" * 200)  # ~420 KB: 20 times the backlog
+    handler.close()
+    stream.close()
+    reader.join(timeout=30)
+    lines = received.decode().splitlines()
+    assert [int(line.split()[1]) for line in lines] == list(range(2_000))
+
+
+def test_at_close_the_drop_count_is_written_even_with_a_full_backlog() -> None:
+    # Attack 3: the closing count went into the full backlog and was itself dropped.
+    read_fd, stream, handler = _pipe_handler()
+    handler.backlog_limit = 10_000
+    handler.flush_timeout = 0.2
+    filled = _fill_fragmented(stream.fileno())
+    for n in range(1_000):
+        _info(handler, f"line {n:04d} " + "x" * 40)
+    handler.close()  # the pipe is stuck: gives up after flush_timeout, with the count queued
+    received = bytearray()
+    reader = _drain(read_fd, received)  # then the reader comes back
+    _wait_for(lambda: b"dropped" in received, "the count of dropped lines was never written")
+    stream.close()
+    reader.join(timeout=10)
+    lines = received[filled:].decode().splitlines()
+    numbered = [line for line in lines if line.startswith("line ")]
+    dropped = sum(int(line.split()[0]) for line in lines if "log line(s) dropped" in line)
+    assert len(numbered) + dropped == 1_000
