@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Sequence
 
 import click
@@ -33,4 +35,24 @@ def cli() -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """The `swarrow` console script."""
+    _reserve_standard_descriptors()
     cli.main(args=list(argv) if argv is not None else None, prog_name="swarrow")
+
+
+def _reserve_standard_descriptors() -> None:
+    """Point a closed stdin, stdout or stderr (`2>&-`) at /dev/null.
+
+    Why: with descriptor 2 closed, Python's `sys.stderr` is None (the CLI aborted, exit 134), and the
+    first descriptor the worker opened took number 2 — the pool supervisor's epoll did, and its log
+    lines went there: it never exited. Now the missing stream is a sink and keeps its number.
+    """
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, mode, encoding="utf-8", closefd=False))  # noqa: SIM115

@@ -95,3 +95,28 @@ def test_a_warning_just_before_os_exit_reaches_a_stderr_pipe(amqp_url: str, queu
     finally:
         subprocess.run(["rabbitmqctl", "-q", "-n", os.environ.get("SWARROW_TEST_NODE", "rabbit@localhost"),
                         "delete_queue", queue_name], capture_output=True, timeout=60)  # fmt: skip
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_closed_stderr_is_a_sink_not_a_crash(
+    amqp_url: str, queue_name: str, tmp_path: Path, workers: int
+) -> None:
+    # Attack 3 (2026-11-29), older than this session: with `2>&-` the CLI aborted (exit 134) and, with
+    # --workers 2, the supervisor's epoll took descriptor 2, its log lines went there and it never exited.
+    record = tmp_path / "processed"
+    env = dict(os.environ, SWARROW_TEST_RECORD=str(record))
+    try:
+        assert _swarrow("declare", "--url", amqp_url, "--queue", queue_name, "--no-retry").returncode == 0
+        published = _swarrow("publish", "--url", amqp_url, "--queue", queue_name, "--body", "x{n}",
+                             "--message-id", "m{n}", "-n", "200")  # fmt: skip
+        assert published.returncode == 0, published.stderr
+        ran = subprocess.run(
+            [sys.executable, "-m", "swarrow", "consume", "tests.cli_callbacks:record", "--url", amqp_url,
+             "-q", queue_name, "--no-retry", "--stop-when-idle", "1s", "--workers", str(workers)],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, preexec_fn=lambda: os.close(2), timeout=60,
+        )  # fmt: skip
+        assert ran.returncode == 0
+        assert sorted(_recorded(record)) == sorted(f"m{n}" for n in range(1, 201))
+    finally:
+        subprocess.run(["rabbitmqctl", "-q", "-n", os.environ.get("SWARROW_TEST_NODE", "rabbit@localhost"),
+                        "delete_queue", queue_name], capture_output=True, timeout=60)  # fmt: skip
