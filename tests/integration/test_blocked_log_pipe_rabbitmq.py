@@ -32,6 +32,18 @@ def _recorded(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
+def _declare_and_publish(url: str, queue: str, count: int, message_id: str = "m{n}") -> None:
+    assert _swarrow("declare", "--url", url, "--queue", queue, "--no-retry").returncode == 0
+    published = _swarrow("publish", "--url", url, "--queue", queue, "--body", "x{n}",
+                         "--message-id", message_id, "-n", str(count))  # fmt: skip
+    assert published.returncode == 0, published.stderr
+
+
+def _delete(queue: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", "-n", os.environ.get("SWARROW_TEST_NODE", "rabbit@localhost"),
+                    "delete_queue", queue], capture_output=True, timeout=60)  # fmt: skip
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_full_stderr_pipe_neither_stalls_the_worker_nor_hides_sigterm(
     amqp_url: str, queue_name: str, tmp_path: Path, workers: int
@@ -39,10 +51,7 @@ def test_a_full_stderr_pipe_neither_stalls_the_worker_nor_hides_sigterm(
     record = tmp_path / "processed"
     env = dict(os.environ, SWARROW_TEST_RECORD=str(record))
     try:
-        assert _swarrow("declare", "--url", amqp_url, "--queue", queue_name, "--no-retry").returncode == 0
-        published = _swarrow("publish", "--url", amqp_url, "--queue", queue_name, "--body", "x{n}",
-                             "--message-id", "m{n}", "-n", str(MESSAGES))  # fmt: skip
-        assert published.returncode == 0, published.stderr
+        _declare_and_publish(amqp_url, queue_name, MESSAGES)
         proc = subprocess.Popen(
             [sys.executable, "-m", "swarrow", "consume", "tests.cli_callbacks:record", "--url", amqp_url,
              "-q", queue_name, "--no-retry", "--workers", str(workers)],
@@ -72,18 +81,14 @@ def test_a_full_stderr_pipe_neither_stalls_the_worker_nor_hides_sigterm(
         ids = _recorded(record)
         assert sorted(ids) == sorted(f"m{n}" for n in range(1, MESSAGES + 1))  # each once, none lost
     finally:
-        subprocess.run(["rabbitmqctl", "-q", "-n", os.environ.get("SWARROW_TEST_NODE", "rabbit@localhost"),
-                        "delete_queue", queue_name], capture_output=True, timeout=60)  # fmt: skip
+        _delete(queue_name)
 
 
 def test_a_warning_just_before_os_exit_reaches_a_stderr_pipe(amqp_url: str, queue_name: str) -> None:
     # Attack on the writer thread (2026-11-29): through a pipe the WARNING, and the "consuming" line
     # before it, were lost 3 times of 3 (handed to the writer thread, which os._exit never let run).
     try:
-        assert _swarrow("declare", "--url", amqp_url, "--queue", queue_name, "--no-retry").returncode == 0
-        published = _swarrow("publish", "--url", amqp_url, "--queue", queue_name, "--body", "x",
-                             "--message-id", "m-last")  # fmt: skip
-        assert published.returncode == 0, published.stderr
+        _declare_and_publish(amqp_url, queue_name, 1, message_id="m-last")
         ran = subprocess.run(
             [sys.executable, "-m", "swarrow", "consume", "tests.cli_callbacks:warn_and_exit",
              "--url", amqp_url, "-q", queue_name, "--no-retry"],
@@ -93,8 +98,7 @@ def test_a_warning_just_before_os_exit_reaches_a_stderr_pipe(amqp_url: str, queu
         assert f"consuming {queue_name}" in ran.stderr
         assert "fatal condition on m-last, exiting" in ran.stderr.splitlines()[-1]
     finally:
-        subprocess.run(["rabbitmqctl", "-q", "-n", os.environ.get("SWARROW_TEST_NODE", "rabbit@localhost"),
-                        "delete_queue", queue_name], capture_output=True, timeout=60)  # fmt: skip
+        _delete(queue_name)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -106,10 +110,7 @@ def test_a_closed_stderr_is_a_sink_not_a_crash(
     record = tmp_path / "processed"
     env = dict(os.environ, SWARROW_TEST_RECORD=str(record))
     try:
-        assert _swarrow("declare", "--url", amqp_url, "--queue", queue_name, "--no-retry").returncode == 0
-        published = _swarrow("publish", "--url", amqp_url, "--queue", queue_name, "--body", "x{n}",
-                             "--message-id", "m{n}", "-n", "200")  # fmt: skip
-        assert published.returncode == 0, published.stderr
+        _declare_and_publish(amqp_url, queue_name, 200)
         ran = subprocess.run(
             [sys.executable, "-m", "swarrow", "consume", "tests.cli_callbacks:record", "--url", amqp_url,
              "-q", queue_name, "--no-retry", "--stop-when-idle", "1s", "--workers", str(workers)],
@@ -118,5 +119,4 @@ def test_a_closed_stderr_is_a_sink_not_a_crash(
         assert ran.returncode == 0
         assert sorted(_recorded(record)) == sorted(f"m{n}" for n in range(1, 201))
     finally:
-        subprocess.run(["rabbitmqctl", "-q", "-n", os.environ.get("SWARROW_TEST_NODE", "rabbit@localhost"),
-                        "delete_queue", queue_name], capture_output=True, timeout=60)  # fmt: skip
+        _delete(queue_name)
