@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import logging
 import os
 import select
-import stat
 import threading
 import time
 import weakref
 from collections import deque
-from typing import IO, Final, NamedTuple
+from collections.abc import Callable
+from typing import IO, Final
+
+from swarrow._log_streams import Pipe, mode_of, writable
 
 __all__ = ["BatchingStreamHandler"]
 
@@ -64,15 +65,16 @@ class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
         self._last_line_at = 0.0
         # What the writer thread shares with the logging threads, under `_state`:
         self._state = threading.Condition(threading.Lock())
-        self._chunks: deque[tuple[int, bytes, IO[str]]] = deque()  # (descriptor, lines, stream) for a pipe
+        self._chunks: deque[tuple[int, bytes, IO[str], int]] = deque()  # (descriptor, bytes, stream, lines)
         self._chunk_bytes = 0
         self._handed = 0  # chunks handed to the writer, ever
         self._written = 0  # chunks the writer is done with, ever
         self._dropped = 0  # lines dropped while the backlog was full, not reported yet
         self._writing_since: float | None = None  # when the write in progress began (monotonic)
-        self._gave_up_at = -1  # `_written` when a flush last stopped waiting for a stuck pipe
+        self._progress_at = 0.0  # when the writer last wrote a piece (monotonic): a slow reader still moves
+        self._gave_up_at = -1.0  # `_progress_at` when a wait last gave up on a stuck pipe
         self._stopping = False
-        self._batches, self._pipe = _mode_of(stream)
+        self._batches, self._pipe = mode_of(stream)
         self._nowait = _RWF_NOWAIT != 0 and hasattr(os, "pwritev")  # else select before each write
         self._writer: threading.Thread | None = None
         self._start_writer()
@@ -91,7 +93,8 @@ class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
         self._chunk_bytes = 0
         self._handed = self._written = self._dropped = 0
         self._writing_since = None
-        self._gave_up_at = -1
+        self._progress_at = 0.0
+        self._gave_up_at = -1.0
         self._writer = None  # no thread survives a fork: started again by the next line
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -178,7 +181,7 @@ class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
             if full and not force and not self._room_for(len(data)):
                 self._dropped += lines
                 return
-            self._chunks.append((pipe.fd, data, self.stream))
+            self._chunks.append((pipe.fd, data, self.stream, lines))
             self._chunk_bytes += len(data)
             self._handed += 1
             if wake or self._chunk_bytes >= _WAKE_AT:  # else a few chunks per wake-up (~20 µs each)
@@ -186,22 +189,19 @@ class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
 
     def _room_for(self, size: int) -> bool:
         """Wait (`_state` held) until `size` more bytes fit the backlog, while the writer makes progress."""
-        if size > self.backlog_limit or self._written == self._gave_up_at:
+        if size > self.backlog_limit or self._progress_at == self._gave_up_at:
             return False  # never fits, or the pipe was found stuck and nothing was written since
         state = self._state
-        written, progress_at = self._written, _monotonic()
+        started = _monotonic()
         while self._chunk_bytes + size > self.backlog_limit:
-            now = _monotonic()
-            if self._written != written:
-                written, progress_at = self._written, now
-            elif now - progress_at > self.flush_timeout:
-                self._gave_up_at = self._written
+            if _monotonic() - max(started, self._progress_at) > self.flush_timeout:
+                self._gave_up_at = self._progress_at
                 return False
             state.notify()
             state.wait(self.flush_timeout / 4)
         return True
 
-    def _write_now(self, pipe: _Pipe, data: bytes) -> int:
+    def _write_now(self, pipe: Pipe, data: bytes) -> int:
         """Bytes of `data` written to the pipe without waiting: all, part, or none (it is full)."""
         if self._nowait:
             try:
@@ -212,7 +212,7 @@ class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
                 if exc.errno not in _NOWAIT_REFUSED:
                     raise
                 self._nowait = False  # an older kernel: ask select instead, below
-        if len(data) > _ATOMIC_WRITE or not _writable(pipe.fd):
+        if len(data) > _ATOMIC_WRITE or not writable(pipe.fd):
             return 0  # writable means a page free: only a write of at most a page surely fits
         stream = self.stream  # (racy only against other writers)
         stream.write(data.decode(pipe.encoding, pipe.errors))
@@ -270,17 +270,16 @@ class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
         with state:
             target = self._handed
             # Known stuck (no chunk written since a flush last gave up): look only briefly again.
-            patience = _RECHECK if self._written == self._gave_up_at else self.flush_timeout
-            started = progress_at = _monotonic()
-            written = self._written
+            patience = _RECHECK if self._progress_at == self._gave_up_at else self.flush_timeout
+            started = _monotonic()
             while self._written < target:
                 now = _monotonic()
-                if self._written != written:
-                    written, progress_at, patience = self._written, now, self.flush_timeout
-                # The reader has stopped (no chunk written for flush_timeout), or it is slow and an
-                # exit must not wait for ever: the rest is the writer's.
-                if now - progress_at > patience or now - started > _DRAIN_LIMIT:
-                    self._gave_up_at = self._written
+                if self._progress_at > started:
+                    patience = self.flush_timeout
+                # The reader has stopped (nothing written for `patience`), or it is slow and an exit
+                # must not wait for ever: the rest is the writer's.
+                if now - max(started, self._progress_at) > patience or now - started > _DRAIN_LIMIT:
+                    self._gave_up_at = self._progress_at
                     return
                 state.wait(min(patience, self.flush_timeout) / 4)
 
@@ -288,7 +287,7 @@ class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
         self.flush()
         with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
             previous = super().setStream(stream)
-            self._batches, self._pipe = _mode_of(stream)
+            self._batches, self._pipe = mode_of(stream)
         return previous
 
     def _write_forever(self) -> None:
@@ -310,13 +309,34 @@ class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
                 if quiet:
                     self._pick_up()
                 continue
-            fd, data, stream = chunk
-            _write_all(fd, data, stream)  # the stream it was queued for (setStream may have changed it)
+            fd, data, stream, _ = chunk
+            _write_all(fd, data, stream, self._note_progress)  # the stream it was queued for
             with state:
                 self._chunk_bytes -= len(data)
                 self._written += 1
                 self._writing_since = None
                 state.notify_all()
+
+    def _abandon_the_rest(self) -> None:
+        """At close, past the flush's wait: what is still queued will not be written before the process
+        ends; count its lines as dropped, and send the count of every dropped line, `flush_timeout` to go."""
+        state = self._state
+        with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
+            with state:
+                self._dropped += sum(chunk[3] for chunk in self._chunks)
+                self._written += len(self._chunks)  # done with, as far as waiting goes
+                self._chunks.clear()
+                self._chunk_bytes = 0
+                if not self._dropped:
+                    return
+            self._report_drops(closing=True)
+        with state:
+            target, deadline = self._handed, _monotonic() + self.flush_timeout
+            while self._written < target and _monotonic() < deadline:
+                state.wait(self.flush_timeout / 4)
+
+    def _note_progress(self) -> None:
+        self._progress_at = _monotonic()
 
     def _pick_up(self) -> None:
         """After a quiet `flush_interval`: send a burst's held tail, flush a stream's buffer.
@@ -336,10 +356,9 @@ class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
 
     def close(self) -> None:
         try:
-            if self._pipe is not None and self._dropped:
-                with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
-                    self._report_drops(closing=True)
             self.flush()
+            if self._pipe is not None:
+                self._abandon_the_rest()
         finally:
             with self._state:
                 self._stopping = True
@@ -376,33 +395,29 @@ if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _write_all(fd: int, data: bytes, stream: IO[str]) -> None:
-    """Write all of `data` to `fd` from the writer thread; a failure (a closed pipe, a full disk) drops it.
+def _write_all(fd: int, data: bytes, stream: IO[str], progress: Callable[[], None] | None = None) -> None:
+    """Write all of `data` to `fd` (blocking) a page at a time, calling `progress` after each; a failure (a
+    closed pipe, a full disk) drops it.
 
     `os.write` rather than the stream's own `write`: blocked on a pipe nobody reads, the writer holds
     no lock of the stream's, so the interpreter can still exit (a daemon thread stuck inside a
-    buffered stream's lock aborts the interpreter's final flush of stderr).
+    buffered stream's lock aborts the interpreter's final flush of stderr). A page at a time, so a
+    slow reader's progress shows (a 20 KB line at 5 KB/s is not a stuck pipe).
     """
     if getattr(stream, "closed", False):
         return  # closed under us: its descriptor may belong to another file by now
     view = memoryview(data)
     while view:
         try:
-            written = _write(fd, view)
+            written = _write(fd, view[:_ATOMIC_WRITE])
         except BlockingIOError:  # a descriptor set non-blocking by whoever shares it
             select.select([], [fd], [], 0.05)
             continue
         except OSError:
             return
         view = view[written:]
-
-
-class _Pipe(NamedTuple):
-    """A stream a reader can stall (a pipe, a socket): its descriptor and how to encode for it."""
-
-    fd: int
-    encoding: str
-    errors: str
+        if progress is not None:
+            progress()
 
 
 def _write_nowait(fd: int, data: bytes) -> int:
@@ -415,35 +430,3 @@ def _write_nowait(fd: int, data: bytes) -> int:
         return os.pwritev(fd, [data], -1, _RWF_NOWAIT)
     except BlockingIOError:
         return 0
-
-
-def _writable(fd: int) -> bool:
-    """Whether a write of up to `PIPE_BUF` bytes would not wait now (a free page; racy with other writers)."""
-    try:
-        _, writable, _ = select.select([], [fd], [], 0)
-    except (OSError, ValueError):  # a descriptor past select's limit: the writer thread then
-        return False
-    return bool(writable)
-
-
-def _mode_of(stream: object) -> tuple[bool, _Pipe | None]:
-    """(whether lines are batched, the pipe when a reader can stall the stream).
-
-    A terminal or an in-memory stream: neither. A regular file or a device (`/dev/null`): batched,
-    written by the logging thread (no reader can stall it). A pipe or a socket: both.
-    """
-    fileno = getattr(stream, "fileno", None)
-    if fileno is None:
-        return False, None
-    try:
-        fd = fileno()
-        if os.isatty(fd):
-            return False, None
-        mode = os.fstat(fd).st_mode
-        regular = stat.S_ISREG(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-    except (OSError, ValueError, io.UnsupportedOperation):  # StringIO, a closed or captured stream
-        return False, None
-    if regular:
-        return True, None
-    encoding = getattr(stream, "encoding", None) or "utf-8"
-    return True, _Pipe(fd, encoding, getattr(stream, "errors", None) or "strict")

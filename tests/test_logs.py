@@ -889,3 +889,38 @@ def test_at_close_the_drop_count_is_written_even_with_a_full_backlog() -> None:
     numbered = [line for line in lines if line.startswith("line ")]
     dropped = sum(int(line.split()[0]) for line in lines if "log line(s) dropped" in line)
     assert len(numbered) + dropped == 1_000
+
+
+def test_a_slow_reader_at_exit_gets_the_count_of_what_could_not_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Attack 4 (2026-11-29): with a slow reader the exit's flush gave up with up to 1 MiB still queued, and
+    # those lines died with the process, uncounted; a 20 KB line at 5 KB/s also looked like a stuck pipe.
+    monkeypatch.setattr(log_writer, "_DRAIN_LIMIT", 0.5)
+    read_fd, stream, handler = _pipe_handler()
+    handler.flush_timeout = 0.5
+    received = bytearray()
+
+    def read_slowly() -> None:  # 4 KB every 20 ms: ~200 KB/s, a page at a time
+        while chunk := os.read(read_fd, 4096):
+            received.extend(chunk)
+            time.sleep(0.02)
+
+    for n in range(3_000):
+        _info(handler, f"line {n:04d} " + "x" * 90)  # ~300 KB: more than half a second of reading
+    _info(handler, "big " + "y" * 20_000)
+    reader = threading.Thread(target=read_slowly, daemon=True)
+    reader.start()
+    started = time.monotonic()
+    handler.close()
+    assert time.monotonic() - started < 3.0  # the drain limit, then the count's own short wait
+    assert handler._writer is not None
+    handler._writer.join(timeout=10)  # a process would end here; the test lets the writer finish its piece
+    stream.close()
+    reader.join(timeout=10)
+    lines = received.decode().splitlines()
+    numbered = [line for line in lines if line.startswith("line ")]
+    big = [line for line in lines if line.startswith("big ")]
+    dropped = sum(int(line.split()[0]) for line in lines if "log line(s) dropped" in line)
+    assert dropped > 0 and len(numbered) + len(big) + dropped == 3_001
+    assert all(len(line) == 100 for line in numbered) and all(line == "big " + "y" * 20_000 for line in big)
