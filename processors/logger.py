@@ -83,7 +83,7 @@ class LoggerProcessor:
             handler = self._lines.handler()
             if handler is not None:
                 fields: dict[str, object] | None = None
-                if self._lines.needs_fields(handler):
+                if not self._lines.text:
                     fields = {
                         "queue": message.queue,
                         "message_id": message.message_id,

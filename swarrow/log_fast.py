@@ -25,6 +25,7 @@ _new_record = object.__new__
 _LogRecord = logging.LogRecord
 _record_factory = logging.getLogRecordFactory
 _thread_id = threading.get_ident
+_Logger = logging.Logger
 _now = time.time
 _fork_generation = 0
 
@@ -145,21 +146,38 @@ class DirectLines:
     new handler and then once a second (looking each line cost as much as writing it).
     """
 
-    __slots__ = ("_next_check", "_verified", "level", "levelname", "logger")
+    __slots__ = (
+        "_filters",
+        "_formatter",
+        "_key",
+        "_next_check",
+        "_verified",
+        "_warns",
+        "level",
+        "levelname",
+        "logger",
+        "text",
+    )
 
     def __init__(self, logger: logging.Logger, level: int) -> None:
         self.logger = logger
         self.level = level
         self.levelname = logging.getLevelName(level)
-        self._verified: logging.Handler | None = None  # found free of replaced methods ...
-        self._next_check = 0.0  # ... until this monotonic time
+        self._key = (self.levelname, logger.name)  # TextFormatter's cache key of the line's middle part
+        self._warns = level >= logging.WARNING
+        # The handler last found fit for direct lines, with the formatter and filters it had then,
+        # until a monotonic time (replaced methods are looked for again after it).
+        self._verified: logging.Handler | None = None
+        self._formatter: logging.Formatter | None = None
+        self._filters: list[object] = []
+        self._next_check = 0.0
+        #: Whether the handler `handler()` last returned writes text lines (no extra fields shown).
+        self.text = True
 
     def handler(self) -> BatchingStreamHandler | None:
         """The one handler a record of this call site would reach, when the line may be written directly."""
         logger = self.logger
-        if type(logger) is not logging.Logger or logger.filters or logger.disabled:
-            return None
-        if _record_factory() is not _LogRecord:
+        if logger.filters or logger.disabled or _record_factory() is not _LogRecord:
             return None
         level = self.level
         found: logging.Handler | None = None
@@ -171,33 +189,49 @@ class DirectLines:
                         return None
                     found = handler
             current = current.parent if current.propagate else None
-        if type(found) is not BatchingStreamHandler or type(found.formatter) not in _DIRECT_FORMATTERS:
+        if (
+            found is self._verified
+            and found is not None
+            and found.formatter is self._formatter
+            and found.filters == self._filters
+            and _monotonic() < self._next_check
+        ):
+            return found  # type: ignore[return-value]  # verified a BatchingStreamHandler
+        return self._verify(logger, found)
+
+    def _verify(self, logger: logging.Logger, found: logging.Handler | None) -> BatchingStreamHandler | None:
+        """`found` when it is swarrow's handler with swarrow's formatter, unfiltered and unpatched."""
+        self._verified = None
+        if type(logger) is not _Logger or type(found) is not BatchingStreamHandler:
+            return None
+        formatter_type = type(found.formatter)
+        if formatter_type not in (TextFormatter, JsonFormatter):
             return None
         for tag in found.filters:
             if type(tag) is not WorkerTag:
                 return None
-        if found is not self._verified or _monotonic() >= self._next_check:
-            if not _unpatched(logger, found):
-                self._verified = None
-                return None
-            self._verified = found
-            self._next_check = _monotonic() + 1.0
+        if not _unpatched(logger, found):
+            return None
+        self.text = formatter_type is TextFormatter
+        self._verified = found
+        self._formatter = found.formatter
+        self._filters = list(found.filters)
+        self._next_check = _monotonic() + 1.0
         return found
 
     def write(self, handler: BatchingStreamHandler, message: str, fields: dict[str, object] | None) -> bool:
         """Write the line `handler` would write for a record of `message` with extra `fields`.
 
-        `fields` may be None when `needs_fields(handler)` is False (a text line shows none of them).
-        False when the stream refused it: the caller then logs the record the usual way, so the
-        handler's own error handling (`handleError`) sees the failure.
+        `fields` may be None when `text` is True (a text line shows none of them). False when the
+        stream refused it: the caller then logs the record the usual way, so the handler's own error
+        handling (`handleError`) sees the failure.
         """
         now = _now()
         formatter = handler.formatter
         # Formatted under the lock, as emit() formats: the formatters cache the current second.
         with handler.lock:  # type: ignore[union-attr]  # Handler.handle holds it around emit()
             if type(formatter) is TextFormatter:
-                asctime = formatter.time_text(now, int((now - int(now)) * 1000))
-                line = formatter.line(asctime, self.levelname, self.logger.name, message)
+                line = formatter.stamped_line(now, self._key, message)
             else:
                 json_formatter = cast(JsonFormatter, formatter)
                 fields = {} if fields is None else fields
@@ -211,22 +245,15 @@ class DirectLines:
                 handler.write_line(line, now)
             except Exception:
                 return False
-            if self.level >= logging.WARNING:
+            if self._warns:
                 handler.hand_over()
             else:
                 handler._pending = True
         return True
 
-    @staticmethod
-    def needs_fields(handler: BatchingStreamHandler) -> bool:
-        """Whether `handler`'s lines show the extra fields (JSON does, text does not)."""
-        return type(handler.formatter) is not TextFormatter
 
-
-_DIRECT_FORMATTERS: Final = (TextFormatter, JsonFormatter)
 # What a record of a direct line would have gone through: replaced on a class (a wrapper installed
 # by a monitoring SDK), the line goes the record's way. Compared as one tuple per line.
-_Logger = logging.Logger
 
 
 def _record_path() -> tuple[object, ...]:
