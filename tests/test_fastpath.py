@@ -38,7 +38,12 @@ def _deliver(tag: int = 1) -> Basic.Deliver:
 async def _deliver_frames(*frames: Any) -> tuple[FakeChannel, list[tuple[Any, bytes]]]:
     channel = FakeChannel()
     taken: list[tuple[Any, bytes]] = []
-    state = apply_fast_path(channel, lambda d, p, body, ch: taken.append((d, body)), "q")  # type: ignore[arg-type]
+    state = apply_fast_path(
+        channel,  # type: ignore[arg-type]
+        lambda d, p, body, ch: taken.append((d, body)),
+        "q",
+        take_decoded=lambda *_: None,
+    )
     assert state == FastPath(reader_unbounded=True, inline_delivery=True)
     for frame in frames:
         channel.frames.put_nowait((0, frame))
@@ -101,7 +106,7 @@ async def test_an_unsupported_aiormq_turns_both_tricks_off_and_says_so_once(
     caplog.set_level(logging.WARNING, logger="swarrow.amqp.fastpath")
     first, second = FakeChannel(), FakeChannel()
     for channel in (first, second):
-        state = apply_fast_path(channel, lambda *_: None, "q")  # type: ignore[arg-type]
+        state = apply_fast_path(channel, lambda *_: None, "q", take_decoded=lambda *_: None)  # type: ignore[arg-type]
         assert state == FastPath(reader_unbounded=False, inline_delivery=False)
         assert channel.frames.maxsize == 10
         assert not is_inline(channel)  # type: ignore[arg-type]
@@ -111,7 +116,7 @@ async def test_an_unsupported_aiormq_turns_both_tricks_off_and_says_so_once(
 
 
 async def test_a_channel_without_the_internals_is_left_alone(caplog: pytest.LogCaptureFixture) -> None:
-    state = apply_fast_path(object(), lambda *_: None, "q", inline=False)  # type: ignore[arg-type]
+    state = apply_fast_path(object(), lambda *_: None, "q", take_decoded=lambda *_: None, inline=False)  # type: ignore[arg-type]
     assert state == FastPath(reader_unbounded=False, inline_delivery=False)
 
 

@@ -28,6 +28,8 @@ from swarrow.amqp.frames import (
     Properties,
     decode_content_header,
     decode_deliver,
+    deliver_fields,
+    property_values,
 )
 
 PROPERTY_NAMES = list(commands.Basic.Properties.__slots__)
@@ -228,3 +230,158 @@ def test_a_malformed_content_header_raises_frame_error(payload: bytes, why: str)
 
 def test_properties_carry_pamqps_names() -> None:
     assert set(Properties.__slots__) == set(commands.Basic.Properties.__slots__)
+
+
+# -- the bulk intake's tuple decoders: the careful ones' results, whatever follows the frame -----------
+
+# `property_values`' order (`Message`'s), by pamqp's names.
+VALUE_NAMES = (
+    "headers",
+    "content_type",
+    "content_encoding",
+    "delivery_mode",
+    "priority",
+    "correlation_id",
+    "reply_to",
+    "expiration",
+    "message_id",
+    "timestamp",
+    "message_type",
+    "user_id",
+    "app_id",
+)
+NO_HEADERS: dict[str, Any] = {}
+
+
+def _careful_values(data: bytes | bytearray, start: int, end: int) -> tuple[int, list[Any]]:
+    size, p = decode_content_header(data, start, end)
+    values = [getattr(p, name) for name in VALUE_NAMES]
+    return size, [NO_HEADERS if values[0] is None else values[0], *values[1:]]
+
+
+def _same_outcome(fast: Any, careful: Any) -> None:
+    """Both raise FrameError with the same text, or both return the same body size and fields."""
+    try:
+        size, values = careful()
+    except FrameError as exc:
+        refusal = str(exc)
+    else:
+        got_size, got = fast()
+        assert (got_size, _normalise(list(got))) == (size, _normalise(values))
+        return
+    with pytest.raises(FrameError) as raised:
+        fast()
+    assert str(raised.value) == refusal
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow], **REPEATABLE)
+@given(props=properties(), body_size=st.integers(0, 2**40), after=st.binary(max_size=40))
+def test_property_values_are_the_content_header_in_message_order(
+    props: commands.Basic.Properties, body_size: int, after: bytes
+) -> None:
+    frame = pamqp.frame.marshal(ContentHeader(0, body_size, props), 1)
+    data, start, end = _payload(frame)
+    buffer = bytearray(b"xy" + data[:end] + after)  # what follows a frame in the intake's buffer
+    size, values = property_values(buffer, start + 2, end + 2, NO_HEADERS)
+    assert size == body_size
+    assert _normalise(list(values)) == _normalise(_careful_values(data, start, end)[1])
+    assert (values[0] is NO_HEADERS) == (props.headers is None)
+
+
+@settings(max_examples=200, deadline=None, **REPEATABLE)
+@given(
+    consumer_tag=shortstr,
+    delivery_tag=st.integers(0, 2**63 - 1),
+    redelivered=st.booleans(),
+    exchange=exchange_names,
+    routing_key=shortstr,
+    after=st.binary(max_size=40),
+)
+def test_deliver_fields_are_basic_deliver_as_a_tuple(
+    consumer_tag: str, delivery_tag: int, redelivered: bool, exchange: str, routing_key: str, after: bytes
+) -> None:
+    frame = pamqp.frame.marshal(
+        commands.Basic.Deliver(consumer_tag, delivery_tag, redelivered, exchange, routing_key), 3
+    )
+    data, start, end = _payload(frame)
+    buffer = bytearray(data[:end] + after)
+    assert deliver_fields(buffer, start, end) == (
+        consumer_tag,
+        delivery_tag,
+        redelivered,
+        exchange,
+        routing_key,
+    )
+
+
+def _rich_header() -> bytes:
+    props = commands.Basic.Properties(
+        content_type="application/json",
+        content_encoding="gzip",
+        headers={"a": 1, "nested": {"b": [1, "x"]}},
+        delivery_mode=2,
+        priority=3,
+        correlation_id="corr",
+        reply_to="amq.rabbitmq.reply-to",
+        expiration="60000",
+        message_id="m-1",
+        timestamp=datetime.datetime(2026, 11, 28, tzinfo=datetime.UTC),
+        message_type="t",
+        user_id="guest",
+        app_id="php",
+    )
+    frame = pamqp.frame.marshal(ContentHeader(0, 5, props), 1)
+    data, start, end = _payload(frame)
+    return data[start:end]
+
+
+def test_a_content_header_cut_anywhere_is_refused_as_the_careful_decoder_refuses_it() -> None:
+    # The optimistic decoder reads on past `end`: here the bytes there are the rest of a real header,
+    # the likeliest thing to make a wrong read look right. Every cut must give the careful outcome.
+    payload = _rich_header()
+    for cut in range(len(payload)):
+        buffer = bytearray(payload)
+        _same_outcome(
+            lambda b=buffer, c=cut: property_values(b, 0, c, NO_HEADERS),  # type: ignore[misc]
+            lambda b=buffer, c=cut: _careful_values(b, 0, c),  # type: ignore[misc]
+        )
+
+
+def test_a_deliver_cut_anywhere_is_refused_as_the_careful_decoder_refuses_it() -> None:
+    frame = pamqp.frame.marshal(commands.Basic.Deliver("swarrow.q.tag", 77, True, "ex", "rk"), 1)
+    data, start, end = _payload(frame)
+    payload = data[start:end]
+    for cut in range(4, len(payload)):
+        buffer = bytearray(payload)
+        try:
+            expected: Any = decode_deliver(buffer, 0, cut)
+        except FrameError as exc:
+            refusal = str(exc)
+        else:
+            assert deliver_fields(buffer, 0, cut) == tuple(getattr(expected, n) for n in Deliver.__slots__)
+            continue
+        with pytest.raises(FrameError) as raised:
+            deliver_fields(buffer, 0, cut)
+        assert str(raised.value) == refusal
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        _header(0x0080, b"\x02m\xc3"),  # message_id not UTF-8
+        _header(0x0004, b"\x02c\xff"),  # cluster_id not UTF-8
+        _header(0x8001, b"\x00\x00\x03abc"),  # a continuation flag word
+        _header(0x2040, b"\x00\x00\x00\x0b\x01tT" + struct.pack(">Q", 2**63) + struct.pack(">Q", 2**64 - 1)),
+        _header(0x2000, b"\x00\x00\x00\x04\x01k\xfft"),  # a header name not UTF-8 (a broken value)
+    ],
+)
+def test_odd_content_headers_decode_as_the_careful_decoder_decodes_them(payload: bytes) -> None:
+    _same_outcome(
+        lambda: property_values(payload, 0, len(payload), NO_HEADERS),
+        lambda: _careful_values(payload, 0, len(payload)),
+    )
+
+
+def test_odd_delivers_decode_as_the_careful_decoder_decodes_them() -> None:
+    deliver = b"\x00\x3c\x00\x3c\x01t" + struct.pack(">Q", 5) + b"\x01\x00\x03rk\xff"
+    assert deliver_fields(deliver, 0, len(deliver)) == ("t", 5, True, "", "rk\ufffd")

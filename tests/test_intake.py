@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import types
 from typing import Any
 
 import pamqp.frame
@@ -21,6 +22,8 @@ from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 from pamqp.heartbeat import Heartbeat
 
+from swarrow.amqp._errors import EMPTY_HEADERS
+from swarrow.amqp.frames import Deliver
 from swarrow.amqp.intake import BulkFrameReceiver, Route, become_bulk
 
 pytestmark = pytest.mark.anyio
@@ -52,6 +55,24 @@ def delivery(channel: int, tag: int, body: bytes, **properties: Any) -> bytes:
     return frames
 
 
+# `property_values`' order: `Message`'s, by pamqp's names.
+MESSAGE_PROPERTY_NAMES = (
+    "headers",
+    "content_type",
+    "content_encoding",
+    "delivery_mode",
+    "priority",
+    "correlation_id",
+    "reply_to",
+    "expiration",
+    "message_id",
+    "timestamp",
+    "message_type",
+    "user_id",
+    "app_id",
+)
+
+
 class Harness:
     def __init__(self) -> None:
         self.reader = asyncio.StreamReader()
@@ -66,8 +87,13 @@ class Harness:
         receiver._swarrow_routes[1] = self.route
 
     def take(self, deliver: Any, properties: Any, body: bytes, channel: Any) -> None:
+        """What the provider gets, read back by pamqp's names (absent headers: the shared empty dict)."""
         assert channel is self.one
-        self.taken.append((deliver, properties, body))
+        assert len(deliver) == 5 and len(properties) == len(MESSAGE_PROPERTY_NAMES)
+        named = types.SimpleNamespace(**dict(zip(MESSAGE_PROPERTY_NAMES, properties, strict=True)))
+        if named.headers is EMPTY_HEADERS:
+            named.headers = None
+        self.taken.append((Deliver(*deliver), named, body))
 
     def close(self, channel: Any, queue: str, why: str) -> None:
         self.closed.append(why)

@@ -43,16 +43,28 @@ from pamqp.commands import Basic
 from pamqp.exceptions import PAMQPException
 from pamqp.header import ContentHeader
 
+from swarrow.amqp._errors import EMPTY_HEADERS
 from swarrow.amqp.frames import (
     DELIVER_PREFIX,
     FRAME_END,
     FRAME_HEAD,
+    DeliverFields,
     FrameError,
+    PropertyValues,
     decode_content_header,
     decode_deliver,
+    deliver_fields,
+    property_values,
 )
 
-__all__ = ["BulkFrameReceiver", "Route", "become_bulk", "install_bulk_intake", "tolerate_odd_frames"]
+__all__ = [
+    "BulkFrameReceiver",
+    "Route",
+    "TakeDecoded",
+    "become_bulk",
+    "install_bulk_intake",
+    "tolerate_odd_frames",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +75,9 @@ _LAST_FRAME_TIME: Final = "_Connection__last_frame_time"
 _NEED_MORE: Final = 0  # the delivery is not all in the buffer yet
 _PASS: Final = -1  # let aiormq take this delivery
 
-Take = Callable[[Any, Any, bytes, aiormq.abc.AbstractChannel], None]
+#: What a route hands a delivery to: `basic.deliver`'s fields, the properties in `Message` order
+#: (headers `EMPTY_HEADERS` when absent), the body, the channel.
+TakeDecoded = Callable[[DeliverFields, PropertyValues, bytes, aiormq.abc.AbstractChannel], None]
 CloseChannel = Callable[[aiormq.abc.AbstractChannel, str, str], None]
 
 
@@ -73,7 +87,7 @@ class Route:
     __slots__ = ("broken", "busy", "channel", "close", "queue_name", "take", "taken")
 
     def __init__(
-        self, channel: aiormq.abc.AbstractChannel, take: Take, queue_name: str, close: CloseChannel
+        self, channel: aiormq.abc.AbstractChannel, take: TakeDecoded, queue_name: str, close: CloseChannel
     ) -> None:
         self.channel = channel
         self.take = take
@@ -130,7 +144,7 @@ class BulkFrameReceiver(FrameReceiver):
                         if frame_type in (1, 2, 3):
                             pos = stop + 1  # the rest of a closed channel's deliveries
                             continue
-                    elif frame_type == 1 and buf[pos + 7 : pos + 11] == DELIVER_PREFIX:
+                    elif frame_type == 1 and buf.startswith(DELIVER_PREFIX, pos + 7):
                         after = self._swarrow_take(route, channel, buf, pos, stop, end)
                         if after == _NEED_MORE:
                             return None
@@ -177,8 +191,10 @@ class BulkFrameReceiver(FrameReceiver):
             (body_size,) = _BODY_SIZE.unpack_from(buf, header_at + 11)
             # Find every body frame first, copying nothing: a large body arrives over many reads, and
             # it is copied once, when all of it is here.
-            spans: list[tuple[int, int]] = []
             after: int = header_stop + 1
+            first = -1  # where the first body frame's payload starts, ...
+            first_stop = -1  # ... and ends
+            spans: list[tuple[int, int]] | None = None  # every one of them, past the first
             received = 0
             while received < body_size:
                 if end - after < 8:
@@ -195,19 +211,24 @@ class BulkFrameReceiver(FrameReceiver):
                     )
                 if buf[body_stop] != FRAME_END:
                     raise FrameError("a body frame does not end with 0xCE")
-                spans.append((after + 7, body_stop))
+                if first < 0:
+                    first, first_stop = after + 7, body_stop
+                else:
+                    if spans is None:
+                        spans = [(first, first_stop)]
+                    spans.append((after + 7, body_stop))
                 received += body_len
                 after = body_stop + 1
             if received != body_size:
                 raise FrameError(f"{received} body bytes where the header announced {body_size}")
-            _, properties = decode_content_header(buf, header_at + 7, header_stop)
-            if not spans:
-                body = b""
-            elif len(spans) == 1:
-                body = bytes(buf[spans[0][0] : spans[0][1]])
-            else:
+            _, properties = property_values(buf, header_at + 7, header_stop, EMPTY_HEADERS)
+            if spans is not None:
                 body = b"".join([buf[a:b] for a, b in spans])
-            deliver = decode_deliver(buf, pos + 7, stop)
+            elif first >= 0:
+                body = bytes(buf[first:first_stop])
+            else:
+                body = b""
+            deliver = deliver_fields(buf, pos + 7, stop)
         except (ValueError, OverflowError, IndexError, struct.error) as exc:  # FrameError is a ValueError
             route.broken = True
             route.close(ch, route.queue_name, f"a malformed delivery ({exc})")
@@ -233,7 +254,7 @@ def _lenient_frame(frame_type: int, channel: int, data: bytes) -> Any:
     """
     frame: Any
     try:
-        if frame_type == 1 and data[7:11] == DELIVER_PREFIX:
+        if frame_type == 1 and data.startswith(DELIVER_PREFIX, 7):
             d = decode_deliver(data, 7, len(data) - 1)
             frame = Basic.Deliver.__new__(Basic.Deliver)  # its validate() refuses such an exchange name
             frame.consumer_tag, frame.delivery_tag, frame.redelivered = (
@@ -281,7 +302,7 @@ def become_bulk(receiver: FrameReceiver, connection: Any) -> BulkFrameReceiver |
 
 
 def install_bulk_intake(
-    underlay: aiormq.abc.AbstractChannel, take: Take, queue_name: str, close: CloseChannel
+    underlay: aiormq.abc.AbstractChannel, take: TakeDecoded, queue_name: str, close: CloseChannel
 ) -> Route | None:
     """Route `underlay`'s deliveries through its connection's bulk reader; None when that cannot be."""
     connection = getattr(underlay, "connection", None)

@@ -19,6 +19,7 @@ from swarrow.amqp.acks import AckTracker, Settlement
 from swarrow.amqp.buffer import DeliveryBuffer
 from swarrow.amqp.connection import AmqpConnection
 from swarrow.amqp.fastpath import FastPath, apply_fast_path
+from swarrow.amqp.frames import DeliverFields, PropertyValues
 from swarrow.amqp.stall import watch_for_stall
 from swarrow.backoff import Backoff
 from swarrow.errors import BrokerUnavailableError, ConfigurationError
@@ -243,6 +244,7 @@ class AmqpMessageProvider(DeliveryBuffer, Settlement):
                 underlay,
                 self._take,
                 self._queue_name,
+                take_decoded=self._take_decoded,
                 inline=self.fast_delivery,
                 bulk=self.bulk_intake,
             )
@@ -277,21 +279,10 @@ class AmqpMessageProvider(DeliveryBuffer, Settlement):
         self._take(delivered.delivery, delivered.header.properties, delivered.body, delivered.channel)
 
     def _take(self, d: Any, p: Any, body: bytes, channel: aiormq.abc.AbstractChannel) -> None:
-        """Buffer one delivery as a `Message` and wake one waiting worker."""
-        if d.consumer_tag not in self._live_tags:
-            # Read from a channel that has closed since: its ack could not reach the broker, which
-            # redelivers it, so processing it now would only make a duplicate.
-            return
-        self.delivered += 1
-        self._unsettled += 1
-        tag = d.delivery_tag
-        if self._coalesce and channel is self._underlay:
-            self._tracker.delivered(tag)
-        elif channel is self._underlay:
-            self._open_single.add(tag)
-        self._buffer.append(
-            delivered_message(
-                body,
+        """Buffer one delivery aiormq assembled (pamqp's `Basic.Deliver` and properties)."""
+        self._take_decoded(
+            (d.consumer_tag, d.delivery_tag, d.redelivered, d.exchange, d.routing_key),
+            (
                 p.headers or EMPTY_HEADERS,
                 p.content_type,
                 p.content_encoding,
@@ -305,12 +296,33 @@ class AmqpMessageProvider(DeliveryBuffer, Settlement):
                 p.message_type,
                 p.user_id,
                 p.app_id,
-                tag,
-                d.consumer_tag,
-                d.redelivered,
-                d.exchange,
-                d.routing_key,
-                self._queue_name,
+            ),
+            body,
+            channel,
+        )
+
+    def _take_decoded(
+        self, d: DeliverFields, properties: PropertyValues, body: bytes, channel: aiormq.abc.AbstractChannel
+    ) -> None:
+        """Buffer one delivery as a `Message` and wake one waiting worker.
+
+        `d`: (consumer_tag, delivery_tag, redelivered, exchange, routing_key); `properties` in
+        `Message` order (`swarrow.amqp.frames.property_values`).
+        """
+        consumer_tag, tag, redelivered, exchange, routing_key = d
+        if consumer_tag not in self._live_tags:
+            # Read from a channel that has closed since: its ack could not reach the broker, which
+            # redelivers it, so processing it now would only make a duplicate.
+            return
+        self.delivered += 1
+        self._unsettled += 1
+        if self._coalesce and channel is self._underlay:
+            self._tracker.delivered(tag)
+        elif channel is self._underlay:
+            self._open_single.add(tag)
+        self._buffer.append(
+            delivered_message(
+                body, *properties, tag, consumer_tag, redelivered, exchange, routing_key, self._queue_name
             )
         )
         if self._waiters:
