@@ -177,7 +177,9 @@ class DirectLines:
     def handler(self) -> BatchingStreamHandler | None:
         """The one handler a record of this call site would reach, when the line may be written directly."""
         logger = self.logger
-        if logger.filters or logger.disabled or _record_factory() is not _LogRecord:
+        if logger.filters or logger.disabled or type(logger) is not _Logger:
+            return None
+        if _record_factory() is not _LogRecord:
             return None
         level = self.level
         found: logging.Handler | None = None
@@ -202,7 +204,7 @@ class DirectLines:
     def _verify(self, logger: logging.Logger, found: logging.Handler | None) -> BatchingStreamHandler | None:
         """`found` when it is swarrow's handler with swarrow's formatter, unfiltered and unpatched."""
         self._verified = None
-        if type(logger) is not _Logger or type(found) is not BatchingStreamHandler:
+        if type(found) is not BatchingStreamHandler:
             return None
         formatter_type = type(found.formatter)
         if formatter_type not in (TextFormatter, JsonFormatter):

@@ -211,6 +211,28 @@ def test_a_handler_added_later_sees_the_next_message(
     assert len(handled) == 1 and "from jobs acked" in capture.getvalue()
 
 
+def test_a_logger_whose_class_is_swapped_gets_the_next_message_at_once(quiet_root: None) -> None:
+    # A monitoring SDK may swap a live logger's class for a subclass that handles records itself:
+    # the very next line must go the record's way, not a second later (attack, session 9).
+    stream = io.StringIO()
+    configure_logging("INFO", "text", stream)
+    _only_swarrow_handlers()
+    processor = LoggerProcessor(_acked)
+    anyio.run(processor, MESSAGES["plain"])  # direct, and the handler verified for the next second
+    seen: list[str] = []
+
+    class Watching(logging.Logger):
+        def handle(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    LOGGER.__class__ = Watching
+    try:
+        anyio.run(processor, MESSAGES["no id"])
+    finally:
+        LOGGER.__class__ = logging.Logger
+    assert len(seen) == 1 and "from jobs acked" in seen[0]
+
+
 def test_nothing_is_written_below_the_level_or_when_disabled(quiet_root: None) -> None:
     stream = io.StringIO()
     handler = configure_logging("WARNING", "text", stream)
