@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
+import importlib.util
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +27,6 @@ from pamqp import commands
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
-from swarrow.amqp import frames
 from swarrow.amqp._errors import EMPTY_HEADERS
 from swarrow.amqp.intake import Route, become_bulk
 from swarrow.message import Message, delivered_message
@@ -49,9 +50,16 @@ class _Connection:
         self._Connection__last_frame_time = 0.0
 
 
+def _tuple_decoders() -> bool:
+    """Whether this checkout's intake hands the provider tuples (`swarrow.amqp.frame_tuples`)."""
+    return importlib.util.find_spec("swarrow.amqp.frame_tuples") is not None or hasattr(
+        importlib.import_module("swarrow.amqp.frames"), "property_values"
+    )
+
+
 def _taker(out: list[Message]) -> Callable[..., None]:
     """The provider's Message construction for this checkout's route (tuples, or pamqp-named objects)."""
-    if hasattr(frames, "property_values"):
+    if _tuple_decoders():
 
         def take(d: Any, values: Any, body: bytes, channel: Any) -> None:
             out.append(delivered_message(body, *values, d[1], d[0], d[2], d[3], d[4], "bench"))
@@ -116,7 +124,7 @@ async def measure(messages: int, repeat: int) -> dict[str, Any]:
         "messages": messages,
         "cpu_us_per_delivery": round(min(passes), 3),
         "all_passes": [round(p, 3) for p in passes],
-        "tuple_decoders": hasattr(frames, "property_values"),
+        "tuple_decoders": _tuple_decoders(),
     }
 
 

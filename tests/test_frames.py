@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from pamqp import commands
 from pamqp.header import ContentHeader
 
+from swarrow.amqp.frame_tuples import deliver_fields, property_values
 from swarrow.amqp.frames import (
     DELIVER_PREFIX,
     FRAME_HEAD,
@@ -28,8 +29,6 @@ from swarrow.amqp.frames import (
     Properties,
     decode_content_header,
     decode_deliver,
-    deliver_fields,
-    property_values,
 )
 
 PROPERTY_NAMES = list(commands.Basic.Properties.__slots__)
@@ -385,3 +384,23 @@ def test_odd_content_headers_decode_as_the_careful_decoder_decodes_them(payload:
 def test_odd_delivers_decode_as_the_careful_decoder_decodes_them() -> None:
     deliver = b"\x00\x3c\x00\x3c\x01t" + struct.pack(">Q", 5) + b"\x01\x00\x03rk\xff"
     assert deliver_fields(deliver, 0, len(deliver)) == ("t", 5, True, "", "rk\ufffd")
+
+
+def _deeply_nested_header(depth: int) -> bytes:
+    table = struct.pack(">I", 0)
+    for _ in range(depth):
+        entry = b"\x01aF" + table
+        table = struct.pack(">I", len(entry)) + entry
+    return _header(0x2000, table)
+
+
+def test_a_header_table_nested_too_deeply_for_python_is_a_frame_error_not_a_recursion_error() -> None:
+    # RabbitMQ carries it; pamqp recurses once per level. A RecursionError escaping here killed the
+    # connection's reader, and the redelivery killed it again, forever (attack, session 9).
+    payload = _deeply_nested_header(2000)
+    with pytest.raises(FrameError, match="nested too deeply"):
+        decode_content_header(payload, 0, len(payload))
+    with pytest.raises(FrameError, match="nested too deeply"):
+        property_values(payload, 0, len(payload), NO_HEADERS)
+    shallow = _deeply_nested_header(20)
+    assert property_values(shallow, 0, len(shallow), NO_HEADERS)[1][0]["a"]["a"] is not None

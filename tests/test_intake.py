@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import struct
 import types
 from typing import Any
 
@@ -23,7 +24,7 @@ from pamqp.header import ContentHeader
 from pamqp.heartbeat import Heartbeat
 
 from swarrow.amqp._errors import EMPTY_HEADERS
-from swarrow.amqp.frames import Deliver
+from swarrow.amqp.frames import Deliver, RefusedProperties
 from swarrow.amqp.intake import BulkFrameReceiver, Route, become_bulk
 
 pytestmark = pytest.mark.anyio
@@ -237,9 +238,7 @@ async def test_a_bad_frame_end_outside_a_delivery_is_a_connection_error_as_in_ai
         await h.receiver.get_frame()
 
 
-async def test_a_connection_closed_mid_frame_is_a_connection_error() -> (
-    None
-):
+async def test_a_connection_closed_mid_frame_is_a_connection_error() -> None:
     h = Harness()
     h.reader.feed_data(delivery(1, 1, b"whole") + delivery(1, 2, b"cut")[:20])
     h.reader.feed_eof()
@@ -264,3 +263,56 @@ async def test_a_take_that_raises_is_logged_and_the_reader_goes_on(caplog: pytes
     assert await h.frames_until_eof() == []
     assert calls == [b"first", b"second"]
     assert "could not take a delivery from q" in caplog.text
+
+
+def _deep_delivery(channel: int, tag: int) -> bytes:
+    """A whole delivery whose header table is nested 1,500 deep: framed fine, not Python's to decode."""
+    table = struct.pack(">I", 0)
+    for _ in range(1500):
+        entry = b"\x01aF" + table
+        table = struct.pack(">I", len(entry)) + entry
+    payload = struct.pack(">HHQH", 60, 0, 4, 0x2000) + table
+    frames = pamqp.frame.marshal(commands.Basic.Deliver(f"ctag{channel}", tag, False, "ex", "rk"), channel)
+    frames += struct.pack(">BHI", 2, channel, len(payload)) + payload + b"\xce"
+    return frames + pamqp.frame.marshal(ContentBody(b"deep"), channel)
+
+
+async def test_a_delivery_whose_properties_do_not_decode_is_refused_and_the_rest_taken() -> None:
+    h = Harness()
+    refused: list[tuple[Any, str]] = []
+    h.route.refuse = lambda deliver, why, channel: refused.append((deliver, why))
+    h.reader.feed_data(delivery(1, 1, b"before") + _deep_delivery(1, 2) + delivery(1, 3, b"after"))
+    h.reader.feed_eof()
+    assert await h.frames_until_eof() == []
+    assert [body for _, _, body in h.taken] == [b"before", b"after"]
+    assert [(d[1], "nested too deeply" in why) for d, why in refused] == [(2, True)]
+    assert not h.closed
+
+
+async def test_without_a_refusal_such_a_delivery_closes_its_channel() -> None:
+    h = Harness()
+    h.reader.feed_data(delivery(1, 1, b"before") + _deep_delivery(1, 2))
+    h.reader.feed_eof()
+    await h.frames_until_eof()
+    assert [body for _, _, body in h.taken] == [b"before"]
+    assert len(h.closed) == 1 and "nested too deeply" in h.closed[0]
+
+
+async def test_aiormqs_path_gets_refused_properties_instead_of_a_connection_error() -> None:
+    # Channel 2 has no route: its frames go aiormq's way, and pamqp's RecursionError used to kill the
+    # connection's reader.
+    h = Harness()
+    h.reader.feed_data(_deep_delivery(2, 7))
+    h.reader.feed_eof()
+    frames = []
+    while True:
+        try:
+            frames.append((await h.receiver.get_frame())[2])
+        except StopAsyncIteration:
+            break
+    header = frames[1]
+    assert isinstance(header, ContentHeader) and header.body_size == 4
+    assert (
+        isinstance(header.properties, RefusedProperties) and "nested too deeply" in header.properties.reason
+    )
+    assert header.properties.headers is None and header.properties.message_id is None

@@ -32,10 +32,11 @@ __all__ = [
     "Deliver",
     "FrameError",
     "Properties",
+    "RefusedProperties",
+    "careful_deliver_fields",
     "decode_content_header",
     "decode_deliver",
-    "deliver_fields",
-    "property_values",
+    "timestamp_or",
 ]
 
 #: type (1 method, 2 header, 3 body, 8 heartbeat), channel, payload size; the payload; then FRAME_END.
@@ -108,6 +109,23 @@ class Properties:
     cluster_id: str
 
 
+class RefusedProperties(Properties):
+    """The properties of a delivery whose content header does not decode (every property None).
+
+    What aiormq's path gets instead of a connection error (`swarrow.amqp.intake._lenient_frame`):
+    the consumer rejects such a delivery without requeueing it, so RabbitMQ dead-letters it with
+    its bytes intact, and the dead-letter tools leave it where it is.
+    """
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        for name in Properties.__slots__:
+            setattr(self, name, None)
+        self.cluster_id = ""
+
+
 def _shortstr(data: Buffer, offset: int, end: int) -> tuple[str, int]:
     if offset >= end:
         raise FrameError("a short string runs past the end of its frame")
@@ -155,13 +173,13 @@ def _lenient_value(value: bytes) -> tuple[int, Any]:
     elif kind == b"T":
         if len(value) < 9:
             raise ValueError("a timestamp is truncated")
-        return 9, _timestamp(value[1:9], _U64.unpack_from(value, 1)[0])
+        return 9, timestamp_or(value[1:9], _U64.unpack_from(value, 1)[0])
     else:
         return decode.embedded_value(value)
     return consumed + 1, result
 
 
-def _timestamp(value: bytes, beyond: Any) -> Any:
+def timestamp_or(value: bytes, beyond: Any) -> Any:
     """pamqp's timestamp, or `beyond` where datetime cannot hold it (a client that sent micro- or
     nanoseconds: past year 9999), so the message is still delivered."""
     try:
@@ -172,41 +190,11 @@ def _timestamp(value: bytes, beyond: Any) -> Any:
 
 def decode_deliver(data: Buffer, start: int, end: int) -> Deliver:
     """Decode the `basic.deliver` payload in `data[start:end]` (its first 4 bytes are DELIVER_PREFIX)."""
-    return Deliver(*_careful_deliver_fields(data, start, end))
+    return Deliver(*careful_deliver_fields(data, start, end))
 
 
-#: (consumer_tag, delivery_tag, redelivered, exchange, routing_key)
-DeliverFields = tuple[str, int, bool, str, str]
-
-
-def deliver_fields(data: Buffer, start: int, end: int) -> DeliverFields:
-    """`decode_deliver`'s fields as a tuple, for the bulk intake: no object, no call per string.
-
-    Optimistic: reads as if the frame were well formed (each position only grows, so one check at
-    the end finds a string that ran past the frame); anything odd — a truncated frame, bytes that
-    are not UTF-8 — is decoded again by the careful decoder, which raises `FrameError` or decodes
-    leniently, exactly as `decode_deliver`.
-    """
-    try:
-        at = start + 4
-        stop = at + 1 + data[at]
-        consumer_tag = data[at + 1 : stop].decode()
-        (delivery_tag,) = _U64.unpack_from(data, stop)
-        redelivered = bool(data[stop + 8] & 1)
-        at = stop + 9
-        stop = at + 1 + data[at]
-        exchange = data[at + 1 : stop].decode()
-        at = stop
-        stop = at + 1 + data[at]
-        routing_key = data[at + 1 : stop].decode()
-    except (UnicodeDecodeError, IndexError, struct.error):
-        return _careful_deliver_fields(data, start, end)
-    if stop > end:
-        return _careful_deliver_fields(data, start, end)
-    return consumer_tag, delivery_tag, redelivered, exchange, routing_key
-
-
-def _careful_deliver_fields(data: Buffer, start: int, end: int) -> DeliverFields:
+def careful_deliver_fields(data: Buffer, start: int, end: int) -> tuple[str, int, bool, str, str]:
+    """`decode_deliver`'s fields (consumer_tag, delivery_tag, redelivered, exchange, routing_key)."""
     consumer_tag, offset = _shortstr(data, start + 4, end)
     if offset + 9 > end:
         raise FrameError("basic.deliver is truncated")
@@ -253,6 +241,8 @@ def decode_content_header(data: Buffer, start: int, end: int) -> tuple[int, Prop
                 consumed, table = decode.field_table(bytes(data[offset:stop]))
             except (ValueError, OverflowError):  # a name not UTF-8, a timestamp past year 9999, or broken
                 consumed, table = _lenient_table(bytes(data[offset:stop]))
+        except RecursionError:  # tables in tables hundreds deep: RabbitMQ carries them, Python cannot
+            raise FrameError("the headers table does not decode: its tables are nested too deeply") from None
         except (ValueError, OverflowError, IndexError, struct.error) as exc:
             raise FrameError(f"the headers table does not decode: {exc}") from None
         if consumed != stop - offset:
@@ -294,7 +284,7 @@ def decode_content_header(data: Buffer, start: int, end: int) -> tuple[int, Prop
     if flags & 0x0040:
         if offset + 8 > end:
             raise FrameError("timestamp is truncated")
-        p.timestamp = _timestamp(bytes(data[offset : offset + 8]), None)
+        p.timestamp = timestamp_or(bytes(data[offset : offset + 8]), None)
         offset += 8
     else:
         p.timestamp = None
@@ -317,122 +307,3 @@ def decode_content_header(data: Buffer, start: int, end: int) -> tuple[int, Prop
     if offset > end:
         raise FrameError("the content header's properties run past its frame")
     return body_size, p
-
-
-#: A message's properties in `Message`'s field order: headers, content_type, content_encoding,
-#: delivery_mode, priority, correlation_id, reply_to, expiration, message_id, timestamp, type,
-#: user_id, app_id (cluster_id, which `Message` does not carry, left out).
-PropertyValues = tuple[Any, ...]
-
-
-def property_values(data: Buffer, start: int, end: int, no_headers: Any = None) -> tuple[int, PropertyValues]:
-    """`decode_content_header` as (body size, the properties in `Message` order), for the bulk intake.
-
-    Locals instead of fourteen attribute writes and reads, short strings decoded in place; `headers`
-    is `no_headers` when the message has none. Optimistic as `deliver_fields`: anything odd is
-    decoded again by `decode_content_header`, which raises `FrameError` or decodes leniently.
-    """
-    try:
-        _class_id, _weight, body_size, flags = _HEADER.unpack_from(data, start)
-        at = start + 14
-        if flags & 1:
-            raise IndexError  # continuation flag words: the careful decoder skips them
-        headers: Any = no_headers
-        content_type = content_encoding = correlation_id = reply_to = expiration = None
-        message_id = message_type = user_id = app_id = None
-        delivery_mode = priority = None
-        timestamp: datetime.datetime | None = None
-        if flags & 0x8000:
-            stop = at + 1 + data[at]
-            content_type = data[at + 1 : stop].decode()
-            at = stop
-        if flags & 0x4000:
-            stop = at + 1 + data[at]
-            content_encoding = data[at + 1 : stop].decode()
-            at = stop
-        if flags & 0x2000:
-            stop = at + 4 + _U32.unpack_from(data, at)[0]
-            if stop > end:
-                raise IndexError
-            consumed, headers = decode.field_table(bytes(data[at:stop]))
-            if consumed != stop - at:
-                raise IndexError
-            at = stop
-        if flags & 0x1000:
-            delivery_mode = data[at]
-            at += 1
-        if flags & 0x0800:
-            priority = data[at]
-            at += 1
-        if flags & 0x0400:
-            stop = at + 1 + data[at]
-            correlation_id = data[at + 1 : stop].decode()
-            at = stop
-        if flags & 0x0200:
-            stop = at + 1 + data[at]
-            reply_to = data[at + 1 : stop].decode()
-            at = stop
-        if flags & 0x0100:
-            stop = at + 1 + data[at]
-            expiration = data[at + 1 : stop].decode()
-            at = stop
-        if flags & 0x0080:
-            stop = at + 1 + data[at]
-            message_id = data[at + 1 : stop].decode()
-            at = stop
-        if flags & 0x0040:
-            if at + 8 > end:
-                raise IndexError
-            timestamp = _timestamp(bytes(data[at : at + 8]), None)
-            at += 8
-        if flags & 0x0020:
-            stop = at + 1 + data[at]
-            message_type = data[at + 1 : stop].decode()
-            at = stop
-        if flags & 0x0010:
-            stop = at + 1 + data[at]
-            user_id = data[at + 1 : stop].decode()
-            at = stop
-        if flags & 0x0008:
-            stop = at + 1 + data[at]
-            app_id = data[at + 1 : stop].decode()
-            at = stop
-        if flags & 0x0004:
-            stop = at + 1 + data[at]
-            data[at + 1 : stop].decode()  # cluster_id: checked as the careful decoder checks it
-            at = stop
-    except (ValueError, OverflowError, IndexError, struct.error):  # UnicodeDecodeError is a ValueError
-        at = end + 1
-    if at > end:
-        body_size, p = decode_content_header(data, start, end)
-        headers = p.headers if p.headers is not None else no_headers
-        return body_size, (
-            headers,
-            p.content_type,
-            p.content_encoding,
-            p.delivery_mode,
-            p.priority,
-            p.correlation_id,
-            p.reply_to,
-            p.expiration,
-            p.message_id,
-            p.timestamp,
-            p.message_type,
-            p.user_id,
-            p.app_id,
-        )
-    return body_size, (
-        headers,
-        content_type,
-        content_encoding,
-        delivery_mode,
-        priority,
-        correlation_id,
-        reply_to,
-        expiration,
-        message_id,
-        timestamp,
-        message_type,
-        user_id,
-        app_id,
-    )

@@ -44,21 +44,20 @@ from pamqp.exceptions import PAMQPException
 from pamqp.header import ContentHeader
 
 from swarrow.amqp._errors import EMPTY_HEADERS
+from swarrow.amqp.frame_tuples import DeliverFields, PropertyValues, deliver_fields, property_values
 from swarrow.amqp.frames import (
     DELIVER_PREFIX,
     FRAME_END,
     FRAME_HEAD,
-    DeliverFields,
     FrameError,
-    PropertyValues,
+    RefusedProperties,
     decode_content_header,
     decode_deliver,
-    deliver_fields,
-    property_values,
 )
 
 __all__ = [
     "BulkFrameReceiver",
+    "Refuse",
     "Route",
     "TakeDecoded",
     "become_bulk",
@@ -79,20 +78,31 @@ _PASS: Final = -1  # let aiormq take this delivery
 #: (headers `EMPTY_HEADERS` when absent), the body, the channel.
 TakeDecoded = Callable[[DeliverFields, PropertyValues, bytes, aiormq.abc.AbstractChannel], None]
 CloseChannel = Callable[[aiormq.abc.AbstractChannel, str, str], None]
+#: What a route hands a delivery it cannot decode: `basic.deliver`'s fields, why, the channel.
+Refuse = Callable[[DeliverFields, str, aiormq.abc.AbstractChannel], None]
 
 
 class Route:
     """One consumer channel whose deliveries the bulk intake takes."""
 
-    __slots__ = ("broken", "busy", "channel", "close", "queue_name", "take", "taken")
+    __slots__ = ("broken", "busy", "channel", "close", "queue_name", "refuse", "take", "taken")
 
     def __init__(
-        self, channel: aiormq.abc.AbstractChannel, take: TakeDecoded, queue_name: str, close: CloseChannel
+        self,
+        channel: aiormq.abc.AbstractChannel,
+        take: TakeDecoded,
+        queue_name: str,
+        close: CloseChannel,
+        refuse: Refuse | None = None,
     ) -> None:
         self.channel = channel
         self.take = take
         self.queue_name = queue_name
         self.close = close
+        # A delivery whose frames are whole but whose properties do not decode (tables nested too
+        # deeply for Python): rejected by the consumer so RabbitMQ dead-letters it; without a
+        # `refuse`, its channel is closed like a malformed delivery's.
+        self.refuse = refuse
         self.busy = False  # aiormq's channel reader is between a delivery's frames (fastpath.py sets it)
         self.broken = False  # a malformed delivery closed the channel: drop its remaining content frames
         self.taken = 0  # deliveries taken here (tests and the fast-path check read it)
@@ -157,7 +167,7 @@ class BulkFrameReceiver(FrameReceiver):
                 pos = stop + 1
                 try:
                     return pamqp.frame.unmarshal(data)
-                except PAMQPException as exc:
+                except (PAMQPException, RecursionError) as exc:
                     lenient = _lenient_frame(frame_type, channel, data)
                     if lenient is None:
                         raise InvalidFrameError(str(exc)) from exc
@@ -221,7 +231,14 @@ class BulkFrameReceiver(FrameReceiver):
                 after = body_stop + 1
             if received != body_size:
                 raise FrameError(f"{received} body bytes where the header announced {body_size}")
-            _, properties = property_values(buf, header_at + 7, header_stop, EMPTY_HEADERS)
+            try:
+                _, properties = property_values(buf, header_at + 7, header_stop, EMPTY_HEADERS)
+            except FrameError as exc:  # the frames are whole, only the properties do not decode
+                if route.refuse is None:
+                    raise
+                refusal: str | None = str(exc)
+            else:
+                refusal = None
             if spans is not None:
                 body = b"".join([buf[a:b] for a, b in spans])
             elif first >= 0:
@@ -235,7 +252,10 @@ class BulkFrameReceiver(FrameReceiver):
             return stop + 1
         route.taken += 1
         try:
-            route.take(deliver, properties, body, ch)
+            if refusal is None:
+                route.take(deliver, properties, body, ch)
+            elif route.refuse is not None:
+                route.refuse(deliver, refusal, ch)
         except Exception:  # never let one delivery kill the connection's reader
             logger.exception(
                 "could not take a delivery from %s", route.queue_name, extra={"queue": route.queue_name}
@@ -249,8 +269,10 @@ def _lenient_frame(frame_type: int, channel: int, data: bytes) -> Any:
     pamqp refuses bytes that are not UTF-8 in a short string (a routing key, a `message_id`, a
     header name: RabbitMQ passes them through from other clients) and timestamps past year 9999;
     raised into aiormq's reader they failed the connection, and the redelivery failed it again,
-    forever. swarrow's decoder reads those leniently (`swarrow.amqp.frames`) and refuses the rest:
-    then it stays the connection error aiormq's own receiver raises.
+    forever. swarrow's decoder reads those leniently (`swarrow.amqp.frames`). A content header whose
+    properties still do not decode (tables nested deeper than Python recurses) becomes a header with
+    `RefusedProperties`, which the consumer rejects (dead-lettered) and the dead-letter tools leave
+    in place; anything else refused stays the connection error aiormq's own receiver raises.
     """
     frame: Any
     try:
@@ -263,8 +285,11 @@ def _lenient_frame(frame_type: int, channel: int, data: bytes) -> Any:
                 d.redelivered,
             )
             frame.exchange, frame.routing_key = d.exchange, d.routing_key
-        elif frame_type == 2 and len(data) >= 16:
-            body_size, properties = decode_content_header(data, 7, len(data) - 1)
+        elif frame_type == 2 and len(data) >= 22:  # head, class, weight, body size, flags, frame end
+            try:
+                body_size, properties = decode_content_header(data, 7, len(data) - 1)
+            except FrameError as exc:  # the delivery is whole, its properties are not Python's to read
+                body_size, properties = _BODY_SIZE.unpack_from(data, 11)[0], RefusedProperties(str(exc))
             frame = ContentHeader(_WEIGHT.unpack_from(data, 9)[0], body_size)
             frame.properties = properties  # pamqp's attribute names: what the inline handler reads
         else:
@@ -302,7 +327,11 @@ def become_bulk(receiver: FrameReceiver, connection: Any) -> BulkFrameReceiver |
 
 
 def install_bulk_intake(
-    underlay: aiormq.abc.AbstractChannel, take: TakeDecoded, queue_name: str, close: CloseChannel
+    underlay: aiormq.abc.AbstractChannel,
+    take: TakeDecoded,
+    queue_name: str,
+    close: CloseChannel,
+    refuse: Refuse | None = None,
 ) -> Route | None:
     """Route `underlay`'s deliveries through its connection's bulk reader; None when that cannot be."""
     connection = getattr(underlay, "connection", None)
@@ -321,7 +350,7 @@ def install_bulk_intake(
     bulk = become_bulk(receiver, connection)
     if bulk is None:
         return None
-    route = Route(underlay, take, queue_name, close)
+    route = Route(underlay, take, queue_name, close, refuse)
     routes = bulk._swarrow_routes
     routes[number] = route
 

@@ -30,6 +30,7 @@ from swarrow.amqp._errors import describe_connect_error
 from swarrow.amqp._errors import scrub as _scrub
 from swarrow.amqp._scan_fastpath import BatchPublisher, install_inline_delivery
 from swarrow.amqp.fastpath import SUPPORTED
+from swarrow.amqp.frames import RefusedProperties
 from swarrow.amqp.intake import tolerate_odd_frames
 from swarrow.amqp.publisher import _properties
 from swarrow.errors import BrokerUnavailableError, ConfigurationError, PublishError
@@ -187,6 +188,17 @@ class AmqpQueueScan:
     async def _take(self, d: Any, p: Any, body: bytes) -> None:
         if self._draining:
             return  # closing: the broker returns it with the channel
+        if type(p) is RefusedProperties:
+            # Its headers are not Python's to read (tables nested too deeply): replaying or purging
+            # it by a reading of it would be a guess. Left unacked: back in the queue at the end.
+            logger.warning(
+                "letter %s in %s does not decode (%s): left in the queue",
+                d.delivery_tag,
+                _printable(self._queue),
+                p.reason,
+                extra={"queue": self._queue},
+            )
+            return
         headers = p.headers
         if headers:
             reads = headers.get("x-delivery-count")

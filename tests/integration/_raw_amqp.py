@@ -89,6 +89,15 @@ class RawPublisher:
             header = header.replace(old, new)
         self._sock.sendall(method.replace(*swap) + header + content)
 
+    def publish_header(self, exchange: str, routing_key: str, body: bytes, properties_payload: bytes) -> None:
+        """Publish with a content header whose properties part (flags onwards) is given as bytes:
+        what pamqp cannot encode (tables nested hundreds deep)."""
+        method = pamqp.frame.marshal(commands.Basic.Publish(exchange=exchange, routing_key=routing_key), 1)
+        payload = struct.pack(">HHQ", 60, 0, len(body)) + properties_payload
+        header = struct.pack(">BHI", 2, 1, len(payload)) + payload + b"\xce"
+        content = pamqp.frame.marshal(ContentBody(body), 1) if body else b""
+        self._sock.sendall(method + header + content)
+
     def close(self) -> None:
         self._send(1, commands.Channel.Close(200, "done", 0, 0))
         self._expect(commands.Channel.CloseOk)  # the broker has every message published before it
