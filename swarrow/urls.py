@@ -42,8 +42,9 @@ _SCHEME_PREFIX: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 # Where a second URL starts in a list written as one string ("amqp://…,amqp://…" or with ";").
 _URL_SEPARATOR: Final = re.compile(r"\s*[,;]\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
 # A URL with credentials inside free text: everything from the scheme to the last `@` before a blank or quote.
+# The password may hold a line break or a control character (a blank ends the URL in free text).
 _CREDENTIALS_IN_TEXT: Final = re.compile(
-    r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*:/{0,2}(?P<user>[^\s:/@'\"<>]*)):(?P<secret>[^\s'\"<>]*)@"
+    r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*:/{0,2}(?P<user>[^\s:/@'\"<>]*)):(?P<secret>[^ \t'\"<>]*)@"
 )
 _HOST_NAME: Final = re.compile(r"[\w-]+(\.[\w-]+)*\.?")
 # A query parameter named like a credential (token, api-key, secret, password, signature, auth …), any case.
@@ -211,8 +212,12 @@ def mask_text(text: str) -> str:
     In free text a URL ends at a blank or a quote; a password holding a blank is masked by
     `BrokerURL.scrub`, which knows it.
     """
-    if "?" in text and "=" in text:  # an OTLP endpoint's `?api-key=…`, quoted by urllib3 at every retry
+    if "=" in text:
+        # An OTLP endpoint's `?api-key=…` (urllib3 quotes it at every retry), `&token=…` without
+        # its `?`, a `--password=…` flag.
         text = _SECRET_QUERY_PARAM.sub(_mask_query_value, text)
+        if "assw" in text:
+            text = _PASSWORD_PARAM.sub(r"\1***", text)
     if "@" not in text:
         return text
     return _CREDENTIALS_IN_TEXT.sub(lambda m: f"{m['head']}:{_MASK}@", text)

@@ -350,3 +350,17 @@ def test_json_fields_carrying_a_url_password_are_masked(quiet_root: None) -> Non
     for secret in ("body-pw", "id-pw", "rk-tok"):
         assert secret not in line
     assert '"message_id": "amqp://u:***@h/"' in line
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_credentials_without_a_url_query_are_masked_in_the_per_message_line(
+    quiet_root: None, fmt: str
+) -> None:
+    stream = io.StringIO()
+    handler = configure_logging("INFO", fmt, stream)
+    _only_swarrow_handlers()
+    message = Message(b"x", message_id="job&token=S3cretTok3", queue="q",
+                      routing_key="amqp://u:S3c\nret6@h/")  # fmt: skip
+    _log_one(message)
+    (line,) = _lines(stream, handler)
+    assert "S3cretTok3" not in line and "ret6" not in line
