@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import anyio
@@ -362,3 +363,50 @@ def test_only_tags_still_waiting_since_the_last_look_are_taken_for_single_acks()
     # 3 and 4 were settled singly: the multiple ack names 5, the highest finished tag before 6.
     assert tracker.take_prefix() == 5
     assert tracker.finished == 0 and tracker.outstanding == 1
+
+
+class DeadConnectionChannel(FakeChannel):
+    """aiormq's shape where it matters here: frames go into the connection's bounded write queue,
+    and `closing` is a real future. Nobody drains the queue: the connection is gone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.write_queue: asyncio.Queue[tuple[str, int, bool]] = asyncio.Queue(maxsize=1)
+        self.write_queue.put_nowait(("earlier frame", 0, False))  # full
+        self.closing = asyncio.get_running_loop().create_future()  # type: ignore[assignment]
+
+    async def basic_ack(self, tag: int, multiple: bool = False, wait: bool = True) -> None:
+        await self.write_queue.put(("ack", tag, multiple))
+
+    async def basic_reject(self, tag: int, *, requeue: bool = True, wait: bool = True) -> None:
+        await self.write_queue.put(("reject", tag, requeue))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("settlement", ["refused", "rejected", "flushed"])
+async def test_a_write_into_a_dead_connections_queue_gives_up_when_the_channel_closes(
+    settlement: str,
+) -> None:
+    # The settle lock was held forever by a write waiting for room in a queue nobody drains any more,
+    # and every later settlement waited behind it (attack, session 9: 4 of 9 forced-close runs).
+    provider = AmqpMessageProvider(URL, "q", prefetch=100, ack_batch_size=100)
+    channel = DeadConnectionChannel()
+    provider._channel = FakeRobustChannel(channel)  # type: ignore[assignment]
+    provider._wanted = True
+    await provider._consume()
+    messages = _deliver(provider, channel, 3)  # type: ignore[arg-type]
+    if settlement == "refused":
+        assert provider._consumer_tag is not None
+        provider._refuse((provider._consumer_tag, 4, False, "", "q"), "why", channel)  # type: ignore[arg-type]
+    elif settlement == "rejected":
+        asyncio.get_running_loop().create_task(provider.reject(messages[0]))
+    else:
+        await provider.ack(messages[0])
+        asyncio.get_running_loop().create_task(provider._flush())
+    await asyncio.sleep(0.01)
+    assert provider._settle_lock.locked()  # the write waits for room that never comes
+    channel.closing.set_result(None)  # type: ignore[attr-defined]  # the connection's loss reaches the channel
+    with anyio.fail_after(2):
+        while provider._settle_lock.locked():
+            await asyncio.sleep(0.01)
+    await provider.close()
