@@ -16,9 +16,10 @@ import anyio
 import anyio.to_thread
 
 from swarrow.control import ConsumerControl, current_control
-from swarrow.errors import StopConsumer
+from swarrow.errors import StopConsumer, UndecodableMessage
 from swarrow.message import Message
 from swarrow.replies import record_result
+from swarrow.topology import UNDECODABLE_HEADER
 
 __all__ = [
     "AsyncCallback",
@@ -166,6 +167,9 @@ class CallbackProcessor:
         yield
 
     async def __call__(self, message: Message, /) -> bool:
+        headers = message.headers
+        if headers and UNDECODABLE_HEADER in headers:  # its properties did not decode: never the callback's
+            raise UndecodableMessage(f"its properties do not decode: {headers[UNDECODABLE_HEADER]}")
         try:
             if self.is_async:
                 result = await self.callback(message)  # type: ignore[misc]

@@ -16,6 +16,7 @@ __all__ = [
     "StopConsumer",
     "SwarrowError",
     "TimeLimitExceeded",
+    "UndecodableMessage",
 ]
 
 
@@ -45,6 +46,12 @@ class InvalidMessageError(PublishError, ValueError):
 
 class PermanentError(SwarrowError):
     """Raised by a callback for a failure no retry can fix: the message goes to the dead-letter queue now."""
+
+
+class UndecodableMessage(PermanentError):
+    """A delivery whose properties cannot be decoded (header tables nested deeper than Python recurses):
+    it never reaches the callback and is dead-lettered at once, its properties' raw bytes in the
+    `x-swarrow-undecodable-properties` header (base64) so nothing of it is lost."""
 
 
 class RetryLater(SwarrowError):  # a control-flow signal, not an error report

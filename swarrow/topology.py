@@ -34,6 +34,8 @@ __all__ = [
     "ORIGINAL_EXPIRATION_HEADER",
     "ORIGINAL_QUEUE_HEADER",
     "RETRY_ATTEMPT_HEADER",
+    "UNDECODABLE_HEADER",
+    "UNDECODABLE_PROPERTIES_HEADER",
     "DeadLetterStrategy",
     "RetryTopology",
     "dead_letter_headers",
@@ -47,6 +49,10 @@ __all__ = [
 ]
 
 RETRY_ATTEMPT_HEADER: Final = "x-swarrow-attempt"
+#: On a delivery whose properties do not decode: why, and the properties' raw bytes (from the flags
+#: on, base64).
+UNDECODABLE_HEADER: Final = "x-swarrow-undecodable"
+UNDECODABLE_PROPERTIES_HEADER: Final = "x-swarrow-undecodable-properties"
 ERROR_TYPE_HEADER: Final = "x-swarrow-error-type"
 ERROR_MESSAGE_HEADER: Final = "x-swarrow-error-message"
 ATTEMPTS_HEADER: Final = "x-swarrow-attempts"

@@ -383,22 +383,20 @@ class DeadConnectionChannel(FakeChannel):
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("settlement", ["refused", "rejected", "flushed"])
+@pytest.mark.parametrize("settlement", ["rejected", "flushed"])
 async def test_a_write_into_a_dead_connections_queue_gives_up_when_the_channel_closes(
     settlement: str,
 ) -> None:
     # The settle lock was held forever by a write waiting for room in a queue nobody drains any more,
-    # and every later settlement waited behind it (attack, session 9: 4 of 9 forced-close runs).
+    # and every later settlement waited behind it (attack, session 9: 4 of 9 forced-close runs, there
+    # with rejects of undecodable deliveries written from tasks, a path since removed).
     provider = AmqpMessageProvider(URL, "q", prefetch=100, ack_batch_size=100)
     channel = DeadConnectionChannel()
     provider._channel = FakeRobustChannel(channel)  # type: ignore[assignment]
     provider._wanted = True
     await provider._consume()
     messages = _deliver(provider, channel, 3)  # type: ignore[arg-type]
-    if settlement == "refused":
-        assert provider._consumer_tag is not None
-        provider._refuse((provider._consumer_tag, 4, False, "", "q"), "why", channel)  # type: ignore[arg-type]
-    elif settlement == "rejected":
+    if settlement == "rejected":
         asyncio.get_running_loop().create_task(provider.reject(messages[0]))
     else:
         await provider.ack(messages[0])

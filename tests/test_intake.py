@@ -8,6 +8,7 @@ tests/integration/test_fastpath_rabbitmq.py runs the same receiver on aiormq and
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import random
 import struct
@@ -26,6 +27,7 @@ from pamqp.heartbeat import Heartbeat
 from swarrow.amqp._errors import EMPTY_HEADERS
 from swarrow.amqp.frames import Deliver, RefusedProperties
 from swarrow.amqp.intake import BulkFrameReceiver, Route, become_bulk
+from swarrow.topology import UNDECODABLE_HEADER, UNDECODABLE_PROPERTIES_HEADER
 
 pytestmark = pytest.mark.anyio
 
@@ -265,37 +267,40 @@ async def test_a_take_that_raises_is_logged_and_the_reader_goes_on(caplog: pytes
     assert "could not take a delivery from q" in caplog.text
 
 
-def _deep_delivery(channel: int, tag: int) -> bytes:
-    """A whole delivery whose header table is nested 1,500 deep: framed fine, not Python's to decode."""
+def _deep_properties() -> bytes:
+    """Property flags (headers only) and a header table nested 1,500 deep: not Python's to decode."""
     table = struct.pack(">I", 0)
     for _ in range(1500):
         entry = b"\x01aF" + table
         table = struct.pack(">I", len(entry)) + entry
-    payload = struct.pack(">HHQH", 60, 0, 4, 0x2000) + table
+    return struct.pack(">H", 0x2000) + table
+
+
+_DEEP_PROPERTIES = _deep_properties()
+
+
+def _deep_delivery(channel: int, tag: int) -> bytes:
+    """A whole delivery with `_DEEP_PROPERTIES`: framed fine."""
+    payload = struct.pack(">HHQ", 60, 0, 4) + _DEEP_PROPERTIES
     frames = pamqp.frame.marshal(commands.Basic.Deliver(f"ctag{channel}", tag, False, "ex", "rk"), channel)
     frames += struct.pack(">BHI", 2, channel, len(payload)) + payload + b"\xce"
     return frames + pamqp.frame.marshal(ContentBody(b"deep"), channel)
 
 
-async def test_a_delivery_whose_properties_do_not_decode_is_refused_and_the_rest_taken() -> None:
+async def test_a_delivery_whose_properties_do_not_decode_is_taken_marked_and_the_rest_as_usual() -> None:
+    # Its frames are whole: it reaches the provider with two headers only (why, and the properties'
+    # raw bytes), which the callback layer turns into a dead letter; nothing closes.
     h = Harness()
-    refused: list[tuple[Any, str]] = []
-    h.route.refuse = lambda deliver, why, channel: refused.append((deliver, why))
-    h.reader.feed_data(delivery(1, 1, b"before") + _deep_delivery(1, 2) + delivery(1, 3, b"after"))
+    deep = _deep_delivery(1, 2)
+    h.reader.feed_data(delivery(1, 1, b"before") + deep + delivery(1, 3, b"after"))
     h.reader.feed_eof()
     assert await h.frames_until_eof() == []
-    assert [body for _, _, body in h.taken] == [b"before", b"after"]
-    assert [(d[1], "nested too deeply" in why) for d, why in refused] == [(2, True)]
-    assert not h.closed
-
-
-async def test_without_a_refusal_such_a_delivery_closes_its_channel() -> None:
-    h = Harness()
-    h.reader.feed_data(delivery(1, 1, b"before") + _deep_delivery(1, 2))
-    h.reader.feed_eof()
-    await h.frames_until_eof()
-    assert [body for _, _, body in h.taken] == [b"before"]
-    assert len(h.closed) == 1 and "nested too deeply" in h.closed[0]
+    assert [body for _, _, body in h.taken] == [b"before", b"deep", b"after"]
+    headers = h.taken[1][1].headers
+    assert set(headers) == {UNDECODABLE_HEADER, UNDECODABLE_PROPERTIES_HEADER}
+    assert "nested too deeply" in headers[UNDECODABLE_HEADER]
+    assert base64.b64decode(headers[UNDECODABLE_PROPERTIES_HEADER]) == _DEEP_PROPERTIES  # every byte
+    assert h.taken[1][1].message_id is None and not h.closed
 
 
 async def test_aiormqs_path_gets_refused_properties_instead_of_a_connection_error() -> None:

@@ -21,8 +21,6 @@ logger = logging.getLogger(__name__)
 # Seconds between two looks at the finished deliveries stuck behind an unfinished head; one still
 # stuck at the next look is acked singly, so none stays unacked more than twice this after it finished.
 SLOW_HEAD_ACK_AFTER = 0.5
-# Rejects of deliveries that do not decode, written from a task: kept referenced until done.
-_rejecting: set[asyncio.Task[None]] = set()
 
 
 async def written(underlay: aiormq.abc.AbstractChannel, write: Awaitable[None]) -> None:
@@ -153,7 +151,6 @@ class Settlement:
     ack_batch_size: int
     ack_flush_interval: float
     stale_settlements: int
-    refused: int  # deliveries rejected because their properties do not decode
     _unsettled: int  # deliveries of the live channel not settled by the application yet
 
     # -- settlement -----------------------------------------------------------------------------
@@ -276,44 +273,6 @@ class Settlement:
             await self._flush()
             if self._tracker.finished:
                 due.set()  # stuck behind an unfinished head: look again next interval
-
-    def _refuse(
-        self, d: tuple[str, int, bool, str, str], why: str, channel: aiormq.abc.AbstractChannel
-    ) -> None:
-        """A delivery whose properties do not decode: rejected without requeue, so RabbitMQ
-        dead-letters it with its bytes intact (or drops it where the queue has no dead-letter
-        exchange). Requeued, it would come back forever; closing the channel, as for a malformed
-        frame, redelivered it and every unacked message with it, forever."""
-        consumer_tag, tag = d[0], d[1]
-        if consumer_tag not in self._live_tags or channel is not self._underlay:
-            return  # its channel has closed: the broker redelivers it, and it is refused again then
-        logger.error(
-            "delivery %s from %s does not decode (%s): rejected without requeue; RabbitMQ dead-letters "
-            "it (or drops it if %s has no dead-letter exchange)",
-            tag,
-            self._queue_name,
-            why,
-            self._queue_name,
-            extra={"queue": self._queue_name},
-        )
-        self.refused += 1
-        if self._coalesce:
-            self._tracker.delivered(tag)  # holds back any multiple ack over it until the reject is out
-        task = asyncio.get_running_loop().create_task(self._reject_refused(channel, tag))
-        _rejecting.add(task)
-        task.add_done_callback(_rejecting.discard)
-
-    async def _reject_refused(self, underlay: aiormq.abc.AbstractChannel, tag: int) -> None:
-        async with self._settle_lock:
-            if underlay is not self._underlay:
-                return  # closed meanwhile: redelivered
-            try:
-                if self._coalesce:
-                    await self._write_flush(underlay, self._tracker)
-                    self._tracker.settle_single(tag)
-                await written(underlay, underlay.basic_reject(tag, requeue=False, wait=False))
-            except CHANNEL_GONE as exc:
-                logger.debug("reject of %s on %s dropped, channel gone: %r", tag, self._queue_name, exc)
 
     async def ack(self, message: Message) -> None:
         """Acknowledge a delivery (coalesced; dropped with a log line if its channel died)."""

@@ -37,7 +37,7 @@ import aiormq.abc
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
-from swarrow.amqp.intake import Refuse, Route, TakeDecoded, install_bulk_intake
+from swarrow.amqp.intake import Route, TakeDecoded, install_bulk_intake
 
 __all__ = [
     "AIORMQ_VERSION",
@@ -93,19 +93,17 @@ def apply_fast_path(
     queue_name: str,
     *,
     take_decoded: TakeDecoded,
-    refuse: Refuse | None = None,
     inline: bool = True,
     bulk: bool = True,
 ) -> FastPath:
     """Apply the tricks to a fresh consumer channel; log once per process for each that stays off.
 
     `take` gets the deliveries aiormq assembled (pamqp's frames), `take_decoded` those the bulk
-    intake decoded itself (tuples: see `swarrow.amqp.intake.TakeDecoded`), `refuse` those whose
-    properties do not decode (None: their channel is closed).
+    intake decoded itself (tuples: see `swarrow.amqp.intake.TakeDecoded`).
     """
     route = None
     if SUPPORTED and inline and bulk:
-        route = install_bulk_intake(underlay, take_decoded, queue_name, _close_channel, refuse)
+        route = install_bulk_intake(underlay, take_decoded, queue_name, _close_channel)
     state = FastPath(
         let_reader_run_ahead(underlay),
         inline and _install_inline_delivery(underlay, take, queue_name, route),

@@ -10,6 +10,7 @@ refusal (`FrameError`, same text) is then theirs. `tests/test_frames.py` compare
 
 from __future__ import annotations
 
+import base64
 import datetime
 import struct
 from typing import Any
@@ -22,8 +23,9 @@ from swarrow.amqp.frames import (
     decode_content_header,
     timestamp_or,
 )
+from swarrow.topology import UNDECODABLE_HEADER, UNDECODABLE_PROPERTIES_HEADER
 
-__all__ = ["DeliverFields", "PropertyValues", "deliver_fields", "property_values"]
+__all__ = ["DeliverFields", "PropertyValues", "deliver_fields", "property_values", "undecodable_values"]
 
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
@@ -183,3 +185,12 @@ def property_values(data: Buffer, start: int, end: int, no_headers: Any = None) 
         user_id,
         app_id,
     )
+
+
+def undecodable_values(reason: str, raw: bytes) -> PropertyValues:
+    """The properties a delivery gets when its own do not decode: none but two headers, why and the
+    raw bytes (from the property flags on, base64: a header cannot carry bytes). The callback layer
+    raises `UndecodableMessage` on them, so the retry layer dead-letters the message at once with
+    both: nothing of it is lost."""
+    headers = {UNDECODABLE_HEADER: reason, UNDECODABLE_PROPERTIES_HEADER: base64.b64encode(raw).decode()}
+    return (headers, None, None, None, None, None, None, None, None, None, None, None, None)

@@ -113,14 +113,15 @@ class RefusedProperties(Properties):
     """The properties of a delivery whose content header does not decode (every property None).
 
     What aiormq's path gets instead of a connection error (`swarrow.amqp.intake._lenient_frame`):
-    the consumer rejects such a delivery without requeueing it, so RabbitMQ dead-letters it with
-    its bytes intact, and the dead-letter tools leave it where it is.
+    `reason` and the properties' `raw` bytes (from the flags on). The consumer dead-letters such a
+    delivery without calling the callback; the dead-letter tools leave it where it is.
     """
 
-    __slots__ = ("reason",)
+    __slots__ = ("raw", "reason")
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, raw: bytes) -> None:
         self.reason = reason
+        self.raw = raw
         for name in Properties.__slots__:
             setattr(self, name, None)
         self.cluster_id = ""

@@ -44,7 +44,13 @@ from pamqp.exceptions import PAMQPException
 from pamqp.header import ContentHeader
 
 from swarrow.amqp._errors import EMPTY_HEADERS
-from swarrow.amqp.frame_tuples import DeliverFields, PropertyValues, deliver_fields, property_values
+from swarrow.amqp.frame_tuples import (
+    DeliverFields,
+    PropertyValues,
+    deliver_fields,
+    property_values,
+    undecodable_values,
+)
 from swarrow.amqp.frames import (
     DELIVER_PREFIX,
     FRAME_END,
@@ -57,7 +63,6 @@ from swarrow.amqp.frames import (
 
 __all__ = [
     "BulkFrameReceiver",
-    "Refuse",
     "Route",
     "TakeDecoded",
     "become_bulk",
@@ -78,31 +83,20 @@ _PASS: Final = -1  # let aiormq take this delivery
 #: (headers `EMPTY_HEADERS` when absent), the body, the channel.
 TakeDecoded = Callable[[DeliverFields, PropertyValues, bytes, aiormq.abc.AbstractChannel], None]
 CloseChannel = Callable[[aiormq.abc.AbstractChannel, str, str], None]
-#: What a route hands a delivery it cannot decode: `basic.deliver`'s fields, why, the channel.
-Refuse = Callable[[DeliverFields, str, aiormq.abc.AbstractChannel], None]
 
 
 class Route:
     """One consumer channel whose deliveries the bulk intake takes."""
 
-    __slots__ = ("broken", "busy", "channel", "close", "queue_name", "refuse", "take", "taken")
+    __slots__ = ("broken", "busy", "channel", "close", "queue_name", "take", "taken")
 
     def __init__(
-        self,
-        channel: aiormq.abc.AbstractChannel,
-        take: TakeDecoded,
-        queue_name: str,
-        close: CloseChannel,
-        refuse: Refuse | None = None,
+        self, channel: aiormq.abc.AbstractChannel, take: TakeDecoded, queue_name: str, close: CloseChannel
     ) -> None:
         self.channel = channel
         self.take = take
         self.queue_name = queue_name
         self.close = close
-        # A delivery whose frames are whole but whose properties do not decode (tables nested too
-        # deeply for Python): rejected by the consumer so RabbitMQ dead-letters it; without a
-        # `refuse`, its channel is closed like a malformed delivery's.
-        self.refuse = refuse
         self.busy = False  # aiormq's channel reader is between a delivery's frames (fastpath.py sets it)
         self.broken = False  # a malformed delivery closed the channel: drop its remaining content frames
         self.taken = 0  # deliveries taken here (tests and the fast-path check read it)
@@ -234,11 +228,7 @@ class BulkFrameReceiver(FrameReceiver):
             try:
                 _, properties = property_values(buf, header_at + 7, header_stop, EMPTY_HEADERS)
             except FrameError as exc:  # the frames are whole, only the properties do not decode
-                if route.refuse is None:
-                    raise
-                refusal: str | None = str(exc)
-            else:
-                refusal = None
+                properties = undecodable_values(str(exc), bytes(buf[header_at + 19 : header_stop]))
             if spans is not None:
                 body = b"".join([buf[a:b] for a, b in spans])
             elif first >= 0:
@@ -252,10 +242,7 @@ class BulkFrameReceiver(FrameReceiver):
             return stop + 1
         route.taken += 1
         try:
-            if refusal is None:
-                route.take(deliver, properties, body, ch)
-            elif route.refuse is not None:
-                route.refuse(deliver, refusal, ch)
+            route.take(deliver, properties, body, ch)
         except Exception:  # never let one delivery kill the connection's reader
             logger.exception(
                 "could not take a delivery from %s", route.queue_name, extra={"queue": route.queue_name}
@@ -271,8 +258,9 @@ def _lenient_frame(frame_type: int, channel: int, data: bytes) -> Any:
     raised into aiormq's reader they failed the connection, and the redelivery failed it again,
     forever. swarrow's decoder reads those leniently (`swarrow.amqp.frames`). A content header whose
     properties still do not decode (tables nested deeper than Python recurses) becomes a header with
-    `RefusedProperties`, which the consumer rejects (dead-lettered) and the dead-letter tools leave
-    in place; anything else refused stays the connection error aiormq's own receiver raises.
+    `RefusedProperties`: the consumer dead-letters it without calling the callback (see
+    `frame_tuples.undecodable_values`), the dead-letter tools leave it in place; anything else
+    refused stays the connection error aiormq's own receiver raises.
     """
     frame: Any
     try:
@@ -289,7 +277,8 @@ def _lenient_frame(frame_type: int, channel: int, data: bytes) -> Any:
             try:
                 body_size, properties = decode_content_header(data, 7, len(data) - 1)
             except FrameError as exc:  # the delivery is whole, its properties are not Python's to read
-                body_size, properties = _BODY_SIZE.unpack_from(data, 11)[0], RefusedProperties(str(exc))
+                body_size = _BODY_SIZE.unpack_from(data, 11)[0]
+                properties = RefusedProperties(str(exc), bytes(data[19:-1]))
             frame = ContentHeader(_WEIGHT.unpack_from(data, 9)[0], body_size)
             frame.properties = properties  # pamqp's attribute names: what the inline handler reads
         else:
@@ -331,7 +320,6 @@ def install_bulk_intake(
     take: TakeDecoded,
     queue_name: str,
     close: CloseChannel,
-    refuse: Refuse | None = None,
 ) -> Route | None:
     """Route `underlay`'s deliveries through its connection's bulk reader; None when that cannot be."""
     connection = getattr(underlay, "connection", None)
@@ -350,7 +338,7 @@ def install_bulk_intake(
     bulk = become_bulk(receiver, connection)
     if bulk is None:
         return None
-    route = Route(underlay, take, queue_name, close, refuse)
+    route = Route(underlay, take, queue_name, close)
     routes = bulk._swarrow_routes
     routes[number] = route
 

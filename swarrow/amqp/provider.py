@@ -19,7 +19,7 @@ from swarrow.amqp.acks import AckTracker, Settlement
 from swarrow.amqp.buffer import DeliveryBuffer
 from swarrow.amqp.connection import AmqpConnection
 from swarrow.amqp.fastpath import FastPath, apply_fast_path
-from swarrow.amqp.frame_tuples import DeliverFields, PropertyValues
+from swarrow.amqp.frame_tuples import DeliverFields, PropertyValues, undecodable_values
 from swarrow.amqp.frames import RefusedProperties
 from swarrow.amqp.stall import watch_for_stall
 from swarrow.backoff import Backoff
@@ -113,7 +113,6 @@ class AmqpMessageProvider(DeliveryBuffer, Settlement):
         self._closed = False
         self._recovery: asyncio.Task[None] | None = None
         self.stale_settlements = 0
-        self.refused = 0  # deliveries rejected because their properties do not decode
         self.fast_delivery = True  # False: aiormq's task-per-delivery consumer callback (benchmarks)
         self.bulk_intake = True  # False: aiormq reads and decodes each frame (benchmarks' A/B)
         self.fast_path: FastPath | None = None  # what the fast path managed on the current channel
@@ -247,7 +246,6 @@ class AmqpMessageProvider(DeliveryBuffer, Settlement):
                 self._take,
                 self._queue_name,
                 take_decoded=self._take_decoded,
-                refuse=self._refuse,
                 inline=self.fast_delivery,
                 bulk=self.bulk_intake,
             )
@@ -284,8 +282,8 @@ class AmqpMessageProvider(DeliveryBuffer, Settlement):
     def _take(self, d: Any, p: Any, body: bytes, channel: aiormq.abc.AbstractChannel) -> None:
         """Buffer one delivery aiormq assembled (pamqp's `Basic.Deliver` and properties)."""
         deliver = (d.consumer_tag, d.delivery_tag, d.redelivered, d.exchange, d.routing_key)
-        if type(p) is RefusedProperties:
-            self._refuse(deliver, p.reason, channel)
+        if type(p) is RefusedProperties:  # its properties do not decode: dead-lettered by the stack
+            self._take_decoded(deliver, undecodable_values(p.reason, p.raw), body, channel)
             return
         self._take_decoded(
             deliver,

@@ -4,12 +4,14 @@ RabbitMQ carries header tables nested hundreds deep (another client's bug, or a 
 pamqp's decoder, and swarrow's careful one, recurse once per level and hit Python's recursion limit.
 Before, that error killed the connection's reader: the consumer reconnected every ~2 s forever, the
 messages delivered before it were redelivered and run again each time (their acks never went out),
-and nothing after it was ever processed (attack, session 9). Now the consumer rejects that one
-delivery without requeue — RabbitMQ dead-letters it with its bytes intact — and goes on.
+and nothing after it was ever processed (attack, session 9). Now that one delivery never reaches the
+callback: the retry layer dead-letters it at once (`UndecodableMessage`) with its body and the raw
+bytes of its properties, and consuming goes on.
 """
 
 from __future__ import annotations
 
+import base64
 import struct
 import subprocess
 import sys
@@ -18,7 +20,17 @@ import anyio
 import pytest
 from pamqp.commands import Basic
 
-from swarrow.amqp import AmqpBroker, AmqpMessageProvider
+from processors.ack import AckProcessor
+from processors.exception_catcher import ExceptionCatcherProcessor
+from processors.retry import RetryProcessor
+from swarrow import Consumer, Layer, Message, Stack
+from swarrow.amqp import AmqpBroker
+from swarrow.topology import (
+    ERROR_TYPE_HEADER,
+    UNDECODABLE_HEADER,
+    UNDECODABLE_PROPERTIES_HEADER,
+    RetryTopology,
+)
 from tests.integration._raw_amqp import RawPublisher
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
@@ -45,51 +57,73 @@ def _publish(amqp_url: str, queue: str, label: str) -> None:
         raw.close()
 
 
-async def _ids(provider: AmqpMessageProvider, count: int) -> list[tuple[str | None, bool]]:
-    seen = []
-    with anyio.fail_after(15):
-        while len(seen) < count:
-            message = await provider.receive()
-            assert message is not None
-            seen.append((message.message_id, message.redelivered))
-            await provider.ack(message)
-    return seen
-
-
 async def _depth(broker: AmqpBroker, queue: str, expected: int) -> None:
     with anyio.fail_after(10):
         while (info := await broker.inspect_queue(queue)) is None or info.message_count != expected:
             await anyio.sleep(0.05)
 
 
-async def test_a_header_table_nested_too_deeply_is_dead_lettered_and_consuming_goes_on(
+async def _letters(broker: AmqpBroker, queue: str, count: int) -> list[Message]:
+    provider = broker.provider(queue, prefetch=count)
+    await provider.start()
+    letters = []
+    try:
+        with anyio.fail_after(5):
+            while len(letters) < count:
+                message = await provider.receive()
+                assert message is not None
+                letters.append(message)
+                await provider.ack(message)
+    finally:
+        await provider.close()
+    return letters
+
+
+async def test_a_header_table_nested_too_deeply_is_dead_lettered_whole_and_consuming_goes_on(
     amqp_url: str, amqp_broker: AmqpBroker, queue_name: str
 ) -> None:
-    dead = f"{queue_name}.dead"
-    await amqp_broker.declare_queue(dead)
-    arguments = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead}
-    await amqp_broker.declare_queue(queue_name, arguments=arguments)
+    await RetryTopology(queue_name, (0.2,)).declare(amqp_broker)
     # Published before consuming: the first deliveries arrive behind basic.consume-ok and go aiormq's
     # way (pamqp, then swarrow's lenient decoder); published while consuming: the bulk intake's.
     await anyio.to_thread.run_sync(_publish, amqp_url, queue_name, "1")
     provider = amqp_broker.provider(queue_name, prefetch=10)
+    publisher = amqp_broker.publisher()
+    seen: list[tuple[str | None, bool]] = []
+
+    async def callback(message: Message) -> None:
+        seen.append((message.message_id, message.redelivered))
+
+    stack = Stack(
+        Layer(ExceptionCatcherProcessor),
+        Layer(AckProcessor, provider=provider),
+        Layer(RetryProcessor, publisher=publisher, attempts=1, delays=(0.2,)),
+        callback=callback,
+    )
+    consumer = Consumer(provider, stack)
     try:
-        await provider.start()
-        underlay = provider._underlay
-        assert await _ids(provider, 2) == [("before-1", False), ("after-1", False)]
-        await _depth(amqp_broker, dead, 1)
-        route = provider.fast_path.bulk_route if provider.fast_path else None
-        assert route is not None
-        taken = route.taken
-        await anyio.to_thread.run_sync(_publish, amqp_url, queue_name, "2")
-        assert await _ids(provider, 2) == [("before-2", False), ("after-2", False)]
-        await _depth(amqp_broker, dead, 2)
-        assert route.taken > taken  # the second round went through the bulk intake
-        assert provider.refused == 2
-        assert provider._underlay is underlay  # no channel or connection lost on the way
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consumer.run)
+            await _depth(amqp_broker, f"{queue_name}.dead", 1)
+            route = provider.fast_path.bulk_route if provider.fast_path else None
+            assert route is not None
+            taken = route.taken
+            await anyio.to_thread.run_sync(_publish, amqp_url, queue_name, "2")
+            await _depth(amqp_broker, f"{queue_name}.dead", 2)
+            with anyio.fail_after(5):
+                while len(seen) < 4:
+                    await anyio.sleep(0.01)  # polling a condition, bounded by fail_after
+            assert route.taken > taken  # the second round went through the bulk intake
+            consumer.control.stop("test")
     finally:
-        await provider.close()
+        await publisher.close()
+    assert sorted(seen) == [("after-1", False), ("after-2", False), ("before-1", False), ("before-2", False)]
     await _depth(amqp_broker, queue_name, 0)  # every ack reached the broker: nothing to redeliver
+    for letter in await _letters(amqp_broker, f"{queue_name}.dead", 2):
+        # The body and every byte of the properties, whatever Python can read of them.
+        assert letter.body == b"poison body"
+        assert "nested too deeply" in letter.headers[UNDECODABLE_HEADER]
+        assert base64.b64decode(letter.headers[UNDECODABLE_PROPERTIES_HEADER]) == _deep_headers()
+        assert letter.headers[ERROR_TYPE_HEADER] == "swarrow.errors.UndecodableMessage"
 
 
 async def test_the_dead_letter_tools_leave_such_a_letter_where_it_is(
