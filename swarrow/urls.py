@@ -216,7 +216,7 @@ def mask_text(text: str) -> str:
         # An OTLP endpoint's `?api-key=…` (urllib3 quotes it at every retry), `&token=…` without
         # its `?`, a `--password=…` flag.
         text = _SECRET_QUERY_PARAM.sub(_mask_query_value, text)
-        if "assw" in text:
+        if "assw" in text.lower():
             text = _PASSWORD_PARAM.sub(r"\1***", text)
     if "@" not in text:
         return text

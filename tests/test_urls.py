@@ -294,6 +294,8 @@ def test_mask_text_keeps_tls_file_paths_of_a_url_query() -> None:
         ("amqp://u:S3c\nret6@h/", "ret6"),  # a line break inside the password
         ("http://u:S3cret17\u2028@h/", "S3cret17"),
         ("id;api_key=K3y99 done", "K3y99"),
+        ("--PASSWORD=hunter2", "hunter2"),  # any case (attack 2)
+        ("PGPASSWORD=hunter3 psql", "hunter3"),
     ],
 )
 def test_mask_text_masks_credentials_in_the_shapes_an_attack_found(text: str, secret: str) -> None:
