@@ -33,6 +33,7 @@ from swarrow.errors import (
     StopConsumer,
     SwarrowError,
     TimeLimitExceeded,
+    UndecodableMessage,
 )
 from swarrow.factory import open_broker
 from swarrow.memory import MemoryBroker, MemoryMessageProvider
@@ -91,6 +92,7 @@ __all__ = [
     "SwarrowError",
     "SyncCallback",
     "TimeLimitExceeded",
+    "UndecodableMessage",
     "__version__",
     "check_callback",
     "consume",
