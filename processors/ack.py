@@ -18,9 +18,11 @@ logger = logging.getLogger(__name__)
 class AckProcessor:
     """Ack once the inner processor returns (even False); reject and re-raise when it raises.
 
-    The reject requeues when `requeue_on_error` is set or when the exception carries a truthy
-    `requeue` attribute (`RepublishFailed` from the retry layer does: its copy was not confirmed,
-    so dropping or dead-lettering the original would lose it); one with a truthy `leave_unsettled`
+    The reject requeues when `requeue_on_error` is set, unless the exception has a `requeue`
+    attribute, which decides: `RepublishFailed` from the retry layer has True (its copy was not
+    confirmed, so dropping or dead-lettering the original would lose it), `UndecodableMessage` False
+    (it can never succeed, and a quorum queue's delivery limit cannot count it: its
+    `x-delivery-count` is in the headers that do not decode); one with a truthy `leave_unsettled`
     (`RepublishInterrupted`: the consumer stops) is not settled at all. Rejects use `basic.reject`, which
     quorum queues count in `x-delivery-count`. A failing ack is never followed by a reject: one
     delivery, one settlement.
@@ -42,7 +44,7 @@ class AckProcessor:
             if getattr(exc, "leave_unsettled", False):  # a stop interrupted a held copy: redelivered
                 record_outcome(REQUEUED)  # what happens to it: a job tracker says retrying, not succeeded
                 raise
-            requeue = self.requeue_on_error or bool(getattr(exc, "requeue", False))
+            requeue = bool(getattr(exc, "requeue", self.requeue_on_error))
             await self.provider.reject(message, requeue=requeue)
             record_outcome(REQUEUED if requeue else REJECTED)
             if not requeue and (control := current_control()) is not None:

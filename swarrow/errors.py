@@ -53,6 +53,8 @@ class UndecodableMessage(PermanentError):
     it never reaches the callback and is dead-lettered at once, its properties' raw bytes in the
     `x-swarrow-undecodable-properties` header (base64) so nothing of it is lost."""
 
+    requeue = False  # never requeued, even with `requeue_on_error`: it would come back forever
+
 
 class RetryLater(SwarrowError):  # a control-flow signal, not an error report
     """Raised by a callback to have the message retried later without spending an attempt."""

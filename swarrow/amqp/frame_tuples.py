@@ -193,4 +193,6 @@ def undecodable_values(reason: str, raw: bytes) -> PropertyValues:
     raises `UndecodableMessage` on them, so the retry layer dead-letters the message at once with
     both: nothing of it is lost."""
     headers = {UNDECODABLE_HEADER: reason, UNDECODABLE_PROPERTIES_HEADER: base64.b64encode(raw).decode()}
-    return (headers, None, None, None, None, None, None, None, None, None, None, None, None)
+    # Persistent (delivery_mode 2): its dead-letter copy must survive a broker restart whatever the
+    # original said (that is in the raw bytes).
+    return (headers, None, None, 2, None, None, None, None, None, None, None, None, None)

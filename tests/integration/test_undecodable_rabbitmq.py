@@ -124,6 +124,7 @@ async def test_a_header_table_nested_too_deeply_is_dead_lettered_whole_and_consu
         assert "nested too deeply" in letter.headers[UNDECODABLE_HEADER]
         assert base64.b64decode(letter.headers[UNDECODABLE_PROPERTIES_HEADER]) == _deep_headers()
         assert letter.headers[ERROR_TYPE_HEADER] == "swarrow.errors.UndecodableMessage"
+        assert letter.delivery_mode == 2  # persistent, whatever the undecodable original said
 
 
 async def test_the_dead_letter_tools_leave_such_a_letter_where_it_is(

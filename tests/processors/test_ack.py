@@ -7,7 +7,7 @@ import pytest
 from processors._republish import RepublishInterrupted
 from processors.ack import AckProcessor
 from processors.retry import RepublishFailed
-from swarrow import MemoryBroker, MemoryMessageProvider, Message
+from swarrow import MemoryBroker, MemoryMessageProvider, Message, UndecodableMessage
 from swarrow.outcome import get_outcome, record_outcome, reset_outcome
 
 pytestmark = pytest.mark.anyio
@@ -90,6 +90,21 @@ async def test_exception_with_truthy_requeue_attribute_requeues(memory_broker: M
     assert provider.rejected == [(message.delivery_tag, True)]
     again = provider.receive_nowait()
     assert again is not None and again.redelivered
+
+
+async def test_an_undecodable_message_is_never_requeued_even_with_requeue_on_error(
+    memory_broker: MemoryBroker,
+) -> None:
+    # Requeued it came back forever, and a quorum delivery limit could not count it (attack 3, session 9).
+    provider, message = await _deliver(memory_broker)
+
+    async def undecodable(message: Message) -> bool:
+        raise UndecodableMessage("its properties do not decode")
+
+    with pytest.raises(UndecodableMessage):
+        await AckProcessor(undecodable, provider=provider, requeue_on_error=True)(message)
+    assert provider.rejected == [(message.delivery_tag, False)]
+    assert provider.receive_nowait() is None
 
 
 async def test_a_stop_during_a_held_copy_leaves_the_message_unsettled_and_says_requeued(
