@@ -21,6 +21,7 @@ from swarrow.broker import Broker, QueueInfo
 from swarrow.errors import InvalidMessageError
 from swarrow.message import Message
 from swarrow.publishable import HEADERS_MAX_BYTES, headers_size
+from swarrow.urls import mask_text
 from swarrow.validation import require_int, require_seconds
 
 __all__ = [
@@ -107,7 +108,8 @@ def dead_letter_headers(error_type: str, error_message: str, *, attempts: int, q
     return {
         ERROR_TYPE_HEADER: error_type,
         # Escaped if not UTF-8 (a lone surrogate from a decoded body): the copy could never be sent.
-        ERROR_MESSAGE_HEADER: _utf8(error_message[:MAX_ERROR_MESSAGE]),
+        # Masked as a log line is: the letter sits on the broker and `swarrow dead show` prints it.
+        ERROR_MESSAGE_HEADER: _utf8(mask_text(error_message[: 2 * MAX_ERROR_MESSAGE])[:MAX_ERROR_MESSAGE]),
         ATTEMPTS_HEADER: attempts,
         FAILED_AT_HEADER: datetime.now(UTC).isoformat(),
         ORIGINAL_QUEUE_HEADER: queue,

@@ -5,6 +5,7 @@ import pytest
 
 from swarrow import ConfigurationError, MemoryBroker, Message
 from swarrow.topology import (
+    ERROR_MESSAGE_HEADER,
     ORIGINAL_EXPIRATION_HEADER,
     RetryTopology,
     dead_letter_headers,
@@ -146,3 +147,13 @@ def test_republish_copy_drops_the_producers_ttl_and_user_id() -> None:
     again = republish_copy(copy.replace(queue="q"), {})
     assert again.headers[ORIGINAL_EXPIRATION_HEADER] == "3000" and again.expiration is None
     assert republish_copy(Message(b""), {}).headers == {}
+
+
+def test_a_dead_letters_error_message_is_masked_as_a_log_line_is() -> None:
+    # The letter sits on the broker and `swarrow dead show` prints it (attack 3, session 9: the log
+    # line was masked, the letter carried the password).
+    headers = dead_letter_headers(
+        "app.DbError", "cannot reach postgresql://app:DBSECRET99@db/prod?api_key=K3Y", attempts=3, queue="q"
+    )
+    text = headers[ERROR_MESSAGE_HEADER]
+    assert "DBSECRET99" not in text and "K3Y" not in text and text.startswith("cannot reach postgresql://app:")
