@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from pamqp import commands
 from pamqp.header import ContentHeader
 
+from swarrow.amqp.frame_tuples import PROPERTY_NAMES as PROPERTY_NAMES_IN_ORDER
 from swarrow.amqp.frame_tuples import deliver_fields, property_values
 from swarrow.amqp.frames import (
     DELIVER_PREFIX,
@@ -233,28 +234,12 @@ def test_properties_carry_pamqps_names() -> None:
 
 # -- the bulk intake's tuple decoders: the careful ones' results, whatever follows the frame -----------
 
-# `property_values`' order (`Message`'s), by pamqp's names.
-VALUE_NAMES = (
-    "headers",
-    "content_type",
-    "content_encoding",
-    "delivery_mode",
-    "priority",
-    "correlation_id",
-    "reply_to",
-    "expiration",
-    "message_id",
-    "timestamp",
-    "message_type",
-    "user_id",
-    "app_id",
-)
 NO_HEADERS: dict[str, Any] = {}
 
 
 def _careful_values(data: bytes | bytearray, start: int, end: int) -> tuple[int, list[Any]]:
     size, p = decode_content_header(data, start, end)
-    values = [getattr(p, name) for name in VALUE_NAMES]
+    values = [getattr(p, name) for name in PROPERTY_NAMES_IN_ORDER]
     return size, [NO_HEADERS if values[0] is None else values[0], *values[1:]]
 
 

@@ -25,6 +25,7 @@ from pamqp.header import ContentHeader
 from pamqp.heartbeat import Heartbeat
 
 from swarrow.amqp._errors import EMPTY_HEADERS
+from swarrow.amqp.frame_tuples import PROPERTY_NAMES as MESSAGE_PROPERTY_NAMES
 from swarrow.amqp.frames import Deliver, RefusedProperties
 from swarrow.amqp.intake import BulkFrameReceiver, Route, become_bulk
 from swarrow.topology import UNDECODABLE_HEADER, UNDECODABLE_PROPERTIES_HEADER
@@ -56,24 +57,6 @@ def delivery(channel: int, tag: int, body: bytes, **properties: Any) -> bytes:
     for start in range(0, len(body), FRAME_MAX_BODY):
         frames += pamqp.frame.marshal(ContentBody(body[start : start + FRAME_MAX_BODY]), channel)
     return frames
-
-
-# `property_values`' order: `Message`'s, by pamqp's names.
-MESSAGE_PROPERTY_NAMES = (
-    "headers",
-    "content_type",
-    "content_encoding",
-    "delivery_mode",
-    "priority",
-    "correlation_id",
-    "reply_to",
-    "expiration",
-    "message_id",
-    "timestamp",
-    "message_type",
-    "user_id",
-    "app_id",
-)
 
 
 class Harness:

@@ -25,7 +25,15 @@ from swarrow.amqp.frames import (
 )
 from swarrow.topology import UNDECODABLE_HEADER, UNDECODABLE_PROPERTIES_HEADER
 
-__all__ = ["DeliverFields", "PropertyValues", "deliver_fields", "property_values", "undecodable_values"]
+__all__ = [
+    "PROPERTY_NAMES",
+    "DeliverFields",
+    "PropertyValues",
+    "deliver_fields",
+    "property_values",
+    "undecodable_values",
+    "values_of",
+]
 
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
@@ -154,22 +162,7 @@ def property_values(data: Buffer, start: int, end: int, no_headers: Any = None) 
         at = end + 1
     if at > end:
         body_size, p = decode_content_header(data, start, end)
-        headers = p.headers if p.headers is not None else no_headers
-        return body_size, (
-            headers,
-            p.content_type,
-            p.content_encoding,
-            p.delivery_mode,
-            p.priority,
-            p.correlation_id,
-            p.reply_to,
-            p.expiration,
-            p.message_id,
-            p.timestamp,
-            p.message_type,
-            p.user_id,
-            p.app_id,
-        )
+        return body_size, values_of(p, no_headers)
     return body_size, (
         headers,
         content_type,
@@ -196,3 +189,42 @@ def undecodable_values(reason: str, raw: bytes) -> PropertyValues:
     # Persistent (delivery_mode 2): its dead-letter copy must survive a broker restart whatever the
     # original said (that is in the raw bytes).
     return (headers, None, None, 2, None, None, None, None, None, None, None, None, None)
+
+
+#: `PropertyValues`' order: `Message`'s fields, by pamqp's (and `frames.Properties`') names.
+PROPERTY_NAMES = (
+    "headers",
+    "content_type",
+    "content_encoding",
+    "delivery_mode",
+    "priority",
+    "correlation_id",
+    "reply_to",
+    "expiration",
+    "message_id",
+    "timestamp",
+    "message_type",
+    "user_id",
+    "app_id",
+)
+
+
+def values_of(p: Any, no_headers: Any = None) -> PropertyValues:
+    """pamqp-named properties `p` (pamqp's or `frames.Properties`) as `PropertyValues`; headers
+    `no_headers` when absent. For the slow paths: aiormq's deliveries, the dead-letter scan."""
+    headers = p.headers if p.headers is not None else no_headers
+    return (
+        headers,
+        p.content_type,
+        p.content_encoding,
+        p.delivery_mode,
+        p.priority,
+        p.correlation_id,
+        p.reply_to,
+        p.expiration,
+        p.message_id,
+        p.timestamp,
+        p.message_type,
+        p.user_id,
+        p.app_id,
+    )

@@ -19,7 +19,7 @@ from swarrow.amqp.acks import AckTracker, Settlement
 from swarrow.amqp.buffer import DeliveryBuffer
 from swarrow.amqp.connection import AmqpConnection
 from swarrow.amqp.fastpath import FastPath, apply_fast_path
-from swarrow.amqp.frame_tuples import DeliverFields, PropertyValues, undecodable_values
+from swarrow.amqp.frame_tuples import DeliverFields, PropertyValues, undecodable_values, values_of
 from swarrow.amqp.frames import RefusedProperties
 from swarrow.amqp.stall import watch_for_stall
 from swarrow.backoff import Backoff
@@ -285,26 +285,7 @@ class AmqpMessageProvider(DeliveryBuffer, Settlement):
         if type(p) is RefusedProperties:  # its properties do not decode: dead-lettered by the stack
             self._take_decoded(deliver, undecodable_values(p.reason, p.raw), body, channel)
             return
-        self._take_decoded(
-            deliver,
-            (
-                p.headers or EMPTY_HEADERS,
-                p.content_type,
-                p.content_encoding,
-                p.delivery_mode,
-                p.priority,
-                p.correlation_id,
-                p.reply_to,
-                p.expiration,
-                p.message_id,
-                p.timestamp,
-                p.message_type,
-                p.user_id,
-                p.app_id,
-            ),
-            body,
-            channel,
-        )
+        self._take_decoded(deliver, values_of(p, EMPTY_HEADERS), body, channel)
 
     def _take_decoded(
         self, d: DeliverFields, properties: PropertyValues, body: bytes, channel: aiormq.abc.AbstractChannel

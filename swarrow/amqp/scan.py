@@ -30,11 +30,12 @@ from swarrow.amqp._errors import describe_connect_error
 from swarrow.amqp._errors import scrub as _scrub
 from swarrow.amqp._scan_fastpath import BatchPublisher, install_inline_delivery
 from swarrow.amqp.fastpath import SUPPORTED
+from swarrow.amqp.frame_tuples import values_of
 from swarrow.amqp.frames import RefusedProperties
 from swarrow.amqp.intake import tolerate_odd_frames
 from swarrow.amqp.publisher import _properties
 from swarrow.errors import BrokerUnavailableError, ConfigurationError, PublishError
-from swarrow.message import Message
+from swarrow.message import Message, delivered_message
 from swarrow.urls import mask_url
 
 __all__ = ["AmqpQueueScan"]
@@ -204,21 +205,9 @@ class AmqpQueueScan:
             reads = headers.get("x-delivery-count")
             if type(reads) is int and reads > self._reads_before:
                 self._reads_before = reads
-        message = Message(
+        message = delivered_message(
             body,
-            headers or _EMPTY,
-            p.content_type,
-            p.content_encoding,
-            p.delivery_mode,
-            p.priority,
-            p.correlation_id,
-            p.reply_to,
-            p.expiration,
-            p.message_id,
-            p.timestamp,
-            p.message_type,
-            p.user_id,
-            p.app_id,
+            *values_of(p, _EMPTY),
             d.delivery_tag,
             d.consumer_tag,
             d.redelivered,
