@@ -408,3 +408,22 @@ async def test_a_write_into_a_dead_connections_queue_gives_up_when_the_channel_c
         while provider._settle_lock.locked():
             await asyncio.sleep(0.01)
     await provider.close()
+
+
+@pytest.mark.anyio
+async def test_a_settlement_cancelled_while_its_write_waits_leaves_no_write_pending() -> None:
+    provider = AmqpMessageProvider(URL, "q", prefetch=100, ack_batch_size=100)
+    channel = DeadConnectionChannel()
+    provider._channel = FakeRobustChannel(channel)  # type: ignore[assignment]
+    provider._wanted = True
+    await provider._consume()
+    messages = _deliver(provider, channel, 1)  # type: ignore[arg-type]
+    before = asyncio.all_tasks()
+    rejecting = asyncio.get_running_loop().create_task(provider.reject(messages[0]))
+    await asyncio.sleep(0.01)
+    assert provider._settle_lock.locked()
+    rejecting.cancel()
+    with anyio.fail_after(2):
+        while len(asyncio.all_tasks() - before) > 0:
+            await asyncio.sleep(0.01)  # the inner write task goes with it
+    assert not provider._settle_lock.locked()

@@ -37,10 +37,13 @@ async def written(underlay: aiormq.abc.AbstractChannel, write: Awaitable[None]) 
         await write
         return
     task = asyncio.ensure_future(write)
-    closing = underlay.closing
-    await asyncio.wait((task, closing), return_when=asyncio.FIRST_COMPLETED)
-    if not task.done():
-        task.cancel()
+    try:
+        await asyncio.wait((task, underlay.closing), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        unwritten = not task.done()
+        if unwritten:
+            task.cancel()  # closed first, or the settling task itself was cancelled: never left pending
+    if unwritten:
         raise aiormq.exceptions.ChannelInvalidStateError(f"{underlay!r} closed with a settlement unwritten")
     task.result()
 
