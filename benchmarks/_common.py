@@ -17,6 +17,37 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(ROOT, "results")
 
 
+def broker_cpu_seconds() -> float | None:
+    """CPU seconds used so far by every RabbitMQ node on this machine (its `beam.smp` processes), or None.
+
+    Why: wall rates here are the broker's. Its CPU per message, taken around each run, shows when a
+    run fell into the broker's slow mode (the same consumer then costs the broker about twice the
+    CPU per message) rather than leaving a consumer to take the blame. Linux /proc only.
+    """
+    total = 0.0
+    found = False
+    try:
+        pids = [entry for entry in os.listdir("/proc") if entry.isdigit()]
+    except OSError:
+        return None
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                text = stat.read()
+        except OSError:  # gone, or not ours to read
+            continue
+        name_end = text.rfind(")")
+        if text[text.find("(") + 1 : name_end] != "beam.smp":
+            continue
+        fields = text[name_end + 2 :].split()
+        total += (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
+        found = True
+    return total if found else None
+
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
 def unique_queue(label: str) -> str:
     """A queue name no other run (or test) uses."""
     return f"bench.{label}.{uuid.uuid4().hex[:10]}"

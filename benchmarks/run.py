@@ -32,7 +32,16 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import RESULTS, ROOT, URL, delete_queue, fill_queue, queue_depth, unique_queue
+from _common import (
+    RESULTS,
+    ROOT,
+    URL,
+    broker_cpu_seconds,
+    delete_queue,
+    fill_queue,
+    queue_depth,
+    unique_queue,
+)
 
 PY = sys.executable
 PEERS_PY = os.environ.get("SWARROW_PEERS_PYTHON") or os.path.join(ROOT, ".venv-peers", "bin", "python")
@@ -66,6 +75,7 @@ class Variant:
     loop: str | None = None  # the table's loop column, when not asyncio / uvloop
     rates: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)  # consumer CPU µs per message, where the script reports it
+    broker_cpu: list[float] = field(default_factory=list)  # the broker's CPU µs per message, same runs
     errors: list[str] = field(default_factory=list)
     library: str | None = None
 
@@ -183,6 +193,7 @@ async def one_run(variant: Variant, messages: int, timeout: float) -> None:
             cmd += ["--concurrency", str(variant.concurrency)]
         if variant.uvloop:
             cmd.append("--uvloop")
+        broker_before = broker_cpu_seconds()
         proc = await asyncio.create_subprocess_exec(
             *cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT
         )
@@ -205,6 +216,9 @@ async def one_run(variant: Variant, messages: int, timeout: float) -> None:
         if result.get("dead_lettered"):
             variant.errors.append(f"{result['dead_lettered']} messages dead-lettered")
         variant.rates.append(result["rate"])
+        broker_after = broker_cpu_seconds()
+        if broker_before is not None and broker_after is not None:
+            variant.broker_cpu.append((broker_after - broker_before) / messages * 1e6)
         if "cpu_us_per_message" in result:
             variant.cpu.append(result["cpu_us_per_message"])
         variant.library = result.get("library", variant.library)
@@ -222,9 +236,9 @@ def e2e_table(variants: list[Variant]) -> list[str]:
     aiormq = by_key.get("aiormq/p1000/m100")
     pika = by_key.get("pika/p1000/m100")
     lines = [
-        "| consumer | prefetch | concurrency | loop | msg/s median | min–max | CPU µs/msg | × raw aio-pika "
-        "| × raw aiormq m100 | × sync pika |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| consumer | prefetch | concurrency | loop | msg/s median | min–max | CPU µs/msg | broker CPU µs/msg "
+        "| × raw aio-pika | × raw aiormq m100 | × sync pika |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for v in variants:
         raw = by_key.get(f"aiopika/p{v.prefetch}")
@@ -237,15 +251,24 @@ def e2e_table(variants: list[Variant]) -> list[str]:
         vs_mq = f"{v.median / aiormq.median:.2f}×" if aiormq and aiormq.rates and v.rates else "—"
         vs_pika = f"{v.median / pika.median:.2f}×" if pika and pika.rates and v.rates else "—"
         cpu = f"{statistics.median(v.cpu):.1f}" if v.cpu else "—"
+        broker = broker_range(v)
         conc = "—" if v.concurrency is None else str(v.concurrency)
         loop = v.loop or ("uvloop" if v.uvloop else "asyncio")
         note = f" (N={v.messages:,})" if v.messages is not None else ""
         note += f" ⚠ {'; '.join(sorted(set(v.errors)))}" if v.errors else ""
         lines.append(
             f"| {v.label}{note} | {v.prefetch} | {conc} | {loop} | {fmt_rate(v.median)} | {lo_hi} | {cpu} "
-            f"| {vs_raw} | {vs_mq} | {vs_pika} |"
+            f"| {broker} | {vs_raw} | {vs_mq} | {vs_pika} |"
         )
     return lines
+
+
+def broker_range(v: Variant) -> str:
+    """The broker's CPU per message in `v`'s runs, "median (min–max)": a wide range is the broker's
+    two modes, and says the wall rates beside it are the broker's too."""
+    if not v.broker_cpu:
+        return "—"
+    return f"{statistics.median(v.broker_cpu):.0f} ({min(v.broker_cpu):.0f}–{max(v.broker_cpu):.0f})"
 
 
 def swarrow_for_peers(variants: list[Variant]) -> Variant | None:

@@ -134,6 +134,8 @@ class BulkFrameReceiver(FrameReceiver):
     def _swarrow_next(self, buf: bytearray) -> Any:
         """The next frame for aiormq, taking the deliveries before it; None when more bytes are needed."""
         routes = self._swarrow_routes
+        channels = self._swarrow_connection.channels
+        ready: Route | None = None  # the route found free to take from, in this call (nothing else runs)
         pos = 0
         end = len(buf)
         try:
@@ -148,7 +150,12 @@ class BulkFrameReceiver(FrameReceiver):
                         if frame_type in (1, 2, 3):
                             pos = stop + 1  # the rest of a closed channel's deliveries
                             continue
-                    elif frame_type == 1 and buf.startswith(DELIVER_PREFIX, pos + 7):
+                    elif (
+                        frame_type == 1
+                        and buf.startswith(DELIVER_PREFIX, pos + 7)
+                        and (route is ready or _free(route, channels.get(channel)))
+                    ):
+                        ready = route
                         after = self._swarrow_take(route, channel, buf, pos, stop, end)
                         if after == _NEED_MORE:
                             return None
@@ -172,10 +179,8 @@ class BulkFrameReceiver(FrameReceiver):
                 del buf[:pos]
 
     def _swarrow_take(self, route: Route, channel: int, buf: bytearray, pos: int, stop: int, end: int) -> int:
-        """Take the delivery starting at `pos`: the position after it, _NEED_MORE or _PASS."""
+        """Take the delivery at `pos`, its route `_free`: the position after it, _NEED_MORE or _PASS."""
         ch = route.channel
-        if self._swarrow_connection.channels.get(channel) is not ch or ch.frames.qsize() or route.busy:
-            return _PASS
         header_at = stop + 1
         if end - header_at < 8:
             return _NEED_MORE
@@ -248,6 +253,14 @@ class BulkFrameReceiver(FrameReceiver):
                 "could not take a delivery from %s", route.queue_name, extra={"queue": route.queue_name}
             )
         return after
+
+
+def _free(route: Route, open_channel: Any) -> bool:
+    """Whether the intake may take `route`'s next delivery: its channel is the connection's open one
+    and aiormq's reader holds none of its frames (taking one now would reorder them). Nothing of this
+    changes until aiormq's code runs again: `_swarrow_next` asks once a call per route."""
+    channel = route.channel
+    return open_channel is channel and not channel.frames.qsize() and not route.busy
 
 
 def _lenient_frame(frame_type: int, channel: int, data: bytes) -> Any:
