@@ -9,6 +9,11 @@ End to end (against RabbitMQ): each cell fills a fresh queue with N persistent ~
 and the ratio of medians against raw aio-pika (per-message ack, same prefetch) and raw aiormq
 (multiple=True acks every 100, prefetch 1000).
 
+Beside the consumer's CPU per message, each cell shows the broker's (every local `beam.smp`'s CPU
+time, from /proc, around the run): a classic queue's broker runs here at either ~11 or ~22 µs a
+message for the same consumer, settled early in a run, so a cell's wall rate says as much about the
+broker's mode as about the consumer. The pika table adds the ratio over the runs in the fast mode.
+
 Peers (prefetch 1000, in the same interleaved runs): a FastStream subscriber and a dramatiq worker
 (peer_faststream.py, peer_dramatiq.py), run by benchmarks/.venv-peers/bin/python, the venv that
 `make bench-peers-env` builds from peers-requirements.txt. Without that venv they are skipped with the
