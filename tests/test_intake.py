@@ -162,6 +162,34 @@ async def test_a_delivery_interleaved_with_another_channel_goes_the_aiormq_way_i
     assert h.taken == []
 
 
+async def test_two_consumer_channels_alternating_in_one_read_are_each_taken_once_in_order() -> None:
+    # The "may this route take now" check runs once per read per route: alternating routes must each be
+    # checked, and a route found behind (channel 2 here) must send every one of its deliveries aiormq's way.
+    h = Harness()
+    second: list[int] = []
+
+    def take_second(deliver: Any, properties: Any, body: bytes, channel: Any) -> None:
+        assert channel is h.two
+        second.append(deliver[1])
+
+    route_two = Route(h.two, take_second, "q2", h.close)  # type: ignore[arg-type]
+    h.receiver._swarrow_routes[2] = route_two
+    h.two.frames.put_nowait((0, commands.Basic.ConsumeOk("ctag2")))  # channel 2's reader is behind
+    stream = b"".join(delivery(1 + tag % 2, tag, b"b%d" % tag) for tag in range(1, 9))
+    h.reader.feed_data(stream)  # one read holds all eight
+    h.reader.feed_eof()
+    returned = await h.frames_until_eof()
+    assert [d.delivery_tag for d, _, _ in h.taken] == [2, 4, 6, 8]  # channel 1: taken, in order
+    assert second == []
+    assert returned == [(2, name) for _ in range(4) for name in ("Deliver", "ContentHeader", "ContentBody")]
+    h.two.frames.get_nowait()  # channel 2 caught up: its next delivery is taken again
+    reader = h.reader = h.receiver.reader = asyncio.StreamReader()
+    reader.feed_data(delivery(2, 9, b"b9") + delivery(1, 10, b"b10"))
+    reader.feed_eof()
+    assert await h.frames_until_eof() == []
+    assert second == [9] and [d.delivery_tag for d, _, _ in h.taken][-1] == 10
+
+
 async def test_a_delivery_for_a_channel_aiormq_no_longer_has_is_not_taken() -> None:
     h = Harness()
     del h.connection.channels[1]
