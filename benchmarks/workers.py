@@ -75,7 +75,8 @@ async def one_run(url: str, workers: int, messages: int, timeout: float) -> floa
                 await proc.wait()
         log.close()
         await connection.close()
-        await delete_queue(url, queue)
+        for name in (queue, f"{queue}.dead", *(f"{queue}.retry.{k}" for k in (1, 2, 3))):
+            await delete_queue(url, name)  # --declare made the retry and dead queues too
     return (messages - 1) / (last - first)
 
 

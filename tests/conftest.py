@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -103,6 +104,22 @@ async def amqp_broker(amqp_url: str, queue_name: str) -> AsyncIterator[AmqpBroke
     finally:
         await _delete_family(broker, queue_name)
         await broker.close()
+
+
+@pytest.fixture
+def delete_queue_family(amqp_url: str, queue_name: str) -> Iterator[str]:
+    """Sync tests declaring through the CLI: `queue_name`, its `.dead` and `.retry.k` queues deleted after."""
+    yield queue_name
+
+    async def delete() -> None:
+        broker = AmqpBroker(amqp_url)
+        await broker.connect()
+        try:
+            await _delete_family(broker, queue_name)
+        finally:
+            await broker.close()
+
+    asyncio.run(delete())
 
 
 @pytest.fixture

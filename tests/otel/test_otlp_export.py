@@ -69,8 +69,9 @@ def collector() -> Iterator[str]:
 
 
 def test_publish_and_consume_export_one_trace_over_otlp(
-    amqp_url: str, queue_name: str, collector: str
+    amqp_url: str, delete_queue_family: str, collector: str
 ) -> None:
+    queue_name = delete_queue_family
     env = {
         **os.environ, "PYTHONPATH": str(ROOT), "SWARROW_URL": amqp_url, "OTEL_TRACES_EXPORTER": "otlp",
         "OTEL_EXPORTER_OTLP_ENDPOINT": collector, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
@@ -82,22 +83,13 @@ def test_publish_and_consume_export_one_trace_over_otlp(
                               capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
         assert done.returncode == 0, done.stderr
 
-    try:
-        run("declare", "--queue", queue_name, service="setup")
-        run("publish", "--queue", queue_name, "--body", "hello", "--otel", service="web")
-        run("consume", "tests.rpc.callbacks:echo", "--queue", queue_name, "--otel", "--max-messages", "1",
-            service="worker")  # fmt: skip
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and len(_Receiver.spans) < 2:
-            time.sleep(0.05)
-    finally:
-        subprocess.run(
-            [*swarrow, "declare", "--queue", queue_name, "--no-retry"],
-            env=env,
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
+    run("declare", "--queue", queue_name, service="setup")
+    run("publish", "--queue", queue_name, "--body", "hello", "--otel", service="web")
+    run("consume", "tests.rpc.callbacks:echo", "--queue", queue_name, "--otel", "--max-messages", "1",
+        service="worker")  # fmt: skip
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(_Receiver.spans) < 2:
+        time.sleep(0.05)
     by_name = {span.name: (service, span) for service, span in _Receiver.spans}
     web, send = by_name[f"send {queue_name}"]
     worker, process = by_name[f"process {queue_name}"]

@@ -28,8 +28,10 @@ def _call(url: str, *args: str, stdin: bytes | None = None) -> subprocess.Comple
 
 
 @pytest.fixture
-def worker(amqp_url: str, queue_name: str, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A `swarrow consume` worker on `queue_name` running the callback named by the test's param."""
+def worker(amqp_url: str, delete_queue_family: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A `swarrow consume` worker on its own queue (deleted after, with its retry and dead queues) running the
+    callback named by the test's param."""
+    queue_name = delete_queue_family
     callback = getattr(request, "param", "echo")
     process = subprocess.Popen(
         [*SWARROW, "consume", f"tests.rpc.callbacks:{callback}", "--queue", queue_name, "--declare",
