@@ -382,6 +382,18 @@ class DeadConnectionChannel(FakeChannel):
         await self.write_queue.put(("reject", tag, requeue))
 
 
+async def _consuming_on_a_dead_connection(
+    count: int,
+) -> tuple[AmqpMessageProvider, DeadConnectionChannel, list[Message]]:
+    """A provider consuming on a `DeadConnectionChannel`, `count` deliveries taken."""
+    provider = AmqpMessageProvider(URL, "q", prefetch=100, ack_batch_size=100)
+    channel = DeadConnectionChannel()
+    provider._channel = FakeRobustChannel(channel)  # type: ignore[assignment]
+    provider._wanted = True
+    await provider._consume()
+    return provider, channel, _deliver(provider, channel, count)  # type: ignore[arg-type]
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("settlement", ["rejected", "flushed"])
 async def test_a_write_into_a_dead_connections_queue_gives_up_when_the_channel_closes(
@@ -390,12 +402,7 @@ async def test_a_write_into_a_dead_connections_queue_gives_up_when_the_channel_c
     # The settle lock was held forever by a write waiting for room in a queue nobody drains any more,
     # and every later settlement waited behind it (attack, session 9: 4 of 9 forced-close runs, there
     # with rejects of undecodable deliveries written from tasks, a path since removed).
-    provider = AmqpMessageProvider(URL, "q", prefetch=100, ack_batch_size=100)
-    channel = DeadConnectionChannel()
-    provider._channel = FakeRobustChannel(channel)  # type: ignore[assignment]
-    provider._wanted = True
-    await provider._consume()
-    messages = _deliver(provider, channel, 3)  # type: ignore[arg-type]
+    provider, channel, messages = await _consuming_on_a_dead_connection(3)
     if settlement == "rejected":
         asyncio.get_running_loop().create_task(provider.reject(messages[0]))
     else:
@@ -412,12 +419,7 @@ async def test_a_write_into_a_dead_connections_queue_gives_up_when_the_channel_c
 
 @pytest.mark.anyio
 async def test_a_settlement_cancelled_while_its_write_waits_leaves_no_write_pending() -> None:
-    provider = AmqpMessageProvider(URL, "q", prefetch=100, ack_batch_size=100)
-    channel = DeadConnectionChannel()
-    provider._channel = FakeRobustChannel(channel)  # type: ignore[assignment]
-    provider._wanted = True
-    await provider._consume()
-    messages = _deliver(provider, channel, 1)  # type: ignore[arg-type]
+    provider, _, messages = await _consuming_on_a_dead_connection(1)
     before = asyncio.all_tasks()
     rejecting = asyncio.get_running_loop().create_task(provider.reject(messages[0]))
     await asyncio.sleep(0.01)

@@ -14,13 +14,21 @@ import aiormq.abc
 from swarrow.amqp._errors import CHANNEL_GONE
 from swarrow.message import Message
 
-__all__ = ["SLOW_HEAD_ACK_AFTER", "AckTracker", "Settlement", "written"]
+__all__ = ["SLOW_HEAD_ACK_AFTER", "AckTracker", "Settlement", "write_queue_of", "written"]
 
 logger = logging.getLogger(__name__)
 
 # Seconds between two looks at the finished deliveries stuck behind an unfinished head; one still
 # stuck at the next look is acked singly, so none stays unacked more than twice this after it finished.
 SLOW_HEAD_ACK_AFTER = 0.5
+
+
+def write_queue_of(underlay: aiormq.abc.AbstractChannel) -> asyncio.Queue[object] | None:
+    """aiormq 7's bounded frame-write queue behind a channel (a private attribute), or None where it is
+    not one: `written` then awaits writes unguarded. `tests/integration/test_fastpath_rabbitmq.py`
+    checks it is found on the installed aiormq."""
+    queue = getattr(underlay, "write_queue", None)
+    return queue if isinstance(queue, asyncio.Queue) else None
 
 
 async def written(underlay: aiormq.abc.AbstractChannel, write: Awaitable[None]) -> None:
@@ -32,8 +40,8 @@ async def written(underlay: aiormq.abc.AbstractChannel, write: Awaitable[None]) 
     with forced closes during rejects). With room (always, but for a stuck or dead connection) the
     frame is queued without waiting, as before.
     """
-    queue = getattr(underlay, "write_queue", None)
-    if not isinstance(queue, asyncio.Queue) or not queue.full():
+    queue = write_queue_of(underlay)
+    if queue is None or not queue.full():
         await write
         return
     task = asyncio.ensure_future(write)

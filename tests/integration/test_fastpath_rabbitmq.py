@@ -14,6 +14,7 @@ from pamqp.body import ContentBody
 from pamqp.commands import Basic
 
 from swarrow.amqp import AmqpBroker, AmqpMessageProvider
+from swarrow.amqp.acks import write_queue_of
 from swarrow.amqp.fastpath import SUPPORTED, is_inline
 from swarrow.amqp.intake import BulkFrameReceiver, _reader_frame_receiver
 from swarrow.message import Message
@@ -49,6 +50,9 @@ async def test_both_tricks_are_active_on_the_installed_aiormq(
         assert underlay is not None
         assert underlay.frames.maxsize == 0  # type: ignore[attr-defined]
         assert is_inline(underlay)
+        # Settlement writes are guarded against a dead connection's full write queue (acks.written).
+        write_queue = write_queue_of(underlay)
+        assert write_queue is not None and write_queue.maxsize > 0
         bodies = [(await _receive(provider)).body for _ in range(4)]
         assert bodies == [b"", b"small", big, huge]
         assert provider.slow_deliveries == 0  # each came through the reader-side handler, none the slow way

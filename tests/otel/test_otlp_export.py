@@ -7,7 +7,6 @@ opentelemetry-proto.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import socket
@@ -46,15 +45,6 @@ class _Receiver(BaseHTTPRequestHandler):
 
     def log_message(self, *args: Any) -> None:
         return
-
-
-async def _delete(url: str, queue: str) -> None:
-    from swarrow.amqp import AmqpBroker
-
-    broker = AmqpBroker(url)
-    for name in (queue, f"{queue}.dead", *(f"{queue}.retry.{k}" for k in (1, 2, 3))):
-        await broker.delete_queue(name)
-    await broker.close()
 
 
 @pytest.fixture
@@ -102,8 +92,9 @@ def test_publish_and_consume_export_one_trace_over_otlp(
 
 
 def test_call_otel_puts_the_request_the_worker_and_its_reply_in_one_trace(
-    amqp_url: str, queue_name: str, collector: str
+    amqp_url: str, delete_queue_family: str, collector: str
 ) -> None:
+    queue_name = delete_queue_family
     env = {
         **os.environ, "PYTHONPATH": str(ROOT), "SWARROW_URL": amqp_url, "OTEL_TRACES_EXPORTER": "otlp",
         "OTEL_EXPORTER_OTLP_ENDPOINT": collector, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
@@ -127,7 +118,6 @@ def test_call_otel_puts_the_request_the_worker_and_its_reply_in_one_trace(
         if worker.poll() is None:
             worker.kill()
             worker.wait()
-        asyncio.run(_delete(amqp_url, queue_name))
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and len(_Receiver.spans) < 3:
         time.sleep(0.05)
@@ -166,59 +156,56 @@ def hanging_collector() -> Iterator[str]:
 
 
 def test_a_hanging_otlp_endpoint_delays_the_exit_by_the_flush_budget_only(
-    amqp_url: str, queue_name: str, hanging_collector: str
+    amqp_url: str, delete_queue_family: str, hanging_collector: str
 ) -> None:
+    queue_name = delete_queue_family
     env = {
         **os.environ, "PYTHONPATH": str(ROOT), "SWARROW_URL": amqp_url, "OTEL_TRACES_EXPORTER": "otlp",
         "OTEL_EXPORTER_OTLP_ENDPOINT": hanging_collector, "OTEL_BSP_EXPORT_TIMEOUT": "1000",
     }  # fmt: skip
     swarrow = [sys.executable, "-m", "swarrow"]
     subprocess.run([*swarrow, "declare", "--queue", queue_name], env=env, check=True, capture_output=True)
-    try:
-        subprocess.run([*swarrow, "publish", "--queue", queue_name, "--body", "x", "--count", "20"],
-                       env=env, check=True, capture_output=True)  # fmt: skip
-        worker = subprocess.Popen(
-            [*swarrow, "consume", "tests.rpc.callbacks:echo", "--queue", queue_name, "--otel",
-             "--max-messages", "20"],
-            env=env, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        assert worker.stderr is not None
-        stopped = None
-        for line in worker.stderr:
-            if "consumer of" in line and "stopped" in line:
-                stopped = time.monotonic()
-                break
-        assert stopped is not None, "the consumer never stopped"
-        code = worker.wait(timeout=60)
-        waited = time.monotonic() - stopped
-    finally:
-        asyncio.run(_delete(amqp_url, queue_name))
+    subprocess.run([*swarrow, "publish", "--queue", queue_name, "--body", "x", "--count", "20"],
+                   env=env, check=True, capture_output=True)  # fmt: skip
+    worker = subprocess.Popen(
+        [*swarrow, "consume", "tests.rpc.callbacks:echo", "--queue", queue_name, "--otel",
+         "--max-messages", "20"],
+        env=env, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert worker.stderr is not None
+    stopped = None
+    for line in worker.stderr:
+        if "consumer of" in line and "stopped" in line:
+            stopped = time.monotonic()
+            break
+    assert stopped is not None, "the consumer never stopped"
+    code = worker.wait(timeout=60)
+    waited = time.monotonic() - stopped
     assert code == 0
     # Spans not exported within OTEL_BSP_EXPORT_TIMEOUT are given up: before, 10 s (the OTLP request's
     # own timeout) per batch left, 30 s for 3,000 spans.
     assert waited < 4, f"{waited:.1f}s from the stop to the exit"
 
 
-def test_console_spans_never_mix_with_the_ids_publish_prints(amqp_url: str, queue_name: str) -> None:
+def test_console_spans_never_mix_with_the_ids_publish_prints(amqp_url: str, delete_queue_family: str) -> None:
+    queue_name = delete_queue_family
     # `swarrow publish --print-ids | swarrow jobs status -` must read ids only, tracing or not.
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SWARROW_URL": amqp_url, "OTEL_TRACES_EXPORTER": "console"}
     swarrow = [sys.executable, "-m", "swarrow"]
     subprocess.run([*swarrow, "declare", "--queue", queue_name], env=env, check=True, capture_output=True)
-    try:
-        done = subprocess.run(
-            [*swarrow, "publish", "--queue", queue_name, "--body", "x", "--count", "3", "--print-ids",
-             "--otel"],
-            env=env, capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
-    finally:
-        asyncio.run(_delete(amqp_url, queue_name))
+    done = subprocess.run(
+        [*swarrow, "publish", "--queue", queue_name, "--body", "x", "--count", "3", "--print-ids",
+         "--otel"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
     ids = done.stdout.split()
     assert len(ids) == 3 and all(len(i) >= 8 and "{" not in i for i in ids), done.stdout[:500]
     assert f'"name": "send {queue_name}"' in done.stderr, "the spans go to stderr"
 
 
-def test_dead_replay_otel_traces_each_copy(amqp_url: str, queue_name: str) -> None:
+def test_dead_replay_otel_traces_each_copy(amqp_url: str, delete_queue_family: str) -> None:
+    queue_name = delete_queue_family
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SWARROW_URL": amqp_url, "OTEL_TRACES_EXPORTER": "console"}
     swarrow = [sys.executable, "-m", "swarrow"]
 
@@ -227,16 +214,13 @@ def test_dead_replay_otel_traces_each_copy(amqp_url: str, queue_name: str) -> No
             [*swarrow, *args], env=env, capture_output=True, text=True, timeout=60, check=False
         )
 
-    try:
-        assert run("declare", "--queue", queue_name).returncode == 0
-        assert run("publish", "--queue", queue_name, "--body", "x", "--otel").returncode == 0
-        consumed = run("consume", "tests.rpc.callbacks:refuse", "--queue", queue_name, "--otel",
-                       "--max-messages", "1")  # fmt: skip
-        assert consumed.returncode == 0, consumed.stderr
-        traced = [line for line in consumed.stdout.splitlines() if '"trace_id"' in line]
-        replayed = run("dead", "replay", "--queue", queue_name, "--otel", "--json")
-    finally:
-        asyncio.run(_delete(amqp_url, queue_name))
+    assert run("declare", "--queue", queue_name).returncode == 0
+    assert run("publish", "--queue", queue_name, "--body", "x", "--otel").returncode == 0
+    consumed = run("consume", "tests.rpc.callbacks:refuse", "--queue", queue_name, "--otel",
+                   "--max-messages", "1")  # fmt: skip
+    assert consumed.returncode == 0, consumed.stderr
+    traced = [line for line in consumed.stdout.splitlines() if '"trace_id"' in line]
+    replayed = run("dead", "replay", "--queue", queue_name, "--otel", "--json")
     assert replayed.returncode == 0, replayed.stderr
     assert '"replayed": 1' in replayed.stdout.replace(" ", "").replace('":1', '": 1'), replayed.stdout
     assert f'"name": "send {queue_name}"' in replayed.stderr and "SpanKind.PRODUCER" in replayed.stderr
@@ -245,8 +229,9 @@ def test_dead_replay_otel_traces_each_copy(amqp_url: str, queue_name: str) -> No
 
 
 def test_a_pools_workers_trace_each_message_in_the_publishers_trace(
-    amqp_url: str, queue_name: str, collector: str
+    amqp_url: str, delete_queue_family: str, collector: str
 ) -> None:
+    queue_name = delete_queue_family
     port = _free_port()
     env = {
         **os.environ, "PYTHONPATH": str(ROOT), "SWARROW_URL": amqp_url, "OTEL_TRACES_EXPORTER": "otlp",
@@ -255,23 +240,20 @@ def test_a_pools_workers_trace_each_message_in_the_publishers_trace(
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     swarrow = [sys.executable, "-m", "swarrow"]
     subprocess.run([*swarrow, "declare", "--queue", queue_name], env=env, check=True, capture_output=True)
+    subprocess.run([*swarrow, "publish", "--queue", queue_name, "--body", "x", "--count", "4", "--otel"],
+                   env={**env, "OTEL_SERVICE_NAME": "web"}, check=True, capture_output=True)  # fmt: skip
+    pool = subprocess.Popen(
+        [*swarrow, "consume", "tests.rpc.callbacks:echo", "--queue", queue_name, "--otel",
+         "--workers", "2", "--metrics-addr", f"127.0.0.1:{port}"],
+        env={**env, "OTEL_SERVICE_NAME": "pool"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
     try:
-        subprocess.run([*swarrow, "publish", "--queue", queue_name, "--body", "x", "--count", "4", "--otel"],
-                       env={**env, "OTEL_SERVICE_NAME": "web"}, check=True, capture_output=True)  # fmt: skip
-        pool = subprocess.Popen(
-            [*swarrow, "consume", "tests.rpc.callbacks:echo", "--queue", queue_name, "--otel",
-             "--workers", "2", "--metrics-addr", f"127.0.0.1:{port}"],
-            env={**env, "OTEL_SERVICE_NAME": "pool"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and len(_processed(queue_name)) < 4:
-                time.sleep(0.05)
-        finally:
-            pool.send_signal(signal.SIGTERM)
-            assert pool.wait(timeout=30) == 0
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(_processed(queue_name)) < 4:
+            time.sleep(0.05)
     finally:
-        asyncio.run(_delete(amqp_url, queue_name))
+        pool.send_signal(signal.SIGTERM)
+        assert pool.wait(timeout=30) == 0
     sends = {span.span_id: span for _, span in _Receiver.spans if span.name == f"send {queue_name}"}
     processed = _processed(queue_name)
     assert len(processed) == 4 and len(sends) == 4
@@ -302,13 +284,14 @@ class _AuthReceiver(_Receiver):
 
 @pytest.mark.parametrize("variable", ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"])
 def test_an_otlp_endpoint_password_holding_slash_hash_question_mark_is_sent_and_never_printed(
-    amqp_url: str, queue_name: str, variable: str
+    amqp_url: str, delete_queue_family: str, variable: str
 ) -> None:
     """The password runs to the last `@`, as in broker URLs: sent as Basic auth, absent from the output.
 
     Before: the exporter cut the URL at the `#` and logged "Failed to parse: 'otel:Zq' is not a valid
     host or port" at every export (the password's start), and no span arrived.
     """
+    queue_name = delete_queue_family
     import base64
 
     _Receiver.spans, _AuthReceiver.authorizations = [], []
@@ -333,7 +316,6 @@ def test_an_otlp_endpoint_password_holding_slash_hash_question_mark_is_sent_and_
     finally:
         server.shutdown()
         server.server_close()
-        asyncio.run(_delete(amqp_url, queue_name))
     assert done.returncode == 0, done.stderr
     output = done.stdout + done.stderr
     assert "Zq" not in output and "7#x" not in output, output
