@@ -128,10 +128,13 @@ def main(argv: list[str]) -> int:
 
 
 def _step(counter: str, steps: list[str]) -> int:
-    # Starts are sequential in a one-worker pool: a plain read-then-write count is enough.
+    # Starts are sequential in a one-worker pool: a plain read-then-write count is enough, but the test
+    # polls the file while a worker writes it, so the new count replaces the file whole (never seen empty).
     path = Path(counter)
     start = int(path.read_text()) if path.exists() else 0
-    path.write_text(str(start + 1))
+    fresh = path.with_name(f"{path.name}.{os.getpid()}")
+    fresh.write_text(str(start + 1))
+    os.replace(fresh, path)
     kind, _, value = steps[min(start, len(steps) - 1)].partition(":")
     _append(EVENTS_ENV, f"step {start} {kind}:{value} {os.getpid()}")
     if kind == "exit":
