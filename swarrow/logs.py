@@ -109,7 +109,7 @@ class JsonFormatter(logging.Formatter):
         self, created: float, levelname: str, name: str, message: str, pid: int | None
     ) -> dict[str, Any]:
         """The keys every line starts with (shared with `DirectLines`, which has no record)."""
-        if "@" in message or "=" in message:  # a library quoting a URL with its password
+        if "@" in message or "=" in message or ":" in message:  # a library quoting a URL with its password
             message = mask_text(message)
         return {
             "time": self._time(created),
@@ -139,7 +139,7 @@ class JsonFormatter(logging.Formatter):
 def _masked(value: Any) -> Any:
     """A text field with a URL's password or a credential parameter masked (a producer's message id, a
     routing key, a logged body); anything else as it is."""
-    if type(value) is str and ("@" in value or "=" in value):
+    if type(value) is str and ("@" in value or "=" in value or ":" in value):
         return mask_text(value)
     return value
 
@@ -194,7 +194,7 @@ class TextFormatter(logging.Formatter):
         middle = self._middles.get(key)
         if middle is None:
             middle = self._middle(key)
-        if "@" in message or "=" in message:
+        if "@" in message or "=" in message or ":" in message:
             message = mask_text(message)
         if not message.isprintable():
             message = message.translate(_TEXT_ESCAPES)

@@ -54,6 +54,28 @@ _SECRET_QUERY_PARAM: Final = re.compile(
 )
 # A `password=` (or `sslpassword=`) parameter of a query string or a `--flag=value`, any case.
 _PASSWORD_PARAM: Final = re.compile(r"((?:^|[?&;=\s-])[a-z_]*password=)([^&#;\s]*)", re.IGNORECASE)
+# Words that name a credential in free text; only a line holding one of them is searched further.
+_SECRET_HINT: Final = re.compile(
+    r"passw|pwd|secret|token|api.?key|access.?key|private.?key|bearer|authoriz|credential", re.IGNORECASE
+)
+# `name: value`, `name = value` or `name=value` in free text, where the name ends with a credential word
+# (`password: x`, `client_secret = x`, `token=x`, `X-Api-Key: x`). `tokens=5`, `token_file=…` and a
+# routing `key=…` are left alone: the word must end the name.
+_SECRET_FIELD: Final = re.compile(
+    r"((?<![\w.-])[\w.-]*(?:passw(?:or)?d|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|private[_-]?key"
+    r"|credentials?)(?![\w.-])['\"]?\s*[:=]\s*(?:(?:bearer|basic|token)\s+)?)('[^']*'|\"[^\"]*\"|[^\s&#;,'\"]+)",
+    re.IGNORECASE,
+)
+# An HTTP `Authorization: <scheme> <credentials>` header, or a bare `Bearer <token>`.
+_AUTHORIZATION: Final = re.compile(
+    r"((?:authorization|proxy-authorization)['\"]?\s*[:=]\s*['\"]?(?:\w+\s+)?|\bbearer\s+)[^\s,;'\"]+",
+    re.IGNORECASE,
+)
+# A `--password VALUE` (or `--token`, `--client-secret` …) flag followed by its value as the next word.
+_SECRET_FLAG: Final = re.compile(
+    r"((?<!\S)--?[\w-]*(?:passw(?:or)?d|secret|token|api-?key)\s+)(?!-)\S+", re.IGNORECASE
+)
+_SECRET_FLAG_NAME: Final = re.compile(r"--?[\w-]*(?:passw(?:or)?d|secret|token|api-?key)", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,9 +240,22 @@ def mask_text(text: str) -> str:
         text = _SECRET_QUERY_PARAM.sub(_mask_query_value, text)
         if "assw" in text.lower():
             text = _PASSWORD_PARAM.sub(r"\1***", text)
+    if _SECRET_HINT.search(text):
+        # The shapes of free text: `password: x`, `token = x`, `Authorization: Bearer x`, `--secret x`.
+        text = _SECRET_FIELD.sub(_mask_field, text)
+        text = _AUTHORIZATION.sub(r"\1***", text)
+        text = _SECRET_FLAG.sub(r"\1***", text)
     if "@" not in text:
         return text
     return _CREDENTIALS_IN_TEXT.sub(lambda m: f"{m['head']}:{_MASK}@", text)
+
+
+def _mask_field(match: re.Match[str]) -> str:
+    name, value = match[1], match[2]
+    if name.rstrip(" \t:='\"").lower().endswith(("file", "path", "dir")):
+        return match[0]
+    quote = value[0] if value[0] in "'\"" else ""  # a quoted value stays quoted: `"password": "***"`
+    return f"{name}{quote}{_MASK}{quote}"
 
 
 def _mask_query_value(match: re.Match[str]) -> str:
@@ -231,12 +266,15 @@ def _mask_query_value(match: re.Match[str]) -> str:
 
 
 def mask_argv(argv: Iterable[str]) -> list[str]:
-    """A command line safe to log: every URL password masked (`--url=…` too), and `password=` parameters.
+    """A command line safe to log: every URL password masked (`--url=…` too), `password=` parameters, and
+    the value after a `--password`, `--token`, `--…-secret` or `--api-key` flag.
 
     (`--track-jobs 'postgresql://h/db?user=u&password=…'` carries its password in the query string.)
     """
-    masked = []
+    masked: list[str] = []
     for arg in argv:
+        if masked and _SECRET_FLAG_NAME.fullmatch(masked[-1]) and not arg.startswith("-"):
+            arg = _MASK  # the value of `--password VALUE`, `--token VALUE`
         if ":" in arg.rpartition("@")[0]:
             arg = mask_url(arg)
         if "password" in arg.lower():
