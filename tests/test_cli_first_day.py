@@ -552,3 +552,31 @@ def test_json_log_lines_of_the_cli_carry_pid_and_host(memory: tuple[str, MemoryB
     message = next(e for e in entries if e.get("message_id") == "m-1")
     assert message["pid"] == os.getpid() and message["host"] == socket.gethostname()
     assert message["attempt"] == 1
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["publish", "--queue", "q", "-"],
+        ["publish", "--queue", "q", "--file", "-"],
+        ["call", "--queue", "q", "-"],
+    ],
+)
+def test_a_body_from_a_closed_stdin_is_a_usage_error_not_an_empty_message(command: list[str]) -> None:
+    # `swarrow publish -` with stdin closed (`<&-`, a cron job, a service without input) published an empty
+    # message the caller never gave: nothing is sent now, and the error says why (before any connection).
+    ran = subprocess.run(
+        [sys.executable, "-m", "swarrow", *command, "--url", "memory://closed-stdin"],
+        capture_output=True, text=True, preexec_fn=lambda: os.close(0), timeout=60,
+    )  # fmt: skip
+    assert ran.returncode == 2, ran.stderr
+    assert "stdin" in ran.stderr and "closed" in ran.stderr
+
+
+def test_an_empty_pipe_is_still_an_empty_body() -> None:
+    ran = subprocess.run(
+        [sys.executable, "-m", "swarrow", "publish", "--queue", "nowhere", "-", "--url", "memory://empty-pipe"],
+        input="", capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    # Read as an empty body, the command goes on to the broker (which has no such queue here).
+    assert "closed" not in ran.stderr and "queue 'nowhere' does not exist" in ran.stderr

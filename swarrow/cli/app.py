@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import click
 
 from swarrow import __version__
+from swarrow.cli import bootstrap
 
 __all__ = ["cli", "main"]
 
@@ -50,6 +51,8 @@ def _reserve_standard_descriptors() -> None:
         try:
             os.fstat(fd)
         except OSError:
+            if fd == 0:
+                bootstrap.stdin_was_closed = True  # `publish -` must not read it as an empty body
             null = os.open(os.devnull, os.O_RDWR)
             if null != fd:
                 os.dup2(null, fd)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import anyio
 
@@ -19,6 +20,7 @@ __all__ = [
     "Connected",
     "configure_cli_logging",
     "connected",
+    "read_body",
     "run_anyio",
     "then_ignore_stop_signals",
 ]
@@ -26,6 +28,31 @@ __all__ = [
 T = TypeVar("T")
 
 logger = logging.getLogger("swarrow.cli")
+
+#: Set by `swarrow.cli.app` when the process started with descriptor 0 closed (`<&-`); it is /dev/null since.
+stdin_was_closed = False
+
+
+def read_body(file: IO[bytes] | None) -> bytes:
+    """The message body from `--file FILE` or, when `file` is None or `--file -`, from stdin.
+
+    Why: a closed stdin reads as empty (the CLI points it at /dev/null), and publishing an empty body the
+    caller never gave loses what they meant to send; an empty pipe (`printf '' |`) is still an empty body.
+    """
+    if file is None or _is_stdin(file):
+        if stdin_was_closed:
+            raise CliError(
+                "cannot read the body from stdin: it is closed (give --body, --file or a pipe)", EXIT_USAGE
+            )
+        return sys.stdin.buffer.read() if file is None else file.read()
+    return file.read()
+
+
+def _is_stdin(file: IO[bytes]) -> bool:
+    try:
+        return file.fileno() == 0
+    except (OSError, ValueError):  # an in-memory file has no descriptor
+        return False
 
 
 def configure_cli_logging(level: str, fmt: str) -> None:

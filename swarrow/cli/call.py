@@ -9,7 +9,7 @@ from typing import IO
 
 import click
 
-from swarrow.cli.bootstrap import connected, run_anyio
+from swarrow.cli.bootstrap import connected, read_body, run_anyio
 from swarrow.cli.errors import CliError, fail
 from swarrow.cli.help import ENV_EPILOG, ManCommand, option
 from swarrow.cli.params import Duration, Header, url_option
@@ -104,12 +104,7 @@ def call(
         raise click.UsageError(
             "give the request body with exactly one of --body TEXT, --file FILE or - (stdin)"
         )
-    if body is not None:
-        payload = body.encode()
-    elif file is not None:
-        payload = file.read()
-    else:
-        payload = sys.stdin.buffer.read()
+    payload = body.encode() if body is not None else read_body(file)
     sdk = None
     try:
         if otel:

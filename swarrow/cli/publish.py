@@ -9,7 +9,7 @@ from typing import IO, Final
 
 import click
 
-from swarrow.cli.bootstrap import run_anyio
+from swarrow.cli.bootstrap import read_body, run_anyio
 from swarrow.cli.errors import CliError, fail
 from swarrow.cli.help import ENV_EPILOG, ManCommand, exit_epilog, option
 from swarrow.cli.params import Duration, Header, url_option
@@ -265,12 +265,7 @@ def publish(
         raise click.BadParameter(f"only '-' (stdin) is accepted here, got {stdin!r}", param_hint="[-]")
     if len(sources) != 1:
         raise click.UsageError("give the body with exactly one of --body TEXT, --file FILE or - (stdin)")
-    if body is not None:
-        payload = body.encode()
-    elif file is not None:
-        payload = file.read()
-    else:
-        payload = sys.stdin.buffer.read()
+    payload = body.encode() if body is not None else read_body(file)
     template = Message(
         payload,
         headers=dict(headers),
