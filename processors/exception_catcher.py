@@ -7,7 +7,7 @@ import logging
 from swarrow.message import Message
 from swarrow.outcome import record_error
 from swarrow.processor import Processor
-from swarrow.topology import MAX_ERROR_MESSAGE, qualified_name
+from swarrow.topology import error_text, qualified_name
 
 __all__ = ["ExceptionCatcherProcessor"]
 
@@ -31,7 +31,7 @@ class ExceptionCatcherProcessor:
         try:
             return await self.inner(message)
         except Exception as exc:
-            record_error(qualified_name(exc), str(exc)[:MAX_ERROR_MESSAGE])  # for the job tracker outside
+            record_error(qualified_name(exc), error_text(str(exc)))  # for the job tracker outside
             if getattr(exc, "leave_unsettled", False):  # a stop, not a failure: said once, no traceback
                 self.logger.warning("message %s from %s left unacked for redelivery: %s", message.message_id,
                                     message.queue, exc, extra={"queue": message.queue,

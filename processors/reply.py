@@ -31,7 +31,7 @@ from swarrow.publishable import check_publishable
 from swarrow.publisher import Publisher
 from swarrow.rpc.deadline import request_deadline
 from swarrow.rpc.values import ReplyBody, UnencodableValue, encode_value
-from swarrow.topology import ERROR_MESSAGE_HEADER, ERROR_TYPE_HEADER, MAX_ERROR_MESSAGE, qualified_name
+from swarrow.topology import ERROR_MESSAGE_HEADER, ERROR_TYPE_HEADER, error_text, qualified_name
 from swarrow.validation import require_seconds
 
 __all__ = ["ReplyProcessor"]
@@ -139,7 +139,7 @@ class ReplyProcessor:
         error_type, error_message = error
         headers: dict[str, Any] = {
             ERROR_TYPE_HEADER: error_type,
-            ERROR_MESSAGE_HEADER: error_message[:MAX_ERROR_MESSAGE],
+            ERROR_MESSAGE_HEADER: error_text(error_message),
         }
         await self._publish(message, ReplyBody(b"", None, headers), "error")
 

@@ -15,17 +15,18 @@ from swarrow.swarrot import SWARROT_ATTEMPTS_HEADER, RetryTopologyName, SwarrotT
 from swarrow.topology import (
     ERROR_MESSAGE_HEADER,
     ERROR_TYPE_HEADER,
-    MAX_ERROR_MESSAGE,
     RETRY_ATTEMPT_HEADER,
     RetryTopology,
     dead_letter_headers,
     dead_letter_queue_name,
+    error_text,
     exponential_delays,
     qualified_name,
     republish_copy,
     retry_queue_name,
 )
 from swarrow.units import format_duration
+from swarrow.urls import mask_text
 from swarrow.validation import require_int, require_seconds
 
 __all__ = ["RepublishFailed", "RetryProcessor"]
@@ -38,7 +39,7 @@ MAX_LOGGED_ERROR = 200
 
 def _short(exc: BaseException) -> str:
     """`Type: message`, the message cut to MAX_LOGGED_ERROR characters with control characters escaped."""
-    text = str(exc)
+    text = mask_text(str(exc)[: 2 * MAX_LOGGED_ERROR])  # masked before it is cut: no half password
     cut = len(text) > MAX_LOGGED_ERROR
     text = text[:MAX_LOGGED_ERROR]
     if not text.isprintable():  # a newline or escape code from a producer must not forge log lines
@@ -160,7 +161,7 @@ class RetryProcessor:
                 copy = republish_copy(message, counts)
                 await self._publish(message, copy, self._retry_target(message.queue, attempt))
                 record_outcome(RETRIED)
-                record_error(qualified_name(exc), str(exc)[:MAX_ERROR_MESSAGE])
+                record_error(qualified_name(exc), error_text(str(exc)))
                 extra["error_type"] = type(exc).__name__
                 # The traceback only at DEBUG: an expected failure (an API down) must not flood the log.
                 logger.warning("message %s failed on attempt %d (%s); retry %d of %d in %s",

@@ -41,6 +41,7 @@ __all__ = [
     "RetryTopology",
     "dead_letter_headers",
     "dead_letter_queue_name",
+    "error_text",
     "exponential_delays",
     "fit_copy",
     "header_count",
@@ -103,13 +104,21 @@ def qualified_name(error: type[BaseException] | BaseException) -> str:
     return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
 
 
+def error_text(text: str) -> str:
+    """An error's text as swarrow stores or sends it (header, job store, RPC reply): masked, then cut.
+
+    Masked before it is cut, so a cut cannot leave half a password unrecognised (`…//u:S3cr`).
+    """
+    return mask_text(text[: 2 * MAX_ERROR_MESSAGE])[:MAX_ERROR_MESSAGE]
+
+
 def dead_letter_headers(error_type: str, error_message: str, *, attempts: int, queue: str) -> dict[str, Any]:
     """The headers a dead-lettered copy carries: why, how many tries, when, and from where."""
     return {
         ERROR_TYPE_HEADER: error_type,
         # Escaped if not UTF-8 (a lone surrogate from a decoded body): the copy could never be sent.
         # Masked as a log line is: the letter sits on the broker and `swarrow dead show` prints it.
-        ERROR_MESSAGE_HEADER: _utf8(mask_text(error_message[: 2 * MAX_ERROR_MESSAGE])[:MAX_ERROR_MESSAGE]),
+        ERROR_MESSAGE_HEADER: _utf8(error_text(error_message)),
         ATTEMPTS_HEADER: attempts,
         FAILED_AT_HEADER: datetime.now(UTC).isoformat(),
         ORIGINAL_QUEUE_HEADER: queue,

@@ -20,6 +20,7 @@ from typing import Final
 from urllib.parse import quote, unquote
 
 from swarrow.errors import InvalidURLError
+from swarrow.secret_words import mask_named_secrets, names_a_secret_flag
 
 __all__ = [
     "DEFAULT_PORTS",
@@ -48,34 +49,11 @@ _CREDENTIALS_IN_TEXT: Final = re.compile(
 )
 _HOST_NAME: Final = re.compile(r"[\w-]+(\.[\w-]+)*\.?")
 # A query parameter named like a credential (token, api-key, secret, password, signature, auth …), any case.
-_SECRET_QUERY_PARAM: Final = re.compile(
-    r"([?&;][\w.-]*?(?:token|key|secret|passw(?:or)?d|pwd|signature|sig|auth|credential)[\w.-]*=)([^&#\s'\"]*)",
-    re.IGNORECASE,
-)
+# (Any parameter is matched, its name checked in Python: a backtracking pattern took seconds on a long name.)
+_QUERY_PARAM: Final = re.compile(r"([?&;][\w.-]++=)([^&#\s'\"]*+)")
+_CREDENTIAL_WORD: Final = re.compile(r"token|key|secret|passw(?:or)?d|pwd|signature|sig|auth|credential")
 # A `password=` (or `sslpassword=`) parameter of a query string or a `--flag=value`, any case.
 _PASSWORD_PARAM: Final = re.compile(r"((?:^|[?&;=\s-])[a-z_]*password=)([^&#;\s]*)", re.IGNORECASE)
-# Words that name a credential in free text; only a line holding one of them is searched further.
-_SECRET_HINT: Final = re.compile(
-    r"passw|pwd|secret|token|api.?key|access.?key|private.?key|bearer|authoriz|credential", re.IGNORECASE
-)
-# `name: value`, `name = value` or `name=value` in free text, where the name ends with a credential word
-# (`password: x`, `client_secret = x`, `token=x`, `X-Api-Key: x`). `tokens=5`, `token_file=…` and a
-# routing `key=…` are left alone: the word must end the name.
-_SECRET_FIELD: Final = re.compile(
-    r"((?<![\w.-])[\w.-]*(?:passw(?:or)?d|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|private[_-]?key"
-    r"|credentials?)(?![\w.-])['\"]?\s*[:=]\s*(?:(?:bearer|basic|token)\s+)?)('[^']*'|\"[^\"]*\"|[^\s&#;,'\"]+)",
-    re.IGNORECASE,
-)
-# An HTTP `Authorization: <scheme> <credentials>` header, or a bare `Bearer <token>`.
-_AUTHORIZATION: Final = re.compile(
-    r"((?:authorization|proxy-authorization)['\"]?\s*[:=]\s*['\"]?(?:\w+\s+)?|\bbearer\s+)[^\s,;'\"]+",
-    re.IGNORECASE,
-)
-# A `--password VALUE` (or `--token`, `--client-secret` …) flag followed by its value as the next word.
-_SECRET_FLAG: Final = re.compile(
-    r"((?<!\S)--?[\w-]*(?:passw(?:or)?d|secret|token|api-?key)\s+)(?!-)\S+", re.IGNORECASE
-)
-_SECRET_FLAG_NAME: Final = re.compile(r"--?[\w-]*(?:passw(?:or)?d|secret|token|api-?key)", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +136,8 @@ class BrokerURL:
         userinfo = ""
         if self.username is not None or self.password is not None:
             userinfo = quote(self.username or "", safe="")
+            if self.password is None and not secret:
+                userinfo = _MASK  # a user alone: services that authenticate by token put it there
             if self.password is not None:
                 userinfo += ":" + (quote(self.password, safe="") if secret else _MASK)
             userinfo += "@"
@@ -234,33 +214,25 @@ def mask_text(text: str) -> str:
     In free text a URL ends at a blank or a quote; a password holding a blank is masked by
     `BrokerURL.scrub`, which knows it.
     """
+    # Free text first (`password="a b"` masked whole): `password: x`, `Authorization: Bearer x`, `--token x`.
+    text = mask_named_secrets(text)
     if "=" in text:
         # An OTLP endpoint's `?api-key=…` (urllib3 quotes it at every retry), `&token=…` without
         # its `?`, a `--password=…` flag.
-        text = _SECRET_QUERY_PARAM.sub(_mask_query_value, text)
+        if "?" in text or "&" in text or ";" in text:
+            text = _QUERY_PARAM.sub(_mask_query_value, text)
         if "assw" in text.lower():
             text = _PASSWORD_PARAM.sub(r"\1***", text)
-    if _SECRET_HINT.search(text):
-        # The shapes of free text: `password: x`, `token = x`, `Authorization: Bearer x`, `--secret x`.
-        text = _SECRET_FIELD.sub(_mask_field, text)
-        text = _AUTHORIZATION.sub(r"\1***", text)
-        text = _SECRET_FLAG.sub(r"\1***", text)
     if "@" not in text:
         return text
     return _CREDENTIALS_IN_TEXT.sub(lambda m: f"{m['head']}:{_MASK}@", text)
 
 
-def _mask_field(match: re.Match[str]) -> str:
-    name, value = match[1], match[2]
-    if name.rstrip(" \t:='\"").lower().endswith(("file", "path", "dir")):
-        return match[0]
-    quote = value[0] if value[0] in "'\"" else ""  # a quoted value stays quoted: `"password": "***"`
-    return f"{name}{quote}{_MASK}{quote}"
-
-
 def _mask_query_value(match: re.Match[str]) -> str:
     name = match[1]
-    if name[:-1].lower().endswith(("file", "path", "dir")):  # ?keyfile=/etc/tls/key.pem: a path, not a secret
+    lowered = name[:-1].lower()
+    # Not a credential's name, or `?keyfile=/etc/tls/key.pem`: a path, not a secret.
+    if not _CREDENTIAL_WORD.search(lowered) or lowered.endswith(("file", "path", "dir")):
         return match[0]
     return f"{name}{_MASK}"
 
@@ -273,8 +245,9 @@ def mask_argv(argv: Iterable[str]) -> list[str]:
     """
     masked: list[str] = []
     for arg in argv:
-        if masked and _SECRET_FLAG_NAME.fullmatch(masked[-1]) and not arg.startswith("-"):
+        if masked and names_a_secret_flag(masked[-1]) and not arg.startswith("-"):
             arg = _MASK  # the value of `--password VALUE`, `--token VALUE`
+        arg = mask_named_secrets(arg)  # `--token=VALUE`, `--client-secret=VALUE`
         if ":" in arg.rpartition("@")[0]:
             arg = mask_url(arg)
         if "password" in arg.lower():
@@ -332,7 +305,7 @@ def _merge(urls: Sequence[str]) -> BrokerURL:
 
 
 def _parse_one(url: str) -> BrokerURL:
-    shown = mask_url(url)
+    shown = mask_named_secrets(mask_url(url))  # `--url "token: …"` pasted by mistake
 
     def invalid(reason: str) -> InvalidURLError:
         return InvalidURLError(f"invalid broker URL {shown!r}: {reason}")

@@ -23,15 +23,17 @@ CHANNEL_GONE = (
 
 
 def scrub(text: str, url: str) -> str:
-    """Remove the password of `url` from an error text some libraries build from the URL."""
-    password = aio_pika.connection.make_url(url).password
-    return text.replace(password, "***") if password else text
+    """Remove the password of `url` (or its user, when it has no password: a token) from an error text."""
+    parsed = aio_pika.connection.make_url(url)
+    secret = parsed.password if parsed.password is not None else parsed.user
+    return text.replace(secret, "***") if secret else text
 
 
 def describe_connect_error(exc: BaseException, url: str) -> str:
     """Why the first connection failed, in words: a refused login or an unknown vhost, password scrubbed."""
     parts = urlsplit(url)
-    user = unquote(parts.username or "guest")
+    # A user without a password is how token-authenticated services are addressed: never shown.
+    user = unquote(parts.username or "guest") if parts.password is not None or not parts.username else "***"
     vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
     text = str(exc)
     # RabbitMQ answers Connection.Open for a vhost that does not exist, or one the user may not use,
