@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import quote, unquote
 
+from swarrow._secret_words import mask_named_secrets, names_a_secret_flag
 from swarrow.errors import InvalidURLError
-from swarrow.secret_words import mask_named_secrets, names_a_secret_flag
 
 __all__ = [
     "DEFAULT_PORTS",

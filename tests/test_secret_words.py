@@ -1,4 +1,4 @@
-"""Credentials written as free text (`swarrow.secret_words`, through `mask_text`): what an attack on the
+"""Credentials written as free text (`swarrow._secret_words`, through `mask_text`): what an attack on the
 first version printed, and the ordinary lines it mangled. Each case here was seen printed or mangled."""
 
 from __future__ import annotations
