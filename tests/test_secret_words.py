@@ -128,3 +128,50 @@ def test_a_user_alone_in_the_url_is_never_shown() -> None:
     refused = aiormq.exceptions.ProbableAuthenticationError("ACCESS_REFUSED for SECRETTOK")
     assert "SECRETTOK" not in describe_connect_error(refused, url)
     assert parse_url("amqp://app:pw@h/").masked == "amqp://app:***@h:5672/"  # a user beside a password stays
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        (
+            "DefaultEndpointsProtocol=https;AccountName=x;AccountKey=abc==;EndpointSuffix=core.windows.net",
+            "abc==",
+        ),
+        ("{'user': ['bob'], 'password': ['hunter2']}", "hunter2"),  # parse_qs's repr
+        ('{"token": {"access": "abc", "refresh": "def"}}', "abc"),
+        ('secret = Secret("s3cr3t")', "s3cr3t"),
+        ("X-Auth-Token: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig", "eyJhbGci"),
+        ("spring.datasource.password=hunter2", "hunter2"),  # a dotted configuration key
+        ("config.api_key: abc1", "abc1"),
+        ("client_secret=Ab3)x9Qz", "x9Qz"),  # punctuation inside a generated secret
+        ("token=ab'cd", "cd"),
+        ("secret=ab,cd", "cd"),
+        ("passphrase=pp123", "pp123"),
+        ("run --api_key abc9 now", "abc9"),
+        ("--passphrase x7x", "x7x"),
+    ],
+)
+def test_the_shapes_a_second_attack_printed_are_masked(text: str, secret: str) -> None:
+    assert secret not in mask_text(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a-" * 50_000 + " token",  # names start only where a run starts: each start rescanned the run
+        " -" + "-" * 100_000 + "token",
+        ("-" + "a" * 50) * 1960 + "password",
+        "@" + "a" * 100_000,  # the URL pattern rescanned the text from every position
+        "@" + "a:b" * 33_333,
+    ],
+)
+def test_masking_a_long_hyphenated_or_url_like_text_takes_linear_time(text: str) -> None:
+    # 270-533 s and 10-34 s before (a 64 KB base64url body in an exception held a consumer 3.3 s a message).
+    started = time.perf_counter()
+    mask_text(text)
+    assert time.perf_counter() - started < 2.0
+
+
+def test_a_private_key_block_is_masked_without_a_name_beside_it() -> None:
+    text = "loaded key file:\n-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKC\n-----END RSA PRIVATE KEY-----"
+    assert "MIIEpAIBAAKC" not in mask_text(text)
