@@ -26,7 +26,6 @@ from swarrow.topology import (
     retry_queue_name,
 )
 from swarrow.units import format_duration
-from swarrow.urls import mask_text
 from swarrow.validation import require_int, require_seconds
 
 __all__ = ["RepublishFailed", "RetryProcessor"]
@@ -39,7 +38,7 @@ MAX_LOGGED_ERROR = 200
 
 def _short(exc: BaseException) -> str:
     """`Type: message`, the message cut to MAX_LOGGED_ERROR characters with control characters escaped."""
-    text = mask_text(str(exc)[: 2 * MAX_LOGGED_ERROR])  # masked before it is cut: no half password
+    text = error_text(str(exc), MAX_LOGGED_ERROR + 1)  # one more: whether it was cut
     cut = len(text) > MAX_LOGGED_ERROR
     text = text[:MAX_LOGGED_ERROR]
     if not text.isprintable():  # a newline or escape code from a producer must not forge log lines

@@ -27,20 +27,20 @@ _QUOTED: Final = r"""[bBrRuU]{0,2}(?:"(?:[^"\\]|\\.)*+"?|'(?:[^'\\]|\\.)*+'?)"""
 # `name: value`, `name = value`, `"name": "value"`, `name => value`, `db.password=value`; not `name == value`
 # (code). A name starts only where a run of name characters starts: from inside a run, each start
 # rescanned the run (quadratic: minutes on a 100 KB `a-a-a-…`).
+_CREDENTIAL_NAME: Final = (
+    r"passw(?:or)?d|passphrase|pwd|secret|token|api[_-]?key|(?:secret|access|private)[_-]?key|credentials?"
+)
+_SEPARATOR: Final = r"['\"]?[ \t]*(?:=>|[:=](?![=:]))"
 _FIELD: Final = re.compile(
-    r"(?<![\w.-])((?i:[\w.-]*?(?:passw(?:or)?d|passphrase|pwd|secret|token|api[_-]?key"
-    r"|(?:secret|access|private)[_-]?key|credentials?)))(?![\w-])"
-    r"(['\"]?[ \t]*(?:=>|[:=](?![=:]))[ \t]*(?i:(?:bearer|basic|token|digest)[ \t]+)?)"
+    rf"(?<![\w.-])((?i:[\w.-]*?(?:{_CREDENTIAL_NAME})))(?![\w-])"
+    rf"({_SEPARATOR}[ \t]*(?i:(?:bearer|basic|token|digest)[ \t]+)?)"
     r"(-----BEGIN[^\n]*+(?:\n(?!-----END)[^\n]*+)*+(?:\n-----END[^\n]*+)?"
     rf"|{_QUOTED}|\((?:[^()\n])*+\)?|\[[^\]\n]*+\]?|\{{[^}}\n]*+\}}?|[\w.]++\([^)\n]*+\)?"
     r"|[^\s'\"()\[\]{}&][^\s&]*+)"
 )
 # The same names and separators, searched in the lower-cased text first: a case-sensitive search costs a
 # fraction of `_FIELD`'s, and most lines with a hint word (`routing_key`, `key:…`) name no credential.
-_FIELD_GATE: Final = re.compile(
-    r"(?:passw(?:or)?d|passphrase|pwd|secret|token|api[_-]?key|(?:secret|access|private)[_-]?key|credentials?)"
-    r"(?![\w-])['\"]?[ \t]*(?:=>|[:=](?![=:]))"
-)
+_FIELD_GATE: Final = re.compile(rf"(?:{_CREDENTIAL_NAME})(?![\w-]){_SEPARATOR}")
 _AUTHORIZATION: Final = re.compile(
     r"(?<![\w-])((?:proxy-)?authorization['\"]?[ \t]*[:=][ \t]*['\"]?)(?:([\w-]++)[ \t]+)?([^\s,;'\"]++)",
     re.IGNORECASE,

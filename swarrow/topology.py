@@ -104,12 +104,13 @@ def qualified_name(error: type[BaseException] | BaseException) -> str:
     return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
 
 
-def error_text(text: str) -> str:
-    """An error's text as swarrow stores or sends it (header, job store, RPC reply): masked, then cut.
+def error_text(text: str, limit: int = MAX_ERROR_MESSAGE) -> str:
+    """An error's text as swarrow stores, sends or logs it (header, job store, RPC reply, retry warning):
+    masked, then cut to `limit` characters.
 
     Masked before it is cut, so a cut cannot leave half a password unrecognised (`…//u:S3cr`).
     """
-    return mask_text(text[: 2 * MAX_ERROR_MESSAGE])[:MAX_ERROR_MESSAGE]
+    return mask_text(text[: 2 * limit])[:limit]
 
 
 def dead_letter_headers(error_type: str, error_message: str, *, attempts: int, queue: str) -> dict[str, Any]:

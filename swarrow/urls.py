@@ -39,6 +39,9 @@ DEFAULT_PORTS: Final = {"amqp": 5672, "amqps": 5671}
 _SCHEMES: Final = (*DEFAULT_PORTS, "memory")
 _EXPECTED: Final = "the form is amqp://user:password@host:port/vhost, amqps://… or memory://NAME"
 _MASK: Final = "***"
+# A user given without a password that is scrubbed from error texts: a token, not a short name like `app`
+# whose every occurrence in a message would go.
+_TOKEN_MIN: Final = 8
 _SCHEME_PREFIX: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 # Where a second URL starts in a list written as one string ("amqp://…,amqp://…" or with ";").
 # Only where a run of blanks starts (from inside a long run, each start rescanned it: 53 s at 100 KB).
@@ -131,8 +134,11 @@ class BrokerURL:
         return tuple(self.node_url(node) for node in self.nodes)
 
     def scrub(self, text: str) -> str:
-        """`text` (an error from a client library, say) with this URL's password and any URL's masked."""
+        """`text` (an error from a client library, say) with this URL's password (or lone user) and any URL's
+        masked."""
         password = self.password
+        if password is None and self.username and len(self.username) >= _TOKEN_MIN:
+            password = self.username  # a user given alone is a token (`masked` hides it too)
         if password:
             for form in {password, quote(password, safe=""), quote(password)}:
                 text = text.replace(form, _MASK)
@@ -140,13 +146,11 @@ class BrokerURL:
 
     def _build(self, authority: str, *, secret: bool) -> str:
         userinfo = ""
-        if self.username is not None or self.password is not None:
-            userinfo = quote(self.username or "", safe="")
-            if self.password is None and not secret:
-                userinfo = _MASK  # a user alone: services that authenticate by token put it there
-            if self.password is not None:
-                userinfo += ":" + (quote(self.password, safe="") if secret else _MASK)
-            userinfo += "@"
+        user = quote(self.username or "", safe="")
+        if self.password is not None:
+            userinfo = f"{user}:{quote(self.password, safe='') if secret else _MASK}@"
+        elif self.username is not None:  # a user alone: services that authenticate by token put it there
+            userinfo = f"{user if secret else _MASK}@"
         # aiormq reads the vhost from the decoded path, "/" and "" both meaning the default vhost.
         path = "/" if self.vhost == "/" else "/" + quote(self.vhost, safe="")
         query = f"?{self.query}" if self.query else ""

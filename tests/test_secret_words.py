@@ -190,3 +190,14 @@ def test_masking_or_parsing_a_url_with_a_long_blank_run_takes_linear_time() -> N
 
 def test_listed_urls_are_still_split_and_masked() -> None:
     assert mask_url("amqp://a:p1@h1/ , amqp://b:p2@h2/") == "amqp://a:***@h1/ , amqp://b:***@h2/"
+
+
+def test_scrub_hides_a_token_user_but_not_a_short_user_name_inside_words() -> None:
+    # A lone user of 8+ characters is a token and leaves every error text; `app` must not eat "application".
+    token = parse_url("amqp://SECRETTOK123@h/")
+    assert "SECRETTOK123" not in token.scrub("ACCESS_REFUSED for SECRETTOK123")
+    assert parse_url("amqp://app@h/").scrub("application refused") == "application refused"
+
+
+def test_the_retry_warning_says_when_it_cut_the_error() -> None:
+    assert _short(ValueError("x" * 300)).endswith("…") and not _short(ValueError("short")).endswith("…")

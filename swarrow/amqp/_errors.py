@@ -7,9 +7,11 @@ import logging
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import aio_pika
 import aiormq
 import aiormq.abc
+
+from swarrow.errors import InvalidURLError
+from swarrow.urls import mask_text, parse_url
 
 EMPTY_HEADERS: dict[str, Any] = {}
 # Errors meaning "the channel or connection is gone": settlements for it are dropped, not raised.
@@ -24,16 +26,18 @@ CHANNEL_GONE = (
 
 def scrub(text: str, url: str) -> str:
     """Remove the password of `url` (or its user, when it has no password: a token) from an error text."""
-    parsed = aio_pika.connection.make_url(url)
-    secret = parsed.password if parsed.password is not None else parsed.user
-    return text.replace(secret, "***") if secret else text
+    try:
+        return parse_url(url).scrub(text)
+    except InvalidURLError:  # not one swarrow built: mask what any URL would show
+        return mask_text(text)
 
 
 def describe_connect_error(exc: BaseException, url: str) -> str:
     """Why the first connection failed, in words: a refused login or an unknown vhost, password scrubbed."""
     parts = urlsplit(url)
-    # A user without a password is how token-authenticated services are addressed: never shown.
-    user = unquote(parts.username or "guest") if parts.password is not None or not parts.username else "***"
+    user = unquote(parts.username or "guest")
+    if parts.username and parts.password is None:  # how token-authenticated services are addressed
+        user = "***"
     vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
     text = str(exc)
     # RabbitMQ answers Connection.Open for a vhost that does not exist, or one the user may not use,
